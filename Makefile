@@ -1,0 +1,37 @@
+# QuicFlow developer commands. Everything runs from a project-local venv that
+# `make venv` builds from pyproject.toml, so a fresh clone needs only Python 3.11.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: venv gen test lint typecheck demo certs clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Regenerate everything protoc writes: the wire protocol's classes and generated/.
+gen: $(STAMP)
+	$(PY) scripts/gen.py
+
+## Run the whole test suite (installs what it needs first).
+test: $(STAMP)
+	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory lint
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check quicflow codegen generated examples tests scripts
+	$(VENV)/bin/ruff format --check quicflow codegen examples tests scripts
+	$(VENV)/bin/mypy quicflow codegen/quicflow_codegen generated examples tests scripts
+
+## Start the example server and client, show every call kind, and stop.
+demo: $(STAMP)
+	$(PY) -m examples.demo
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

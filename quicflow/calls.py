@@ -1,0 +1,610 @@
+"""Client-side calls: the objects a stub method returns.
+
+A call starts as soon as it is created (like grpc.aio): its stream is opened
+and its HEADERS (plus, for a single request, the message and FIN) are queued
+right away, without a task. Awaiting or iterating the call reads the answer.
+Streaming requests are pulled from your iterator by one sender task, which
+waits whenever the stream's unacknowledged bytes pass ``send_buffer_limit``.
+
+Every way a call can end sets one final status exactly once: trailers from
+the server, a stream reset, the deadline, ``cancel()``, cancellation of the
+awaiting task, or the connection's loss (UNAVAILABLE at once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+
+from .errors import PayloadTooLarge, RpcError
+from .interceptors import ClientCallInfo, ClientInterceptor
+from .metadata import Metadata, MetadataLike, normalize_metadata
+from .protocol.call import CallProtocol, Role, reset_status
+from .protocol.events import (
+    EndOfStream,
+    HeadersReceived,
+    MessageReceived,
+    ProtocolViolation,
+    TrailersReceived,
+)
+from .rpc import Method
+from .status import StatusCode
+from .wire.codec import ErrorCode
+
+if TYPE_CHECKING:
+    from .transport import QuicFlowProtocol
+
+__all__ = ["StreamStreamCall", "StreamUnaryCall", "UnaryStreamCall", "UnaryUnaryCall"]
+
+logger = logging.getLogger("quicflow.client")
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+
+_REQUEST_STREAMING = 1
+_RESPONSE_STREAMING = 2
+
+
+class CallTarget(Protocol):
+    """What a call needs from the `Client` (or a server's view of a client)."""
+
+    @property
+    def max_message_size(self) -> int: ...
+
+    @property
+    def max_metadata_size(self) -> int: ...
+
+    @property
+    def default_timeout(self) -> float | None: ...
+
+    @property
+    def interceptors(self) -> tuple[ClientInterceptor, ...]: ...
+
+    def connection_for_call(self) -> QuicFlowProtocol:
+        """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
+        ...
+
+
+class _Call(Generic[Req, Resp]):
+    """Machinery shared by the four call kinds (also the stream's `StreamHandler`)."""
+
+    _kind = 0
+
+    def __init__(
+        self,
+        target: CallTarget,
+        method: Method[Req, Resp],
+        timeout: float | None,
+        metadata: MetadataLike | None,
+    ) -> None:
+        self._target = target
+        self._method = method
+        self._loop = asyncio.get_running_loop()
+        self._timeout = timeout if timeout is not None else target.default_timeout
+        self._metadata = normalize_metadata(metadata)
+        self._conn: QuicFlowProtocol | None = None
+        self._sid = -1
+        self._machine: CallProtocol | None = None
+        self._messages: deque[bytes] = deque()
+        self._unread = 0
+        self._waiter: asyncio.Future[None] | None = None
+        self._finished: asyncio.Future[None] | None = None
+        self._initial_metadata: Metadata = ()
+        self._trailing_metadata: Metadata = ()
+        self._code: StatusCode | None = None
+        self._details = ""
+        self._error: RpcError | None = None
+        self._trailers_seen = False
+        self._local_closed = False
+        self._deadline: asyncio.TimerHandle | None = None
+        self._sender: asyncio.Task[None] | None = None
+        self._info: ClientCallInfo | None = None
+        self._started = False
+        self._ended = False
+        interceptors = target.interceptors
+        self._interceptors = interceptors
+        if not interceptors:
+            self._start(self._metadata, self._timeout)
+
+    # -- starting --
+
+    async def _ensure_started(self) -> None:
+        if self._started:
+            return
+        info = ClientCallInfo(
+            self._method.route, self._method.cardinality, list(self._metadata), self._timeout
+        )
+        self._info = info
+        try:
+            for interceptor in self._interceptors:
+                await interceptor.on_start(info)
+            metadata = normalize_metadata(info.metadata)
+        except RpcError as exc:
+            self._started = True
+            self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
+            return
+        except Exception as exc:
+            logger.exception("client interceptor failed in on_start")
+            self._started = True
+            err = RpcError(StatusCode.UNKNOWN, f"client interceptor raised {type(exc).__name__}")
+            self._finish(err.code, err.message, (), error=err)
+            return
+        self._start(metadata, info.timeout)
+
+    def _start(self, metadata: Metadata, timeout: float | None) -> None:
+        self._started = True
+        target = self._target
+        try:
+            conn = target.connection_for_call()
+        except RpcError as exc:
+            self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
+            return
+        if timeout is not None and timeout <= 0:
+            self._finish(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")
+            return
+        machine = CallProtocol(
+            Role.CALLER,
+            max_message_size=target.max_message_size,
+            max_metadata_size=target.max_metadata_size,
+        )
+        self._machine = machine
+        self._conn = conn
+        self._sid = conn.open_stream(self)
+        out = machine.send_headers(self._method.route, metadata, timeout=timeout)
+        if timeout is not None:
+            self._deadline = self._loop.call_later(timeout, self._on_deadline)
+        if self._kind & _REQUEST_STREAMING:
+            conn.write(self._sid, out)
+            self._sender = self._loop.create_task(self._send_requests())
+        else:
+            self._write_single(out)
+
+    def _write_single(self, header: bytes) -> None:
+        raise NotImplementedError
+
+    def _encode_request(self, request: Req) -> bytes | None:
+        """Serialize one request; fails the call (returns None) if it is over the limit."""
+        try:
+            data = self._method.serialize_request(request)
+        except Exception as exc:
+            self._abort(
+                RpcError(StatusCode.INTERNAL, f"could not serialize the request: {exc}"),
+                ErrorCode.CANCELLED,
+            )
+            return None
+        limit = self._target.max_message_size
+        if len(data) > limit:
+            self._abort(
+                PayloadTooLarge(
+                    message=f"request of {len(data)} bytes exceeds max_message_size ({limit})"
+                ),
+                ErrorCode.CANCELLED,
+            )
+            return None
+        if self._info is not None:
+            for interceptor in self._interceptors:
+                interceptor.on_message_sent(self._info, request)
+        return data
+
+    async def _send_requests(self) -> None:
+        raise NotImplementedError
+
+    async def _pump(self, requests: AsyncIterable[Req] | Iterable[Req]) -> None:
+        conn = self._conn
+        machine = self._machine
+        assert conn is not None and machine is not None
+        sid = self._sid
+        limit = conn.settings.send_buffer_limit
+        try:
+            if isinstance(requests, AsyncIterable):
+                async for request in requests:
+                    if self._code is not None or self._local_closed:
+                        return
+                    data = self._encode_request(request)
+                    if data is None:
+                        return
+                    conn.write(sid, machine.send_message(data))
+                    if conn.send_buffered(sid) > limit:
+                        await conn.drain(sid)
+            else:
+                for request in requests:
+                    if self._code is not None or self._local_closed:
+                        return
+                    data = self._encode_request(request)
+                    if data is None:
+                        return
+                    conn.write(sid, machine.send_message(data))
+                    if conn.send_buffered(sid) > limit:
+                        await conn.drain(sid)
+        except asyncio.CancelledError:
+            raise
+        except RpcError as exc:
+            self._abort(exc, ErrorCode.CANCELLED)
+            return
+        except Exception as exc:
+            self._abort(
+                RpcError(StatusCode.UNKNOWN, f"request iterator raised {type(exc).__name__}"),
+                ErrorCode.CANCELLED,
+            )
+            return
+        if self._code is None and not self._local_closed:
+            self._local_closed = True
+            machine.half_close()
+            conn.write(sid, b"", end_stream=True)
+
+    # -- StreamHandler (called by the transport) --
+
+    @property
+    def unread_bytes(self) -> int:
+        return self._unread
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        machine = self._machine
+        if machine is None or self._code is not None:
+            return
+        for event in machine.receive_data(data, end_stream):
+            cls = type(event)
+            if cls is MessageReceived:
+                payload = event.data  # type: ignore[union-attr]
+                self._messages.append(payload)
+                self._unread += len(payload)
+            elif cls is TrailersReceived:
+                self._trailers_seen = True
+                t: TrailersReceived = event  # type: ignore[assignment]
+                self._code = StatusCode.from_wire(t.status)  # final: resets after it are ignored
+                self._details = t.message
+                self._trailing_metadata = t.metadata
+            elif cls is EndOfStream:
+                self._complete()
+            elif cls is HeadersReceived:
+                self._initial_metadata = event.metadata  # type: ignore[union-attr]
+            elif cls is ProtocolViolation:
+                err = event.error  # type: ignore[union-attr]
+                self._abort(
+                    RpcError(err.status, f"bad response from the server: {err}"), err.error_code
+                )
+                return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stream_reset(self, error_code: int) -> None:
+        if self._trailers_seen:
+            # A reset after complete trailers changes nothing (QUIC may reorder them).
+            self._complete()
+            return
+        code, message = reset_status(error_code)
+        self._finish(code, message)
+
+    def stop_sending(self, error_code: int) -> None:
+        # The server needs no more requests (it has answered, or will shortly).
+        self._local_closed = True
+
+    def connection_lost(self, exc: RpcError) -> None:
+        if self._trailers_seen:
+            self._complete()
+        else:
+            self._finish(exc.code, exc.message, error=exc)
+
+    # -- ending --
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        self._abort(
+            RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
+            ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    def _abort(self, error: RpcError, reset_code: int) -> None:
+        """End the call locally with ``error`` and reset the stream."""
+        if self._code is not None and self._trailers_seen:
+            return
+        conn = self._conn
+        if conn is not None and self._sid >= 0:
+            conn.reset(self._sid, reset_code)
+        self._finish(error.code, error.message, error.trailing_metadata, error=error)
+
+    def _complete(self) -> None:
+        """Trailers and FIN arrived: the call ended with the server's status."""
+        if self._ended:
+            return
+        code = self._code if self._code is not None else StatusCode.INTERNAL
+        if code is not StatusCode.OK:
+            self._error = RpcError(code, self._details, self._trailing_metadata)
+        self._done()
+
+    def _finish(
+        self,
+        code: StatusCode,
+        message: str,
+        trailing_metadata: Metadata = (),
+        *,
+        error: RpcError | None = None,
+    ) -> None:
+        if self._ended or (self._code is not None and self._trailers_seen):
+            return
+        self._code = code
+        self._details = message
+        self._trailing_metadata = tuple(trailing_metadata)
+        if code is not StatusCode.OK:
+            self._error = error if error is not None else RpcError(code, message, trailing_metadata)
+        self._done()
+
+    def _done(self) -> None:
+        if self._ended:
+            return
+        self._ended = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        conn = self._conn
+        if conn is not None:
+            if not self._local_closed and self._kind & _REQUEST_STREAMING:
+                # The server ended the call while we were still sending: stop our side.
+                self._local_closed = True
+                conn.reset(self._sid, ErrorCode.NO_ERROR, stop=False)
+            conn.release(self._sid)
+            self._conn = None
+        sender = self._sender
+        if sender is not None and not sender.done() and sender is not asyncio.current_task():
+            sender.cancel()
+        self._sender = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        finished = self._finished
+        if finished is not None and not finished.done():
+            finished.set_result(None)
+        if self._info is not None:
+            assert self._code is not None
+            for interceptor in reversed(self._interceptors):
+                try:
+                    interceptor.on_end(self._info, self._code, self._details)
+                except Exception:
+                    logger.exception("client interceptor failed in on_end")
+
+    # -- reading --
+
+    async def _recv(self) -> bytes | None:
+        """The next response message; None at a clean end; raises the call's error."""
+        while True:
+            messages = self._messages
+            if messages:
+                data = messages.popleft()
+                self._unread -= len(data)
+                conn = self._conn
+                if conn is not None:
+                    conn.credit_released(self._sid)
+                return data
+            if self._error is not None:
+                raise self._error
+            if self._code is not None:
+                return None
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                self._abort(RpcError(StatusCode.CANCELLED, "call cancelled"), ErrorCode.CANCELLED)
+                raise
+            finally:
+                self._waiter = None
+
+    def _decode(self, data: bytes) -> Resp:
+        try:
+            message = self._method.deserialize_response(data)
+        except Exception as exc:
+            err = RpcError(StatusCode.INTERNAL, f"could not parse the response: {exc}")
+            self._abort(err, ErrorCode.CANCELLED)
+            raise err from exc
+        if self._info is not None:
+            for interceptor in self._interceptors:
+                interceptor.on_message_received(self._info, message)
+        return message
+
+    async def _wait_finished(self) -> None:
+        await self._ensure_started()
+        if self._ended:
+            return
+        if self._finished is None:
+            self._finished = self._loop.create_future()
+        await asyncio.shield(self._finished)
+
+    # -- public --
+
+    async def initial_metadata(self) -> Metadata:
+        """Metadata the server sent before its first message (empty if none).
+
+        Returns once the first message, the trailers or an error has arrived.
+        """
+        await self._ensure_started()
+        while (
+            not self._initial_metadata
+            and not self._messages
+            and self._code is None
+            and self._error is None
+        ):
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._initial_metadata
+
+    async def trailing_metadata(self) -> Metadata:
+        """Metadata sent with the final status; waits for the call to end."""
+        await self._wait_finished()
+        return self._trailing_metadata
+
+    async def code(self) -> StatusCode:
+        """The final status code; waits for the call to end."""
+        await self._wait_finished()
+        assert self._code is not None
+        return self._code
+
+    async def details(self) -> str:
+        """The final status message; waits for the call to end."""
+        await self._wait_finished()
+        return self._details
+
+    def cancel(self) -> bool:
+        """Cancel the call: reset its stream (the server's handler is cancelled).
+
+        Returns False if the call had already ended. Idempotent.
+        """
+        if self._ended:
+            return False
+        self._started = True
+        self._abort(RpcError(StatusCode.CANCELLED, "call cancelled"), ErrorCode.CANCELLED)
+        return True
+
+    def done(self) -> bool:
+        """True once the call has ended, in success or failure."""
+        return self._ended
+
+    def __repr__(self) -> str:
+        state = self._code.name if self._code is not None else "in flight"
+        return f"<{type(self).__name__} {self._method.route} {state}>"
+
+
+class _SingleResponse(_Call[Req, Resp]):
+    _response: Resp
+
+    def __await__(self) -> Generator[Any, None, Resp]:
+        return self._result().__await__()
+
+    async def _result(self) -> Resp:
+        if hasattr(self, "_response"):
+            return self._response
+        await self._ensure_started()
+        data = await self._recv()
+        if data is None:
+            raise RpcError(StatusCode.INTERNAL, "the server ended the call without a response")
+        response = self._decode(data)
+        extra = await self._recv()
+        if extra is not None:
+            err = RpcError(StatusCode.INTERNAL, "the server sent more than one response")
+            self._abort(err, ErrorCode.PROTOCOL_ERROR)
+            raise err
+        self._response = response
+        return response
+
+
+class _StreamResponse(_Call[Req, Resp]):
+    def __aiter__(self) -> AsyncIterator[Resp]:
+        return self
+
+    async def __anext__(self) -> Resp:
+        await self._ensure_started()
+        data = await self._recv()
+        if data is None:
+            raise StopAsyncIteration
+        return self._decode(data)
+
+    async def read(self) -> Resp | None:
+        """The next response, or None when the stream has ended cleanly."""
+        await self._ensure_started()
+        data = await self._recv()
+        return None if data is None else self._decode(data)
+
+
+class UnaryUnaryCall(_SingleResponse[Any, Resp]):
+    """One request, one response: ``reply = await call``.
+
+    Example::
+
+        call = stub.say(EchoRequest(text="hi"), timeout=2.0)
+        reply = await call
+        print(await call.trailing_metadata())
+    """
+
+    def __init__(
+        self,
+        target: CallTarget,
+        method: Method[Any, Resp],
+        request: Any,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+    ) -> None:
+        self._request = request
+        super().__init__(target, method, timeout, metadata)
+
+    def _write_single(self, header: bytes) -> None:
+        _write_single_request(self, header, self._request)
+        del self._request
+
+
+class UnaryStreamCall(_StreamResponse[Any, Resp]):
+    """One request, a stream of responses: ``async for reply in call``."""
+
+    _kind = _RESPONSE_STREAMING
+
+    def __init__(
+        self,
+        target: CallTarget,
+        method: Method[Any, Resp],
+        request: Any,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+    ) -> None:
+        self._request = request
+        super().__init__(target, method, timeout, metadata)
+
+    def _write_single(self, header: bytes) -> None:
+        _write_single_request(self, header, self._request)
+        del self._request
+
+
+class StreamUnaryCall(_SingleResponse[Any, Resp]):
+    """A stream of requests (async or plain iterable), one response: ``reply = await call``."""
+
+    _kind = _REQUEST_STREAMING
+
+    def __init__(
+        self,
+        target: CallTarget,
+        method: Method[Any, Resp],
+        requests: AsyncIterable[Any] | Iterable[Any],
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+    ) -> None:
+        self._requests = requests
+        super().__init__(target, method, timeout, metadata)
+
+    async def _send_requests(self) -> None:
+        await self._pump(self._requests)
+
+
+class StreamStreamCall(_StreamResponse[Any, Resp]):
+    """Streams both ways: ``async for reply in call`` while your iterator feeds requests."""
+
+    _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
+
+    def __init__(
+        self,
+        target: CallTarget,
+        method: Method[Any, Resp],
+        requests: AsyncIterable[Any] | Iterable[Any],
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+    ) -> None:
+        self._requests = requests
+        super().__init__(target, method, timeout, metadata)
+
+    async def _send_requests(self) -> None:
+        await self._pump(self._requests)
+
+
+def _write_single_request(call: _Call[Any, Any], header: bytes, request: object) -> None:
+    data = call._encode_request(request)
+    if data is None:
+        return
+    machine = call._machine
+    conn = call._conn
+    assert machine is not None and conn is not None
+    out = header + machine.send_message(data)
+    machine.half_close()
+    call._local_closed = True
+    conn.write(call._sid, out, end_stream=True)

@@ -1,0 +1,154 @@
+"""Development certificates, made in Python with `cryptography`.
+
+``quicflow certs DIR`` (or `write_dev_certs`) writes a throwaway CA and a
+server certificate signed by it, valid for ``localhost``, ``127.0.0.1`` and
+``::1``, plus a client certificate for mutual TLS. Keys are ECDSA P-256.
+These are for development and tests only.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = ["DevCerts", "write_dev_certs"]
+
+_DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+@dataclass(frozen=True, slots=True)
+class DevCerts:
+    """Paths of the files `write_dev_certs` wrote (all PEM)."""
+
+    ca_file: Path
+    ca_key_file: Path
+    cert_file: Path
+    key_file: Path
+    client_cert_file: Path
+    client_key_file: Path
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _san(names: tuple[str, ...]) -> x509.SubjectAlternativeName:
+    entries: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            entries.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            entries.append(x509.DNSName(name))
+    return x509.SubjectAlternativeName(entries)
+
+
+def _leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    common_name: str,
+    names: tuple[str, ...],
+    usage: x509.ObjectIdentifier,
+    now: datetime.datetime,
+    days: int,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if names:
+        builder = builder.add_extension(_san(names), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def write_dev_certs(
+    directory: str | Path,
+    *,
+    names: tuple[str, ...] = _DEFAULT_NAMES,
+    client_id: str = "dev-client",
+    days: int = 30,
+) -> DevCerts:
+    """Write ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
+
+    The server certificate covers ``names`` (DNS names or IP addresses); the
+    client certificate's common name is ``client_id``. Existing files are
+    overwritten. Returns their paths.
+    """
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = _name("QuicFlow development CA")
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_cert, server_key = _leaf(
+        ca_key, ca_name, names[0] if names else "localhost", names,
+        ExtendedKeyUsageOID.SERVER_AUTH, now, days,
+    )
+    client_cert, client_key = _leaf(
+        ca_key, ca_name, client_id, (), ExtendedKeyUsageOID.CLIENT_AUTH, now, days
+    )
+    certs = DevCerts(
+        ca_file=out / "ca.pem",
+        ca_key_file=out / "ca.key",
+        cert_file=out / "server.pem",
+        key_file=out / "server.key",
+        client_cert_file=out / "client.pem",
+        client_key_file=out / "client.key",
+    )
+    pem = serialization.Encoding.PEM
+    certs.ca_file.write_bytes(ca_cert.public_bytes(pem))
+    certs.ca_key_file.write_bytes(_key_pem(ca_key))
+    certs.cert_file.write_bytes(server_cert.public_bytes(pem))
+    certs.key_file.write_bytes(_key_pem(server_key))
+    certs.client_cert_file.write_bytes(client_cert.public_bytes(pem))
+    certs.client_key_file.write_bytes(_key_pem(client_key))
+    for key_file in (certs.ca_key_file, certs.key_file, certs.client_key_file):
+        key_file.chmod(0o600)
+    return certs

@@ -1,0 +1,183 @@
+"""`ServerConfig` and `ClientConfig`: frozen, validated when built.
+
+Every bad value raises `ConfigError` naming the field and the allowed range,
+so a typo fails at start-up, not at the first call.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
+
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .interceptors import ClientInterceptor, ServerInterceptor
+
+__all__ = ["ClientConfig", "ServerConfig"]
+
+_MIB = 1 << 20
+_MAX_FRAME = 0xFFFF_FFFF
+
+
+def _positive(name: str, value: object, *, maximum: float = math.inf) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(name, f"must be a number, got {value!r}")
+    if not 0 < value <= maximum:
+        bound = "" if maximum == math.inf else f" and at most {maximum}"
+        raise ConfigError(name, f"must be greater than 0{bound}, got {value!r}")
+
+
+def _int_range(name: str, value: object, low: int, high: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(name, f"must be an integer, got {value!r}")
+    if not low <= value <= high:
+        raise ConfigError(name, f"must be between {low} and {high}, got {value}")
+
+
+def _port(name: str, value: object) -> None:
+    _int_range(name, value, 0, 65535)
+
+
+def _text(name: str, value: object, *, empty_ok: bool = False) -> None:
+    if not isinstance(value, str) or (not value and not empty_ok):
+        raise ConfigError(name, f"must be a non-empty string, got {value!r}")
+
+
+def _optional_path(name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, str) or not value):
+        raise ConfigError(name, f"must be a file path or None, got {value!r}")
+
+
+def _choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise ConfigError(name, f"must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Common:
+    max_message_size: int = 4 * _MIB
+    """Largest message (bytes) we accept or send; larger ones fail RESOURCE_EXHAUSTED."""
+    max_metadata_size: int = 64 << 10
+    """Largest HEADERS/TRAILERS payload (bytes), i.e. all metadata of one frame."""
+    idle_timeout: float = 60.0
+    """QUIC idle timeout in seconds: silence this long drops the connection."""
+    max_datagram_size: int = 1200
+    """Largest UDP payload sent (bytes). 1200 works on any path; loopback takes more."""
+    congestion_control: str = "reno"
+    """QUIC congestion control: "reno" or "cubic"."""
+    stream_receive_window: int = _MIB
+    """Bytes a peer may send on one stream ahead of what the application has read."""
+    send_buffer_limit: int = _MIB
+    """Unacknowledged bytes per stream before a streaming sender waits (backpressure)."""
+
+    def _validate_common(self) -> None:
+        _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
+        _int_range("max_metadata_size", self.max_metadata_size, 256, _MAX_FRAME)
+        _positive("idle_timeout", self.idle_timeout, maximum=3600.0)
+        # aioquic handshakes fail above 16 KiB datagrams (measured).
+        _int_range("max_datagram_size", self.max_datagram_size, 1200, 16384)
+        _choice("congestion_control", self.congestion_control, ("reno", "cubic"))
+        _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
+        _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
+
+    def transport_settings(self) -> Any:
+        """The QUIC settings these fields describe (a `TransportSettings`)."""
+        from .transport import TransportSettings
+
+        return TransportSettings(
+            idle_timeout=self.idle_timeout,
+            max_datagram_size=self.max_datagram_size,
+            congestion_control=self.congestion_control,
+            stream_receive_window=self.stream_receive_window,
+            send_buffer_limit=self.send_buffer_limit,
+        )
+
+    def __repr__(self) -> str:
+        shown = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+            if getattr(self, f.name) != f.default and f.name != "interceptors"
+        )
+        return f"{type(self).__name__}({shown})"
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ServerConfig(_Common):
+    """How a `Server` listens.
+
+    Example::
+
+        ServerConfig(host="127.0.0.1", port=0, cert_file="certs/server.pem",
+                     key_file="certs/server.key")
+    """
+
+    host: str = "127.0.0.1"
+    """Address to bind; "0.0.0.0" or "::" for every interface."""
+    port: int = 4433
+    """UDP port; 0 picks a free one (read it back from `Server.port`)."""
+    cert_file: str | None = None
+    """PEM certificate chain the server presents (required)."""
+    key_file: str | None = None
+    """PEM private key for ``cert_file`` (None: the key is inside ``cert_file``)."""
+    interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
+    """Server interceptors, outermost first."""
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        _text("host", self.host)
+        _port("port", self.port)
+        if not isinstance(self.cert_file, str) or not self.cert_file:
+            raise ConfigError("cert_file", "a server needs a certificate file (PEM)")
+        _optional_path("key_file", self.key_file)
+        object.__setattr__(self, "interceptors", tuple(self.interceptors))
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ClientConfig(_Common):
+    """Where and how a `Client` connects.
+
+    Example::
+
+        ClientConfig(host="127.0.0.1", port=4433, ca_file="certs/ca.pem",
+                     server_name="localhost")
+    """
+
+    host: str = "127.0.0.1"
+    """Server address or name."""
+    port: int = 4433
+    """Server UDP port."""
+    server_name: str | None = None
+    """Name the server certificate must carry (default: ``host``)."""
+    ca_file: str | None = None
+    """PEM CA bundle to verify the server against (None: the system's trust store)."""
+    insecure_skip_verify: bool = False
+    """Accept any server certificate. Development only: it logs a warning each connect."""
+    cert_file: str | None = None
+    """Client certificate (PEM) for mutual TLS, if the server asks for one."""
+    key_file: str | None = None
+    """Private key for ``cert_file``."""
+    connect_timeout: float = 5.0
+    """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
+    default_timeout: float | None = None
+    """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
+    interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
+    """Client interceptors, outermost first."""
+
+    def __post_init__(self) -> None:
+        self._validate_common()
+        _text("host", self.host)
+        _int_range("port", self.port, 1, 65535)
+        if self.server_name is not None:
+            _text("server_name", self.server_name)
+        _optional_path("ca_file", self.ca_file)
+        _optional_path("cert_file", self.cert_file)
+        _optional_path("key_file", self.key_file)
+        if not isinstance(self.insecure_skip_verify, bool):
+            raise ConfigError("insecure_skip_verify", "must be True or False")
+        _positive("connect_timeout", self.connect_timeout, maximum=600.0)
+        if self.default_timeout is not None:
+            _positive("default_timeout", self.default_timeout)
+        object.__setattr__(self, "interceptors", tuple(self.interceptors))

@@ -1,0 +1,503 @@
+"""`Server`: accepts QUIC connections and runs handlers, one task per call.
+
+Each peer-opened stream becomes a `_ServerCall`, which is both the stream's
+handler (fed by the transport) and the handler's `ServicerContext`. The call
+reads HEADERS, finds the route, and starts the handler task; the task writes
+responses and the final status. A reset from the client, its connection's
+loss, the deadline or the server's stop cancels the task; in every case
+the stream's state is dropped when the call ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from .config import ServerConfig
+from .context import ServicerContext
+from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
+from .interceptors import ServerInterceptor
+from .metadata import Metadata
+from .protocol.call import CallProtocol, Role, SideState
+from .protocol.events import (
+    EndOfStream,
+    HeadersReceived,
+    MessageReceived,
+    ProtocolViolation,
+)
+from .rpc import Cardinality, Handler, Service
+from .status import StatusCode
+from .transport import QuicFlowProtocol, QuicFlowServer, serve
+from .transport.tls import server_configuration
+from .wire.codec import ErrorCode
+
+__all__ = ["Server"]
+
+logger = logging.getLogger("quicflow.server")
+
+_UNARY_UNARY = Cardinality.UNARY_UNARY
+_UNARY_STREAM = Cardinality.UNARY_STREAM
+_STREAM_UNARY = Cardinality.STREAM_UNARY
+
+
+class Server:
+    """A QuicFlow server.
+
+    Example::
+
+        server = Server(ServerConfig(host="127.0.0.1", port=0,
+                                     cert_file="certs/server.pem", key_file="certs/server.key"))
+        server.add_service(MyEcho())          # class MyEcho(EchoBase)
+        await server.start()
+        print("listening on", server.port)
+        ...
+        await server.stop(grace=5.0)
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self._handlers: dict[str, Handler] = {}
+        self._interceptors: tuple[ServerInterceptor, ...] = tuple(config.interceptors)
+        self._endpoint: QuicFlowServer | None = None
+        self._calls: set[_ServerCall] = set()
+        self._closed: asyncio.Event | None = None
+        self._stopping = False
+
+    # -- setup --
+
+    def add_service(self, service: Service) -> None:
+        """Serve every rpc of ``service`` (an instance of a generated ``FooBase`` subclass).
+
+        Raises:
+            UsageError: a route is already served by another service, or the
+                server has started.
+        """
+        if self._endpoint is not None:
+            raise UsageError("add_service() must be called before start()")
+        handlers: Mapping[str, Handler] = service.__quicflow_handlers__()
+        for route in handlers:
+            if route in self._handlers:
+                raise UsageError(f"route {route} is already served")
+        self._handlers.update(handlers)
+
+    @property
+    def routes(self) -> list[str]:
+        """Every route served, sorted."""
+        return sorted(self._handlers)
+
+    async def start(self) -> None:
+        """Bind the UDP port and start accepting connections.
+
+        Raises:
+            UsageError: already started.
+            OSError: the address cannot be bound.
+        """
+        if self._endpoint is not None:
+            raise UsageError("server already started")
+        config = self.config
+        assert config.cert_file is not None  # ServerConfig guarantees it
+        quic_config = server_configuration(cert_file=config.cert_file, key_file=config.key_file)
+        self._closed = asyncio.Event()
+        self._endpoint = await serve(
+            config.host, config.port, quic_config, config.transport_settings(), self._accept
+        )
+        logger.info("serving %d routes on %s:%d", len(self._handlers), config.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port (useful after asking for port 0).
+
+        Raises:
+            UsageError: the server has not started.
+        """
+        if self._endpoint is None:
+            raise UsageError("server not started")
+        return self._endpoint.port
+
+    @property
+    def connections(self) -> list[QuicFlowProtocol]:
+        """Open QUIC connections."""
+        return [] if self._endpoint is None else list(self._endpoint.connections)
+
+    @property
+    def active_calls(self) -> int:
+        """Calls whose handler is still running."""
+        return len(self._calls)
+
+    def _accept(self, conn: QuicFlowProtocol) -> None:
+        if self._stopping:
+            conn.close(ErrorCode.REFUSED, "server is shutting down")
+            return
+
+        def new_stream(stream_id: int) -> _ServerCall | None:
+            if self._stopping:
+                return None  # refused: REFUSED reset, safe for the client to retry
+            return _ServerCall(self, conn, stream_id)
+
+        conn.on_new_stream = new_stream
+
+    # -- stopping --
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop serving.
+
+        New calls are refused at once (reset with REFUSED, which clients report
+        as UNAVAILABLE). Calls in flight get ``grace`` seconds to finish (None:
+        none); the rest are cancelled and their clients get UNAVAILABLE. Then
+        every connection is closed and the port released. Idempotent.
+        """
+        if self._endpoint is None or self._stopping:
+            if self._closed is not None:
+                await self._closed.wait()
+            return
+        self._stopping = True
+        if grace and self._calls:
+            tasks = [c._task for c in self._calls if c._task is not None]
+            if tasks:
+                await asyncio.wait(tasks, timeout=grace)
+        for call in list(self._calls):
+            call._cancel((StatusCode.UNAVAILABLE, "the server is shutting down"))
+        pending = [c._task for c in self._calls if c._task is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
+        endpoint = self._endpoint
+        endpoint.close()
+        # Let CONNECTION_CLOSE frames leave before the socket goes.
+        await asyncio.sleep(0)
+        assert self._closed is not None
+        self._closed.set()
+        logger.info("server on port %d stopped", endpoint.port if False else self.config.port)
+
+    async def wait_closed(self) -> None:
+        """Wait until `stop` has finished."""
+        if self._closed is not None:
+            await self._closed.wait()
+
+    async def __aenter__(self) -> Server:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+class _ServerCall(ServicerContext):
+    """One call on the server: the stream's handler and the handler's context."""
+
+    __slots__ = (
+        "_cancel_status",
+        "_conn",
+        "_deadline_handle",
+        "_handler",
+        "_machine",
+        "_messages",
+        "_request_done",
+        "_server",
+        "_sid",
+        "_status",
+        "_task",
+        "_unread",
+        "_waiter",
+    )
+
+    def __init__(self, server: Server, conn: QuicFlowProtocol, stream_id: int) -> None:
+        super().__init__(conn._loop)
+        self._server = server
+        self._conn = conn
+        self._sid = stream_id
+        config = server.config
+        self._machine = CallProtocol(
+            Role.CALLEE,
+            max_message_size=config.max_message_size,
+            max_metadata_size=config.max_metadata_size,
+        )
+        self._messages: deque[bytes] = deque()
+        self._unread = 0
+        self._request_done = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._handler: Handler | None = None
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._cancel_status: tuple[StatusCode, str] | None = None
+        self._status: tuple[StatusCode, str] | None = None
+
+    def peer(self) -> str:
+        addr = self._conn.peer_address
+        return f"{addr[0]}:{addr[1]}" if addr else ""
+
+    # -- StreamHandler --
+
+    @property
+    def unread_bytes(self) -> int:
+        return self._unread
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        for event in self._machine.receive_data(data, end_stream):
+            cls = type(event)
+            if cls is MessageReceived:
+                payload = event.data  # type: ignore[union-attr]
+                self._messages.append(payload)
+                self._unread += len(payload)
+            elif cls is EndOfStream:
+                self._request_done = True
+            elif cls is HeadersReceived:
+                self._on_headers(event)  # type: ignore[arg-type]
+            elif cls is ProtocolViolation:
+                err = event.error  # type: ignore[union-attr]
+                if isinstance(err, FrameTooLarge):
+                    self._refuse(StatusCode.RESOURCE_EXHAUSTED, str(err), ErrorCode.EXCESSIVE_LOAD)
+                else:
+                    self._refuse(StatusCode.INTERNAL, f"malformed request: {err}",
+                                 ErrorCode.PROTOCOL_ERROR)
+                return
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stream_reset(self, error_code: int) -> None:
+        # The client cancelled (or gave up at its deadline): nobody reads our answer.
+        self._conn.reset(self._sid, ErrorCode.CANCELLED)
+        self._status = self._status or (StatusCode.CANCELLED, "cancelled by the client")
+        self._cancel(None)
+
+    def stop_sending(self, error_code: int) -> None:
+        self.stream_reset(error_code)
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        self._status = self._status or (StatusCode.UNAVAILABLE, exc.message)
+        self._cancel(None)
+
+    # -- lifecycle --
+
+    def _on_headers(self, headers: HeadersReceived) -> None:
+        server = self._server
+        handler = server._handlers.get(headers.method)
+        self.method = headers.method
+        if handler is None:
+            self._refuse(StatusCode.UNIMPLEMENTED, f"unknown method {headers.method}")
+            return
+        if headers.message_encoding not in ("", "identity"):
+            self._refuse(
+                StatusCode.UNIMPLEMENTED,
+                f"message encoding {headers.message_encoding!r} is not supported",
+            )
+            return
+        self._handler = handler
+        self._invocation_metadata = headers.metadata
+        if headers.timeout is not None:
+            self._deadline = self._loop.time() + headers.timeout
+            self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)
+        server._calls.add(self)
+        self._task = self._loop.create_task(self._run(handler))
+
+    def _refuse(self, code: StatusCode, message: str, stop_code: int = ErrorCode.NO_ERROR) -> None:
+        """End the call from the transport side: status to the client, stop its sending."""
+        self._send_status(code, message, ())
+        if self._machine.peer_state is not SideState.CLOSED:
+            self._conn.stop_reading(self._sid, stop_code)
+        if self._task is not None:
+            self._cancel(None)
+        else:
+            self._end()
+
+    def _on_deadline(self) -> None:
+        self._deadline_handle = None
+        self._cancel((StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"))
+
+    def _cancel(self, status: tuple[StatusCode, str] | None) -> None:
+        """Cancel the handler; ``status``: what to tell the client (None: nobody to tell)."""
+        if self._cancelled:
+            return
+        self._cancelled = True
+        self._cancel_status = status
+        task = self._task
+        if task is not None and not task.done():
+            task.cancel()
+        elif task is None:
+            self._end()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _run(self, handler: Handler) -> None:
+        server = self._server
+        try:
+            for interceptor in server._interceptors:
+                await interceptor.on_start(self)
+            kind = handler.method.cardinality
+            func: Any = handler.func
+            if kind is _UNARY_UNARY:
+                response = await func(await self._read_single(), self)
+                self._send_last(response)
+                return
+            if kind is _STREAM_UNARY:
+                response = await func(_RequestIterator(self), self)
+                self._send_last(response)
+                return
+            stream: AsyncIterator[Any] = (
+                func(await self._read_single(), self)
+                if kind is _UNARY_STREAM
+                else func(_RequestIterator(self), self)
+            )
+            async for response in stream:
+                await self._send_response(response)
+            self._send_status(StatusCode.OK, "", self._trailing_metadata)
+        except RpcError as exc:
+            self._send_status(exc.code, exc.message, exc.trailing_metadata or self._trailing_metadata)
+        except asyncio.CancelledError:
+            if self._cancel_status is not None:
+                self._send_status(*self._cancel_status, ())
+        except Exception as exc:
+            logger.exception("handler for %s raised", self.method)
+            self._send_status(
+                StatusCode.UNKNOWN, f"unexpected {type(exc).__name__} in the handler", ()
+            )
+        finally:
+            self._end()
+
+    def _end(self) -> None:
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        self._conn.release(self._sid)
+        self._server._calls.discard(self)
+        status = self._status or (StatusCode.UNKNOWN, "")
+        for interceptor in reversed(self._server._interceptors) if self._handler else ():
+            try:
+                interceptor.on_end(self, *status)
+            except Exception:
+                logger.exception("server interceptor failed in on_end")
+        callbacks = self._done_callbacks
+        if callbacks:
+            self._done_callbacks = None
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    logger.exception("done callback failed")
+
+    # -- requests --
+
+    async def _next_request(self) -> Any:
+        """The next decoded request; raises StopAsyncIteration at the client's half-close."""
+        while True:
+            messages = self._messages
+            if messages:
+                data = messages.popleft()
+                self._unread -= len(data)
+                self._conn.credit_released(self._sid)
+                assert self._handler is not None
+                try:
+                    request = self._handler.method.deserialize_request(data)
+                except Exception as exc:
+                    raise RpcError(
+                        StatusCode.INTERNAL, f"could not parse the request: {exc}"
+                    ) from exc
+                for interceptor in self._server._interceptors:
+                    interceptor.on_message_received(self, request)
+                return request
+            if self._request_done:
+                raise StopAsyncIteration
+            if self._cancelled:
+                raise asyncio.CancelledError
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    async def _read_single(self) -> Any:
+        try:
+            request = await self._next_request()
+        except StopAsyncIteration:
+            raise RpcError(StatusCode.INTERNAL, "the client sent no request") from None
+        try:
+            await self._next_request()
+        except StopAsyncIteration:
+            return request
+        raise RpcError(StatusCode.INTERNAL, "the client sent more than one request")
+
+    # -- responses --
+
+    def _encode_response(self, response: Any) -> bytes:
+        assert self._handler is not None
+        data: bytes = self._handler.method.serialize_response(response)
+        limit = self._server.config.max_message_size
+        if len(data) > limit:
+            raise RpcError(
+                StatusCode.RESOURCE_EXHAUSTED,
+                f"response of {len(data)} bytes exceeds max_message_size ({limit})",
+            )
+        for interceptor in self._server._interceptors:
+            interceptor.on_message_sent(self, response)
+        return data
+
+    def _headers_prefix(self) -> bytes:
+        if self._initial_metadata_sent:
+            return b""
+        self._initial_metadata_sent = True
+        pending = self._pending_initial_metadata
+        if not pending:
+            return b""
+        self._pending_initial_metadata = None
+        return self._machine.send_headers("", pending)
+
+    def _flush_initial_metadata(self) -> None:
+        out = self._headers_prefix()
+        if out:
+            self._conn.write(self._sid, out)
+
+    async def _send_response(self, response: Any) -> None:
+        data = self._encode_response(response)
+        conn = self._conn
+        sid = self._sid
+        conn.write(sid, self._headers_prefix() + self._machine.send_message(data))
+        if conn.send_buffered(sid) > conn.settings.send_buffer_limit:
+            await conn.drain(sid)
+
+    def _send_last(self, response: Any) -> None:
+        """One response and the OK status in a single write (unary responses)."""
+        data = self._encode_response(response)
+        machine = self._machine
+        out = self._headers_prefix() + machine.send_message(data)
+        self._status = (StatusCode.OK, "")
+        out += machine.send_trailers(0, "", self._trailing_metadata)
+        self._conn.write(self._sid, out, end_stream=True)
+        self._after_status()
+
+    def _send_status(self, code: StatusCode, message: str, metadata: Metadata) -> None:
+        if self._machine.local_state in (SideState.TRAILED, SideState.CLOSED):
+            return
+        if self._status is None or self._status[0] is not StatusCode.CANCELLED:
+            self._status = (code, message)
+        out = self._headers_prefix() + self._machine.send_trailers(int(code), message, metadata)
+        self._conn.write(self._sid, out, end_stream=True)
+        self._after_status()
+
+    def _after_status(self) -> None:
+        # The answer is complete; if the client is still sending, tell it to stop.
+        if self._machine.peer_state is not SideState.CLOSED and not self._request_done:
+            self._conn.stop_reading(self._sid, ErrorCode.NO_ERROR)
+
+
+class _RequestIterator:
+    """The request stream a client-streaming or bidi handler iterates.
+
+    It ends (StopAsyncIteration) only when the client half-closes; a client
+    that cancels or disappears cancels the handler instead, so an upload is
+    never mistaken for complete.
+    """
+
+    __slots__ = ("_call",)
+
+    def __init__(self, call: _ServerCall) -> None:
+        self._call = call
+
+    def __aiter__(self) -> _RequestIterator:
+        return self
+
+    async def __anext__(self) -> Any:
+        return await self._call._next_request()

@@ -1,0 +1,39 @@
+"""Layer 3, transport: the only package that imports aioquic.
+
+Theory of operation. `QuicFlowProtocol` is our own `QuicConnectionProtocol`
+subclass. It follows aioquic's loop (feed datagrams, drain events, transmit,
+re-arm one timer) and routes each stream's events to a `StreamHandler` the
+runtime registered, held in one dict entry that is dropped when the call
+ends. It does *not* use aioquic's StreamReader/StreamWriter helpers, which
+keep a reader per stream forever and report a dead connection as EOF.
+
+Flow control both ways, because aioquic has neither:
+
+* receive: `_FlowConnection` grants a stream more credit only as the runtime
+  consumes what it has (``StreamHandler.unread_bytes``), instead of aioquic's
+  "double the window when half is used";
+* send: `QuicFlowProtocol.drain` waits until a stream's unacknowledged bytes
+  fall under ``send_buffer_limit``.
+
+`QuicFlowServer` is the UDP endpoint for many connections; it keeps each
+connection's connection ids in its own set, so closing one is O(its ids),
+not a scan of every connection (aioquic's QuicServer is O(N) per close).
+"""
+
+from .quic import (
+    QuicFlowProtocol,
+    QuicFlowServer,
+    StreamHandler,
+    TransportSettings,
+    connect,
+    serve,
+)
+
+__all__ = [
+    "QuicFlowProtocol",
+    "QuicFlowServer",
+    "StreamHandler",
+    "TransportSettings",
+    "connect",
+    "serve",
+]

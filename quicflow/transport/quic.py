@@ -1,0 +1,555 @@
+"""aioquic adapter: one QUIC connection, its streams, and a multi-connection server.
+
+Every ``cast`` and every touch of aioquic's private state lives in this file
+(STYLE.md "Typing"). See the package docstring for the theory of operation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol, cast
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import Buffer
+from aioquic.quic import events
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import (
+    MAX_STREAM_DATA_FRAME_CAPACITY,
+    NetworkAddress,
+    QuicConnection,
+)
+from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
+from aioquic.quic.stream import QuicStream
+
+from ..errors import ConnectionClosed
+from ..wire.codec import ErrorCode
+
+__all__ = [
+    "QuicFlowProtocol",
+    "QuicFlowServer",
+    "StreamHandler",
+    "TransportSettings",
+    "connect",
+    "serve",
+]
+
+logger = logging.getLogger("quicflow.transport")
+
+ALPN = "quicflow/1"
+"""The ALPN token of wire protocol v1 (docs/wire-protocol.md §2)."""
+
+_SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: a client Initial is padded to at least this
+
+
+@dataclass(frozen=True, slots=True)
+class TransportSettings:
+    """QUIC knobs shared by client and server (copied from their configs)."""
+
+    idle_timeout: float = 60.0
+    """Seconds of silence after which QUIC itself drops the connection."""
+    max_datagram_size: int = 1200
+    """Largest UDP payload we send; 1200 is safe on any path."""
+    congestion_control: str = "reno"
+    """aioquic's algorithm name: "reno" or "cubic"."""
+    stream_receive_window: int = 1 << 20
+    """Bytes a peer may send on one stream beyond what our runtime has consumed."""
+    connection_receive_window: int = 4 << 20
+    """Initial connection-level receive window (aioquic raises it as it is used)."""
+    send_buffer_limit: int = 1 << 20
+    """Unacknowledged bytes per stream above which `QuicFlowProtocol.drain` waits."""
+
+    def apply(self, config: QuicConfiguration) -> None:
+        """Copy these settings into an aioquic configuration."""
+        config.alpn_protocols = [ALPN]
+        config.idle_timeout = self.idle_timeout
+        config.max_datagram_size = self.max_datagram_size
+        config.congestion_control_algorithm = self.congestion_control
+        config.max_stream_data = self.stream_receive_window
+        config.max_data = self.connection_receive_window
+
+
+class StreamHandler(Protocol):
+    """What the runtime registers for one stream (a call)."""
+
+    @property
+    def unread_bytes(self) -> int:
+        """Bytes received but not yet consumed by the application (for credit)."""
+        ...
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        """Bytes (possibly empty) arrived in order; ``end_stream``: the peer sent FIN."""
+        ...
+
+    def stream_reset(self, error_code: int) -> None:
+        """The peer reset its sending side (RESET_STREAM)."""
+        ...
+
+    def stop_sending(self, error_code: int) -> None:
+        """The peer asked us to stop sending (STOP_SENDING); our side is reset."""
+        ...
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        """The connection ended; the call must fail with ``exc``."""
+        ...
+
+
+class _FlowConnection(QuicConnection):
+    """A QuicConnection whose per-stream receive window follows consumption.
+
+    aioquic doubles a stream's window whenever the peer has sent past half of
+    it, however little the application has read (no backpressure). For
+    streams with a registered handler we instead grant
+    ``delivered - unread + window``: a peer can never get more than ``window``
+    bytes ahead of the reader.
+    """
+
+    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flow_handlers: dict[int, StreamHandler] = {}
+        self.flow_window = window
+
+    def flow_target(self, stream: QuicStream) -> int | None:
+        handler = self.flow_handlers.get(stream.stream_id)
+        if handler is None:
+            return None
+        return stream.receiver.starting_offset() - handler.unread_bytes + self.flow_window
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
+        target = self.flow_target(stream) if stream.max_stream_data_local else None
+        if target is None:
+            super()._write_stream_limits(builder, space, stream)
+            return
+        if target > stream.max_stream_data_local:
+            stream.max_stream_data_local = target
+        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+            buf = builder.start_frame(
+                QuicFrameType.MAX_STREAM_DATA,
+                capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
+                handler=self._on_max_stream_data_delivery,
+                handler_args=(stream,),
+            )
+            buf.push_uint_var(stream.stream_id)
+            buf.push_uint_var(stream.max_stream_data_local)
+            stream.max_stream_data_local_sent = stream.max_stream_data_local
+
+
+class QuicFlowProtocol(QuicConnectionProtocol):
+    """One QUIC connection carrying QuicFlow streams.
+
+    The runtime opens streams with `open_stream`, writes with `write`, and
+    receives through the `StreamHandler` it registered. Peer-opened streams are
+    offered to ``on_new_stream``, which returns a handler or None to refuse.
+    Methods that only queue output schedule one transmit for the end of the
+    current loop iteration, so many streams' frames share datagrams.
+    """
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        *,
+        settings: TransportSettings,
+    ) -> None:
+        super().__init__(quic)
+        self.settings = settings
+        self._fq = cast(_FlowConnection, quic)
+        self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
+        self._drain_waiters: dict[int, asyncio.Future[None]] = {}
+        self._peer_next_bidi = 1 if quic.configuration.is_client else 0
+        self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
+        self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
+        self.closed_error: ConnectionClosed | None = None
+        self.cids: set[bytes] = set()
+        """Connection ids routed to us by `QuicFlowServer` (so removal is O(own ids))."""
+
+    # -- introspection --
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the connection has terminated."""
+        return self.closed_error is not None
+
+    @property
+    def stream_count(self) -> int:
+        """Streams with a live handler (calls in flight)."""
+        return len(self._handlers)
+
+    @property
+    def quic_stream_count(self) -> int:
+        """Streams aioquic still holds state for (freed once both sides finish)."""
+        return len(self._quic._streams)
+
+    @property
+    def peer_address(self) -> tuple[str, int] | None:
+        """The peer's current (host, port)."""
+        addr = self._quic.get_peer_address()
+        if addr is None:
+            return None
+        host = str(addr[0])
+        if host.startswith("::ffff:"):
+            host = host[7:]
+        return host, int(addr[1])
+
+    @property
+    def rtt(self) -> float | None:
+        """QUIC's smoothed round-trip time in seconds, once measured."""
+        rtt = getattr(self._quic._loss, "_rtt_smoothed", 0.0)
+        return float(rtt) if rtt else None
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's leaf certificate (DER), if it presented one."""
+        cert = getattr(self._quic.tls, "_peer_certificate", None)
+        if cert is None:
+            return None
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return cast(bytes, cert.public_bytes(Encoding.DER))
+
+    # -- streams --
+
+    def open_stream(self, handler: StreamHandler) -> int:
+        """Allocate a new bidirectional stream for a call and register its handler.
+
+        No bytes move until the first `write`. Beyond the peer's stream credit
+        the stream simply waits in aioquic until MAX_STREAMS arrives.
+        """
+        if self.closed_error is not None:
+            raise self.closed_error
+        stream_id = self._quic.get_next_available_stream_id()
+        # Reserve the id now (aioquic only advances it on first send).
+        self._quic._get_or_create_stream_for_send(stream_id)
+        self._handlers[stream_id] = handler
+        return stream_id
+
+    def write(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        """Queue bytes on a stream; False if that side is already closed or reset."""
+        try:
+            self._quic.send_stream_data(stream_id, data, end_stream)
+        except (RuntimeError, ValueError, AssertionError):
+            return False
+        self._transmit_soon()
+        return True
+
+    def reset(self, stream_id: int, error_code: int, *, stop: bool = True) -> None:
+        """Abort a stream: RESET_STREAM our side and, with ``stop``, STOP_SENDING the peer's.
+
+        Idempotent. Also forgets the stream's handler.
+        """
+        self._handlers.pop(stream_id, None)
+        quic = self._quic
+        with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+            quic.reset_stream(stream_id, error_code)
+        if stop:
+            stream = quic._streams.get(stream_id)
+            if stream is not None and not stream.receiver.is_finished:
+                with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                    quic.stop_stream(stream_id, error_code)
+        self._wake_drain(stream_id)
+        self._transmit_soon()
+
+    def stop_reading(self, stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
+        """Tell the peer we will read no more from this stream (STOP_SENDING)."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is not None and not stream.receiver.is_finished:
+            with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                self._quic.stop_stream(stream_id, error_code)
+            self._transmit_soon()
+
+    def release(self, stream_id: int) -> None:
+        """Forget a stream's handler once its call is over (frees our per-stream state)."""
+        self._handlers.pop(stream_id, None)
+        self._drain_waiters.pop(stream_id, None)
+
+    def credit_released(self, stream_id: int) -> None:
+        """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None or not stream.max_stream_data_local:
+            return
+        target = self._fq.flow_target(stream)
+        if target is not None and target - stream.max_stream_data_local_sent >= (
+            self._fq.flow_window >> 1
+        ):
+            self._transmit_soon()
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes written on a stream that the peer has not acknowledged yet."""
+        stream = self._quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return len(stream.sender._buffer)
+
+    async def drain(self, stream_id: int) -> None:
+        """Wait until the stream's unacknowledged bytes are under ``send_buffer_limit``.
+
+        Returns at once when already under. Raises `ConnectionClosed` if the
+        connection ends meanwhile; returns if the stream is reset.
+        """
+        limit = self.settings.send_buffer_limit
+        while self.send_buffered(stream_id) > limit:
+            if self.closed_error is not None:
+                raise self.closed_error
+            if stream_id not in self._handlers:
+                return
+            waiter = self._drain_waiters.get(stream_id)
+            if waiter is None:
+                waiter = self._drain_waiters[stream_id] = self._loop.create_future()
+            await waiter
+
+    def _wake_drain(self, stream_id: int) -> None:
+        waiter = self._drain_waiters.pop(stream_id, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _check_drains(self) -> None:
+        limit = self.settings.send_buffer_limit
+        for stream_id in [s for s in self._drain_waiters if self.send_buffered(s) <= limit]:
+            self._wake_drain(stream_id)
+
+    # -- aioquic plumbing --
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        super().datagram_received(data, addr)
+        if self._drain_waiters:
+            self._check_drains()
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
+        """Close the connection (CONNECTION_CLOSE with an application error code)."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        super().close(error_code=error_code, reason_phrase=reason_phrase)
+
+    def quic_event_received(self, event: events.QuicEvent) -> None:
+        handlers = self._handlers
+        if type(event) is events.StreamDataReceived:
+            sid = event.stream_id
+            handler = handlers.get(sid)
+            if handler is None:
+                handler = self._accept_stream(sid)
+                if handler is None:
+                    return
+            handler.data_received(event.data, event.end_stream)
+        elif type(event) is events.StreamReset:
+            handler = handlers.get(event.stream_id)
+            if handler is not None:
+                handler.stream_reset(event.error_code)
+            elif self._accept_stream(event.stream_id, offer=False) is None:
+                # A stream reset before we saw any of it (or after we let it go):
+                # reset our side as well so aioquic can free it.
+                with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                    self._quic.reset_stream(event.stream_id, event.error_code)
+        elif type(event) is events.StopSendingReceived:
+            self._wake_drain(event.stream_id)
+            handler = handlers.get(event.stream_id)
+            if handler is not None:
+                handler.stop_sending(event.error_code)
+        elif type(event) is events.ConnectionTerminated:
+            self._terminated(event)
+
+    def _accept_stream(self, stream_id: int, *, offer: bool = True) -> StreamHandler | None:
+        # Only bidirectional streams the peer opened, and only new ones: data
+        # arriving late on a stream we already released is dropped.
+        is_peer_bidi = (stream_id & 3) == (1 if self._quic.configuration.is_client else 0)
+        if not is_peer_bidi:
+            if (stream_id & 2) and stream_id not in self._handlers:
+                # Unidirectional streams are not used by protocol v1 (wire-protocol.md §2).
+                with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                    self._quic.stop_stream(stream_id, ErrorCode.REFUSED)
+            return None
+        if stream_id < self._peer_next_bidi:
+            return None
+        self._peer_next_bidi = stream_id + 4
+        if not offer:
+            return None
+        handler = self.on_new_stream(stream_id) if self.on_new_stream is not None else None
+        if handler is None:
+            self.reset(stream_id, ErrorCode.REFUSED)
+            return None
+        self._handlers[stream_id] = handler
+        return handler
+
+    def _terminated(self, event: events.ConnectionTerminated) -> None:
+        if self.closed_error is not None:
+            return
+        reason = event.reason_phrase or f"error code 0x{event.error_code:x}"
+        self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
+        handlers = list(self._handlers.values())
+        self._handlers.clear()
+        for waiter in self._drain_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(self.closed_error)
+        self._drain_waiters.clear()
+        for handler in handlers:
+            try:
+                handler.connection_lost(self.closed_error)
+            except Exception:  # one broken handler must not stop the others
+                logger.exception("stream handler failed on connection loss")
+        for callback in self.on_connection_lost:
+            try:
+                callback(self.closed_error)
+            except Exception:
+                logger.exception("connection-lost callback failed")
+
+
+def _make_connection(configuration: QuicConfiguration, window: int, **kwargs: Any) -> QuicConnection:
+    return _FlowConnection(configuration=configuration, window=window, **kwargs)
+
+
+async def connect(
+    host: str,
+    port: int,
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    *,
+    connect_timeout: float,
+) -> QuicFlowProtocol:
+    """Open a QUIC connection and finish the TLS 1.3 handshake.
+
+    Raises:
+        ConnectionClosed: the handshake failed (its reason is in the message) or
+            did not finish within ``connect_timeout`` seconds.
+    """
+    loop = asyncio.get_running_loop()
+    settings.apply(configuration)
+    try:
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except OSError as exc:
+        raise ConnectionClosed(message=f"cannot resolve {host!r}: {exc}") from exc
+    family, _, _, _, addr = infos[0]
+    connection = _make_connection(configuration, settings.stream_receive_window)
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
+        transport, proto = await loop.create_datagram_endpoint(
+            lambda: QuicFlowProtocol(connection, settings=settings), sock=sock
+        )
+    except BaseException:
+        sock.close()
+        raise
+    protocol = cast(QuicFlowProtocol, proto)
+    try:
+        protocol.connect(cast(NetworkAddress, addr))
+        async with asyncio.timeout(connect_timeout):
+            await protocol.wait_connected()
+    except TimeoutError:
+        transport.close()
+        raise ConnectionClosed(
+            message=f"could not connect to {host}:{port} within {connect_timeout} s"
+        ) from None
+    except ConnectionError as exc:
+        transport.close()
+        why = protocol.closed_error.message if protocol.closed_error else "handshake failed"
+        raise ConnectionClosed(message=f"could not connect to {host}:{port}: {why}") from exc
+    except BaseException:
+        transport.close()
+        raise
+    return protocol
+
+
+class QuicFlowServer(asyncio.DatagramProtocol):
+    """The UDP endpoint that demultiplexes datagrams to many connections.
+
+    Each new connection is a `QuicFlowProtocol`; ``on_connection`` sees it
+    before its first stream arrives.
+    """
+
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        settings: TransportSettings,
+        on_connection: Callable[[QuicFlowProtocol], None],
+    ) -> None:
+        self._configuration = configuration
+        self._settings = settings
+        self._on_connection = on_connection
+        self._protocols: dict[bytes, QuicFlowProtocol] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self.connections: set[QuicFlowProtocol] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        assert self._transport is not None
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return
+        protocol = self._protocols.get(header.destination_cid)
+        if protocol is None:
+            if (
+                header.packet_type != QuicPacketType.INITIAL
+                or len(data) < _SMALLEST_INITIAL
+                or header.version not in self._configuration.supported_versions
+            ):
+                return  # not a connection attempt we take (no version negotiation in v1)
+            protocol = self._accept(header.destination_cid)
+        protocol.datagram_received(data, addr)
+
+    def _accept(self, original_cid: bytes) -> QuicFlowProtocol:
+        connection = _make_connection(
+            self._configuration,
+            self._settings.stream_receive_window,
+            original_destination_connection_id=original_cid,
+        )
+        protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
+        protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
+        protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
+        protocol._connection_terminated_handler = lambda: self._forget(protocol)
+        self._add_cid(protocol, original_cid)
+        self._add_cid(protocol, connection.host_cid)
+        self.connections.add(protocol)
+        self._on_connection(protocol)
+        return protocol
+
+    def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+        self._protocols[cid] = protocol
+        protocol.cids.add(cid)
+
+    def _remove_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+        protocol.cids.discard(cid)
+        if self._protocols.get(cid) is protocol:
+            del self._protocols[cid]
+
+    def _forget(self, protocol: QuicFlowProtocol) -> None:
+        for cid in protocol.cids:
+            if self._protocols.get(cid) is protocol:
+                del self._protocols[cid]
+        protocol.cids.clear()
+        self.connections.discard(protocol)
+
+    def close(self) -> None:
+        """Stop listening; connections still open are closed abruptly."""
+        for protocol in list(self.connections):
+            protocol.close(ErrorCode.NO_ERROR, "server closed")
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def serve(
+    host: str,
+    port: int,
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    on_connection: Callable[[QuicFlowProtocol], None],
+) -> QuicFlowServer:
+    """Bind a UDP socket and accept QUIC connections on it."""
+    loop = asyncio.get_running_loop()
+    settings.apply(configuration)
+    _, proto = await loop.create_datagram_endpoint(
+        lambda: QuicFlowServer(configuration, settings, on_connection),
+        local_addr=(host, port),
+        reuse_port=None,
+    )
+    return cast(QuicFlowServer, proto)

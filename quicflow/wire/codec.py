@@ -1,0 +1,203 @@
+"""Frame encoding and the incremental frame decoder (docs/wire-protocol.md §3)."""
+
+from __future__ import annotations
+
+import enum
+import struct
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from ..errors import FrameTooLarge, RemoteProtocolError
+from ..metadata import Metadata, MetadataValue
+from .v1 import frames_pb2 as pb
+
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "ErrorCode",
+    "Frame",
+    "FrameDecoder",
+    "FrameType",
+    "MalformedFrame",
+    "decode_metadata",
+    "encode_frame",
+    "encode_metadata",
+]
+
+FRAME_HEADER_SIZE = 5
+"""Bytes before every payload: one type byte and a 32-bit big-endian length."""
+
+_HEADER = struct.Struct(">BI")
+_MAX_LENGTH = 0xFFFF_FFFF
+
+
+class FrameType(enum.IntEnum):
+    """The frame types of wire protocol v1 (docs/wire-protocol.md §3.1)."""
+
+    DATA = 0x00
+    HEADERS = 0x01
+    TRAILERS = 0x02
+    HELLO = 0x10
+    WELCOME = 0x11
+    PING = 0x12
+    PONG = 0x13
+    GOAWAY = 0x14
+
+
+class ErrorCode(enum.IntEnum):
+    """QUIC application error codes for RESET_STREAM, STOP_SENDING and
+    CONNECTION_CLOSE (docs/wire-protocol.md §6)."""
+
+    NO_ERROR = 0x00
+    CANCELLED = 0x01
+    DEADLINE_EXCEEDED = 0x02
+    REFUSED = 0x03
+    EXCESSIVE_LOAD = 0x04
+    PROTOCOL_ERROR = 0x05
+    INTERNAL_ERROR = 0x06
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+class MalformedFrame(RemoteProtocolError):
+    """The peer sent bytes that are not a valid frame (unknown type, bad payload)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame."""
+
+    type: FrameType
+    payload: bytes
+
+
+def encode_frame(frame_type: int, payload: bytes) -> bytes:
+    """Return the bytes of one frame: 5-byte prefix then ``payload``."""
+    n = len(payload)
+    if n > _MAX_LENGTH:
+        raise ValueError(f"frame payload of {n} bytes exceeds the 32-bit length field")
+    return _HEADER.pack(frame_type, n) + payload
+
+
+class FrameDecoder:
+    """Turn a byte stream, split anywhere, into frames.
+
+    ``max_data_size`` bounds DATA payloads (the max message size);
+    ``max_control_size`` bounds every other frame's payload. A length over its
+    bound raises `FrameTooLarge` as soon as the 5-byte prefix is complete,
+    before any of the payload is buffered. Unknown frame types raise
+    `MalformedFrame`. After an error the decoder refuses further input.
+
+    Example::
+
+        dec = FrameDecoder(max_data_size=4 << 20, max_control_size=64 << 10)
+        for frame in dec.feed(chunk):
+            ...
+    """
+
+    __slots__ = ("_buf", "_error", "_need", "_type", "max_control_size", "max_data_size")
+
+    def __init__(self, max_data_size: int, max_control_size: int) -> None:
+        self.max_data_size = max_data_size
+        self.max_control_size = max_control_size
+        self._buf = bytearray()
+        self._type = -1  # type of the frame whose payload we are collecting; -1: none
+        self._need = 0
+        self._error = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for a frame not yet complete."""
+        return len(self._buf)
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a FIN here is a clean end)."""
+        return not self._buf and self._type < 0
+
+    def feed(self, data: bytes) -> list[Frame]:
+        """Consume ``data`` and return every frame it completes, in order.
+
+        Raises:
+            FrameTooLarge: a length prefix is over its limit.
+            MalformedFrame: an unknown frame type, or input after an error.
+        """
+        if self._error:
+            raise MalformedFrame("decoder already failed")
+        frames: list[Frame] = []
+        buf = self._buf
+        # Fast path: nothing buffered, so frames can be sliced straight out of ``data``.
+        if not buf and self._type < 0:
+            pos = 0
+            end = len(data)
+            while end - pos >= FRAME_HEADER_SIZE:
+                ftype, length = _HEADER.unpack_from(data, pos)
+                self._check(ftype, length)
+                stop = pos + FRAME_HEADER_SIZE + length
+                if stop > end:
+                    break
+                frames.append(Frame(FrameType(ftype), data[pos + FRAME_HEADER_SIZE : stop]))
+                pos = stop
+            if pos == end:
+                return frames
+            data = data[pos:]
+        buf += data
+        while True:
+            if self._type < 0:
+                if len(buf) < FRAME_HEADER_SIZE:
+                    return frames
+                ftype, length = _HEADER.unpack_from(buf, 0)
+                self._check(ftype, length)
+                del buf[:FRAME_HEADER_SIZE]
+                self._type = ftype
+                self._need = length
+            if len(buf) < self._need:
+                return frames
+            payload = bytes(buf[: self._need])
+            del buf[: self._need]
+            frames.append(Frame(FrameType(self._type), payload))
+            self._type = -1
+
+    def _check(self, ftype: int, length: int) -> None:
+        if ftype not in _KNOWN_TYPES:
+            self._error = True
+            raise MalformedFrame(f"unknown frame type 0x{ftype:02x}")
+        limit = self.max_data_size if ftype == FrameType.DATA else self.max_control_size
+        if length > limit:
+            self._error = True
+            what = "message" if ftype == FrameType.DATA else f"{FrameType(ftype).name} frame"
+            raise FrameTooLarge(f"{what} of {length} bytes exceeds the limit of {limit} bytes")
+
+
+# Metadata (docs/wire-protocol.md §4.1) -----------------------------------
+
+
+def encode_metadata(
+    target: pb.CallHeaders | pb.CallTrailers | pb.Hello,
+    metadata: Iterable[tuple[str, MetadataValue]],
+) -> None:
+    """Append ``metadata`` to a protobuf message's ``metadata`` field."""
+    entries = target.metadata
+    for key, value in metadata:
+        entries.add(key=key, value=value.encode() if isinstance(value, str) else value)
+
+
+def decode_metadata(entries: Sequence[pb.MetadataEntry]) -> Metadata:
+    """Turn wire metadata into user metadata: ``-bin`` keys keep bytes, others UTF-8 text.
+
+    Raises:
+        MalformedFrame: a text value is not UTF-8, or a key is not lower-case ASCII.
+    """
+    out: list[tuple[str, MetadataValue]] = []
+    for entry in entries:
+        key = entry.key
+        if not key or not key.isascii() or key.lower() != key:
+            raise MalformedFrame(f"invalid metadata key {key!r}")
+        if key.endswith("-bin"):
+            out.append((key, entry.value))
+        else:
+            try:
+                out.append((key, entry.value.decode()))
+            except UnicodeDecodeError:
+                raise MalformedFrame(f"metadata value for {key!r} is not UTF-8") from None
+    return tuple(out)
