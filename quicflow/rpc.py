@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
 
 from .metadata import MetadataLike
 from .status import StatusCode
@@ -155,9 +155,7 @@ def stream_unary_handler(method: Method[Req, Resp], func: StreamUnaryFunc[Req, R
     return Handler(method, func)
 
 
-def stream_stream_handler(
-    method: Method[Req, Resp], func: StreamStreamFunc[Req, Resp]
-) -> Handler:
+def stream_stream_handler(method: Method[Req, Resp], func: StreamStreamFunc[Req, Resp]) -> Handler:
     """Bind an async-generator ``f(requests, context)`` handler."""
     return Handler(method, func)
 
@@ -178,7 +176,7 @@ class Service:
         raise NotImplementedError
 
 
-async def unimplemented(route: str) -> Any:
+async def unimplemented(route: str) -> NoReturn:
     """Body of a generated unary/client-streaming default handler."""
     from .errors import RpcError
 
