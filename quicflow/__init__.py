@@ -1,9 +1,27 @@
-"""QuicFlow: gRPC-style RPC over QUIC (work in progress)."""
+"""QuicFlow: gRPC-style RPC over QUIC for asyncio.
+
+Write a ``.proto`` service, run ``make gen``, implement the generated
+``FooBase`` on a `Server` and call it through ``FooStub(client)``. See
+docs/overview.md. The lower layers stay importable for anyone writing a
+compatible peer: `quicflow.wire` (bytes) and `quicflow.protocol` (call state).
+"""
 
 from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
+from .client import Client
+from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
-from .errors import RpcError, UsageError
-from .metadata import Metadata, MetadataLike
+from .errors import (
+    ClientNotConnected,
+    ConfigError,
+    ConnectionClosed,
+    PayloadTooLarge,
+    PromiseCapacityFull,
+    RpcError,
+    Timeout,
+    UsageError,
+)
+from .interceptors import ClientCallInfo, ClientInterceptor, ServerInterceptor
+from .metadata import Metadata, MetadataLike, MetadataValue
 from .rpc import (
     Cardinality,
     Channel,
@@ -17,28 +35,51 @@ from .rpc import (
     unimplemented,
     unimplemented_stream,
 )
+from .server import Server
 from .status import StatusCode
 
+__version__ = "0.1.0"
+
 __all__ = [
+    # client
+    "Client",
+    "UnaryUnaryCall",
+    "UnaryStreamCall",
+    "StreamUnaryCall",
+    "StreamStreamCall",
+    "ClientInterceptor",
+    "ClientCallInfo",
+    # server
+    "Server",
+    "ServicerContext",
+    "ServerInterceptor",
+    # config
+    "ClientConfig",
+    "ServerConfig",
+    # status and errors
+    "StatusCode",
+    "RpcError",
+    "ConnectionClosed",
+    "ClientNotConnected",
+    "PayloadTooLarge",
+    "PromiseCapacityFull",
+    "Timeout",
+    "UsageError",
+    "ConfigError",
+    # metadata
+    "Metadata",
+    "MetadataLike",
+    "MetadataValue",
+    # generated-code surface
     "Cardinality",
     "Channel",
     "Handler",
-    "Metadata",
-    "MetadataLike",
     "Method",
-    "RpcError",
     "Service",
-    "ServicerContext",
-    "StatusCode",
-    "StreamStreamCall",
-    "StreamUnaryCall",
-    "UnaryStreamCall",
-    "UnaryUnaryCall",
-    "UsageError",
-    "stream_stream_handler",
-    "stream_unary_handler",
-    "unary_stream_handler",
     "unary_unary_handler",
+    "unary_stream_handler",
+    "stream_unary_handler",
+    "stream_stream_handler",
     "unimplemented",
     "unimplemented_stream",
 ]

@@ -243,7 +243,7 @@ class _Call(Generic[Req, Resp]):
 
     def data_received(self, data: bytes, end_stream: bool) -> None:
         machine = self._machine
-        if machine is None or self._code is not None:
+        if machine is None or self._ended:
             return
         for event in machine.receive_data(data, end_stream):
             cls = type(event)
@@ -263,9 +263,13 @@ class _Call(Generic[Req, Resp]):
                 self._initial_metadata = event.metadata  # type: ignore[union-attr]
             elif cls is ProtocolViolation:
                 err = event.error  # type: ignore[union-attr]
-                self._abort(
-                    RpcError(err.status, f"bad response from the server: {err}"), err.error_code
-                )
+                error = RpcError(err.status, f"bad response from the server: {err}")
+                if self._trailers_seen:
+                    # Junk after complete trailers: the call's outcome stands as sent,
+                    # but the stream is done.
+                    self._abort_after_trailers(error, err.error_code)
+                else:
+                    self._abort(error, err.error_code)
                 return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -306,6 +310,18 @@ class _Call(Generic[Req, Resp]):
         if conn is not None and self._sid >= 0:
             conn.reset(self._sid, reset_code)
         self._finish(error.code, error.message, error.trailing_metadata, error=error)
+
+    def _abort_after_trailers(self, error: RpcError, reset_code: int) -> None:
+        """The server broke the protocol after its trailers: report that instead of them."""
+        if self._ended:
+            return
+        conn = self._conn
+        if conn is not None:
+            conn.reset(self._sid, reset_code)
+        self._code = error.code
+        self._details = error.message
+        self._error = error
+        self._done()
 
     def _complete(self) -> None:
         """Trailers and FIN arrived: the call ended with the server's status."""
@@ -358,13 +374,20 @@ class _Call(Generic[Req, Resp]):
         finished = self._finished
         if finished is not None and not finished.done():
             finished.set_result(None)
-        if self._info is not None:
-            assert self._code is not None
-            for interceptor in reversed(self._interceptors):
-                try:
-                    interceptor.on_end(self._info, self._code, self._details)
-                except Exception:
-                    logger.exception("client interceptor failed in on_end")
+        if self._info is not None and (self._error is not None or not self._messages):
+            self._fire_end()
+
+    def _fire_end(self) -> None:
+        """Tell interceptors the call ended: once, after the last message was handed out."""
+        info = self._info
+        if info is None or self._code is None:
+            return
+        self._info = None
+        for interceptor in reversed(self._interceptors):
+            try:
+                interceptor.on_end(info, self._code, self._details)
+            except Exception:
+                logger.exception("client interceptor failed in on_end")
 
     # -- reading --
 
@@ -399,9 +422,12 @@ class _Call(Generic[Req, Resp]):
             err = RpcError(StatusCode.INTERNAL, f"could not parse the response: {exc}")
             self._abort(err, ErrorCode.CANCELLED)
             raise err from exc
-        if self._info is not None:
+        info = self._info
+        if info is not None:
             for interceptor in self._interceptors:
-                interceptor.on_message_received(self._info, message)
+                interceptor.on_message_received(info, message)
+            if self._ended and not self._messages:
+                self._fire_end()
         return message
 
     async def _wait_finished(self) -> None:
@@ -481,15 +507,24 @@ class _SingleResponse(_Call[Req, Resp]):
         await self._ensure_started()
         data = await self._recv()
         if data is None:
-            raise RpcError(StatusCode.INTERNAL, "the server ended the call without a response")
+            raise self._cardinality_error("the server ended the call without a response")
         response = self._decode(data)
         extra = await self._recv()
         if extra is not None:
-            err = RpcError(StatusCode.INTERNAL, "the server sent more than one response")
-            self._abort(err, ErrorCode.PROTOCOL_ERROR)
-            raise err
+            raise self._cardinality_error("the server sent more than one response")
         self._response = response
         return response
+
+    def _cardinality_error(self, message: str) -> RpcError:
+        """A unary response broke its cardinality: the call ends INTERNAL, whatever the
+        trailers said (so ``code()`` agrees with what ``await`` raised)."""
+        err = RpcError(StatusCode.INTERNAL, message)
+        if self._ended:
+            self._code, self._details, self._error = err.code, message, err
+            self._messages.clear()
+        else:
+            self._abort(err, ErrorCode.PROTOCOL_ERROR)
+        return err
 
 
 class _StreamResponse(_Call[Req, Resp]):

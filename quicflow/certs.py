@@ -98,7 +98,7 @@ def write_dev_certs(
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = _name("QuicFlow development CA")
     ca_cert = (
@@ -128,8 +128,13 @@ def write_dev_certs(
         .sign(ca_key, hashes.SHA256())
     )
     server_cert, server_key = _leaf(
-        ca_key, ca_name, names[0] if names else "localhost", names,
-        ExtendedKeyUsageOID.SERVER_AUTH, now, days,
+        ca_key,
+        ca_name,
+        names[0] if names else "localhost",
+        names,
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        now,
+        days,
     )
     client_cert, client_key = _leaf(
         ca_key, ca_name, client_id, (), ExtendedKeyUsageOID.CLIENT_AUTH, now, days

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterable, Iterable
 from typing import TypeVar
@@ -105,8 +106,6 @@ class Client:
             server_name=c.server_name or c.host,
             ca_file=c.ca_file,
             insecure_skip_verify=c.insecure_skip_verify,
-            cert_file=c.cert_file,
-            key_file=c.key_file,
         )
         self._conn = await connect(
             c.host, c.port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
@@ -123,20 +122,12 @@ class Client:
         conn = self._conn
         if conn is None:
             return
-        if grace:
-            deadline = asyncio.get_running_loop().time() + grace
-            while conn.stream_count and asyncio.get_running_loop().time() < deadline:
-                await asyncio.sleep(0.01)
+        if grace and conn.stream_count:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await conn.wait_idle()
         self._conn = None
-        if conn.closed_error is None:
-            conn.close(ErrorCode.NO_ERROR, "client closed")
-            try:
-                async with asyncio.timeout(1.0):
-                    await conn.wait_closed()
-            except TimeoutError:
-                pass
-        if conn._transport is not None:
-            conn._transport.close()
+        await conn.aclose(ErrorCode.NO_ERROR, "client closed")
 
     async def __aenter__(self) -> Client:
         await self.connect()

@@ -20,11 +20,14 @@ __all__ = ["ClientConfig", "ServerConfig"]
 
 _MIB = 1 << 20
 _MAX_FRAME = 0xFFFF_FFFF
+_MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
 def _positive(name: str, value: object, *, maximum: float = math.inf) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigError(name, f"must be a number, got {value!r}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(name, f"must be a finite number, got {value!r}")
     if not 0 < value <= maximum:
         bound = "" if maximum == math.inf else f" and at most {maximum}"
         raise ConfigError(name, f"must be greater than 0{bound}, got {value!r}")
@@ -155,10 +158,6 @@ class ClientConfig(_Common):
     """PEM CA bundle to verify the server against (None: the system's trust store)."""
     insecure_skip_verify: bool = False
     """Accept any server certificate. Development only: it logs a warning each connect."""
-    cert_file: str | None = None
-    """Client certificate (PEM) for mutual TLS, if the server asks for one."""
-    key_file: str | None = None
-    """Private key for ``cert_file``."""
     connect_timeout: float = 5.0
     """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
     default_timeout: float | None = None
@@ -173,11 +172,9 @@ class ClientConfig(_Common):
         if self.server_name is not None:
             _text("server_name", self.server_name)
         _optional_path("ca_file", self.ca_file)
-        _optional_path("cert_file", self.cert_file)
-        _optional_path("key_file", self.key_file)
         if not isinstance(self.insecure_skip_verify, bool):
             raise ConfigError("insecure_skip_verify", "must be True or False")
         _positive("connect_timeout", self.connect_timeout, maximum=600.0)
         if self.default_timeout is not None:
-            _positive("default_timeout", self.default_timeout)
+            _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)
         object.__setattr__(self, "interceptors", tuple(self.interceptors))

@@ -3,8 +3,8 @@
 ::
 
     Exception
-    ├── RpcError                 a call ended with a non-OK status (code, message, trailing_metadata)
-    │   ├── ConnectionClosed     UNAVAILABLE: the connection went away under the call
+    ├── RpcError                 a call ended with a non-OK status
+    │   ├── ConnectionClosed     UNAVAILABLE: the connection went away
     │   ├── ClientNotConnected   UNAVAILABLE: the server has no session for that client id
     │   ├── PayloadTooLarge      RESOURCE_EXHAUSTED: a message over max_message_size
     │   ├── PromiseCapacityFull  RESOURCE_EXHAUSTED: too many acked sends pending

@@ -24,14 +24,15 @@ Metadata: TypeAlias = tuple[tuple[str, MetadataValue], ...]
 MetadataLike: TypeAlias = Sequence[tuple[str, MetadataValue]] | Iterable[tuple[str, MetadataValue]]
 """Anything you may pass as metadata: a list or tuple of pairs."""
 
-_KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_.")
+KEY_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyz-_.")
+"""The characters a metadata key may use."""
 RESERVED_PREFIX = "quicflow-"
 
 
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
         raise ValueError(f"metadata key must be a non-empty str, got {key!r}")
-    if not _KEY_CHARS.issuperset(key):
+    if not KEY_CHARS.issuperset(key):
         raise ValueError(
             f"metadata key {key!r} may only contain lower-case letters, digits, '-', '_' and '.'"
         )
@@ -51,10 +52,9 @@ def normalize_metadata(metadata: MetadataLike | None) -> Metadata:
         return ()
     out: list[tuple[str, MetadataValue]] = []
     for item in metadata:
-        try:
-            key, value = item
-        except (TypeError, ValueError):
-            raise ValueError(f"metadata items must be (key, value) pairs, got {item!r}") from None
+        if not isinstance(item, (tuple, list)) or len(item) != 2:
+            raise ValueError(f"metadata items must be (key, value) pairs, got {item!r}")
+        key, value = item
         _check_key(key)
         if key.endswith("-bin"):
             if not isinstance(value, (bytes, bytearray, memoryview)):

@@ -164,12 +164,13 @@ class Server:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         endpoint = self._endpoint
+        port = endpoint.port
         endpoint.close()
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
         assert self._closed is not None
         self._closed.set()
-        logger.info("server on port %d stopped", endpoint.port if False else self.config.port)
+        logger.info("server on port %d stopped", port)
 
     async def wait_closed(self) -> None:
         """Wait until `stop` has finished."""
@@ -250,8 +251,9 @@ class _ServerCall(ServicerContext):
                 if isinstance(err, FrameTooLarge):
                     self._refuse(StatusCode.RESOURCE_EXHAUSTED, str(err), ErrorCode.EXCESSIVE_LOAD)
                 else:
-                    self._refuse(StatusCode.INTERNAL, f"malformed request: {err}",
-                                 ErrorCode.PROTOCOL_ERROR)
+                    self._refuse(
+                        StatusCode.INTERNAL, f"malformed request: {err}", ErrorCode.PROTOCOL_ERROR
+                    )
                 return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -346,7 +348,9 @@ class _ServerCall(ServicerContext):
                 await self._send_response(response)
             self._send_status(StatusCode.OK, "", self._trailing_metadata)
         except RpcError as exc:
-            self._send_status(exc.code, exc.message, exc.trailing_metadata or self._trailing_metadata)
+            self._send_status(
+                exc.code, exc.message, exc.trailing_metadata or self._trailing_metadata
+            )
         except asyncio.CancelledError:
             if self._cancel_status is not None:
                 self._send_status(*self._cancel_status, ())

@@ -14,6 +14,7 @@ writes them. ``receive_data`` returns events; a broken rule becomes one
 from __future__ import annotations
 
 import enum
+import math
 from typing import Final
 
 from ..errors import LocalProtocolError, ProtocolError
@@ -21,6 +22,7 @@ from ..metadata import MetadataValue
 from ..status import StatusCode
 from ..wire.codec import (
     ErrorCode,
+    Frame,
     FrameDecoder,
     FrameType,
     MalformedFrame,
@@ -85,6 +87,7 @@ TRANSITIONS: Final[dict[Role, dict[SideState, dict[_Key, SideState]]]] = {
 _OTHER = {Role.CALLER: Role.CALLEE, Role.CALLEE: Role.CALLER}
 _END_EVENT: Final = EndOfStream()
 _OK_TRAILERS: Final = encode_frame(FrameType.TRAILERS, b"")
+_MAX_TIMEOUT_US: Final = 2**64 - 1
 
 
 def _step(
@@ -140,11 +143,22 @@ class CallProtocol:
         timeout: float | None = None,
         message_id: bytes = b"",
     ) -> bytes:
-        """Start the call (caller) or send response headers (callee, ``method=""``)."""
-        self._advance_local(FrameType.HEADERS)
+        """Start the call (caller) or send response headers (callee, ``method=""``).
+
+        ``timeout`` is seconds left (finite, capped at 2**64-1 microseconds).
+        """
+        if (self.role is Role.CALLER) != bool(method):
+            raise LocalProtocolError(
+                "call HEADERS need a method"
+                if self.role is Role.CALLER
+                else "response HEADERS must not carry a method"
+            )
         msg = pb.CallHeaders(method=method, message_id=message_id)
         if timeout is not None:
-            msg.timeout_us = max(1, int(timeout * 1_000_000))
+            if not math.isfinite(timeout):
+                raise LocalProtocolError(f"timeout must be a finite number, got {timeout!r}")
+            msg.timeout_us = min(_MAX_TIMEOUT_US, max(1, round(timeout * 1_000_000)))
+        self._advance_local(FrameType.HEADERS)
         if metadata:
             _encode_metadata(msg, metadata)
         return encode_frame(FrameType.HEADERS, msg.SerializeToString())
@@ -189,8 +203,16 @@ class CallProtocol:
         events: list[Event] = []
         try:
             if data:
-                for frame in self._decoder.feed(data):
+                frames: list[Frame] = []
+                decode_error: ProtocolError | None = None
+                try:
+                    self._decoder.feed(data, frames)
+                except ProtocolError as exc:
+                    decode_error = exc  # report the whole frames before it first
+                for frame in frames:
                     events.append(self._on_frame(frame.type, frame.payload))
+                if decode_error is not None:
+                    raise decode_error
             if end_stream:
                 if not self._decoder.at_boundary:
                     raise MalformedFrame("stream ended inside a frame")
@@ -223,7 +245,8 @@ class CallProtocol:
                 h = pb.CallHeaders.FromString(payload)
                 if (self.role is Role.CALLEE) != bool(h.method):
                     raise MalformedFrame(
-                        "call HEADERS need a method" if self.role is Role.CALLEE
+                        "call HEADERS need a method"
+                        if self.role is Role.CALLEE
                         else "response HEADERS must not carry a method"
                     )
                 return HeadersReceived(
@@ -249,10 +272,7 @@ class CallProtocol:
             raise MalformedFrame(f"malformed {ftype.name} payload: {exc}") from exc
 
 
-
-
-
-_RESET_STATUS: Final = {
+_RESET_STATUS: Final[dict[int, tuple[StatusCode, str]]] = {
     ErrorCode.CANCELLED: (StatusCode.CANCELLED, "the peer cancelled the call"),
     ErrorCode.DEADLINE_EXCEEDED: (StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
     ErrorCode.REFUSED: (StatusCode.UNAVAILABLE, "the peer refused the call; safe to retry"),
@@ -263,7 +283,7 @@ _RESET_STATUS: Final = {
 
 def reset_status(error_code: int) -> tuple[StatusCode, str]:
     """The status a caller reports when the callee resets the stream (wire-protocol.md §6)."""
-    found = _RESET_STATUS.get(error_code)  # type: ignore[call-overload]
+    found = _RESET_STATUS.get(error_code)
     if found is not None:
         return found
     return StatusCode.INTERNAL, f"stream reset by the peer (error code 0x{error_code:x})"

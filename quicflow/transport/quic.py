@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
-from aioquic.buffer import Buffer
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import (
@@ -114,7 +114,7 @@ class _FlowConnection(QuicConnection):
         self.flow_window = window
 
     def flow_target(self, stream: QuicStream) -> int | None:
-        handler = self.flow_handlers.get(stream.stream_id)
+        handler = self.flow_handlers.get(cast(int, stream.stream_id))
         if handler is None:
             return None
         return stream.receiver.starting_offset() - handler.unread_bytes + self.flow_window
@@ -159,7 +159,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._fq = cast(_FlowConnection, quic)
         self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
+        self._idle_waiters: list[asyncio.Future[None]] = []
         self._peer_next_bidi = 1 if quic.configuration.is_client else 0
+        self._peer_unseen: set[int] = set()
+        self._receiving = False
+        self.owns_transport = quic.configuration.is_client
+        """A client connection has its own UDP socket, closed when the connection ends."""
         self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
         self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
         self.closed_error: ConnectionClosed | None = None
@@ -239,7 +244,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
         Idempotent. Also forgets the stream's handler.
         """
-        self._handlers.pop(stream_id, None)
+        self.release(stream_id)
         quic = self._quic
         with contextlib.suppress(RuntimeError, ValueError, AssertionError):
             quic.reset_stream(stream_id, error_code)
@@ -263,6 +268,21 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
         self._handlers.pop(stream_id, None)
         self._drain_waiters.pop(stream_id, None)
+        if self._idle_waiters and not self._handlers:
+            self._wake_idle()
+
+    async def wait_idle(self) -> None:
+        """Wait until no stream has a live handler (every call has ended)."""
+        if self._handlers and self.closed_error is None:
+            waiter: asyncio.Future[None] = self._loop.create_future()
+            self._idle_waiters.append(waiter)
+            await waiter
+
+    def _wake_idle(self) -> None:
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     def credit_released(self, stream_id: int) -> None:
         """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
@@ -312,15 +332,40 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     # -- aioquic plumbing --
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
-        super().datagram_received(data, addr)
+        # aioquic transmits right after processing a datagram, so writes made by
+        # stream handlers meanwhile need no transmit of their own.
+        self._receiving = True
+        try:
+            self._quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
+            self._process_events()
+        finally:
+            self._receiving = False
+        self.transmit()
         if self._drain_waiters:
             self._check_drains()
+
+    def _transmit_soon(self) -> None:
+        if not self._receiving and self._transmit_task is None:
+            self._transmit_task = self._loop.call_soon(self.transmit)
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close the connection (CONNECTION_CLOSE with an application error code)."""
         if self._transport is None or self._transport.is_closing():
             return
         super().close(error_code=error_code, reason_phrase=reason_phrase)
+
+    async def aclose(
+        self, error_code: int = ErrorCode.NO_ERROR, reason: str = "", timeout: float = 1.0
+    ) -> None:
+        """Close, wait (up to ``timeout`` s) for the close to complete, and release the
+        socket if this connection owns it."""
+        if self.closed_error is None:
+            self.close(error_code, reason)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self.wait_closed()
+        if self.owns_transport and self._transport is not None:
+            self._transport.close()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
         handlers = self._handlers
@@ -336,11 +381,15 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             handler = handlers.get(event.stream_id)
             if handler is not None:
                 handler.stream_reset(event.error_code)
-            elif self._accept_stream(event.stream_id, offer=False) is None:
-                # A stream reset before we saw any of it (or after we let it go):
-                # reset our side as well so aioquic can free it.
-                with contextlib.suppress(RuntimeError, ValueError, AssertionError):
-                    self._quic.reset_stream(event.stream_id, event.error_code)
+            else:
+                # A stream reset before we saw any of it (or after we let it go): if we
+                # never finished our side, reset it as well so aioquic can free it. A
+                # side that sent FIN stays as it is (its trailers may still be in flight).
+                self._accept_stream(event.stream_id, offer=False)
+                stream = self._quic._streams.get(event.stream_id)
+                if stream is not None and stream.sender._buffer_fin is None:
+                    with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                        self._quic.reset_stream(event.stream_id, event.error_code)
         elif type(event) is events.StopSendingReceived:
             self._wake_drain(event.stream_id)
             handler = handlers.get(event.stream_id)
@@ -359,9 +408,15 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                     self._quic.stop_stream(stream_id, ErrorCode.REFUSED)
             return None
+        # QUIC opens every lower-numbered stream implicitly, and packets reorder: a
+        # stream below the highest seen is new if we have not seen it yet.
         if stream_id < self._peer_next_bidi:
-            return None
-        self._peer_next_bidi = stream_id + 4
+            if stream_id not in self._peer_unseen:
+                return None
+            self._peer_unseen.discard(stream_id)
+        else:
+            self._peer_unseen.update(range(self._peer_next_bidi, stream_id, 4))
+            self._peer_next_bidi = stream_id + 4
         if not offer:
             return None
         handler = self.on_new_stream(stream_id) if self.on_new_stream is not None else None
@@ -376,8 +431,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         reason = event.reason_phrase or f"error code 0x{event.error_code:x}"
         self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
+        if self.owns_transport and self._transport is not None:
+            # Let the CONNECTION_CLOSE we may have queued leave first.
+            self._loop.call_soon(self._transport.close)
         handlers = list(self._handlers.values())
         self._handlers.clear()
+        self._wake_idle()
         for waiter in self._drain_waiters.values():
             if not waiter.done():
                 waiter.set_exception(self.closed_error)
@@ -394,7 +453,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 logger.exception("connection-lost callback failed")
 
 
-def _make_connection(configuration: QuicConfiguration, window: int, **kwargs: Any) -> QuicConnection:
+def _make_connection(
+    configuration: QuicConfiguration, window: int, **kwargs: Any
+) -> QuicConnection:
     return _FlowConnection(configuration=configuration, window=window, **kwargs)
 
 
@@ -429,7 +490,7 @@ async def connect(
     except BaseException:
         sock.close()
         raise
-    protocol = cast(QuicFlowProtocol, proto)
+    protocol = proto
     try:
         protocol.connect(cast(NetworkAddress, addr))
         async with asyncio.timeout(connect_timeout):
@@ -478,7 +539,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
-    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:  # type: ignore[override]
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._configuration.connection_id_length
@@ -552,4 +613,4 @@ async def serve(
         local_addr=(host, port),
         reuse_port=None,
     )
-    return cast(QuicFlowServer, proto)
+    return proto

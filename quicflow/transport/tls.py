@@ -23,8 +23,6 @@ def client_configuration(
     server_name: str,
     ca_file: str | None,
     insecure_skip_verify: bool = False,
-    cert_file: str | None = None,
-    key_file: str | None = None,
 ) -> QuicConfiguration:
     """Build an aioquic client configuration that verifies the server.
 
@@ -42,8 +40,6 @@ def client_configuration(
         config.verify_mode = ssl.CERT_REQUIRED
         if ca_file is not None:
             config.load_verify_locations(cafile=ca_file)
-    if cert_file is not None:
-        config.load_cert_chain(cert_file, key_file)
     return config
 
 

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import FrameTooLarge, RemoteProtocolError
+from ..metadata import KEY_CHARS as _KEY_CHARS
 from ..metadata import Metadata, MetadataValue
 from .v1 import frames_pb2 as pb
 
@@ -115,8 +116,11 @@ class FrameDecoder:
         """True when no partial frame is buffered (a FIN here is a clean end)."""
         return not self._buf and self._type < 0
 
-    def feed(self, data: bytes) -> list[Frame]:
+    def feed(self, data: bytes, out: list[Frame] | None = None) -> list[Frame]:
         """Consume ``data`` and return every frame it completes, in order.
+
+        Frames are appended to ``out`` when given (and it is returned), so a
+        caller still has the frames completed before an error.
 
         Raises:
             FrameTooLarge: a length prefix is over its limit.
@@ -124,7 +128,7 @@ class FrameDecoder:
         """
         if self._error:
             raise MalformedFrame("decoder already failed")
-        frames: list[Frame] = []
+        frames: list[Frame] = [] if out is None else out
         buf = self._buf
         # Fast path: nothing buffered, so frames can be sliced straight out of ``data``.
         if not buf and self._type < 0:
@@ -191,7 +195,7 @@ def decode_metadata(entries: Sequence[pb.MetadataEntry]) -> Metadata:
     out: list[tuple[str, MetadataValue]] = []
     for entry in entries:
         key = entry.key
-        if not key or not key.isascii() or key.lower() != key:
+        if not key or not _KEY_CHARS.issuperset(key):
             raise MalformedFrame(f"invalid metadata key {key!r}")
         if key.endswith("-bin"):
             out.append((key, entry.value))

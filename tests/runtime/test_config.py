@@ -1,0 +1,276 @@
+"""Tests for `ServerConfig` and `ClientConfig`: every field's validator, defaults and reprs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import pytest
+
+from quicflow.config import ClientConfig, ServerConfig
+from quicflow.errors import ConfigError
+
+CERT = "certs/server.pem"
+
+
+def build_server(**overrides: Any) -> ServerConfig:
+    """A ServerConfig with a certificate, plus ``overrides``."""
+    return ServerConfig(**{"cert_file": CERT, **overrides})
+
+
+def build_client(**overrides: Any) -> ClientConfig:
+    """A ClientConfig with ``overrides``."""
+    return ClientConfig(**overrides)
+
+
+BUILDERS = {"server": build_server, "client": build_client}
+
+# Bad values for the fields both configs share: (field, value).
+COMMON_BAD: list[tuple[str, object]] = [
+    # max_message_size: an int in [1, 2**32 - 1]
+    ("max_message_size", 0),
+    ("max_message_size", -1),
+    ("max_message_size", 2**32),
+    ("max_message_size", 4.0),
+    ("max_message_size", "4MiB"),
+    ("max_message_size", None),
+    ("max_message_size", True),
+    # max_metadata_size: an int in [256, 2**32 - 1]
+    ("max_metadata_size", 255),
+    ("max_metadata_size", 0),
+    ("max_metadata_size", 2**32),
+    ("max_metadata_size", 1024.0),
+    ("max_metadata_size", False),
+    # idle_timeout: a number in (0, 3600]
+    ("idle_timeout", 0),
+    ("idle_timeout", 0.0),
+    ("idle_timeout", -1.0),
+    ("idle_timeout", 3600.5),
+    ("idle_timeout", math.inf),
+    ("idle_timeout", math.nan),
+    ("idle_timeout", "60"),
+    ("idle_timeout", None),
+    ("idle_timeout", True),
+    # max_datagram_size: an int in [1200, 16384]
+    ("max_datagram_size", 1199),
+    ("max_datagram_size", 16385),
+    ("max_datagram_size", 1500.0),
+    ("max_datagram_size", True),
+    # congestion_control: "reno" or "cubic"
+    ("congestion_control", "bbr"),
+    ("congestion_control", "RENO"),
+    ("congestion_control", ""),
+    ("congestion_control", None),
+    ("congestion_control", 1),
+    # stream_receive_window and send_buffer_limit: ints in [16 KiB, 1 GiB]
+    ("stream_receive_window", (16 << 10) - 1),
+    ("stream_receive_window", (1 << 30) + 1),
+    ("stream_receive_window", 65536.0),
+    ("stream_receive_window", True),
+    ("send_buffer_limit", (16 << 10) - 1),
+    ("send_buffer_limit", (1 << 30) + 1),
+    ("send_buffer_limit", "1MiB"),
+    ("send_buffer_limit", False),
+    # host: a non-empty string
+    ("host", ""),
+    ("host", None),
+    ("host", b"127.0.0.1"),
+    ("host", 127),
+]
+
+SERVER_BAD: list[tuple[str, object]] = [
+    ("port", -1),
+    ("port", 65536),
+    ("port", 443.0),
+    ("port", "443"),
+    ("port", True),
+    ("cert_file", None),
+    ("cert_file", ""),
+    ("cert_file", 1),
+    # key_file: None or a non-empty path
+    ("key_file", ""),
+    ("key_file", 0),
+]
+
+CLIENT_BAD: list[tuple[str, object]] = [
+    ("port", 0),  # a client must name the server's port
+    ("port", 65536),
+    ("port", "4433"),
+    ("port", True),
+    ("server_name", ""),
+    ("server_name", 5),
+    ("ca_file", ""),
+    ("ca_file", 1),
+    ("insecure_skip_verify", 1),
+    ("insecure_skip_verify", "yes"),
+    ("insecure_skip_verify", None),
+    ("connect_timeout", 0),
+    ("connect_timeout", -5.0),
+    ("connect_timeout", 600.5),
+    ("connect_timeout", math.nan),
+    ("connect_timeout", "5"),
+    ("connect_timeout", True),
+    ("default_timeout", 0),
+    ("default_timeout", -1.0),
+    ("default_timeout", math.nan),
+    ("default_timeout", "1s"),
+    ("default_timeout", True),
+]
+
+
+def _cases() -> list[object]:
+    cases: list[object] = []
+    for kind in BUILDERS:
+        specific = SERVER_BAD if kind == "server" else CLIENT_BAD
+        for name, value in COMMON_BAD + specific:
+            cases.append(pytest.param(kind, name, value, id=f"{kind}-{name}={value!r}"))
+    return cases
+
+
+@pytest.mark.parametrize(("kind", "name", "value"), _cases())
+def test_bad_value_raises_config_error_naming_the_field(
+    kind: str, name: str, value: object
+) -> None:
+    """Check that each invalid field value raises ConfigError whose field and message name it."""
+    with pytest.raises(ConfigError) as info:
+        BUILDERS[kind](**{name: value})
+    assert info.value.field == name
+    assert str(info.value).startswith(f"{name}: ")
+    assert isinstance(info.value, ValueError)
+
+
+def test_every_validated_field_has_a_bad_value_case() -> None:
+    """Check that the tables above cover every field except interceptors, so none goes untested."""
+    common = {name for name, _ in COMMON_BAD}
+    for cls, specific in ((ServerConfig, SERVER_BAD), (ClientConfig, CLIENT_BAD)):
+        covered = common | {name for name, _ in specific}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"interceptors"}
+        assert fields == covered, cls.__name__
+
+
+@pytest.mark.parametrize(
+    ("kind", "overrides"),
+    [
+        ("server", {}),
+        ("server", {"port": 0, "host": "::", "key_file": "k.pem"}),
+        ("server", {"port": 65535, "congestion_control": "cubic", "idle_timeout": 3600}),
+        (
+            "server",
+            {
+                "max_message_size": 1,
+                "max_metadata_size": 256,
+                "max_datagram_size": 1200,
+                "stream_receive_window": 16 << 10,
+                "send_buffer_limit": 16 << 10,
+            },
+        ),
+        (
+            "server",
+            {
+                "max_message_size": 2**32 - 1,
+                "max_metadata_size": 2**32 - 1,
+                "max_datagram_size": 16384,
+                "stream_receive_window": 1 << 30,
+                "send_buffer_limit": 1 << 30,
+                "idle_timeout": 0.001,
+            },
+        ),
+        ("client", {}),
+        ("client", {"port": 1, "server_name": "localhost", "ca_file": "ca.pem"}),
+        ("client", {"insecure_skip_verify": True}),
+        ("client", {"connect_timeout": 600, "default_timeout": 0.5}),
+        ("client", {"connect_timeout": 0.01, "default_timeout": 10**6}),
+    ],
+)
+def test_valid_configs_build(kind: str, overrides: dict[str, object]) -> None:
+    """Check that in-range values, including the bounds, build and are kept as given."""
+    config = BUILDERS[kind](**overrides)
+    for name, value in overrides.items():
+        assert getattr(config, name) == value
+
+
+def test_server_config_requires_cert_file() -> None:
+    """Check that a ServerConfig without cert_file fails naming cert_file."""
+    with pytest.raises(ConfigError, match=r"^cert_file: .*certificate") as info:
+        ServerConfig()
+    assert info.value.field == "cert_file"
+
+
+def test_defaults() -> None:
+    """Check that the documented defaults hold."""
+    server = build_server()
+    client = ClientConfig()
+    for config in (server, client):
+        assert config.max_message_size == 4 << 20
+        assert config.max_metadata_size == 64 << 10
+        assert config.idle_timeout == 60.0
+        assert config.max_datagram_size == 1200
+        assert config.congestion_control == "reno"
+        assert config.host == "127.0.0.1"
+        assert config.port == 4433
+        assert config.interceptors == ()
+    assert server.key_file is None
+    assert client.server_name is None
+    assert client.ca_file is None
+    assert client.default_timeout is None
+    assert client.insecure_skip_verify is False
+    assert client.connect_timeout == 5.0
+
+
+def test_configs_are_frozen() -> None:
+    """Check that a built config cannot be changed, so validation cannot be bypassed."""
+    config = ClientConfig()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.port = 0  # type: ignore[misc]
+    replaced = dataclasses.replace(config, port=9)
+    assert replaced.port == 9
+    with pytest.raises(ConfigError, match=r"^port: "):
+        dataclasses.replace(config, port=0)
+
+
+def test_interceptors_become_a_tuple() -> None:
+    """Check that interceptors given as a list are stored as a tuple."""
+    config = ClientConfig(interceptors=[])
+    assert config.interceptors == ()
+    assert isinstance(config.interceptors, tuple)
+    assert isinstance(build_server(interceptors=[]).interceptors, tuple)
+
+
+def test_repr_shows_only_non_default_fields() -> None:
+    """Check that reprs are short and readable: the class name and what differs from the default."""
+    assert repr(ClientConfig()) == "ClientConfig()"
+    assert repr(ClientConfig(host="example.com", port=443, default_timeout=2.5)) == (
+        "ClientConfig(host='example.com', port=443, default_timeout=2.5)"
+    )
+    assert repr(build_server(port=0)) == f"ServerConfig(port=0, cert_file={CERT!r})"
+
+
+def test_repr_hides_interceptors() -> None:
+    """Check that interceptors never appear in the repr."""
+    assert "interceptors" not in repr(ClientConfig(interceptors=[]))
+
+
+def test_error_message_names_the_allowed_range() -> None:
+    """Check that messages say what is allowed and what was given."""
+    with pytest.raises(ConfigError, match=r"^port: must be between 1 and 65535, got 0$"):
+        ClientConfig(port=0)
+    with pytest.raises(ConfigError, match=r"^idle_timeout: must be greater than 0 and at most"):
+        ClientConfig(idle_timeout=0)
+    with pytest.raises(ConfigError, match=r"^congestion_control: must be one of 'reno', 'cubic'"):
+        ClientConfig(congestion_control="bbr")
+    with pytest.raises(ConfigError, match=r"^max_message_size: must be an integer, got True$"):
+        ClientConfig(max_message_size=True)
+
+
+@pytest.mark.parametrize("name", ["idle_timeout", "connect_timeout", "default_timeout"])
+def test_huge_int_duration_raises_config_error(name: str) -> None:
+    """Check that an int duration too large for a float is a ConfigError naming the field."""
+    with pytest.raises(ConfigError, match=rf"^{name}: "):
+        build_client(**{name: 10**400})
+
+
+def test_infinite_default_timeout_raises_config_error() -> None:
+    """Check that default_timeout=inf is refused at start-up, naming the field."""
+    with pytest.raises(ConfigError, match=r"^default_timeout: "):
+        ClientConfig(default_timeout=math.inf)
