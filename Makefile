@@ -31,7 +31,7 @@ lint: $(STAMP)
 
 ## Start the example server and client, show every call kind, and stop.
 demo: $(STAMP)
-	$(PY) -m examples.demo
+	PYTHONPATH=generated $(PY) -m examples.demo
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

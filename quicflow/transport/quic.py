@@ -354,15 +354,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         super().close(error_code=error_code, reason_phrase=reason_phrase)
 
-    async def aclose(
-        self, error_code: int = ErrorCode.NO_ERROR, reason: str = "", timeout: float = 1.0
-    ) -> None:
-        """Close, wait (up to ``timeout`` s) for the close to complete, and release the
-        socket if this connection owns it."""
+    async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
+        """Close, wait (up to 1 s) for the close to complete, and release the socket if
+        this connection owns it."""
         if self.closed_error is None:
             self.close(error_code, reason)
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(1.0):
                     await self.wait_closed()
         if self.owns_transport and self._transport is not None:
             self._transport.close()
