@@ -6,8 +6,9 @@ docs/overview.md. The lower layers stay importable for anyone writing a
 compatible peer: `quicflow.wire` (bytes) and `quicflow.protocol` (call state).
 """
 
+from .auth import HelloInfo, PeerInfo, TokenAuthenticator, allow_all
 from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
-from .client import Client
+from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .errors import (
@@ -20,6 +21,7 @@ from .errors import (
     Timeout,
     UsageError,
 )
+from .hooks import Hooks
 from .interceptors import ClientCallInfo, ClientInterceptor, ServerInterceptor
 from .metadata import Metadata, MetadataLike, MetadataValue
 from .rpc import (
@@ -36,6 +38,7 @@ from .rpc import (
     unimplemented_stream,
 )
 from .server import Server
+from .sessions import ClientInfo
 from .status import StatusCode
 
 __version__ = "0.1.0"
@@ -43,6 +46,7 @@ __version__ = "0.1.0"
 __all__ = [
     # client
     "Client",
+    "ClientState",
     "UnaryUnaryCall",
     "UnaryStreamCall",
     "StreamUnaryCall",
@@ -51,6 +55,12 @@ __all__ = [
     "ClientCallInfo",
     # server
     "Server",
+    "ClientInfo",
+    "TokenAuthenticator",
+    "HelloInfo",
+    "PeerInfo",
+    "allow_all",
+    "Hooks",
     "ServicerContext",
     "ServerInterceptor",
     # config

@@ -63,8 +63,20 @@ class CallTarget(Protocol):
     @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]: ...
 
+    @property
+    def ready(self) -> bool:
+        """True when `connection_for_call` would return a live connection now."""
+        ...
+
+    @property
+    def wait_for_ready_default(self) -> bool: ...
+
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
+        ...
+
+    async def wait_ready(self) -> None:
+        """Wait until `ready`; raise `RpcError` if that can no longer happen."""
         ...
 
 
@@ -79,6 +91,7 @@ class _Call(Generic[Req, Resp]):
         method: Method[Req, Resp],
         timeout: float | None,
         metadata: MetadataLike | None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._target = target
         self._method = method
@@ -104,9 +117,13 @@ class _Call(Generic[Req, Resp]):
         self._info: ClientCallInfo | None = None
         self._started = False
         self._ended = False
+        self._wait_for_ready = (
+            target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
+        )
+        self._created = self._loop.time()
         interceptors = target.interceptors
         self._interceptors = interceptors
-        if not interceptors:
+        if not interceptors and (not self._wait_for_ready or target.ready):
             self._start(self._metadata, self._timeout)
 
     # -- starting --
@@ -122,6 +139,9 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 await interceptor.on_start(info)
             metadata = normalize_metadata(info.metadata)
+            timeout = info.timeout
+            if self._wait_for_ready and not self._target.ready:
+                timeout = await self._wait_until_ready(timeout)
         except RpcError as exc:
             self._started = True
             self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
@@ -132,7 +152,23 @@ class _Call(Generic[Req, Resp]):
             err = RpcError(StatusCode.UNKNOWN, f"client interceptor raised {type(exc).__name__}")
             self._finish(err.code, err.message, (), error=err)
             return
-        self._start(metadata, info.timeout)
+        self._start(metadata, timeout)
+
+    async def _wait_until_ready(self, budget: float | None) -> float | None:
+        """Wait for a connection (wait_for_ready) within the call's deadline (``budget``
+        seconds from its creation); return the time left."""
+        if budget is None:
+            await self._target.wait_ready()
+            return None
+        left = budget - (self._loop.time() - self._created)
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                await self._target.wait_ready()
+        except TimeoutError:
+            raise RpcError(
+                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
+            ) from None
+        return budget - (self._loop.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         self._started = True
@@ -562,9 +598,10 @@ class UnaryUnaryCall(_SingleResponse[Any, Resp]):
         request: Any,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._request = request
-        super().__init__(target, method, timeout, metadata)
+        super().__init__(target, method, timeout, metadata, wait_for_ready)
 
     def _write_single(self, header: bytes) -> None:
         _write_single_request(self, header, self._request)
@@ -583,9 +620,10 @@ class UnaryStreamCall(_StreamResponse[Any, Resp]):
         request: Any,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._request = request
-        super().__init__(target, method, timeout, metadata)
+        super().__init__(target, method, timeout, metadata, wait_for_ready)
 
     def _write_single(self, header: bytes) -> None:
         _write_single_request(self, header, self._request)
@@ -604,9 +642,10 @@ class StreamUnaryCall(_SingleResponse[Any, Resp]):
         requests: AsyncIterable[Any] | Iterable[Any],
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._requests = requests
-        super().__init__(target, method, timeout, metadata)
+        super().__init__(target, method, timeout, metadata, wait_for_ready)
 
     async def _send_requests(self) -> None:
         await self._pump(self._requests)
@@ -624,9 +663,10 @@ class StreamStreamCall(_StreamResponse[Any, Resp]):
         requests: AsyncIterable[Any] | Iterable[Any],
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> None:
         self._requests = requests
-        super().__init__(target, method, timeout, metadata)
+        super().__init__(target, method, timeout, metadata, wait_for_ready)
 
     async def _send_requests(self) -> None:
         await self._pump(self._requests)

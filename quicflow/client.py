@@ -1,29 +1,144 @@
-"""`Client`: one long-lived QUIC connection that generated stubs call through."""
+"""`Client`: a long-lived connection that generated stubs call through.
+
+The client keeps its connection alive by itself (docs/connections.md):
+
+* right after the TLS handshake it opens the control stream and sends HELLO
+  (client id, token, labels); calls wait until the server's WELCOME;
+* it pings every heartbeat interval; a pong that does not come within
+  ``heartbeat_timeout`` means the connection is dead;
+* when the connection is lost (or the server says GOAWAY) it reconnects with
+  exponential backoff and jitter, each attempt bounded by ``connect_timeout``.
+
+Its states (`ClientState`) come from one transition table in
+``quicflow/protocol/lifecycle.py``; watch them with ``client.state``,
+``client.hooks.on_state_change`` or ``async for state in client.watch_state()``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from typing import TypeVar
 
 from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .config import ClientConfig
-from .errors import ConnectionClosed, UsageError
+from .errors import ConnectionClosed, RpcError, UsageError
+from .hooks import Hooks
 from .interceptors import ClientInterceptor
-from .metadata import MetadataLike
+from .metadata import MetadataLike, MetadataValue
+from .protocol.backoff import Backoff
+from .protocol.call import Role
+from .protocol.control import (
+    ControlProtocol,
+    ControlStreamEnded,
+    GoAwayReceived,
+    PongReceived,
+    WelcomeReceived,
+)
+from .protocol.events import ProtocolViolation
+from .protocol.heartbeat import HeartbeatSender, HeartbeatTimedOut, PingDue
+from .protocol.lifecycle import ClientLifecycle, ClientState, LifecycleEvent
 from .rpc import Method
+from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
 from .transport.tls import client_configuration
 from .wire.codec import ErrorCode
 
-__all__ = ["Client"]
+__all__ = ["Client", "ClientState"]
 
 logger = logging.getLogger("quicflow.client")
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+_CLOSE_STATUS = {
+    ErrorCode.UNAUTHENTICATED: StatusCode.UNAUTHENTICATED,
+    ErrorCode.PERMISSION_DENIED: StatusCode.PERMISSION_DENIED,
+}
+
+
+class _Link:
+    """One established connection: QUIC, its control stream, its heartbeat."""
+
+    __slots__ = ("client", "conn", "control", "control_sid", "heartbeat", "timer", "welcome")
+
+    def __init__(self, client: Client, conn: QuicFlowProtocol, control: ControlProtocol) -> None:
+        self.client = client
+        self.conn = conn
+        self.control = control
+        self.control_sid = -1
+        self.welcome: asyncio.Future[WelcomeReceived] = conn._loop.create_future()
+        self.heartbeat: HeartbeatSender | None = None
+        self.timer: asyncio.TimerHandle | None = None
+
+    # StreamHandler for the control stream
+    unread_bytes = 0
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        for event in self.control.receive_data(data, end_stream):
+            cls = type(event)
+            if cls is PongReceived:
+                if self.heartbeat is not None:
+                    self.heartbeat.pong_received(event.sequence, self.conn._loop.time())  # type: ignore[union-attr]
+            elif cls is WelcomeReceived:
+                if not self.welcome.done():
+                    self.welcome.set_result(event)  # type: ignore[arg-type]
+            elif cls is GoAwayReceived:
+                self.client._on_goaway(self, event)  # type: ignore[arg-type]
+            elif cls is ControlStreamEnded or cls is ProtocolViolation:
+                self.conn.abort(f"control stream: {getattr(event, 'error', 'ended')}")
+
+    def stream_reset(self, error_code: int) -> None:
+        self.conn.abort("control stream reset by the server")
+
+    def stop_sending(self, error_code: int) -> None:
+        self.stream_reset(error_code)
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        if not self.welcome.done():
+            self.welcome.set_exception(exc)
+
+    # heartbeat
+
+    def start_heartbeat(self, interval: float, timeout: float) -> None:
+        loop = self.conn._loop
+        self.heartbeat = HeartbeatSender(interval, timeout, loop.time())
+        self._arm()
+
+    def _arm(self) -> None:
+        hb = self.heartbeat
+        when = hb.get_timer() if hb is not None else None
+        if when is not None and not self.conn.is_closed:
+            self.timer = self.conn._loop.call_at(when, self._tick)
+
+    def _tick(self) -> None:
+        self.timer = None
+        hb = self.heartbeat
+        if hb is None or self.conn.is_closed:
+            return
+        now = self.conn._loop.time()
+        for event in hb.poll(now):
+            if type(event) is PingDue:
+                self.conn.write(self.control_sid, self.control.send_ping(event.sequence))
+                hb.ping_sent(event.sequence, now)
+            elif type(event) is HeartbeatTimedOut:
+                logger.warning(
+                    "no pong within %.1f s: connection to %s presumed dead",
+                    hb.timeout,
+                    self.client.config.host,
+                )
+                self.client.hooks.fire("heartbeat_timeout")
+                self.conn.abort("heartbeat timeout")
+                return
+        self._arm()
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.heartbeat = None
 
 
 class Client:
@@ -32,21 +147,39 @@ class Client:
     Example::
 
         config = ClientConfig(host="127.0.0.1", port=port, ca_file="certs/ca.pem",
-                              server_name="localhost")
+                              server_name="localhost", client_id="sensor-1")
         async with Client(config) as client:
             stub = EchoStub(client)
             reply = await stub.say(EchoRequest(text="hi"), timeout=2.0)
 
-    The event loop is bound on `connect`, not in the constructor, so a Client
-    may be built outside a running loop. If the connection is lost, calls in
-    flight fail with UNAVAILABLE at once and new calls fail the same way.
+    The event loop is bound on `connect`, not in the constructor. If an
+    established connection is lost, calls in flight fail with UNAVAILABLE at
+    once and the client reconnects with backoff; calls made meanwhile fail
+    fast with UNAVAILABLE, or wait with ``wait_for_ready=True``.
     """
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self._conn: QuicFlowProtocol | None = None
-        self._closing = False
+        self.client_id = config.client_id or ""
+        """The id this client claims ("" lets the server assign one); after WELCOME, the one
+        the server accepted, which later reconnects claim again."""
+        self.hooks = Hooks()
+        """Register ``connect``, ``disconnect``, ``heartbeat_timeout``, ``reconnect`` and
+        ``state_change`` hooks here."""
+        self._lifecycle = ClientLifecycle()
+        self._link: _Link | None = None
         self._interceptors: tuple[ClientInterceptor, ...] = tuple(config.interceptors)
+        self._backoff = Backoff(
+            config.backoff_initial,
+            config.backoff_multiplier,
+            config.backoff_max,
+            config.backoff_jitter,
+        )
+        self._reconnect_task: asyncio.Task[None] | None = None
+        self._state_waiters: list[asyncio.Future[None]] = []
+        self._draining: set[QuicFlowProtocol] = set()
+        self.server_limits: WelcomeReceived | None = None
+        """What the server announced in its last WELCOME."""
 
     # -- CallTarget --
 
@@ -66,68 +199,241 @@ class Client:
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
         return self._interceptors
 
-    def connection_for_call(self) -> QuicFlowProtocol:
-        conn = self._conn
-        if conn is None:
-            if self._closing:
-                raise ConnectionClosed(message="the client is closed")
-            raise ConnectionClosed(message="the client is not connected (call connect() first)")
-        if conn.closed_error is not None:
-            raise ConnectionClosed(message=conn.closed_error.message)
-        return conn
+    @property
+    def wait_for_ready_default(self) -> bool:
+        return self.config.wait_for_ready
 
-    # -- lifecycle --
+    @property
+    def ready(self) -> bool:
+        """True when a call made now would be sent at once."""
+        link = self._link
+        return link is not None and link.conn.closed_error is None
+
+    def connection_for_call(self) -> QuicFlowProtocol:
+        link = self._link
+        if link is not None and link.conn.closed_error is None:
+            return link.conn
+        state = self._lifecycle.state
+        if state is ClientState.CLOSED:
+            raise ConnectionClosed(message="the client is closed")
+        if state is ClientState.IDLE:
+            raise ConnectionClosed(message="the client is not connected (call connect() first)")
+        raise ConnectionClosed(message=f"not connected ({state.name.lower()})")
+
+    async def wait_ready(self) -> None:
+        """Wait until the client is connected (wrap in ``asyncio.timeout`` to bound it).
+
+        Raises:
+            ConnectionClosed: the client is (or becomes) closed.
+        """
+        while not self.ready:
+            if self._lifecycle.state in (ClientState.CLOSED, ClientState.IDLE):
+                self.connection_for_call()  # raises with the reason
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._state_waiters.append(waiter)
+            await waiter
+
+    # -- state --
+
+    @property
+    def state(self) -> ClientState:
+        """IDLE, CONNECTING, CONNECTED, RECONNECTING or CLOSED."""
+        return self._lifecycle.state
 
     @property
     def connected(self) -> bool:
-        """True while the QUIC connection is up."""
-        return self._conn is not None and self._conn.closed_error is None
+        """True while CONNECTED with a live connection."""
+        return self.ready and self._lifecycle.state is ClientState.CONNECTED
 
     @property
     def connection(self) -> QuicFlowProtocol | None:
         """The current QUIC connection (for diagnostics)."""
-        return self._conn
+        return self._link.conn if self._link is not None else None
+
+    def _fire(self, event: LifecycleEvent) -> None:
+        old, new = self._lifecycle.fire(event)
+        if old is not new:
+            logger.debug("client %s: %s -> %s", self.client_id, old.name, new.name)
+            self.hooks.fire("state_change", old, new)
+            waiters, self._state_waiters = self._state_waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def watch_state(self) -> AsyncIterator[ClientState]:
+        """Yield the current state, then each new one, until CLOSED (inclusive)."""
+        last: ClientState | None = None
+        while True:
+            state = self._lifecycle.state
+            if state is not last:
+                last = state
+                yield state
+                if state is ClientState.CLOSED:
+                    return
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._state_waiters.append(waiter)
+            await waiter
+
+    # -- connecting --
 
     async def connect(self) -> None:
-        """Connect and finish the TLS 1.3 handshake.
+        """Connect, complete TLS 1.3, send HELLO and wait for WELCOME.
+
+        One attempt, bounded by ``connect_timeout``. After it succeeds, a lost
+        connection is re-established by itself (``reconnect=True``).
 
         Raises:
-            ConnectionClosed: the server is unreachable, refused the handshake
-                (bad certificate, wrong ALPN), or did not answer within
-                ``connect_timeout``.
+            ConnectionClosed: unreachable, TLS refused, or no answer in time;
+                the client is then CLOSED.
+            RpcError: UNAUTHENTICATED or PERMISSION_DENIED from the server's
+                authenticator; the client is then CLOSED.
             UsageError: already connected, or closed.
         """
-        if self._closing:
-            raise UsageError("client is closed")
-        if self.connected:
-            raise UsageError("client is already connected")
+        if self._lifecycle.state is not ClientState.IDLE:
+            raise UsageError(f"connect() needs an IDLE client; this one is {self.state.name}")
+        self._fire(LifecycleEvent.CONNECT)
+        try:
+            await self._establish()
+        except BaseException:
+            if self._lifecycle.state in (ClientState.CONNECTING,):
+                self._fire(LifecycleEvent.CONNECT_FAILED)
+            self._fire(LifecycleEvent.CLOSE)
+            raise
+
+    async def _establish(self) -> None:
         c = self.config
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + c.connect_timeout
         quic_config = client_configuration(
             server_name=c.server_name or c.host,
             ca_file=c.ca_file,
             insecure_skip_verify=c.insecure_skip_verify,
         )
-        self._conn = await connect(
+        conn = await connect(
             c.host, c.port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
         )
-        logger.debug("connected to %s:%d", c.host, c.port)
+        control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
+        link = _Link(self, conn, control)
+        try:
+            link.control_sid = conn.open_stream(link)
+            metadata: list[tuple[str, MetadataValue]] = []
+            if c.token is not None:
+                metadata.append(("authorization", f"Bearer {c.token}"))
+            conn.write(
+                link.control_sid,
+                control.send_hello(self.client_id, metadata, c.labels, c.heartbeat_interval),
+            )
+            try:
+                async with asyncio.timeout_at(deadline):
+                    welcome = await link.welcome
+            except TimeoutError:
+                raise ConnectionClosed(
+                    message=f"no WELCOME from {c.host}:{c.port} within {c.connect_timeout} s"
+                ) from None
+            except ConnectionClosed as exc:
+                status = _CLOSE_STATUS.get(conn.close_code or 0)  # type: ignore[call-overload]
+                if status is not None:
+                    raise RpcError(status, conn.close_reason) from exc
+                raise
+        except BaseException:
+            await conn.aclose(ErrorCode.NO_ERROR, "connect failed")
+            raise
+        self.client_id = welcome.client_id
+        self.server_limits = welcome
+        interval = min(c.heartbeat_interval, welcome.heartbeat_interval)
+        link.start_heartbeat(interval, c.heartbeat_timeout)
+        conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
+        self._link = link
+        self._backoff.reset()
+        self._fire(LifecycleEvent.CONNECTED)
+        logger.info("connected to %s:%d as %s", c.host, c.port, self.client_id)
+        self.hooks.fire("connect", self.client_id)
+
+    def _on_lost(self, link: _Link, exc: ConnectionClosed) -> None:
+        link.stop()
+        self._draining.discard(link.conn)
+        if self._link is not link:
+            return  # an old (drained) connection, or one we already replaced
+        self._link = None
+        reason = link.conn.close_reason or exc.message
+        logger.info("connection to %s lost: %s", self.config.host, reason)
+        self.hooks.fire("disconnect", reason)
+        if self._lifecycle.state is ClientState.CONNECTED:
+            self._fire(LifecycleEvent.CONNECTION_LOST)
+            self._start_reconnecting()
+
+    def _on_goaway(self, link: _Link, goaway: GoAwayReceived) -> None:
+        if self._link is not link:
+            return
+        logger.info("server sent GOAWAY (%s); reconnecting", goaway.reason)
+        # Calls in flight finish on the old connection; new ones wait for the next.
+        self._link = None
+        link.stop()
+        self._draining.add(link.conn)
+        self.hooks.fire("disconnect", f"goaway: {goaway.reason}")
+        if self._lifecycle.state is ClientState.CONNECTED:
+            self._fire(LifecycleEvent.GOAWAY)
+            self._start_reconnecting()
+
+    def _start_reconnecting(self) -> None:
+        if not self.config.reconnect:
+            self._fire(LifecycleEvent.CLOSE)
+            return
+        if self._reconnect_task is None or self._reconnect_task.done():
+            self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        while self._lifecycle.state is ClientState.RECONNECTING:
+            delay = self._backoff.next_delay()
+            attempt = self._backoff.attempts
+            self.hooks.fire("reconnect", attempt, delay)
+            logger.debug("reconnect attempt %d in %.2f s", attempt, delay)
+            await asyncio.sleep(delay)
+            if self._lifecycle.state is not ClientState.RECONNECTING:
+                return
+            self._fire(LifecycleEvent.CONNECT)
+            try:
+                await self._establish()
+                return
+            except (RpcError, OSError) as exc:
+                logger.debug("reconnect attempt %d failed: %s", attempt, exc)
+                if self._lifecycle.state in (ClientState.CONNECTING,):
+                    self._fire(LifecycleEvent.CONNECT_FAILED)
+
+    def reset_backoff(self) -> None:
+        """Forget past failures: the next reconnect attempt waits the initial delay."""
+        self._backoff.reset()
 
     async def close(self, grace: float | None = None) -> None:
-        """Close the connection. Calls still in flight fail with UNAVAILABLE.
+        """Close: stop reconnecting, the heartbeat, and the connection. Idempotent.
 
         With ``grace``, waits up to that many seconds for calls in flight to
-        finish first. Idempotent.
+        finish first; calls still running then fail with UNAVAILABLE. No task,
+        timer or socket is left behind.
         """
-        self._closing = True
-        conn = self._conn
-        if conn is None:
+        if self._lifecycle.state is ClientState.CLOSED and self._link is None:
             return
-        if grace and conn.stream_count:
+        task = self._reconnect_task
+        self._reconnect_task = None
+        self._fire(LifecycleEvent.CLOSE)
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        link = self._link
+        conns = list(self._draining) + ([link.conn] if link is not None else [])
+        if link is not None:
+            link.stop()
+        if grace:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(grace):
-                    await conn.wait_idle()
-        self._conn = None
-        await conn.aclose(ErrorCode.NO_ERROR, "client closed")
+                    for conn in conns:
+                        await conn.wait_idle()
+        self._link = None
+        self._draining.clear()
+        for conn in conns:
+            await conn.aclose(ErrorCode.NO_ERROR, "client closed")
+        await self.hooks.drain()
 
     async def __aenter__(self) -> Client:
         await self.connect()
@@ -145,9 +451,10 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> UnaryUnaryCall[Resp]:
         """Start a unary call; await the result for the response."""
-        return UnaryUnaryCall(self, method, request, timeout, metadata)
+        return UnaryUnaryCall(self, method, request, timeout, metadata, wait_for_ready)
 
     def unary_stream(
         self,
@@ -156,9 +463,10 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> UnaryStreamCall[Resp]:
         """Start a server-streaming call; iterate the result for responses."""
-        return UnaryStreamCall(self, method, request, timeout, metadata)
+        return UnaryStreamCall(self, method, request, timeout, metadata, wait_for_ready)
 
     def stream_unary(
         self,
@@ -167,9 +475,10 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> StreamUnaryCall[Resp]:
         """Start a client-streaming call; await the result for the response."""
-        return StreamUnaryCall(self, method, requests, timeout, metadata)
+        return StreamUnaryCall(self, method, requests, timeout, metadata, wait_for_ready)
 
     def stream_stream(
         self,
@@ -178,10 +487,10 @@ class Client:
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> StreamStreamCall[Resp]:
         """Start a bidirectional call; iterate the result for responses."""
-        return StreamStreamCall(self, method, requests, timeout, metadata)
+        return StreamStreamCall(self, method, requests, timeout, metadata, wait_for_ready)
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else ("closed" if self._closing else "idle")
-        return f"<Client {self.config.host}:{self.config.port} {state}>"
+        return f"<Client {self.client_id} {self.config.host}:{self.config.port} {self.state.name}>"

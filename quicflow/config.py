@@ -7,19 +7,21 @@ so a typo fails at start-up, not at the first call.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 
 if TYPE_CHECKING:
+    from .auth import Authenticator
     from .interceptors import ClientInterceptor, ServerInterceptor
 
 __all__ = ["ClientConfig", "ServerConfig"]
 
 _MIB = 1 << 20
 _MAX_FRAME = 0xFFFF_FFFF
+_MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
@@ -102,7 +104,8 @@ class _Common:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if getattr(self, f.name) != f.default and f.name != "interceptors"
+            if f.name not in ("interceptors", "authenticator", "labels", "token")
+            and getattr(self, f.name) != f.default
         )
         return f"{type(self).__name__}({shown})"
 
@@ -127,11 +130,42 @@ class ServerConfig(_Common):
     """PEM private key for ``cert_file`` (None: the key is inside ``cert_file``)."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
+    heartbeat_interval: float = 15.0
+    """Seconds between a client's pings, announced to clients in WELCOME."""
+    heartbeat_check_interval: float = 5.0
+    """Seconds between the server's checks of each session's heartbeat."""
+    max_missed_heartbeats: int = 3
+    """Whole heartbeat intervals without a ping after which a session is evicted
+    (exactly ``max_missed_heartbeats * heartbeat_interval`` after the last ping: 45 s)."""
+    heartbeat_timeout: float = 5.0
+    """Seconds a client should wait for a pong, announced in WELCOME."""
+    min_heartbeat_interval: float = 1.0
+    """The shortest heartbeat interval a client may ask for."""
+    hello_timeout: float = 10.0
+    """Seconds a new connection has to send HELLO before it is closed."""
+    authenticator: Authenticator | None = None
+    """Decides who may connect as which client id (None: `allow_all`, with a warning)."""
 
     def __post_init__(self) -> None:
         self._validate_common()
         _text("host", self.host)
         _port("port", self.port)
+        _positive("heartbeat_interval", self.heartbeat_interval, maximum=_MAX_HEARTBEAT)
+        _positive(
+            "heartbeat_check_interval",
+            self.heartbeat_check_interval,
+            maximum=self.heartbeat_interval,
+        )
+        _int_range("max_missed_heartbeats", self.max_missed_heartbeats, 1, 100)
+        _positive("heartbeat_timeout", self.heartbeat_timeout, maximum=_MAX_HEARTBEAT)
+        _positive(
+            "min_heartbeat_interval",
+            self.min_heartbeat_interval,
+            maximum=self.heartbeat_interval,
+        )
+        _positive("hello_timeout", self.hello_timeout, maximum=600.0)
+        if self.authenticator is not None and not callable(self.authenticator):
+            raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:
             raise ConfigError("cert_file", "a server needs a certificate file (PEM)")
         _optional_path("key_file", self.key_file)
@@ -164,6 +198,29 @@ class ClientConfig(_Common):
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
     """Client interceptors, outermost first."""
+    client_id: str | None = None
+    """The id to claim in HELLO (None: the server assigns one at the first connect; it is
+    kept across reconnects)."""
+    token: str | None = None
+    """Bearer token sent in HELLO as ``authorization`` metadata."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """Labels sent in HELLO (the server can filter broadcasts by them)."""
+    heartbeat_interval: float = 15.0
+    """The ping interval to ask for; the server's announced interval wins if it is shorter."""
+    heartbeat_timeout: float = 5.0
+    """Seconds to wait for a pong before the connection is declared dead."""
+    backoff_initial: float = 1.0
+    """First reconnect delay in seconds."""
+    backoff_multiplier: float = 2.0
+    """Factor between successive reconnect delays."""
+    backoff_max: float = 60.0
+    """Largest reconnect delay in seconds."""
+    backoff_jitter: float = 0.2
+    """Each delay is drawn from [delay * (1 - jitter), delay], so clients spread out."""
+    reconnect: bool = True
+    """Reconnect by itself after losing an established connection."""
+    wait_for_ready: bool = False
+    """Default for calls made while not connected: wait (True) or fail UNAVAILABLE (False)."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -178,3 +235,30 @@ class ClientConfig(_Common):
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        if self.client_id is not None:
+            _text("client_id", self.client_id)
+            if len(self.client_id) > 256:
+                raise ConfigError("client_id", "must be at most 256 characters")
+        if self.token is not None:
+            _text("token", self.token)
+        if not isinstance(self.labels, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in self.labels.items()
+        ):
+            raise ConfigError("labels", "must map str to str")
+        object.__setattr__(self, "labels", dict(self.labels))
+        _positive("heartbeat_interval", self.heartbeat_interval, maximum=_MAX_HEARTBEAT)
+        _positive("heartbeat_timeout", self.heartbeat_timeout, maximum=_MAX_HEARTBEAT)
+        _positive("backoff_initial", self.backoff_initial, maximum=_MAX_HEARTBEAT)
+        _positive("backoff_max", self.backoff_max, maximum=_MAX_DURATION)
+        if self.backoff_max < self.backoff_initial:
+            raise ConfigError(
+                "backoff_max", f"must be at least backoff_initial ({self.backoff_initial})"
+            )
+        _positive("backoff_multiplier", self.backoff_multiplier, maximum=100.0)
+        if self.backoff_multiplier < 1:
+            raise ConfigError("backoff_multiplier", "must be at least 1")
+        if not isinstance(self.backoff_jitter, (int, float)) or not 0 <= self.backoff_jitter < 1:
+            raise ConfigError("backoff_jitter", f"must be in [0, 1), got {self.backoff_jitter!r}")
+        for name in ("reconnect", "wait_for_ready"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(name, "must be True or False")

@@ -84,7 +84,9 @@ class Channel(Protocol):
 
     Every method returns at once with a call object; the call starts on the
     event loop right away. ``timeout`` is seconds from now (None: no
-    deadline); ``metadata`` is validated by `normalize_metadata`.
+    deadline); ``metadata`` is validated by `normalize_metadata`;
+    ``wait_for_ready`` (None: the channel's default) makes a call made while
+    disconnected wait for the connection instead of failing UNAVAILABLE.
     """
 
     def unary_unary(
@@ -94,6 +96,7 @@ class Channel(Protocol):
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> UnaryUnaryCall[Resp]: ...
 
     def unary_stream(
@@ -103,6 +106,7 @@ class Channel(Protocol):
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> UnaryStreamCall[Resp]: ...
 
     def stream_unary(
@@ -112,6 +116,7 @@ class Channel(Protocol):
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> StreamUnaryCall[Resp]: ...
 
     def stream_stream(
@@ -121,6 +126,7 @@ class Channel(Protocol):
         *,
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> StreamStreamCall[Resp]: ...
 
 

@@ -11,24 +11,36 @@ the stream's state is dropped when the call ends.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+from .auth import HelloInfo, PeerInfo, allow_all
 from .config import ServerConfig
 from .context import ServicerContext
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
+from .hooks import Hooks
 from .interceptors import ServerInterceptor
 from .metadata import Metadata
 from .protocol.call import CallProtocol, Role, SideState
+from .protocol.control import (
+    ControlProtocol,
+    ControlStreamEnded,
+    HelloReceived,
+    PingReceived,
+)
 from .protocol.events import (
     EndOfStream,
     HeadersReceived,
     MessageReceived,
     ProtocolViolation,
 )
+from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
 from .rpc import Cardinality, Handler, Service
+from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
 from .transport.tls import server_configuration
@@ -60,11 +72,18 @@ class Server:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self._handlers: dict[str, Handler] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._interceptors: tuple[ServerInterceptor, ...] = tuple(config.interceptors)
         self._endpoint: QuicFlowServer | None = None
         self._calls: set[_ServerCall] = set()
         self._closed: asyncio.Event | None = None
         self._stopping = False
+        self._connections: set[_ServerConnection] = set()
+        self.sessions = SessionRegistry()
+        """Connected clients by id (see `list_clients` for snapshots)."""
+        self.hooks = Hooks()
+        """Register ``connect``, ``disconnect`` and ``heartbeat_timeout`` hooks here."""
+        self._authenticator = config.authenticator or allow_all
 
     # -- setup --
 
@@ -131,29 +150,42 @@ class Server:
         if self._stopping:
             conn.close(ErrorCode.REFUSED, "server is shutting down")
             return
+        self._connections.add(_ServerConnection(self, conn))
 
-        def new_stream(stream_id: int) -> _ServerCall | None:
-            if self._stopping:
-                return None  # refused: REFUSED reset, safe for the client to retry
-            return _ServerCall(self, conn, stream_id)
+    # -- clients --
 
-        conn.on_new_stream = new_stream
+    def list_clients(self) -> list[ClientInfo]:
+        """Snapshots of every connected client, sorted by client id."""
+        return sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+
+    def get_client_info(self, client_id: str) -> ClientInfo:
+        """A snapshot of one connected client.
+
+        Raises:
+            ClientNotConnected: no client is connected under that id.
+        """
+        return self.sessions.require(client_id).info()
 
     # -- stopping --
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop serving.
 
-        New calls are refused at once (reset with REFUSED, which clients report
-        as UNAVAILABLE). Calls in flight get ``grace`` seconds to finish (None:
-        none); the rest are cancelled and their clients get UNAVAILABLE. Then
-        every connection is closed and the port released. Idempotent.
+        Every client gets GOAWAY (it reconnects elsewhere or later, with
+        backoff); new calls are refused at once (reset with REFUSED, which
+        clients report as UNAVAILABLE). Calls in flight get ``grace`` seconds
+        to finish (None: none); the rest are cancelled and their clients get
+        UNAVAILABLE. Then every connection is closed and the port released.
+        Idempotent.
         """
         if self._endpoint is None or self._stopping:
             if self._closed is not None:
                 await self._closed.wait()
             return
         self._stopping = True
+        grace_s = grace or 0.0
+        for sconn in list(self._connections):
+            sconn.send_goaway("server is shutting down", grace_s)
         if grace and self._calls:
             tasks = [c._task for c in self._calls if c._task is not None]
             if tasks:
@@ -166,8 +198,11 @@ class Server:
         endpoint = self._endpoint
         port = endpoint.port
         endpoint.close()
+        for sconn in list(self._connections):
+            sconn.lost(ConnectionClosed(message="server stopped"))
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
+        await self.hooks.drain()
         assert self._closed is not None
         self._closed.set()
         logger.info("server on port %d stopped", port)
@@ -185,6 +220,198 @@ class Server:
         await self.stop()
 
 
+class _ServerConnection:
+    """One accepted QUIC connection: its control stream, its session, its calls."""
+
+    __slots__ = ("conn", "control", "control_sid", "hello_timer", "server", "session")
+
+    def __init__(self, server: Server, conn: QuicFlowProtocol) -> None:
+        self.server = server
+        self.conn = conn
+        self.session: Session | None = None
+        self.control: ControlProtocol | None = None
+        self.control_sid = -1
+        loop = conn._loop
+        self.hello_timer: asyncio.TimerHandle | None = loop.call_later(
+            server.config.hello_timeout, self._hello_timeout
+        )
+        conn.on_new_stream = self.new_stream
+        conn.on_connection_lost.append(self.lost)
+
+    def new_stream(self, stream_id: int) -> _ServerCall | _ControlHandler | None:
+        if self.server._stopping:
+            return None  # refused: REFUSED reset, safe for the client to retry
+        if stream_id == 0 and self.control is None:
+            # The client's first stream is the control stream (wire-protocol.md §9).
+            self.control = ControlProtocol(
+                Role.CALLEE, max_frame_size=self.server.config.max_metadata_size
+            )
+            self.control_sid = stream_id
+            return _ControlHandler(self)
+        return _ServerCall(self.server, self, stream_id)
+
+    # -- control stream --
+
+    def control_events(self, events: list[Any]) -> None:
+        for event in events:
+            if type(event) is PingReceived:
+                self._on_ping(event.sequence)
+            elif type(event) is HelloReceived:
+                task = self.conn._loop.create_task(self._on_hello(event))
+                self.server._background.add(task)
+                task.add_done_callback(self.server._background.discard)
+            elif type(event) is ControlStreamEnded:
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
+            elif type(event) is ProtocolViolation:
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
+
+    async def _on_hello(self, hello: HelloReceived) -> None:
+        server = self.server
+        config = server.config
+        conn = self.conn
+        addr = conn.peer_address
+        info = HelloInfo(
+            hello.client_id, hello.metadata, dict(hello.labels), hello.protocol_version
+        )
+        peer = PeerInfo(f"{addr[0]}:{addr[1]}" if addr else "", conn.peer_certificate_der())
+        try:
+            result = server._authenticator(info, peer)
+            client_id = await result if inspect.isawaitable(result) else result
+            if not isinstance(client_id, str) or not client_id:
+                raise RpcError(StatusCode.INTERNAL, "authenticator returned no client id")
+        except RpcError as exc:
+            code = (
+                ErrorCode.PERMISSION_DENIED
+                if exc.code is StatusCode.PERMISSION_DENIED
+                else ErrorCode.UNAUTHENTICATED
+            )
+            logger.info("refused %s: %s", peer.address, exc)
+            conn.close(code, exc.message)
+            return
+        except Exception as exc:
+            logger.exception("authenticator raised")
+            conn.close(ErrorCode.UNAUTHENTICATED, f"authenticator failed ({type(exc).__name__})")
+            return
+        if conn.is_closed or self.session is not None:
+            return
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        interval = negotiate_interval(
+            hello.heartbeat_interval, config.heartbeat_interval, config.min_heartbeat_interval
+        )
+        now = conn._loop.time()
+        monitor = HeartbeatMonitor(
+            interval,
+            min(config.heartbeat_check_interval, interval),
+            config.max_missed_heartbeats,
+            now,
+        )
+        session = Session(client_id, conn, hello.labels, interval, monitor)
+        self.session = session
+        assert self.control is not None
+        conn.write(
+            self.control_sid,
+            self.control.send_welcome(
+                client_id, interval, config.heartbeat_timeout, config.max_message_size
+            ),
+        )
+        old = server.sessions.add(session)
+        if old is not None:
+            # Same id again: the newer connection wins at once (nothing is refused).
+            old.state = SessionState.CLOSED
+            old.conn.close(ErrorCode.SESSION_REPLACED, "replaced by a newer connection")
+        self._arm(session)
+        logger.info("client %s connected from %s", client_id, peer.address)
+        server.hooks.fire("connect", session.info())
+
+    def _on_ping(self, sequence: int) -> None:
+        session = self.session
+        if session is None or self.control is None:
+            self.conn.close(ErrorCode.PROTOCOL_ERROR, "PING before HELLO")
+            return
+        session.monitor.ping_received(self.conn._loop.time())
+        session.last_heartbeat = time.time()
+        self.conn.write(self.control_sid, self.control.send_pong(sequence))
+
+    def _arm(self, session: Session) -> None:
+        when = session.monitor.get_timer()
+        if when is not None and session.state is not SessionState.CLOSED:
+            session.timer = self.conn._loop.call_at(when, self._check, session)
+
+    def _check(self, session: Session) -> None:
+        session.timer = None
+        for event in session.monitor.poll(self.conn._loop.time()):
+            if type(event) is SessionExpired:
+                info = session.info()
+                logger.info(
+                    "client %s evicted: no heartbeat for %.1f s",
+                    session.client_id,
+                    self.conn._loop.time() - event.last_ping,
+                )
+                self.server.hooks.fire("heartbeat_timeout", info)
+                self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
+                self.conn.abort("session expired")
+                return
+        self._arm(session)
+
+    def _hello_timeout(self) -> None:
+        self.hello_timer = None
+        if self.session is None:
+            self.conn.close(ErrorCode.HELLO_TIMEOUT, "no HELLO in time")
+
+    def send_goaway(self, reason: str, grace: float) -> None:
+        session = self.session
+        if session is not None and self.control is not None and not self.conn.is_closed:
+            session.state = SessionState.DRAINING
+            self.conn.write(self.control_sid, self.control.send_goaway(reason, grace))
+
+    def lost(self, exc: ConnectionClosed) -> None:
+        server = self.server
+        server._connections.discard(self)
+        if self.hello_timer is not None:
+            self.hello_timer.cancel()
+            self.hello_timer = None
+        session = self.session
+        if session is None:
+            return
+        self.session = None
+        if session.timer is not None:
+            session.timer.cancel()
+            session.timer = None
+        reason = self.conn.close_reason or exc.message
+        if session.state is SessionState.CLOSED:
+            reason = "replaced by a newer connection"
+        session.state = SessionState.CLOSED
+        server.sessions.remove(session)
+        logger.info("client %s disconnected: %s", session.client_id, reason)
+        server.hooks.fire("disconnect", session.info(), reason)
+
+
+class _ControlHandler:
+    """The server end of a connection's control stream."""
+
+    __slots__ = ("_sconn",)
+    unread_bytes = 0
+
+    def __init__(self, sconn: _ServerConnection) -> None:
+        self._sconn = sconn
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        control = self._sconn.control
+        assert control is not None
+        self._sconn.control_events(control.receive_data(data, end_stream))
+
+    def stream_reset(self, error_code: int) -> None:
+        self._sconn.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream reset")
+
+    def stop_sending(self, error_code: int) -> None:
+        self.stream_reset(error_code)
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        pass
+
+
 class _ServerCall(ServicerContext):
     """One call on the server: the stream's handler and the handler's context."""
 
@@ -196,6 +423,7 @@ class _ServerCall(ServicerContext):
         "_machine",
         "_messages",
         "_request_done",
+        "_sconn",
         "_server",
         "_sid",
         "_status",
@@ -204,9 +432,11 @@ class _ServerCall(ServicerContext):
         "_waiter",
     )
 
-    def __init__(self, server: Server, conn: QuicFlowProtocol, stream_id: int) -> None:
+    def __init__(self, server: Server, sconn: _ServerConnection, stream_id: int) -> None:
+        conn = sconn.conn
         super().__init__(conn._loop)
         self._server = server
+        self._sconn = sconn
         self._conn = conn
         self._sid = stream_id
         config = server.config
@@ -236,6 +466,9 @@ class _ServerCall(ServicerContext):
         return self._unread
 
     def data_received(self, data: bytes, end_stream: bool) -> None:
+        session = self._sconn.session
+        if session is not None:
+            session.bytes_in += len(data)
         for event in self._machine.receive_data(data, end_stream):
             cls = type(event)
             if cls is MessageReceived:
@@ -278,6 +511,12 @@ class _ServerCall(ServicerContext):
         server = self._server
         handler = server._handlers.get(headers.method)
         self.method = headers.method
+        session = self._sconn.session
+        if session is None:
+            # No HELLO accepted on this connection: nobody to serve (wire-protocol.md §9).
+            self._refuse(StatusCode.UNAUTHENTICATED, "no session: send HELLO first")
+            return
+        session.calls_in += 1
         if handler is None:
             self._refuse(StatusCode.UNIMPLEMENTED, f"unknown method {headers.method}")
             return
@@ -452,13 +691,13 @@ class _ServerCall(ServicerContext):
     def _flush_initial_metadata(self) -> None:
         out = self._headers_prefix()
         if out:
-            self._conn.write(self._sid, out)
+            self._write(out)
 
     async def _send_response(self, response: Any) -> None:
         data = self._encode_response(response)
         conn = self._conn
         sid = self._sid
-        conn.write(sid, self._headers_prefix() + self._machine.send_message(data))
+        self._write(self._headers_prefix() + self._machine.send_message(data))
         if conn.send_buffered(sid) > conn.settings.send_buffer_limit:
             await conn.drain(sid)
 
@@ -469,7 +708,7 @@ class _ServerCall(ServicerContext):
         out = self._headers_prefix() + machine.send_message(data)
         self._status = (StatusCode.OK, "")
         out += machine.send_trailers(0, "", self._trailing_metadata)
-        self._conn.write(self._sid, out, end_stream=True)
+        self._write(out, end_stream=True)
         self._after_status()
 
     def _send_status(self, code: StatusCode, message: str, metadata: Metadata) -> None:
@@ -478,8 +717,14 @@ class _ServerCall(ServicerContext):
         if self._status is None or self._status[0] is not StatusCode.CANCELLED:
             self._status = (code, message)
         out = self._headers_prefix() + self._machine.send_trailers(int(code), message, metadata)
-        self._conn.write(self._sid, out, end_stream=True)
+        self._write(out, end_stream=True)
         self._after_status()
+
+    def _write(self, out: bytes, end_stream: bool = False) -> None:
+        session = self._sconn.session
+        if session is not None:
+            session.bytes_out += len(out)
+        self._conn.write(self._sid, out, end_stream)
 
     def _after_status(self) -> None:
         # The answer is complete; if the client is still sending, tell it to stop.

@@ -24,11 +24,12 @@ from typing import Any
 
 from .certs import DevCerts, write_dev_certs
 from .client import Client
+from .clock import FakeClock
 from .config import ClientConfig, ServerConfig
 from .rpc import Service
 from .server import Server
 
-__all__ = ["ClientFor", "dev_certs"]
+__all__ = ["ClientFor", "FakeClock", "dev_certs"]
 
 _certs: DevCerts | None = None
 

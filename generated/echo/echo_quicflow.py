@@ -59,9 +59,12 @@ class EchoStub:
         *,
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> quicflow.UnaryUnaryCall[EchoReply]:
         """Say answers one request with one reply."""
-        return self._channel.unary_unary(_ECHO_SAY, request, timeout=timeout, metadata=metadata)
+        return self._channel.unary_unary(
+            _ECHO_SAY, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+        )
 
     def stream(
         self,
@@ -69,9 +72,12 @@ class EchoStub:
         *,
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> quicflow.UnaryStreamCall[EchoReply]:
         """Stream answers one request with `repeat` replies."""
-        return self._channel.unary_stream(_ECHO_STREAM, request, timeout=timeout, metadata=metadata)
+        return self._channel.unary_stream(
+            _ECHO_STREAM, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+        )
 
     def collect(
         self,
@@ -79,10 +85,15 @@ class EchoStub:
         *,
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> quicflow.StreamUnaryCall[EchoReply]:
         """Collect reads every request and answers once with their texts joined."""
         return self._channel.stream_unary(
-            _ECHO_COLLECT, requests, timeout=timeout, metadata=metadata
+            _ECHO_COLLECT,
+            requests,
+            timeout=timeout,
+            metadata=metadata,
+            wait_for_ready=wait_for_ready,
         )
 
     def chat(
@@ -91,9 +102,12 @@ class EchoStub:
         *,
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
     ) -> quicflow.StreamStreamCall[EchoReply]:
         """Chat answers every request as it arrives."""
-        return self._channel.stream_stream(_ECHO_CHAT, requests, timeout=timeout, metadata=metadata)
+        return self._channel.stream_stream(
+            _ECHO_CHAT, requests, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+        )
 
 
 class EchoBase(quicflow.Service):

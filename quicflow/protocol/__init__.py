@@ -9,7 +9,19 @@ timers belong to the caller, which passes ``now`` where policy needs it.
 Nothing here imports asyncio or aioquic (a test enforces it).
 """
 
+from .backoff import Backoff
 from .call import CallProtocol, Role, SideState
+from .control import (
+    ControlEvent,
+    ControlProtocol,
+    ControlState,
+    ControlStreamEnded,
+    GoAwayReceived,
+    HelloReceived,
+    PingReceived,
+    PongReceived,
+    WelcomeReceived,
+)
 from .events import (
     EndOfStream,
     Event,
@@ -18,6 +30,17 @@ from .events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .heartbeat import (
+    HeartbeatEvent,
+    HeartbeatMissed,
+    HeartbeatMonitor,
+    HeartbeatSender,
+    HeartbeatTimedOut,
+    PingDue,
+    SessionExpired,
+    negotiate_interval,
+)
+from .lifecycle import ClientLifecycle, ClientState, LifecycleEvent
 
 __all__ = [
     "CallProtocol",
@@ -29,4 +52,27 @@ __all__ = [
     "Role",
     "SideState",
     "TrailersReceived",
+    # control stream
+    "ControlEvent",
+    "ControlProtocol",
+    "ControlState",
+    "ControlStreamEnded",
+    "GoAwayReceived",
+    "HelloReceived",
+    "PingReceived",
+    "PongReceived",
+    "WelcomeReceived",
+    # heartbeat, backoff, client lifecycle
+    "Backoff",
+    "ClientLifecycle",
+    "ClientState",
+    "HeartbeatEvent",
+    "HeartbeatMissed",
+    "HeartbeatMonitor",
+    "HeartbeatSender",
+    "HeartbeatTimedOut",
+    "LifecycleEvent",
+    "PingDue",
+    "SessionExpired",
+    "negotiate_interval",
 ]

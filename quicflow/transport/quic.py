@@ -168,6 +168,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
         self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
         self.closed_error: ConnectionClosed | None = None
+        self.close_code: int | None = None
+        """The CONNECTION_CLOSE error code once the connection ended."""
+        self.close_reason = ""
         self.cids: set[bytes] = set()
         """Connection ids routed to us by `QuicFlowServer` (so removal is O(own ids))."""
 
@@ -354,6 +357,27 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         super().close(error_code=error_code, reason_phrase=reason_phrase)
 
+    def abort(self, reason: str) -> None:
+        """Give up on the connection now: fail every stream with UNAVAILABLE at once.
+
+        For a peer we believe dead (no heartbeat answer): we still queue a
+        CONNECTION_CLOSE, but do not wait for the peer's acknowledgement.
+        """
+        if self.closed_error is not None:
+            return
+        with contextlib.suppress(Exception):
+            self._quic.close(error_code=ErrorCode.NO_ERROR, reason_phrase=reason)
+            self.transmit()
+        self._terminated(
+            events.ConnectionTerminated(
+                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase=reason
+            )
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed.set()
+
     async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close, wait (up to 1 s) for the close to complete, and release the socket if
         this connection owns it."""
@@ -428,6 +452,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         if self.closed_error is not None:
             return
         reason = event.reason_phrase or f"error code 0x{event.error_code:x}"
+        self.close_code = event.error_code
+        self.close_reason = reason
         self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
         if self.owns_transport and self._transport is not None:
             # Let the CONNECTION_CLOSE we may have queued leave first.

@@ -55,6 +55,12 @@ class ErrorCode(enum.IntEnum):
     EXCESSIVE_LOAD = 0x04
     PROTOCOL_ERROR = 0x05
     INTERNAL_ERROR = 0x06
+    # CONNECTION_CLOSE only (docs/wire-protocol.md §9):
+    UNAUTHENTICATED = 0x07
+    PERMISSION_DENIED = 0x08
+    SESSION_REPLACED = 0x09
+    SESSION_EXPIRED = 0x0A
+    HELLO_TIMEOUT = 0x0B
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)

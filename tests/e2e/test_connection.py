@@ -24,6 +24,7 @@ from quicflow import (
 )
 from quicflow.certs import write_dev_certs
 from quicflow.protocol import CallProtocol, Role, TrailersReceived
+from quicflow.protocol.control import ControlProtocol, WelcomeReceived
 from quicflow.testing import ClientFor
 from quicflow.transport import QuicFlowProtocol, connect
 from quicflow.transport.tls import client_configuration
@@ -177,6 +178,42 @@ async def _raw_connection(harness: ClientFor) -> QuicFlowProtocol:
     )
 
 
+class _RawControl:
+    """The client end of a hand-driven control stream."""
+
+    def __init__(self) -> None:
+        self.protocol = ControlProtocol(Role.CALLER, max_frame_size=65536)
+        self.events: list[object] = []
+        self.welcomed = asyncio.Event()
+        self.unread_bytes = 0
+
+    def data_received(self, data: bytes, end_stream: bool) -> None:
+        for event in self.protocol.receive_data(data, end_stream):
+            self.events.append(event)
+            if isinstance(event, WelcomeReceived):
+                self.welcomed.set()
+
+    def stream_reset(self, error_code: int) -> None:
+        pass
+
+    def stop_sending(self, error_code: int) -> None:
+        pass
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        pass
+
+
+async def _raw_session(harness: ClientFor, *, hello: bool = True) -> QuicFlowProtocol:
+    """A raw QUIC connection with its control stream open (and HELLO answered)."""
+    conn = await _raw_connection(harness)
+    control = _RawControl()
+    sid = conn.open_stream(control)
+    if hello:
+        conn.write(sid, control.protocol.send_hello("raw-peer"))
+        await asyncio.wait_for(control.welcomed.wait(), 3.0)
+    return conn
+
+
 class _Recorder:
     """A bare stream handler that keeps what arrives."""
 
@@ -225,7 +262,7 @@ async def test_hostile_bytes_end_only_their_stream(raw: bytes, code: StatusCode,
     connection and its other calls go on."""
     harness = ClientFor([TestEcho()])
     async with harness as client:
-        conn = await _raw_connection(harness)
+        conn = await _raw_session(harness)
         try:
             rec = _Recorder()
             sid = conn.open_stream(rec)
@@ -271,3 +308,40 @@ async def test_graceful_stop_lets_calls_finish_within_grace() -> None:
         assert info.value.code is StatusCode.UNAVAILABLE
         await stopping
         assert harness.server.active_calls == 0
+
+
+async def test_calls_before_hello_are_refused() -> None:
+    """Check that a peer that has not completed HELLO cannot call anything."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        conn = await _raw_session(harness, hello=False)
+        try:
+            rec = _Recorder()
+            sid = conn.open_stream(rec)
+            call = CallProtocol(Role.CALLER, max_message_size=1 << 20, max_metadata_size=65536)
+            out = call.send_headers("/echo.Echo/Say") + call.send_message(b"")
+            conn.write(sid, out, end_stream=True)
+            await asyncio.wait_for(rec.done.wait(), 3.0)
+            assert rec.trailers is not None
+            assert rec.trailers.status == StatusCode.UNAUTHENTICATED
+            assert harness.server.list_clients() == [] or all(
+                c.client_id != "raw-peer" for c in harness.server.list_clients()
+            )
+        finally:
+            await conn.aclose()
+
+
+async def test_garbage_on_the_control_stream_closes_only_that_connection() -> None:
+    """Check that a malformed control stream closes its connection, not the server."""
+    harness = ClientFor([TestEcho()])
+    async with harness as client:
+        conn = await _raw_connection(harness)
+        try:
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, b"\x00\x00\x00\x00\x03abc")
+            await asyncio.wait_for(conn.wait_closed(), 3.0)
+            assert conn.close_code == ErrorCode.PROTOCOL_ERROR
+            assert (await EchoStub(client).say(EchoRequest(text="ok"))).text == "ok"
+        finally:
+            await conn.aclose()

@@ -879,6 +879,12 @@ RESET_EXPECTED: dict[ErrorCode, StatusCode] = {
     ErrorCode.EXCESSIVE_LOAD: StatusCode.RESOURCE_EXHAUSTED,
     ErrorCode.PROTOCOL_ERROR: StatusCode.INTERNAL,
     ErrorCode.INTERNAL_ERROR: StatusCode.INTERNAL,
+    # CONNECTION_CLOSE-only codes: a stream reset carrying one is unexpected.
+    ErrorCode.UNAUTHENTICATED: StatusCode.INTERNAL,
+    ErrorCode.PERMISSION_DENIED: StatusCode.INTERNAL,
+    ErrorCode.SESSION_REPLACED: StatusCode.INTERNAL,
+    ErrorCode.SESSION_EXPIRED: StatusCode.INTERNAL,
+    ErrorCode.HELLO_TIMEOUT: StatusCode.INTERNAL,
 }
 
 

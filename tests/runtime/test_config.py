@@ -91,6 +91,18 @@ SERVER_BAD: list[tuple[str, object]] = [
     # key_file: None or a non-empty path
     ("key_file", ""),
     ("key_file", 0),
+    ("heartbeat_interval", 0),
+    ("heartbeat_interval", math.inf),
+    ("heartbeat_check_interval", 0),
+    ("heartbeat_check_interval", 20.0),  # above heartbeat_interval
+    ("max_missed_heartbeats", 0),
+    ("max_missed_heartbeats", 2.5),
+    ("heartbeat_timeout", -1.0),
+    ("min_heartbeat_interval", 0),
+    ("min_heartbeat_interval", 16.0),  # above heartbeat_interval
+    ("hello_timeout", 0),
+    ("hello_timeout", 601.0),
+    ("authenticator", "not callable"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
@@ -116,6 +128,26 @@ CLIENT_BAD: list[tuple[str, object]] = [
     ("default_timeout", math.nan),
     ("default_timeout", "1s"),
     ("default_timeout", True),
+    ("client_id", ""),
+    ("client_id", "x" * 257),
+    ("client_id", 7),
+    ("token", ""),
+    ("token", b"t"),
+    ("labels", {"a": 1}),
+    ("labels", ["a"]),
+    ("heartbeat_interval", 0),
+    ("heartbeat_interval", 3601.0),
+    ("heartbeat_timeout", -1.0),
+    ("heartbeat_timeout", math.inf),
+    ("backoff_initial", 0),
+    ("backoff_initial", math.nan),
+    ("backoff_max", 0.5),  # below backoff_initial
+    ("backoff_multiplier", 0.5),
+    ("backoff_multiplier", 1000.0),
+    ("backoff_jitter", 1.0),
+    ("backoff_jitter", -0.1),
+    ("reconnect", 1),
+    ("wait_for_ready", "no"),
 ]
 
 

@@ -99,4 +99,9 @@ def test_error_code_numbers_match_the_wire_protocol() -> None:
         "EXCESSIVE_LOAD": 0x04,
         "PROTOCOL_ERROR": 0x05,
         "INTERNAL_ERROR": 0x06,
+        "UNAUTHENTICATED": 0x07,
+        "PERMISSION_DENIED": 0x08,
+        "SESSION_REPLACED": 0x09,
+        "SESSION_EXPIRED": 0x0A,
+        "HELLO_TIMEOUT": 0x0B,
     }

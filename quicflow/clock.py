@@ -1,0 +1,172 @@
+"""Clocks for the runtime: the real event loop's, and a virtual one for tests.
+
+The sans-IO core never reads a clock; it takes ``now`` and answers with the
+next deadline (``get_timer()``). The runtime reads ``now`` from a `Clock` and
+arms one timer per policy object with ``call_at``. Tests swap in `FakeClock`,
+whose time moves only when `FakeClock.advance` says so, firing due callbacks
+in time order, so a 45-second eviction schedule runs in microseconds and
+asserts exact times (docs/testing.md). Never sleep for real seconds and never
+patch ``time.monotonic``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+__all__ = ["Clock", "FakeClock", "FakeTimerHandle", "LoopClock", "TimerHandleLike"]
+
+
+class TimerHandleLike(Protocol):
+    """A scheduled callback that can be cancelled (``asyncio.TimerHandle`` is one)."""
+
+    def cancel(self) -> None:
+        """Stop the callback from running; harmless if it already ran or was cancelled."""
+
+
+class Clock(Protocol):
+    """Where the runtime reads the time and schedules its timers (seconds, monotonic)."""
+
+    def time(self) -> float:
+        """The current time in seconds."""
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandleLike:
+        """Run ``callback()`` once the time reaches ``when``; return a cancellable handle."""
+
+
+class LoopClock:
+    """The `Clock` of an asyncio event loop (``loop.time()`` and ``loop.call_at``).
+
+    Example::
+
+        clock = LoopClock(asyncio.get_running_loop())
+        handle = clock.call_at(clock.time() + 15.0, on_timer)
+    """
+
+    __slots__ = ("_loop",)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Use ``loop``, or the running loop when None (then call from inside it).
+
+        Raises:
+            RuntimeError: ``loop`` is None and no loop is running.
+        """
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+
+    def time(self) -> float:
+        """The loop's monotonic time in seconds."""
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandleLike:
+        """Schedule ``callback`` on the loop at ``when``."""
+        return self._loop.call_at(when, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandleLike:
+        """Schedule ``callback`` on the loop ``delay`` seconds from now."""
+        return self._loop.call_later(delay, callback)
+
+
+class FakeTimerHandle:
+    """A callback scheduled on a `FakeClock`."""
+
+    __slots__ = ("_callback", "_cancelled", "_fired", "when")
+
+    def __init__(self, when: float, callback: Callable[[], object]) -> None:
+        self.when = when
+        """The virtual time the callback is due."""
+        self._callback = callback
+        self._cancelled = False
+        self._fired = False
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self._cancelled else "fired" if self._fired else "pending"
+        return f"<FakeTimerHandle when={self.when!r} {state}>"
+
+    @property
+    def cancelled(self) -> bool:
+        """True once `cancel` was called."""
+        return self._cancelled
+
+    def cancel(self) -> None:
+        """Stop the callback from running. Idempotent; harmless after it fired."""
+        self._cancelled = True
+
+    def _run(self) -> None:
+        self._fired = True
+        self._callback()
+
+
+class FakeClock:
+    """A virtual `Clock`: time moves only in `advance`, firing due callbacks in order.
+
+    Callbacks run in order of their due time (ties in the order they were
+    scheduled), and `time` reads exactly each callback's due time while it
+    runs. A callback scheduled during `advance` that falls due within the
+    window fires in the same `advance`. One scheduled in the past fires at
+    the next `advance` (even ``advance(0)``), at the current time. An
+    exception from a callback propagates out of `advance`, with the clock
+    left at that callback's time.
+
+    Example::
+
+        clock = FakeClock()
+        fired: list[float] = []
+        clock.call_later(15.0, lambda: fired.append(clock.time()))
+        clock.advance(20.0)
+        assert fired == [15.0] and clock.time() == 20.0
+    """
+
+    __slots__ = ("_heap", "_now", "_order")
+
+    def __init__(self, start: float = 0.0) -> None:
+        """Start the virtual time at ``start`` seconds."""
+        self._now = float(start)
+        self._heap: list[tuple[float, int, FakeTimerHandle]] = []
+        self._order = itertools.count()
+
+    def time(self) -> float:
+        """The virtual time in seconds."""
+        return self._now
+
+    @property
+    def pending(self) -> int:
+        """Callbacks scheduled and neither fired nor cancelled."""
+        return sum(1 for _, _, handle in self._heap if not handle.cancelled)
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> FakeTimerHandle:
+        """Run ``callback()`` when the virtual time reaches ``when``.
+
+        Raises:
+            ValueError: ``when`` is NaN.
+        """
+        if math.isnan(when):
+            raise ValueError("when must be a number, got nan")
+        handle = FakeTimerHandle(float(when), callback)
+        heapq.heappush(self._heap, (handle.when, next(self._order), handle))
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> FakeTimerHandle:
+        """Run ``callback()`` ``delay`` seconds from the current virtual time."""
+        return self.call_at(self._now + delay, callback)
+
+    def advance(self, dt: float) -> None:
+        """Move time forward by ``dt`` seconds, firing every callback due by then.
+
+        Raises:
+            ValueError: ``dt`` is negative or not finite.
+        """
+        if not math.isfinite(dt) or dt < 0:
+            raise ValueError(f"dt must be a finite number >= 0, got {dt!r}")
+        target = self._now + dt
+        heap = self._heap
+        while heap and heap[0][0] <= target:
+            when, _, handle = heapq.heappop(heap)
+            if handle.cancelled:
+                continue
+            self._now = max(self._now, when)
+            handle._run()
+        self._now = target

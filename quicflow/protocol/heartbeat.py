@@ -1,0 +1,438 @@
+"""Heartbeat policy, sans-IO: when to ping, when a pong is late, when a session is dead.
+
+Two pure objects, both driven by ``now`` (seconds on any monotonic clock).
+Each exposes ``get_timer()``, the next time it wants ``poll(now)``; the
+runtime arms one timer for it and calls ``poll`` when it fires (aioquic's
+``get_timer``/``handle_timer`` pattern). Neither sends anything: they return
+events named as facts and the runtime acts on them.
+
+**Client side: `HeartbeatSender`** (docs/wire-protocol.md §9, PING/PONG).
+
+- The first ping is due at ``connected_at + interval``; each later one is due
+  ``interval`` after the previous ping was *sent* (not after its pong).
+- ``poll(now)`` returns ``PingDue(sequence)`` once per ping. The runtime
+  writes the PING and calls ``ping_sent(sequence, now)``. Sequences start at
+  1 and increase by one.
+- At most one ping is outstanding. If the next ping falls due before the
+  pong arrives, it waits: the sender only watches the pong deadline.
+- A pong that has not arrived ``timeout`` seconds after its ping was sent
+  yields ``HeartbeatTimedOut(sequence, sent_at)`` exactly once. The sender is
+  then dead: ``poll`` returns ``[]`` and ``get_timer()`` returns None. The
+  runtime treats the connection as lost and reconnects.
+- The interval the server announces in WELCOME replaces the local one
+  (`HeartbeatSender.set_interval`); `negotiate_interval` is the rule the
+  server applies to what the client asked for (shorter only).
+
+**Server side: `HeartbeatMonitor`**, one per session. The exact rule:
+
+- ``last_ping`` starts at the session's start and moves to the time of every
+  ping received (`HeartbeatMonitor.ping_received`).
+- A *miss* is one whole ``interval`` without a ping:
+  ``missed(now) = floor((now - last_ping) / interval)`` (with a tiny epsilon,
+  so that exactly ``15.0`` seconds count as one miss despite float error).
+- Checks run every ``check_interval`` from the session's start. At a check,
+  each miss counted since the last report yields ``HeartbeatMissed(count,
+  last_ping)``. A ping resets the count to 0.
+- The session is evicted **exactly** at ``last_ping + max_missed * interval``
+  (``get_timer()`` returns that deadline when it comes before the next
+  check), yielding ``SessionExpired(last_ping, missed)`` once; the monitor is
+  then done. The fatal miss is reported by ``SessionExpired`` alone, not by a
+  ``HeartbeatMissed`` of its own.
+
+With the defaults (interval 15 s, checks every 5 s, 3 misses) a session is
+evicted exactly 45 s after its last ping; misses 1 and 2 are reported at the
+first checks at or after +15 s and +30 s. (The Go original counted a miss per
+5 s check and evicted after 25-30 s.)
+
+Example::
+
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    sender.get_timer()                  # 15.0
+    sender.poll(15.0)                   # [PingDue(sequence=1)]
+    sender.ping_sent(1, 15.0)           # the PING is on the wire
+    sender.pong_received(1, 15.02)      # sender.last_rtt ~= 0.02
+
+    monitor = HeartbeatMonitor(interval=15.0, check_interval=5.0, max_missed=3, now=0.0)
+    monitor.ping_received(7.0)
+    monitor.get_timer()                 # 5.0: the first check (eviction is due at 52.0)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final
+
+from ..errors import LocalProtocolError
+
+__all__ = [
+    "HeartbeatEvent",
+    "HeartbeatMissed",
+    "HeartbeatMonitor",
+    "HeartbeatSender",
+    "HeartbeatTimedOut",
+    "PingDue",
+    "SessionExpired",
+    "negotiate_interval",
+]
+
+_EPSILON: Final = 1e-9
+"""Relative slack for counting whole intervals, so 45.0 / 15.0 style ratios
+that float arithmetic leaves just under an integer still count."""
+
+
+@dataclass(frozen=True, slots=True)
+class PingDue:
+    """A ping should be sent now (client side)."""
+
+    sequence: int
+    """The sequence number to put in the PING; pass it back to ``ping_sent``."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatTimedOut:
+    """A ping's pong did not arrive within the timeout: the connection is dead."""
+
+    sequence: int
+    """The ping that went unanswered."""
+    sent_at: float
+    """When that ping was sent (seconds, the caller's clock)."""
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatMissed:
+    """A periodic check found one more whole interval without a ping (server side)."""
+
+    count: int
+    """Consecutive misses so far (1, 2, ...; always below ``max_missed``)."""
+    last_ping: float
+    """When the last ping arrived (or the session started)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SessionExpired:
+    """``max_missed`` intervals passed without a ping: evict the session."""
+
+    last_ping: float
+    """When the last ping arrived (or the session started)."""
+    missed: int
+    """Whole intervals missed at eviction (``max_missed`` when polled on time)."""
+
+
+HeartbeatEvent = PingDue | HeartbeatTimedOut | HeartbeatMissed | SessionExpired
+
+
+def _positive(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
+    return float(value)
+
+
+def _whole(elapsed: float, interval: float) -> int:
+    """Whole ``interval``s in ``elapsed`` (never negative), tolerant of float error."""
+    if elapsed <= 0:
+        return 0
+    return math.floor(elapsed / interval + _EPSILON)
+
+
+def negotiate_interval(
+    client_requested: float | None, server_interval: float, server_minimum: float
+) -> float:
+    """The heartbeat interval a server announces to one client (wire-protocol.md §9).
+
+    The server's interval is the default and the ceiling: a client may ask for
+    a *shorter* one (``heartbeat_interval_ms`` in HELLO) but never below
+    ``server_minimum``, and never longer than ``server_interval`` (the
+    server's eviction rule assumes at most that).
+
+    Args:
+        client_requested: the client's request in seconds; None or 0 means
+            "the server's choice".
+        server_interval: the server's configured interval (seconds, > 0).
+        server_minimum: the shortest interval the server accepts (seconds, > 0,
+            at most ``server_interval``).
+
+    Returns:
+        ``server_interval`` when nothing was requested, else the request
+        clamped to ``[server_minimum, server_interval]``.
+
+    Raises:
+        ValueError: a server argument is not positive and finite, the minimum
+            exceeds the interval, or the request is negative or not finite.
+    """
+    _positive("server_interval", server_interval)
+    _positive("server_minimum", server_minimum)
+    if server_minimum > server_interval:
+        raise ValueError(
+            f"server_minimum ({server_minimum!r}) must not exceed "
+            f"server_interval ({server_interval!r})"
+        )
+    if client_requested is None or client_requested == 0:
+        return float(server_interval)
+    if not math.isfinite(client_requested) or client_requested < 0:
+        raise ValueError(
+            f"client_requested must be None, 0 or a positive finite number, "
+            f"got {client_requested!r}"
+        )
+    return float(min(server_interval, max(server_minimum, client_requested)))
+
+
+class HeartbeatSender:
+    """When the client pings and when a missing pong means the connection is dead.
+
+    See the module docstring for the exact schedule. Nothing here raises for
+    the peer's input: an unknown or stale pong sequence is ignored.
+
+    Example::
+
+        sender = HeartbeatSender(interval=15.0, timeout=5.0, now=connected_at)
+        for event in sender.poll(now):
+            if isinstance(event, PingDue):
+                write(control.send_ping(event.sequence))
+                sender.ping_sent(event.sequence, now)
+            elif isinstance(event, HeartbeatTimedOut):
+                ...  # the connection is dead: reconnect
+        rearm(sender.get_timer())
+    """
+
+    __slots__ = (
+        "_anchor",
+        "_announced",
+        "_dead",
+        "_interval",
+        "_next_sequence",
+        "_outstanding",
+        "_sent_at",
+        "_timeout",
+        "last_rtt",
+    )
+
+    def __init__(self, interval: float, timeout: float, now: float) -> None:
+        """Start the schedule at ``now`` (the moment the connection is up).
+
+        Raises:
+            ValueError: ``interval`` or ``timeout`` is not a positive finite number.
+        """
+        self._interval = _positive("interval", interval)
+        self._timeout = _positive("timeout", timeout)
+        self._anchor = float(now)  # the last ping's send time, or the start
+        self._next_sequence = 1
+        self._announced: int | None = None  # PingDue returned, ping_sent not yet called
+        self._outstanding: int | None = None  # sent (or announced), pong not yet received
+        self._sent_at = 0.0
+        self._dead = False
+        self.last_rtt: float | None = None
+        """Seconds between the last answered ping and its pong; None before the first."""
+
+    @property
+    def interval(self) -> float:
+        """Seconds between pings (the server's, once `set_interval` was called)."""
+        return self._interval
+
+    @property
+    def timeout(self) -> float:
+        """Seconds a pong may take before the connection counts as dead."""
+        return self._timeout
+
+    @property
+    def outstanding(self) -> int | None:
+        """The sequence of the ping awaiting its pong, or None."""
+        return self._outstanding
+
+    @property
+    def timed_out(self) -> bool:
+        """True once `HeartbeatTimedOut` was reported; the sender is then inert."""
+        return self._dead
+
+    @property
+    def next_ping_at(self) -> float:
+        """When the next ping is due (it may have to wait for an outstanding pong)."""
+        return self._anchor + self._interval
+
+    def set_interval(self, interval: float) -> None:
+        """Adopt the interval the server announced in WELCOME.
+
+        The next ping becomes due ``interval`` after the last ping sent (or
+        after the start, if none was sent yet). Idempotent.
+
+        Raises:
+            ValueError: ``interval`` is not a positive finite number.
+        """
+        self._interval = _positive("interval", interval)
+
+    def get_timer(self) -> float | None:
+        """The next time `poll` has something to do, or None when dead."""
+        if self._dead:
+            return None
+        if self._outstanding is not None:
+            # At most one ping in flight: only its deadline matters now.
+            return self._sent_at + self._timeout
+        return self._anchor + self._interval
+
+    def poll(self, now: float) -> list[HeartbeatEvent]:
+        """Return what is due at ``now``: a `PingDue`, a `HeartbeatTimedOut`, or nothing.
+
+        A `PingDue` is returned once per sequence. Until ``ping_sent`` is
+        called for it, the pong deadline runs from the time it was announced,
+        so a runtime that never sends still learns that the link is dead.
+        """
+        if self._dead:
+            return []
+        if self._outstanding is not None:
+            if now >= self._sent_at + self._timeout:
+                self._dead = True
+                return [HeartbeatTimedOut(self._outstanding, self._sent_at)]
+            return []
+        if now >= self._anchor + self._interval:
+            sequence = self._next_sequence
+            self._next_sequence += 1
+            self._announced = self._outstanding = sequence
+            self._sent_at = float(now)
+            return [PingDue(sequence)]
+        return []
+
+    def ping_sent(self, sequence: int, now: float) -> None:
+        """Record that the PING announced by ``PingDue(sequence)`` was written at ``now``.
+
+        The pong deadline becomes ``now + timeout`` and the next ping is due
+        at ``now + interval``.
+
+        Raises:
+            LocalProtocolError: ``sequence`` is not the ping last announced, or
+                it was already recorded as sent.
+        """
+        if self._announced is None or sequence != self._announced:
+            state = "no ping due" if self._announced is None else f"ping {self._announced} due"
+            raise LocalProtocolError(f"cannot send ping {sequence} with {state}")
+        self._announced = None
+        self._sent_at = max(self._sent_at, float(now))
+        self._anchor = self._sent_at
+
+    def pong_received(self, sequence: int, now: float) -> None:
+        """Record the pong for ``sequence`` at ``now``: sets `last_rtt`, clears the ping.
+
+        A pong for any other sequence (stale, duplicated or made up) is
+        ignored, as is anything after the sender timed out.
+        """
+        if self._dead or sequence != self._outstanding:
+            return
+        if self._announced is not None:
+            # The pong beat our own ping_sent call: the ping was evidently sent.
+            self._announced = None
+            self._anchor = self._sent_at
+        self.last_rtt = max(0.0, now - self._sent_at)
+        self._outstanding = None
+
+
+class HeartbeatMonitor:
+    """When a session has missed heartbeats and when it is evicted (server side).
+
+    See the module docstring for the exact rule. With ``interval=15``,
+    ``check_interval=5`` and ``max_missed=3`` the session is evicted exactly
+    45 s after its last ping.
+
+    Example::
+
+        monitor = HeartbeatMonitor(15.0, 5.0, 3, now=session_start)
+        # on every PING:
+        monitor.ping_received(now)
+        # when the timer fires:
+        for event in monitor.poll(now):
+            if isinstance(event, SessionExpired):
+                ...  # close the connection, drop the session
+        rearm(monitor.get_timer())
+    """
+
+    __slots__ = (
+        "_check_index",
+        "_check_interval",
+        "_done",
+        "_interval",
+        "_max_missed",
+        "_reported",
+        "_start",
+        "last_ping",
+    )
+
+    def __init__(self, interval: float, check_interval: float, max_missed: int, now: float) -> None:
+        """Start watching a session that began at ``now``.
+
+        Raises:
+            ValueError: ``interval`` or ``check_interval`` is not a positive
+                finite number, or ``max_missed`` is not an int of at least 1.
+        """
+        self._interval = _positive("interval", interval)
+        self._check_interval = _positive("check_interval", check_interval)
+        if isinstance(max_missed, bool) or not isinstance(max_missed, int) or max_missed < 1:
+            raise ValueError(f"max_missed must be an int of at least 1, got {max_missed!r}")
+        self._max_missed = max_missed
+        self._start = float(now)
+        self._check_index = 1  # the next check is at start + index * check_interval
+        self._reported = 0
+        self._done = False
+        self.last_ping: float = float(now)
+        """When the last ping arrived; the session's start before the first."""
+
+    @property
+    def missed_count(self) -> int:
+        """Consecutive misses reported so far (0 after a ping)."""
+        return self._reported
+
+    @property
+    def expired(self) -> bool:
+        """True once `SessionExpired` was reported; the monitor is then inert."""
+        return self._done
+
+    @property
+    def expires_at(self) -> float:
+        """When the session will be evicted unless a ping arrives first."""
+        return self.last_ping + self._max_missed * self._interval
+
+    @property
+    def next_check_at(self) -> float:
+        """The next periodic check."""
+        return self._start + self._check_index * self._check_interval
+
+    def missed(self, now: float) -> int:
+        """Whole intervals without a ping at ``now`` (not limited to checks)."""
+        return _whole(now - self.last_ping, self._interval)
+
+    def ping_received(self, now: float) -> None:
+        """Record a ping at ``now``: the miss count returns to 0. Ignored once expired."""
+        if self._done:
+            return
+        self.last_ping = max(self.last_ping, float(now))
+        self._reported = 0
+
+    def get_timer(self) -> float | None:
+        """The next check or the eviction deadline, whichever is first; None once expired."""
+        if self._done:
+            return None
+        return min(self.next_check_at, self.expires_at)
+
+    def poll(self, now: float) -> list[HeartbeatEvent]:
+        """Run the check (and the eviction) due at ``now``.
+
+        Returns `HeartbeatMissed` for each miss counted since the last report
+        (only at a check, or when eviction is due), then `SessionExpired` if
+        ``now`` is at or past the deadline. Calling it early is harmless.
+        """
+        if self._done:
+            return []
+        events: list[HeartbeatEvent] = []
+        expired = now >= self.expires_at
+        at_check = now >= self.next_check_at
+        if at_check or expired:
+            count = min(self.missed(now), self._max_missed - 1)
+            while self._reported < count:
+                self._reported += 1
+                events.append(HeartbeatMissed(self._reported, self.last_ping))
+        if at_check:
+            # Next check strictly after now; computed by index, so no drift accumulates.
+            passed = _whole(now - self._start, self._check_interval)
+            self._check_index = max(self._check_index, passed) + 1
+        if expired:
+            self._done = True
+            missed = max(self.missed(now), self._max_missed)
+            events.append(SessionExpired(self.last_ping, missed))
+        return events

@@ -1,0 +1,459 @@
+"""Virtual-time tests for the heartbeat policy: exact ping, timeout, miss and eviction times."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from quicflow.clock import FakeClock
+from quicflow.errors import LocalProtocolError
+from quicflow.protocol.heartbeat import (
+    HeartbeatEvent,
+    HeartbeatMissed,
+    HeartbeatMonitor,
+    HeartbeatSender,
+    HeartbeatTimedOut,
+    PingDue,
+    SessionExpired,
+    negotiate_interval,
+)
+
+# -- helpers -------------------------------------------------------------------
+
+
+def timer(obj: HeartbeatSender | HeartbeatMonitor) -> float | None:
+    """``obj.get_timer()`` through a call, so mypy does not narrow it between steps."""
+    return obj.get_timer()
+
+
+def drive(
+    obj: HeartbeatSender | HeartbeatMonitor, until: float, *, on_ping: bool = True
+) -> list[tuple[float, HeartbeatEvent]]:
+    """Poll ``obj`` at each of its timers up to ``until``; send each due ping when ``on_ping``.
+
+    Returns every event with the time it was reported, like a runtime's one re-armed timer.
+    """
+    out: list[tuple[float, HeartbeatEvent]] = []
+    while (when := obj.get_timer()) is not None and when <= until:
+        for event in obj.poll(when):
+            out.append((when, event))
+            if on_ping and isinstance(event, PingDue) and isinstance(obj, HeartbeatSender):
+                obj.ping_sent(event.sequence, when)
+    return out
+
+
+def run_monitor_on_clock(
+    monitor: HeartbeatMonitor, clock: FakeClock, events: list[tuple[float, HeartbeatEvent]]
+) -> None:
+    """Arm ``monitor``'s timer on ``clock`` the way the runtime does: poll, record, re-arm."""
+
+    def fire() -> None:
+        now = clock.time()
+        events.extend((now, e) for e in monitor.poll(now))
+        arm()
+
+    def arm() -> None:
+        when = monitor.get_timer()
+        if when is not None:
+            clock.call_at(when, fire)
+
+    arm()
+
+
+# -- HeartbeatSender -----------------------------------------------------------
+
+
+def test_sender_first_ping_is_due_one_interval_after_connecting() -> None:
+    """Check that the first ping is due exactly at connected_at + interval, not before."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=100.0)
+    assert sender.get_timer() == 115.0
+    assert sender.poll(100.0) == []
+    assert sender.poll(114.999) == []
+    assert sender.poll(115.0) == [PingDue(1)]
+
+
+def test_sender_pings_at_exactly_15_30_45_when_pongs_come_back() -> None:
+    """Check that with prompt pongs the pings go out at exactly 15, 30 and 45, sequences 1, 2, 3."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    for sequence, at in enumerate((15.0, 30.0, 45.0), start=1):
+        assert timer(sender) == at
+        assert sender.poll(at) == [PingDue(sequence)]
+        sender.ping_sent(sequence, at)
+        assert timer(sender) == at + 5.0  # the pong deadline
+        sender.pong_received(sequence, at + 0.25)
+        assert sender.last_rtt == 0.25
+        assert sender.outstanding is None
+    assert timer(sender) == 60.0
+
+
+def test_sender_missing_pong_times_out_exactly_at_ping_plus_timeout() -> None:
+    """Check that an unanswered ping yields HeartbeatTimedOut exactly at 15 + timeout, once."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    [due] = sender.poll(15.0)
+    assert due == PingDue(1)
+    sender.ping_sent(1, 15.0)
+    assert sender.get_timer() == 20.0
+    assert sender.poll(19.999) == []
+    assert sender.poll(20.0) == [HeartbeatTimedOut(sequence=1, sent_at=15.0)]
+    assert sender.timed_out
+    assert sender.get_timer() is None
+    assert sender.poll(100.0) == []
+    sender.pong_received(1, 21.0)  # too late: ignored
+    assert sender.last_rtt is None
+
+
+def test_sender_schedule_on_a_fake_clock() -> None:
+    """Check that driven by FakeClock the pings land at 15, 30, 45 and a lost pong at 45 + 5."""
+    clock = FakeClock()
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=clock.time())
+    sent: list[float] = []
+    timed_out: list[tuple[float, HeartbeatTimedOut]] = []
+
+    def pong(sequence: int) -> Callable[[], None]:
+        return lambda: sender.pong_received(sequence, clock.time())
+
+    def fire() -> None:
+        now = clock.time()
+        for event in sender.poll(now):
+            if isinstance(event, PingDue):
+                sender.ping_sent(event.sequence, now)
+                sent.append(now)
+                if event.sequence < 3:  # the peer answers the first two only
+                    clock.call_later(0.1, pong(event.sequence))
+            elif isinstance(event, HeartbeatTimedOut):
+                timed_out.append((now, event))
+        when = sender.get_timer()
+        if when is not None:
+            clock.call_at(when, fire)
+
+    clock.call_at(15.0, fire)
+    clock.advance(3600.0)
+    assert sent == [15.0, 30.0, 45.0]
+    assert timed_out == [(50.0, HeartbeatTimedOut(3, 45.0))]
+    assert clock.pending == 0
+
+
+def test_sender_waits_for_the_pong_deadline_when_a_ping_is_due_while_one_is_outstanding() -> None:
+    """Check that at most one ping is outstanding and a late pong releases the overdue ping."""
+    sender = HeartbeatSender(interval=2.0, timeout=5.0, now=0.0)
+    assert sender.poll(2.0) == [PingDue(1)]
+    sender.ping_sent(1, 2.0)
+    assert sender.get_timer() == 7.0  # not 4.0: ping 1 is still outstanding
+    assert sender.poll(4.0) == []
+    assert sender.poll(6.0) == []
+    sender.pong_received(1, 6.0)
+    assert sender.last_rtt == 4.0
+    assert sender.get_timer() == 4.0  # overdue since 4.0: poll at once
+    assert sender.poll(6.0) == [PingDue(2)]
+    sender.ping_sent(2, 6.0)
+    assert sender.get_timer() == 11.0
+    sender.pong_received(2, 6.5)
+    assert sender.get_timer() == 8.0
+
+
+def test_sender_ignores_stale_and_unknown_pongs() -> None:
+    """Check that a pong for another sequence neither clears the ping nor sets the RTT."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    sender.pong_received(1, 1.0)  # nothing outstanding
+    assert sender.poll(15.0) == [PingDue(1)]
+    sender.ping_sent(1, 15.0)
+    sender.pong_received(7, 15.5)
+    sender.pong_received(0, 15.5)
+    assert sender.outstanding == 1
+    assert sender.last_rtt is None
+    sender.pong_received(1, 16.0)
+    sender.pong_received(1, 16.5)  # duplicate
+    assert sender.last_rtt == 1.0
+    assert sender.outstanding is None
+
+
+def test_sender_reports_ping_due_once_per_sequence() -> None:
+    """Check that polling again before ping_sent does not announce the same ping twice."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    assert sender.poll(15.0) == [PingDue(1)]
+    assert sender.poll(15.0) == []
+    assert sender.get_timer() == 20.0  # the deadline runs from the announcement
+    sender.ping_sent(1, 15.5)
+    assert sender.get_timer() == 20.5
+    sender.pong_received(1, 15.6)
+    assert sender.get_timer() == 30.5
+
+
+def test_sender_times_out_when_the_runtime_never_sends_the_announced_ping() -> None:
+    """Check that an announced but never-sent ping still times out, so the sender cannot stall."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    assert sender.poll(15.0) == [PingDue(1)]
+    assert sender.poll(20.0) == [HeartbeatTimedOut(1, 15.0)]
+
+
+def test_sender_accepts_a_pong_that_beats_ping_sent() -> None:
+    """Check that a pong arriving before ping_sent is recorded and the schedule continues."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    assert sender.poll(15.0) == [PingDue(1)]
+    sender.pong_received(1, 15.25)
+    assert sender.last_rtt == 0.25
+    assert sender.get_timer() == 30.0
+    with pytest.raises(LocalProtocolError, match="cannot send ping 1 with no ping due"):
+        sender.ping_sent(1, 15.3)
+
+
+def test_sender_refuses_ping_sent_for_a_ping_that_was_not_announced() -> None:
+    """Check that ping_sent with no ping due, or the wrong sequence, is local misuse."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    with pytest.raises(LocalProtocolError, match="cannot send ping 1 with no ping due"):
+        sender.ping_sent(1, 1.0)
+    assert sender.poll(15.0) == [PingDue(1)]
+    with pytest.raises(LocalProtocolError, match="cannot send ping 2 with ping 1 due"):
+        sender.ping_sent(2, 15.0)
+    sender.ping_sent(1, 15.0)
+    with pytest.raises(LocalProtocolError):
+        sender.ping_sent(1, 15.0)
+
+
+def test_sender_set_interval_reschedules_from_the_last_ping() -> None:
+    """Check that the server's interval replaces the local one from the last ping (or start)."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=10.0)
+    sender.set_interval(30.0)  # WELCOME right after connecting
+    assert sender.interval == 30.0
+    assert sender.get_timer() == 40.0
+    assert sender.poll(40.0) == [PingDue(1)]
+    sender.ping_sent(1, 40.0)
+    sender.pong_received(1, 40.1)
+    sender.set_interval(10.0)
+    assert sender.get_timer() == 50.0
+    assert sender.next_ping_at == 50.0
+
+
+@pytest.mark.parametrize("name", ["interval", "timeout"])
+@pytest.mark.parametrize("bad", [0.0, -1.0, float("nan"), float("inf")])
+def test_sender_validates_its_arguments(name: str, bad: float) -> None:
+    """Check that a non-positive or non-finite interval or timeout raises ValueError naming it."""
+    kwargs = {"interval": 15.0, "timeout": 5.0, name: bad}
+    with pytest.raises(ValueError, match=name):
+        HeartbeatSender(kwargs["interval"], kwargs["timeout"], now=0.0)
+    with pytest.raises(ValueError, match="interval"):
+        HeartbeatSender(15.0, 5.0, now=0.0).set_interval(bad)
+
+
+# -- negotiate_interval ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("requested", "expected"),
+    [(None, 15.0), (0.0, 15.0), (5.0, 5.0), (15.0, 15.0), (60.0, 15.0), (0.5, 1.0), (1.0, 1.0)],
+)
+def test_negotiate_interval_lets_the_client_only_ask_for_shorter(
+    requested: float | None, expected: float
+) -> None:
+    """Check that None/0 give the server's interval and a request is clamped to [min, server]."""
+    assert negotiate_interval(requested, server_interval=15.0, server_minimum=1.0) == expected
+
+
+def test_negotiate_interval_validates_the_server_side() -> None:
+    """Check that a minimum above the interval, or a bad request, raises ValueError naming it."""
+    with pytest.raises(ValueError, match="server_minimum"):
+        negotiate_interval(None, server_interval=5.0, server_minimum=10.0)
+    with pytest.raises(ValueError, match="server_interval"):
+        negotiate_interval(None, server_interval=0.0, server_minimum=0.0)
+    with pytest.raises(ValueError, match="client_requested"):
+        negotiate_interval(-1.0, server_interval=15.0, server_minimum=1.0)
+
+
+# -- HeartbeatMonitor -------------------------------------------------------------
+
+
+def test_monitor_pins_the_schedule_after_pings_stop_at_7() -> None:
+    """Check that pings stopping at 7 give misses at checks 25 and 40 and eviction exactly at 52."""
+    monitor = HeartbeatMonitor(interval=15.0, check_interval=5.0, max_missed=3, now=0.0)
+    assert monitor.get_timer() == 5.0
+    assert monitor.poll(5.0) == []
+    monitor.ping_received(7.0)
+    assert monitor.expires_at == 52.0
+    events = drive(monitor, until=3600.0)
+    assert events == [
+        (25.0, HeartbeatMissed(count=1, last_ping=7.0)),  # first check >= 22
+        (40.0, HeartbeatMissed(count=2, last_ping=7.0)),  # first check >= 37
+        (52.0, SessionExpired(last_ping=7.0, missed=3)),  # exactly 7 + 45, not a check
+    ]
+    assert monitor.expired
+    assert monitor.get_timer() is None
+    assert monitor.poll(60.0) == []
+
+
+def test_monitor_timers_are_the_checks_then_the_eviction_deadline() -> None:
+    """Check that get_timer walks the 5 s checks and returns 52 (not 55) before eviction."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    monitor.ping_received(7.0)
+    seen: list[float] = []
+    while (when := monitor.get_timer()) is not None:
+        seen.append(when)
+        monitor.poll(when)
+    assert seen == [5.0 * k for k in range(1, 11)] + [52.0]
+
+
+def test_monitor_evicts_exactly_45_s_after_session_start_without_pings() -> None:
+    """Check that a session that never pings is evicted exactly at 45 with misses at 15 and 30."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert drive(monitor, until=100.0) == [
+        (15.0, HeartbeatMissed(1, 0.0)),
+        (30.0, HeartbeatMissed(2, 0.0)),
+        (45.0, SessionExpired(0.0, 3)),
+    ]
+
+
+def test_monitor_on_a_fake_clock_after_the_last_ping() -> None:
+    """Check that on a FakeClock the eviction comes exactly 45 s after the last ping at 1000."""
+    clock = FakeClock(start=1000.0)
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=clock.time())
+    events: list[tuple[float, HeartbeatEvent]] = []
+    run_monitor_on_clock(monitor, clock, events)
+    clock.advance(12.5)
+    monitor.ping_received(clock.time())
+    clock.advance(600.0)
+    assert events == [
+        (1030.0, HeartbeatMissed(1, 1012.5)),
+        (1045.0, HeartbeatMissed(2, 1012.5)),
+        (1057.5, SessionExpired(1012.5, 3)),
+    ]
+
+
+def test_monitor_pings_every_15_s_never_miss_over_an_hour() -> None:
+    """Check that a client pinging every 15 s (the interval itself) is never reported missing."""
+    clock = FakeClock()
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=clock.time())
+    events: list[tuple[float, HeartbeatEvent]] = []
+    run_monitor_on_clock(monitor, clock, events)
+
+    def ping() -> None:
+        monitor.ping_received(clock.time())
+        clock.call_later(15.0, ping)
+
+    # At a shared instant the ping lands first (it was scheduled earlier), as a
+    # PING read before the timer fires would.
+    clock.call_at(15.0, ping)
+    for _ in range(3600):
+        clock.advance(1.0)
+    assert events == []
+    assert monitor.missed_count == 0
+    assert not monitor.expired
+
+
+def test_monitor_pings_just_under_the_interval_never_miss_at_any_phase() -> None:
+    """Check that pings every 14.9 s never count a miss, whatever their phase against the checks."""
+    for phase in (0.0, 0.1, 2.5, 4.9):
+        monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+        events: list[HeartbeatEvent] = []
+        next_ping = phase  # the first ping comes within one interval of the start
+        while next_ping < 3600.0:
+            while (when := timer(monitor)) is not None and when <= next_ping:
+                events += monitor.poll(when)
+            monitor.ping_received(next_ping)
+            next_ping += 14.9
+        assert events == [], phase
+
+
+def test_monitor_ping_after_one_miss_resets_the_count() -> None:
+    """Check that a ping after a miss resets the count and moves the eviction deadline."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert drive(monitor, until=15.0) == [(15.0, HeartbeatMissed(1, 0.0))]
+    assert monitor.missed_count == 1
+    monitor.ping_received(17.0)
+    assert monitor.missed_count == 0
+    assert monitor.expires_at == 62.0
+    assert drive(monitor, until=3600.0) == [
+        (35.0, HeartbeatMissed(1, 17.0)),  # the count starts again at 1
+        (50.0, HeartbeatMissed(2, 17.0)),
+        (62.0, SessionExpired(17.0, 3)),
+    ]
+
+
+def test_monitor_missed_counts_whole_intervals_despite_float_error() -> None:
+    """Check that exactly one interval counts as a miss even when float division falls short."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert monitor.missed(14.999) == 0
+    assert monitor.missed(15.0) == 1
+    assert monitor.missed(44.9) == 2
+    assert monitor.missed(45.0) == 3
+    tenths = HeartbeatMonitor(0.1, 0.05, 3, now=0.0)
+    assert 0.3 / 0.1 < 3  # the float error the epsilon absorbs
+    assert tenths.missed(0.3) == 3
+    assert tenths.missed(0.1 + 0.2) == 3
+
+
+def test_monitor_with_short_intervals_evicts_at_the_deadline() -> None:
+    """Check that tenths-of-a-second settings keep the same shape: misses 1, 2, then eviction."""
+    monitor = HeartbeatMonitor(0.1, 0.05, 3, now=0.0)
+    events = drive(monitor, until=10.0)
+    assert [type(e) for _, e in events] == [HeartbeatMissed, HeartbeatMissed, SessionExpired]
+    assert events[-1][0] == pytest.approx(0.3)
+    assert events[0][0] == pytest.approx(0.1)
+
+
+def test_monitor_late_poll_reports_the_skipped_misses_before_expiring() -> None:
+    """Check that a poll long after the deadline reports misses 1 and 2, then the real count."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert monitor.poll(61.0) == [
+        HeartbeatMissed(1, 0.0),
+        HeartbeatMissed(2, 0.0),
+        SessionExpired(0.0, 4),
+    ]
+    assert monitor.get_timer() is None
+
+
+def test_monitor_early_and_repeated_polls_are_harmless() -> None:
+    """Check that polling before a check, or twice at one check, reports nothing extra."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert monitor.poll(3.0) == []  # before the first check
+    assert monitor.get_timer() == 5.0
+    assert monitor.poll(14.0) == []  # a late check at 14: no whole interval yet
+    assert monitor.get_timer() == 15.0
+    assert monitor.poll(15.0) == [HeartbeatMissed(1, 0.0)]
+    assert monitor.poll(15.0) == []
+    assert monitor.get_timer() == 20.0
+
+
+def test_monitor_checks_do_not_drift() -> None:
+    """Check that the thousandth check is at exactly start + 1000 * check_interval."""
+    monitor = HeartbeatMonitor(0.3, 0.1, 3, now=0.0)
+    for _ in range(1000):
+        monitor.ping_received(monitor.next_check_at)
+        monitor.poll(monitor.next_check_at)
+    assert monitor.next_check_at == 1001 * 0.1
+
+
+def test_monitor_ignores_pings_after_expiry_and_out_of_order_times() -> None:
+    """Check that a ping after eviction changes nothing and an older timestamp never moves back."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    monitor.ping_received(10.0)
+    monitor.ping_received(8.0)
+    assert monitor.last_ping == 10.0
+    monitor.poll(55.0)
+    assert monitor.expired
+    monitor.ping_received(56.0)
+    assert monitor.last_ping == 10.0
+    assert monitor.get_timer() is None
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"interval": 0.0}, "interval"),
+        ({"check_interval": -5.0}, "check_interval"),
+        ({"check_interval": float("nan")}, "check_interval"),
+        ({"max_missed": 0}, "max_missed"),
+        ({"max_missed": 2.5}, "max_missed"),
+        ({"max_missed": True}, "max_missed"),
+    ],
+)
+def test_monitor_validates_its_arguments(kwargs: dict[str, float], name: str) -> None:
+    """Check that a bad interval, check interval or miss limit raises ValueError naming it."""
+    args: dict[str, float] = {"interval": 15.0, "check_interval": 5.0, "max_missed": 3}
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=name):
+        HeartbeatMonitor(
+            args["interval"],
+            args["check_interval"],
+            args["max_missed"],  # type: ignore[arg-type]
+            now=0.0,
+        )
