@@ -89,10 +89,13 @@ class _Call(Generic[Req, Resp]):
         self,
         target: CallTarget,
         method: Method[Req, Resp],
-        timeout: float | None,
-        metadata: MetadataLike | None,
+        request_or_requests: Any,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
+        self._input: Any = request_or_requests
+        """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
         self._method = method
         self._loop = asyncio.get_running_loop()
@@ -102,7 +105,7 @@ class _Call(Generic[Req, Resp]):
         self._sid = -1
         self._machine: CallProtocol | None = None
         self._messages: deque[bytes] = deque()
-        self._unread = 0
+        self.unread_bytes = 0
         self._waiter: asyncio.Future[None] | None = None
         self._finished: asyncio.Future[None] | None = None
         self._initial_metadata: Metadata = ()
@@ -194,12 +197,23 @@ class _Call(Generic[Req, Resp]):
             self._deadline = self._loop.call_later(timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
-            self._sender = self._loop.create_task(self._send_requests())
+            self._sender = self._loop.create_task(self._pump(self._input))
         else:
             self._write_single(out)
+        self._input = None  # the call no longer holds the user's request
 
     def _write_single(self, header: bytes) -> None:
-        raise NotImplementedError
+        """HEADERS, the one request and FIN in a single write."""
+        data = self._encode_request(self._input)
+        if data is None:
+            return
+        machine = self._machine
+        conn = self._conn
+        assert machine is not None and conn is not None
+        out = header + machine.send_message(data)
+        machine.half_close()
+        self._local_closed = True
+        conn.write(self._sid, out, end_stream=True)
 
     def _encode_request(self, request: Req) -> bytes | None:
         """Serialize one request; fails the call (returns None) if it is over the limit."""
@@ -224,9 +238,6 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 interceptor.on_message_sent(self._info, request)
         return data
-
-    async def _send_requests(self) -> None:
-        raise NotImplementedError
 
     async def _pump(self, requests: AsyncIterable[Req] | Iterable[Req]) -> None:
         conn = self._conn
@@ -273,10 +284,6 @@ class _Call(Generic[Req, Resp]):
 
     # -- StreamHandler (called by the transport) --
 
-    @property
-    def unread_bytes(self) -> int:
-        return self._unread
-
     def data_received(self, data: bytes, end_stream: bool) -> None:
         machine = self._machine
         if machine is None or self._ended:
@@ -286,7 +293,7 @@ class _Call(Generic[Req, Resp]):
             if cls is MessageReceived:
                 payload = event.data  # type: ignore[union-attr]
                 self._messages.append(payload)
-                self._unread += len(payload)
+                self.unread_bytes += len(payload)
             elif cls is TrailersReceived:
                 self._trailers_seen = True
                 t: TrailersReceived = event  # type: ignore[assignment]
@@ -433,7 +440,7 @@ class _Call(Generic[Req, Resp]):
             messages = self._messages
             if messages:
                 data = messages.popleft()
-                self._unread -= len(data)
+                self.unread_bytes -= len(data)
                 conn = self._conn
                 if conn is not None:
                     conn.credit_released(self._sid)
@@ -591,43 +598,11 @@ class UnaryUnaryCall(_SingleResponse[Any, Resp]):
         print(await call.trailing_metadata())
     """
 
-    def __init__(
-        self,
-        target: CallTarget,
-        method: Method[Any, Resp],
-        request: Any,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        self._request = request
-        super().__init__(target, method, timeout, metadata, wait_for_ready)
-
-    def _write_single(self, header: bytes) -> None:
-        _write_single_request(self, header, self._request)
-        del self._request
-
 
 class UnaryStreamCall(_StreamResponse[Any, Resp]):
     """One request, a stream of responses: ``async for reply in call``."""
 
     _kind = _RESPONSE_STREAMING
-
-    def __init__(
-        self,
-        target: CallTarget,
-        method: Method[Any, Resp],
-        request: Any,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        self._request = request
-        super().__init__(target, method, timeout, metadata, wait_for_ready)
-
-    def _write_single(self, header: bytes) -> None:
-        _write_single_request(self, header, self._request)
-        del self._request
 
 
 class StreamUnaryCall(_SingleResponse[Any, Resp]):
@@ -635,51 +610,8 @@ class StreamUnaryCall(_SingleResponse[Any, Resp]):
 
     _kind = _REQUEST_STREAMING
 
-    def __init__(
-        self,
-        target: CallTarget,
-        method: Method[Any, Resp],
-        requests: AsyncIterable[Any] | Iterable[Any],
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        self._requests = requests
-        super().__init__(target, method, timeout, metadata, wait_for_ready)
-
-    async def _send_requests(self) -> None:
-        await self._pump(self._requests)
-
 
 class StreamStreamCall(_StreamResponse[Any, Resp]):
     """Streams both ways: ``async for reply in call`` while your iterator feeds requests."""
 
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
-
-    def __init__(
-        self,
-        target: CallTarget,
-        method: Method[Any, Resp],
-        requests: AsyncIterable[Any] | Iterable[Any],
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> None:
-        self._requests = requests
-        super().__init__(target, method, timeout, metadata, wait_for_ready)
-
-    async def _send_requests(self) -> None:
-        await self._pump(self._requests)
-
-
-def _write_single_request(call: _Call[Any, Any], header: bytes, request: object) -> None:
-    data = call._encode_request(request)
-    if data is None:
-        return
-    machine = call._machine
-    conn = call._conn
-    assert machine is not None and conn is not None
-    out = header + machine.send_message(data)
-    machine.half_close()
-    call._local_closed = True
-    conn.write(call._sid, out, end_stream=True)

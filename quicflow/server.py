@@ -318,9 +318,15 @@ class _ServerConnection:
         )
         old = server.sessions.add(session)
         if old is not None:
-            # Same id again: the newer connection wins at once (nothing is refused).
+            # Same id again: the newer connection wins at once (nothing is refused),
+            # and the old session ends now, not when its connection finishes closing.
             old.state = SessionState.CLOSED
+            if old.timer is not None:
+                old.timer.cancel()
+                old.timer = None
             old.conn.close(ErrorCode.SESSION_REPLACED, "replaced by a newer connection")
+            logger.info("client %s reconnected: old session replaced", client_id)
+            server.hooks.fire("disconnect", old.info(), "replaced by a newer connection")
         self._arm(session)
         logger.info("client %s connected from %s", client_id, peer.address)
         server.hooks.fire("connect", session.info())
@@ -379,9 +385,9 @@ class _ServerConnection:
         if session.timer is not None:
             session.timer.cancel()
             session.timer = None
-        reason = self.conn.close_reason or exc.message
         if session.state is SessionState.CLOSED:
-            reason = "replaced by a newer connection"
+            return  # replaced: already reported when the newer connection took over
+        reason = self.conn.close_reason or exc.message
         session.state = SessionState.CLOSED
         server.sessions.remove(session)
         logger.info("client %s disconnected: %s", session.client_id, reason)
@@ -428,8 +434,8 @@ class _ServerCall(ServicerContext):
         "_sid",
         "_status",
         "_task",
-        "_unread",
         "_waiter",
+        "unread_bytes",
     )
 
     def __init__(self, server: Server, sconn: _ServerConnection, stream_id: int) -> None:
@@ -446,7 +452,7 @@ class _ServerCall(ServicerContext):
             max_metadata_size=config.max_metadata_size,
         )
         self._messages: deque[bytes] = deque()
-        self._unread = 0
+        self.unread_bytes = 0
         self._request_done = False
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
@@ -461,10 +467,6 @@ class _ServerCall(ServicerContext):
 
     # -- StreamHandler --
 
-    @property
-    def unread_bytes(self) -> int:
-        return self._unread
-
     def data_received(self, data: bytes, end_stream: bool) -> None:
         session = self._sconn.session
         if session is not None:
@@ -474,7 +476,7 @@ class _ServerCall(ServicerContext):
             if cls is MessageReceived:
                 payload = event.data  # type: ignore[union-attr]
                 self._messages.append(payload)
-                self._unread += len(payload)
+                self.unread_bytes += len(payload)
             elif cls is EndOfStream:
                 self._request_done = True
             elif cls is HeadersReceived:
@@ -630,7 +632,7 @@ class _ServerCall(ServicerContext):
             messages = self._messages
             if messages:
                 data = messages.popleft()
-                self._unread -= len(data)
+                self.unread_bytes -= len(data)
                 self._conn.credit_released(self._sid)
                 assert self._handler is not None
                 try:

@@ -22,7 +22,6 @@ from ..metadata import MetadataValue
 from ..status import StatusCode
 from ..wire.codec import (
     ErrorCode,
-    Frame,
     FrameDecoder,
     FrameType,
     MalformedFrame,
@@ -203,12 +202,8 @@ class CallProtocol:
         events: list[Event] = []
         try:
             if data:
-                frames: list[Frame] = []
-                decode_error: ProtocolError | None = None
-                try:
-                    self._decoder.feed(data, frames)
-                except ProtocolError as exc:
-                    decode_error = exc  # report the whole frames before it first
+                # Frames completed before a decoding error are reported first.
+                frames, decode_error = self._decoder.feed_until_error(data)
                 for frame in frames:
                     events.append(self._on_frame(frame.type, frame.payload))
                 if decode_error is not None:

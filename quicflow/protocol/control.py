@@ -38,7 +38,6 @@ from typing import Final
 from ..errors import LocalProtocolError, ProtocolError
 from ..metadata import Metadata, MetadataValue
 from ..wire.codec import (
-    Frame,
     FrameDecoder,
     FrameType,
     MalformedFrame,
@@ -415,12 +414,8 @@ class ControlProtocol:
         events: list[ControlEvent] = []
         try:
             if data:
-                frames: list[Frame] = []
-                decode_error: ProtocolError | None = None
-                try:
-                    self._decoder.feed(data, frames)
-                except ProtocolError as exc:
-                    decode_error = exc  # report the whole frames before it first
+                # Frames completed before a decoding error are reported first.
+                frames, decode_error = self._decoder.feed_until_error(data)
                 for frame in frames:
                     events.append(self._on_frame(frame.type, frame.payload))
                 if decode_error is not None:

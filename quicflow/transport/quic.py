@@ -76,10 +76,8 @@ class TransportSettings:
 class StreamHandler(Protocol):
     """What the runtime registers for one stream (a call)."""
 
-    @property
-    def unread_bytes(self) -> int:
-        """Bytes received but not yet consumed by the application (for credit)."""
-        ...
+    unread_bytes: int
+    """Bytes received but not yet consumed by the application (for credit)."""
 
     def data_received(self, data: bytes, end_stream: bool) -> None:
         """Bytes (possibly empty) arrived in order; ``end_stream``: the peer sent FIN."""
@@ -112,21 +110,30 @@ class _FlowConnection(QuicConnection):
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_window = window
+        self.flow_step = window >> 2  # raise in steps of a quarter window, not per byte
 
     def flow_target(self, stream: QuicStream) -> int | None:
+        """The receive limit this stream deserves now (None: not ours to manage)."""
         handler = self.flow_handlers.get(cast(int, stream.stream_id))
         if handler is None:
             return None
-        return stream.receiver.starting_offset() - handler.unread_bytes + self.flow_window
+        return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
-        target = self.flow_target(stream) if stream.max_stream_data_local else None
-        if target is None:
+        # aioquic calls this for every stream on every packet: keep the common
+        # cases (peer done sending, nothing to raise) to a few attribute reads.
+        receiver = stream.receiver
+        if receiver.is_finished:
+            return  # nothing more will arrive: no credit to give
+        handler = self.flow_handlers.get(stream.stream_id)  # type: ignore[arg-type]
+        if handler is None:
             super()._write_stream_limits(builder, space, stream)
             return
-        if target > stream.max_stream_data_local:
-            stream.max_stream_data_local = target
-        if stream.max_stream_data_local_sent != stream.max_stream_data_local:
+        local = stream.max_stream_data_local
+        target = receiver._buffer_start - handler.unread_bytes + self.flow_window
+        if target - local >= self.flow_step:
+            stream.max_stream_data_local = local = target
+        if stream.max_stream_data_local_sent != local:
             buf = builder.start_frame(
                 QuicFrameType.MAX_STREAM_DATA,
                 capacity=MAX_STREAM_DATA_FRAME_CAPACITY,
@@ -134,8 +141,8 @@ class _FlowConnection(QuicConnection):
                 handler_args=(stream,),
             )
             buf.push_uint_var(stream.stream_id)
-            buf.push_uint_var(stream.max_stream_data_local)
-            stream.max_stream_data_local_sent = stream.max_stream_data_local
+            buf.push_uint_var(local)
+            stream.max_stream_data_local_sent = local
 
 
 class QuicFlowProtocol(QuicConnectionProtocol):

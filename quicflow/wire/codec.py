@@ -7,7 +7,7 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import FrameTooLarge, RemoteProtocolError
+from ..errors import FrameTooLarge, ProtocolError, RemoteProtocolError
 from ..metadata import KEY_CHARS as _KEY_CHARS
 from ..metadata import Metadata, MetadataValue
 from .v1 import frames_pb2 as pb
@@ -167,6 +167,16 @@ class FrameDecoder:
             del buf[: self._need]
             frames.append(Frame(FrameType(self._type), payload))
             self._type = -1
+
+    def feed_until_error(self, data: bytes) -> tuple[list[Frame], ProtocolError | None]:
+        """Like `feed`, but return the error (with the frames completed before it) instead
+        of raising, so a state machine can process those frames first."""
+        frames: list[Frame] = []
+        try:
+            self.feed(data, frames)
+        except ProtocolError as exc:
+            return frames, exc
+        return frames, None
 
     def _check(self, ftype: int, length: int) -> None:
         if ftype not in _KNOWN_TYPES:

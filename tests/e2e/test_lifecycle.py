@@ -412,3 +412,24 @@ async def test_control_protocol_rejects_hello_twice() -> None:
             assert conn.close_code == ErrorCode.PROTOCOL_ERROR
         finally:
             await conn.aclose()
+
+
+async def test_client_close_with_grace_lets_its_calls_finish() -> None:
+    """Check that client.close(grace) waits for a call in flight, and close() without grace
+    fails one with UNAVAILABLE."""
+    service = TestEcho()
+    harness = ClientFor([service], server_options=FAST_SERVER, client_options=FAST_CLIENT)
+    async with harness as client:
+        stub = EchoStub(client)
+        slow = asyncio.ensure_future(_say(stub, "slow", 200))
+        await asyncio.wait_for(service.probe.started.wait(), 2.0)
+        await client.close(grace=3.0)
+        assert await slow == "slow"
+    harness2 = ClientFor([TestEcho()], server_options=FAST_SERVER, client_options=FAST_CLIENT)
+    async with harness2 as client2:
+        stuck = asyncio.ensure_future(_say(EchoStub(client2), "stuck", 5000))
+        await asyncio.sleep(0.1)
+        await client2.close()
+        with pytest.raises(RpcError) as info:
+            await stuck
+        assert info.value.code is StatusCode.UNAVAILABLE
