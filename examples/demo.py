@@ -1,9 +1,11 @@
-"""The demo `make demo` runs: certificates, a server process, a client, then a clean stop.
+"""The demo `make demo` runs: calls, a broadcast and acked sends, then a clean stop.
 
 It writes development certificates to ./certs, starts examples.echo.server in
-a separate process on a free port, runs examples.echo.client against it, and
-stops the server with SIGTERM (graceful stop). It exits non-zero if any step
-fails.
+a separate process on a free port, runs examples.echo.client against it (the
+four call kinds and a deadline), and stops the server with SIGTERM (graceful
+stop). Then it runs examples.broadcast (a server pushing to five clients, with
+per-client results) and examples.callback (acked sends with promises and a
+callback, one failing). It exits non-zero if any step fails.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from pathlib import Path
 
 from quicflow.certs import write_dev_certs
 
+from .broadcast.main import main as broadcast_demo
+from .callback.main import main as callback_demo
 from .echo.client import run
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +68,13 @@ def main() -> int:
                 server.kill()
                 code = -9
     print(f"server exited with status {code}")
-    return 0 if code == 0 else 1
+    if code != 0:
+        return 1
+    print("\n-- server push: broadcast --")
+    asyncio.run(broadcast_demo())
+    print("\n-- server push: acked sends with promises --")
+    asyncio.run(callback_demo())
+    return 0
 
 
 if __name__ == "__main__":

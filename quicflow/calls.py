@@ -17,7 +17,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .errors import PayloadTooLarge, RpcError
 from .interceptors import ClientCallInfo, ClientInterceptor
@@ -70,6 +70,11 @@ class CallTarget(Protocol):
 
     @property
     def wait_for_ready_default(self) -> bool: ...
+
+    @property
+    def message_id(self) -> bytes:
+        """Sent in every call's HEADERS (empty: none; wire-protocol.md §4.2)."""
+        ...
 
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
@@ -192,7 +197,9 @@ class _Call(Generic[Req, Resp]):
         self._machine = machine
         self._conn = conn
         self._sid = conn.open_stream(self)
-        out = machine.send_headers(self._method.route, metadata, timeout=timeout)
+        out = machine.send_headers(
+            self._method.route, metadata, timeout=timeout, message_id=target.message_id
+        )
         if timeout is not None:
             self._deadline = self._loop.call_later(timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
@@ -615,3 +622,67 @@ class StreamStreamCall(_StreamResponse[Any, Resp]):
     """Streams both ways: ``async for reply in call`` while your iterator feeds requests."""
 
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
+
+
+class ChannelMethods:
+    """The four `Channel` methods for any `CallTarget` (mixed into `Client` and the
+    server's per-client channel)."""
+
+    def _as_target(self) -> CallTarget:
+        return cast(CallTarget, self)
+
+    def unary_unary(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryUnaryCall[Resp]:
+        """Start a unary call; await the result for the response."""
+        return UnaryUnaryCall(
+            cast(CallTarget, self), method, request, timeout, metadata, wait_for_ready
+        )
+
+    def unary_stream(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryStreamCall[Resp]:
+        """Start a server-streaming call; iterate the result for responses."""
+        return UnaryStreamCall(
+            cast(CallTarget, self), method, request, timeout, metadata, wait_for_ready
+        )
+
+    def stream_unary(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamUnaryCall[Resp]:
+        """Start a client-streaming call; await the result for the response."""
+        return StreamUnaryCall(
+            cast(CallTarget, self), method, requests, timeout, metadata, wait_for_ready
+        )
+
+    def stream_stream(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamStreamCall[Resp]:
+        """Start a bidirectional call; iterate the result for responses."""
+        return StreamStreamCall(
+            cast(CallTarget, self), method, requests, timeout, metadata, wait_for_ready
+        )

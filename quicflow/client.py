@@ -19,15 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Iterable
+from collections.abc import AsyncIterator
 from typing import TypeVar
 
-from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
+from .calls import ChannelMethods
 from .config import ClientConfig
 from .errors import ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
-from .interceptors import ClientInterceptor
-from .metadata import MetadataLike, MetadataValue
+from .interceptors import ClientInterceptor, ServerInterceptor
+from .metadata import MetadataValue
 from .protocol.backoff import Backoff
 from .protocol.call import Role
 from .protocol.control import (
@@ -40,7 +40,9 @@ from .protocol.control import (
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatSender, HeartbeatTimedOut, PingDue
 from .protocol.lifecycle import ClientLifecycle, ClientState, LifecycleEvent
-from .rpc import Method
+from .rpc import Handler, Service
+from .server import _ServerCall
+from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
 from .transport.tls import client_configuration
@@ -141,7 +143,18 @@ class _Link:
         self.heartbeat = None
 
 
-class Client:
+class _ClientSide:
+    """The client's connection as a callee sees it (the server needs no HELLO from us)."""
+
+    __slots__ = ("conn", "requires_session", "session")
+
+    def __init__(self, conn: QuicFlowProtocol) -> None:
+        self.conn = conn
+        self.session: Session | None = None
+        self.requires_session = False
+
+
+class Client(ChannelMethods):
     """A connection to a QuicFlow server; pass it to any generated stub.
 
     Example::
@@ -180,6 +193,24 @@ class Client:
         self._draining: set[QuicFlowProtocol] = set()
         self.server_limits: WelcomeReceived | None = None
         """What the server announced in its last WELCOME."""
+        self._handlers: dict[str, Handler] = {}
+        self._callee_interceptors: tuple[ServerInterceptor, ...] = ()
+        self._calls: set[_ServerCall] = set()
+
+    def add_service(self, service: Service) -> None:
+        """Answer the server's calls to ``service`` (an instance of a generated ``FooBase``
+        subclass): the server reaches it with ``FooStub(server.client(client_id))``.
+
+        May be called before or after connecting.
+
+        Raises:
+            UsageError: a route is already served.
+        """
+        handlers = service.__quicflow_handlers__()
+        for route in handlers:
+            if route in self._handlers:
+                raise UsageError(f"route {route} is already served")
+        self._handlers.update(handlers)
 
     # -- CallTarget --
 
@@ -198,6 +229,8 @@ class Client:
     @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
         return self._interceptors
+
+    message_id = b""
 
     @property
     def wait_for_ready_default(self) -> bool:
@@ -314,6 +347,8 @@ class Client:
         )
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
         link = _Link(self, conn, control)
+        side = _ClientSide(conn)
+        conn.on_new_stream = lambda stream_id: _ServerCall(self, side, stream_id)
         try:
             link.control_sid = conn.open_stream(link)
             metadata: list[tuple[str, MetadataValue]] = []
@@ -441,56 +476,6 @@ class Client:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    # -- Channel --
-
-    def unary_unary(
-        self,
-        method: Method[Req, Resp],
-        request: Req,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> UnaryUnaryCall[Resp]:
-        """Start a unary call; await the result for the response."""
-        return UnaryUnaryCall(self, method, request, timeout, metadata, wait_for_ready)
-
-    def unary_stream(
-        self,
-        method: Method[Req, Resp],
-        request: Req,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> UnaryStreamCall[Resp]:
-        """Start a server-streaming call; iterate the result for responses."""
-        return UnaryStreamCall(self, method, request, timeout, metadata, wait_for_ready)
-
-    def stream_unary(
-        self,
-        method: Method[Req, Resp],
-        requests: AsyncIterable[Req] | Iterable[Req],
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> StreamUnaryCall[Resp]:
-        """Start a client-streaming call; await the result for the response."""
-        return StreamUnaryCall(self, method, requests, timeout, metadata, wait_for_ready)
-
-    def stream_stream(
-        self,
-        method: Method[Req, Resp],
-        requests: AsyncIterable[Req] | Iterable[Req],
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> StreamStreamCall[Resp]:
-        """Start a bidirectional call; iterate the result for responses."""
-        return StreamStreamCall(self, method, requests, timeout, metadata, wait_for_ready)
 
     def __repr__(self) -> str:
         return f"<Client {self.client_id} {self.config.host}:{self.config.port} {self.state.name}>"

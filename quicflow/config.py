@@ -145,6 +145,14 @@ class ServerConfig(_Common):
     """Seconds a new connection has to send HELLO before it is closed."""
     authenticator: Authenticator | None = None
     """Decides who may connect as which client id (None: `allow_all`, with a warning)."""
+    push_timeout: float | None = 30.0
+    """Default deadline (seconds) of calls the server makes to clients; None: none."""
+    promise_timeout: float = 30.0
+    """Default time an `async_send` waits for its ack before failing with Timeout."""
+    max_pending_promises: int = 50_000
+    """Acked sends that may be outstanding at once; one more raises PromiseCapacityFull."""
+    broadcast_max_in_flight: int = 100
+    """Default bound on concurrent sends of one broadcast."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -164,6 +172,11 @@ class ServerConfig(_Common):
             maximum=self.heartbeat_interval,
         )
         _positive("hello_timeout", self.hello_timeout, maximum=600.0)
+        if self.push_timeout is not None:
+            _positive("push_timeout", self.push_timeout, maximum=_MAX_DURATION)
+        _positive("promise_timeout", self.promise_timeout, maximum=_MAX_DURATION)
+        _int_range("max_pending_promises", self.max_pending_promises, 1, 10_000_000)
+        _int_range("broadcast_max_in_flight", self.broadcast_max_in_flight, 1, 100_000)
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

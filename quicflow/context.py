@@ -33,6 +33,7 @@ class ServicerContext:
         "_initial_metadata_sent",
         "_invocation_metadata",
         "_loop",
+        "_message_id",
         "_pending_initial_metadata",
         "_trailing_metadata",
         "method",
@@ -42,6 +43,7 @@ class ServicerContext:
         self.method = ""
         """The route being called, ``/package.Service/Method``."""
         self._loop = loop
+        self._message_id = b""
         self._invocation_metadata: Metadata = ()
         self._trailing_metadata: Metadata = ()
         self._pending_initial_metadata: Metadata | None = None
@@ -53,6 +55,16 @@ class ServicerContext:
     def invocation_metadata(self) -> Metadata:
         """The metadata the client sent with the call."""
         return self._invocation_metadata
+
+    @property
+    def message_id(self) -> str | None:
+        """The id the caller gave this message (a UUID string, set by the server's
+        ``async_send``), or None. Use it to drop duplicates of a retried message."""
+        if len(self._message_id) != 16:
+            return None
+        import uuid
+
+        return str(uuid.UUID(bytes=self._message_id))
 
     def peer(self) -> str:
         """The client's address as ``host:port`` (empty if unknown)."""

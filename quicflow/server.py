@@ -15,11 +15,11 @@ import inspect
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
 from .auth import HelloInfo, PeerInfo, allow_all
-from .config import ServerConfig
+from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
 from .hooks import Hooks
@@ -39,6 +39,7 @@ from .protocol.events import (
     ProtocolViolation,
 )
 from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
+from .push import BroadcastResult, ClientChannel, Promise, PromiseManager, broadcast
 from .rpc import Cardinality, Handler, Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
@@ -49,6 +50,8 @@ from .wire.codec import ErrorCode
 __all__ = ["Server"]
 
 logger = logging.getLogger("quicflow.server")
+
+T = TypeVar("T")
 
 _UNARY_UNARY = Cardinality.UNARY_UNARY
 _UNARY_STREAM = Cardinality.UNARY_STREAM
@@ -73,7 +76,7 @@ class Server:
         self.config = config
         self._handlers: dict[str, Handler] = {}
         self._background: set[asyncio.Task[None]] = set()
-        self._interceptors: tuple[ServerInterceptor, ...] = tuple(config.interceptors)
+        self._callee_interceptors: tuple[ServerInterceptor, ...] = tuple(config.interceptors)
         self._endpoint: QuicFlowServer | None = None
         self._calls: set[_ServerCall] = set()
         self._closed: asyncio.Event | None = None
@@ -84,6 +87,7 @@ class Server:
         self.hooks = Hooks()
         """Register ``connect``, ``disconnect`` and ``heartbeat_timeout`` hooks here."""
         self._authenticator = config.authenticator or allow_all
+        self._promises = PromiseManager(self, config.max_pending_promises)
 
     # -- setup --
 
@@ -152,6 +156,70 @@ class Server:
             return
         self._connections.add(_ServerConnection(self, conn))
 
+    # -- push --
+
+    def client(self, client_id: str) -> ClientChannel:
+        """A `Channel` to one connected client, for generated stubs:
+        ``await NotifyStub(server.client("id-42")).deliver(event)``.
+
+        Calls through it fail at once with `ClientNotConnected` if no client is
+        connected under ``client_id``.
+        """
+        return ClientChannel(self, client_id)
+
+    async def broadcast(
+        self,
+        send: Callable[[ClientChannel], Awaitable[T]],
+        *,
+        labels: Mapping[str, str] | None = None,
+        client_timeout: float | None = None,
+        max_in_flight: int | None = None,
+    ) -> BroadcastResult[T]:
+        """Run ``send(channel)`` for every connected client and report each outcome.
+
+        ``send`` makes the call, e.g. ``lambda ch: NotifyStub(ch).deliver(event)``.
+        Only clients whose labels include every ``labels`` pair are reached.
+        At most ``max_in_flight`` sends run at once (default
+        ``broadcast_max_in_flight``); each client gets ``client_timeout`` seconds
+        (default ``push_timeout``). Never raises for a client's failure: each client's
+        `Delivery` says delivered (with the reply), failed (with the status) or
+        timed out.
+        """
+        return await broadcast(
+            self,
+            send,
+            labels=labels,
+            client_timeout=self.config.push_timeout if client_timeout is None else client_timeout,
+            max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+        )
+
+    def async_send(
+        self,
+        client_id: str,
+        send: Callable[[ClientChannel], Awaitable[T]],
+        *,
+        timeout: float | None = None,
+        callback: Callable[[Promise[T]], object] | None = None,
+    ) -> Promise[T]:
+        """Send now and return a `Promise` of the client's ack (its reply) at once.
+
+        Example::
+
+            server.async_send("id-42", lambda ch: NotifyStub(ch).deliver(event),
+                              callback=lambda p: print(p.message_id, p.exception() or p.result()))
+
+        Raises:
+            ClientNotConnected: no client is connected under ``client_id``.
+            PromiseCapacityFull: ``max_pending_promises`` are outstanding; nothing was sent.
+        """
+        timeout = self.config.promise_timeout if timeout is None else timeout
+        return self._promises.send(client_id, send, timeout, callback)
+
+    @property
+    def pending_promises(self) -> int:
+        """Acked sends still waiting for their ack."""
+        return len(self._promises)
+
     # -- clients --
 
     def list_clients(self) -> list[ClientInfo]:
@@ -195,6 +263,7 @@ class Server:
         pending = [c._task for c in self._calls if c._task is not None]
         if pending:
             await asyncio.wait(pending, timeout=1.0)
+        self._promises.close()
         endpoint = self._endpoint
         port = endpoint.port
         endpoint.close()
@@ -224,6 +293,7 @@ class _ServerConnection:
     """One accepted QUIC connection: its control stream, its session, its calls."""
 
     __slots__ = ("conn", "control", "control_sid", "hello_timer", "server", "session")
+    requires_session = True
 
     def __init__(self, server: Server, conn: QuicFlowProtocol) -> None:
         self.server = server
@@ -418,8 +488,32 @@ class _ControlHandler:
         pass
 
 
+class CalleeHost(Protocol):
+    """What answers calls: a `Server`, or a `Client` serving calls the server makes to it."""
+
+    @property
+    def config(self) -> ServerConfig | ClientConfig: ...
+
+    _handlers: dict[str, Handler]
+    _callee_interceptors: tuple[ServerInterceptor, ...]
+    _calls: set[_ServerCall]
+
+
+class CalleeConnection(Protocol):
+    """The connection a call arrived on, as the callee sees it."""
+
+    conn: QuicFlowProtocol
+    session: Session | None
+    requires_session: bool
+    """True on the server: a call needs an accepted HELLO (wire-protocol.md §9.2)."""
+
+
 class _ServerCall(ServicerContext):
-    """One call on the server: the stream's handler and the handler's context."""
+    """One incoming call: the stream's handler and the handler's context.
+
+    Used on the server for client calls, and on the client for the calls the
+    server makes to it (push); ``host`` is whichever answers.
+    """
 
     __slots__ = (
         "_cancel_status",
@@ -438,7 +532,7 @@ class _ServerCall(ServicerContext):
         "unread_bytes",
     )
 
-    def __init__(self, server: Server, sconn: _ServerConnection, stream_id: int) -> None:
+    def __init__(self, server: CalleeHost, sconn: CalleeConnection, stream_id: int) -> None:
         conn = sconn.conn
         super().__init__(conn._loop)
         self._server = server
@@ -514,11 +608,12 @@ class _ServerCall(ServicerContext):
         handler = server._handlers.get(headers.method)
         self.method = headers.method
         session = self._sconn.session
-        if session is None:
+        if session is not None:
+            session.calls_in += 1
+        elif self._sconn.requires_session:
             # No HELLO accepted on this connection: nobody to serve (wire-protocol.md §9).
             self._refuse(StatusCode.UNAUTHENTICATED, "no session: send HELLO first")
             return
-        session.calls_in += 1
         if handler is None:
             self._refuse(StatusCode.UNIMPLEMENTED, f"unknown method {headers.method}")
             return
@@ -530,6 +625,7 @@ class _ServerCall(ServicerContext):
             return
         self._handler = handler
         self._invocation_metadata = headers.metadata
+        self._message_id = headers.message_id
         if headers.timeout is not None:
             self._deadline = self._loop.time() + headers.timeout
             self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)
@@ -568,7 +664,7 @@ class _ServerCall(ServicerContext):
     async def _run(self, handler: Handler) -> None:
         server = self._server
         try:
-            for interceptor in server._interceptors:
+            for interceptor in server._callee_interceptors:
                 await interceptor.on_start(self)
             kind = handler.method.cardinality
             func: Any = handler.func
@@ -610,7 +706,7 @@ class _ServerCall(ServicerContext):
         self._conn.release(self._sid)
         self._server._calls.discard(self)
         status = self._status or (StatusCode.UNKNOWN, "")
-        for interceptor in reversed(self._server._interceptors) if self._handler else ():
+        for interceptor in reversed(self._server._callee_interceptors) if self._handler else ():
             try:
                 interceptor.on_end(self, *status)
             except Exception:
@@ -641,7 +737,7 @@ class _ServerCall(ServicerContext):
                     raise RpcError(
                         StatusCode.INTERNAL, f"could not parse the request: {exc}"
                     ) from exc
-                for interceptor in self._server._interceptors:
+                for interceptor in self._server._callee_interceptors:
                     interceptor.on_message_received(self, request)
                 return request
             if self._request_done:
@@ -676,7 +772,7 @@ class _ServerCall(ServicerContext):
                 StatusCode.RESOURCE_EXHAUSTED,
                 f"response of {len(data)} bytes exceeds max_message_size ({limit})",
             )
-        for interceptor in self._server._interceptors:
+        for interceptor in self._server._callee_interceptors:
             interceptor.on_message_sent(self, response)
         return data
 

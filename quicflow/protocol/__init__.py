@@ -22,6 +22,7 @@ from .control import (
     PongReceived,
     WelcomeReceived,
 )
+from .dedup import RecentIds
 from .events import (
     EndOfStream,
     Event,
@@ -41,6 +42,7 @@ from .heartbeat import (
     negotiate_interval,
 )
 from .lifecycle import ClientLifecycle, ClientState, LifecycleEvent
+from .pending import PendingTable, PromiseTimedOut
 
 __all__ = [
     "CallProtocol",
@@ -75,4 +77,8 @@ __all__ = [
     "PingDue",
     "SessionExpired",
     "negotiate_interval",
+    # acked sends and duplicate suppression
+    "PendingTable",
+    "PromiseTimedOut",
+    "RecentIds",
 ]

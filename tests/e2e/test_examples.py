@@ -11,7 +11,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_every_call_kind_and_stops_cleanly() -> None:
-    """Check that the demo starts a server process, shows each call kind and exits 0."""
+    """Check that the demo shows each call kind against a server process, a broadcast with
+    per-client results and acked sends, and exits 0."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "generated")])}
     result = subprocess.run(
         [sys.executable, "-m", "examples.demo"],
@@ -29,3 +30,6 @@ def test_demo_runs_every_call_kind_and_stops_cleanly() -> None:
     assert "['QUIC', 'FLOW']" in out
     assert "DEADLINE_EXCEEDED" in out
     assert "server exited with status 0" in out
+    assert "delivered 3, failed 1, timed out 1" in out
+    assert "FAILED INVALID_ARGUMENT: job 2 is malformed" in out
+    assert "all settled; 0 acks pending" in out

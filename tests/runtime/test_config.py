@@ -103,6 +103,14 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("hello_timeout", 0),
     ("hello_timeout", 601.0),
     ("authenticator", "not callable"),
+    ("push_timeout", 0),
+    ("push_timeout", math.inf),
+    ("promise_timeout", -1.0),
+    ("promise_timeout", None),
+    ("max_pending_promises", 0),
+    ("max_pending_promises", 10.5),
+    ("broadcast_max_in_flight", 0),
+    ("broadcast_max_in_flight", "10"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [

@@ -1,0 +1,119 @@
+"""Duplicate suppression, sans-IO: has this message id been seen recently?
+
+A sender that holds messages across a reconnect, or retries an acked send
+whose ack was lost, may deliver the same message twice. The receiver asks
+`RecentIds.seen` before running a handler and skips the handler (but still
+acks) when the answer is True, so the handler runs once per message id:
+at-least-once delivery becomes exactly-once *handling*, within the window
+described here.
+
+The rules:
+
+- ``seen(message_id, now)`` is True when ``message_id`` was recorded less
+  than ``max_age`` seconds before ``now``; otherwise it records the id at
+  ``now`` and returns False. A duplicate does not refresh the record: the
+  window runs from the first sighting, so a sender retrying forever cannot
+  keep an id alive forever.
+- At most ``max_size`` ids are remembered; recording one more forgets the
+  oldest. An id is also forgotten once it is ``max_age`` seconds old.
+- Forgotten ids count as new. The guarantee therefore holds only for
+  duplicates that arrive within ``max_age`` of the original *and* before
+  ``max_size`` newer ids pushed it out; senders must give up retrying well
+  inside that window (their hold limits are bounded by count and age too).
+
+Ids are kept in insertion order, which is also time order (``now`` is taken
+as non-decreasing; an earlier ``now`` is treated as the latest one seen), so
+eviction only ever looks at the oldest end: O(1) amortized per call.
+
+Example::
+
+    recent = RecentIds(max_size=100_000, max_age=600.0)
+    recent.seen(message_id, now=0.0)     # False: run the handler
+    recent.seen(message_id, now=5.0)     # True: a retry, skip the handler
+    recent.seen(message_id, now=600.0)   # False: too old to remember
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+
+__all__ = ["RecentIds"]
+
+
+class RecentIds:
+    """Message ids recorded in the last ``max_age`` seconds, at most ``max_size`` of them.
+
+    See the module docstring for the exact rules.
+
+    Args:
+        max_size: most ids remembered (an int of at least 1).
+        max_age: seconds an id is remembered (a positive finite number).
+
+    Raises:
+        ValueError: an argument is out of range; the message names it.
+
+    Example::
+
+        recent = RecentIds(max_size=2, max_age=60.0)
+        recent.seen(b"a", 0.0), recent.seen(b"b", 1.0), recent.seen(b"c", 2.0)
+        recent.seen(b"a", 3.0)    # False: pushed out by size
+        recent.seen(b"c", 61.9)   # True: recorded 59.9 s ago
+    """
+
+    __slots__ = ("_ids", "_latest", "max_age", "max_size")
+
+    def __init__(self, max_size: int = 100_000, max_age: float = 600.0) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int of at least 1, got {max_size!r}")
+        if (
+            isinstance(max_age, bool)
+            or not isinstance(max_age, (int, float))
+            or not math.isfinite(max_age)
+            or max_age <= 0
+        ):
+            raise ValueError(
+                f"max_age must be a positive finite number of seconds, got {max_age!r}"
+            )
+        self.max_size: int = max_size
+        """Most ids remembered at once."""
+        self.max_age: float = float(max_age)
+        """Seconds an id is remembered after it was first recorded."""
+        self._ids: OrderedDict[bytes, float] = OrderedDict()  # id -> recorded at, oldest first
+        self._latest = -math.inf
+
+    def __repr__(self) -> str:
+        return f"<RecentIds {len(self._ids)}/{self.max_size} within {self.max_age:g} s>"
+
+    def __len__(self) -> int:
+        """Ids remembered right now (expired ones may linger until the next `seen`)."""
+        return len(self._ids)
+
+    def seen(self, message_id: bytes, now: float) -> bool:
+        """True if ``message_id`` is a duplicate; else record it at ``now`` and return False.
+
+        Args:
+            message_id: the message's id.
+            now: the current time, seconds (non-decreasing across calls).
+
+        Raises:
+            ValueError: ``now`` is not a finite number.
+        """
+        if not math.isfinite(now):
+            raise ValueError(f"now must be a finite number, got {now!r}")
+        now = max(float(now), self._latest)  # keep the dict in time order
+        self._latest = now
+        ids = self._ids
+        cutoff = now - self.max_age
+        # Forget ids that are max_age old or older; the oldest come first.
+        while ids:
+            oldest = next(iter(ids.values()))
+            if oldest > cutoff:
+                break
+            ids.popitem(last=False)
+        if message_id in ids:
+            return True
+        ids[message_id] = now
+        if len(ids) > self.max_size:
+            ids.popitem(last=False)
+        return False

@@ -1,0 +1,359 @@
+"""Server push: typed calls from the server to connected clients.
+
+A client registers generated service implementations with
+``client.add_service(...)``; the server calls them on server-opened streams
+with the same framing, deadlines, metadata and status codes as
+client-to-server calls (docs/wire-protocol.md §2, §5), through a stub bound
+to one client::
+
+    reply = await NotifyStub(server.client("sensor-1")).deliver(Event(text="hi"))
+
+Three ways to reach clients (docs/push.md):
+
+* **unicast**: ``server.client(client_id)`` is a `Channel`; an unknown or
+  disconnected id fails at once with `ClientNotConnected`.
+* **broadcast**: ``await server.broadcast(send)`` runs ``send(channel)`` for
+  every connected client (optionally filtered by labels), at most
+  ``max_in_flight`` at a time, and reports per client: delivered (with the
+  reply), failed (with the status) or timed out.
+* **acked send**: ``server.async_send(client_id, send)`` returns a `Promise`
+  at once; it resolves with the client's reply (its ack), fails with the
+  client's status, fails with `Timeout` after its timeout, or with
+  UNAVAILABLE when the client disconnects. A `PendingTable` caps how many
+  are outstanding (50,000 by default): one more raises `PromiseCapacityFull`
+  without sending anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .calls import ChannelMethods
+from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout
+from .interceptors import ClientInterceptor
+from .protocol.pending import PendingTable
+from .status import StatusCode
+
+if TYPE_CHECKING:
+    from .server import Server
+    from .transport import QuicFlowProtocol
+
+__all__ = [
+    "BroadcastResult",
+    "ClientChannel",
+    "Delivery",
+    "DeliveryStatus",
+    "Promise",
+]
+
+logger = logging.getLogger("quicflow.push")
+
+T = TypeVar("T")
+
+
+class ClientChannel(ChannelMethods):
+    """A `Channel` to one connected client: pass it to any generated stub.
+
+    Calls fail at once with `ClientNotConnected` (UNAVAILABLE) when no client
+    is connected under the id. A channel follows the id: if the client
+    reconnects, later calls go to its new connection.
+    """
+
+    def __init__(self, server: Server, client_id: str, message_id: bytes = b"") -> None:
+        self._server = server
+        self.client_id = client_id
+        self.message_id = message_id
+        """Sent in the HEADERS of calls made through this channel (acks, dedup)."""
+
+    # CallTarget
+
+    @property
+    def max_message_size(self) -> int:
+        return self._server.config.max_message_size
+
+    @property
+    def max_metadata_size(self) -> int:
+        return self._server.config.max_metadata_size
+
+    @property
+    def default_timeout(self) -> float | None:
+        return self._server.config.push_timeout
+
+    @property
+    def interceptors(self) -> tuple[ClientInterceptor, ...]:
+        return ()
+
+    @property
+    def wait_for_ready_default(self) -> bool:
+        return False
+
+    @property
+    def ready(self) -> bool:
+        session = self._server.sessions.get(self.client_id)
+        return session is not None and not session.conn.is_closed
+
+    def connection_for_call(self) -> QuicFlowProtocol:
+        session = self._server.sessions.get(self.client_id)
+        if session is None or session.conn.is_closed:
+            raise ClientNotConnected(message=f"client {self.client_id!r} is not connected")
+        session.calls_out += 1
+        return session.conn
+
+    async def wait_ready(self) -> None:
+        self.connection_for_call()  # raises: push does not wait for a client to come back
+
+    def __repr__(self) -> str:
+        return f"<ClientChannel {self.client_id}>"
+
+
+class DeliveryStatus(enum.Enum):
+    """How one client fared in a broadcast."""
+
+    DELIVERED = "delivered"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery(Generic[T]):
+    """One client's outcome in a broadcast."""
+
+    client_id: str
+    status: DeliveryStatus
+    reply: T | None = None
+    """The client's reply when DELIVERED."""
+    code: StatusCode = StatusCode.OK
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastResult(Generic[T]):
+    """Per-client outcomes of a broadcast, with counts."""
+
+    deliveries: Mapping[str, Delivery[T]] = field(default_factory=dict)
+
+    @property
+    def delivered(self) -> int:
+        """Clients that answered OK."""
+        return self._count(DeliveryStatus.DELIVERED)
+
+    @property
+    def failed(self) -> int:
+        """Clients that answered with an error status or could not be reached."""
+        return self._count(DeliveryStatus.FAILED)
+
+    @property
+    def timed_out(self) -> int:
+        """Clients that did not answer in time."""
+        return self._count(DeliveryStatus.TIMED_OUT)
+
+    def _count(self, status: DeliveryStatus) -> int:
+        return sum(1 for d in self.deliveries.values() if d.status is status)
+
+    def __len__(self) -> int:
+        return len(self.deliveries)
+
+    def __repr__(self) -> str:
+        return (
+            f"<BroadcastResult {len(self)} clients: {self.delivered} delivered, "
+            f"{self.failed} failed, {self.timed_out} timed out>"
+        )
+
+
+async def broadcast(
+    server: Server,
+    send: Callable[[ClientChannel], Awaitable[T]],
+    *,
+    labels: Mapping[str, str] | None = None,
+    client_timeout: float | None,
+    max_in_flight: int,
+) -> BroadcastResult[T]:
+    """See `Server.broadcast`."""
+    if max_in_flight < 1:
+        raise ValueError(f"max_in_flight must be at least 1, got {max_in_flight}")
+    targets = [
+        s.client_id
+        for s in server.sessions
+        if not labels or all(s.labels.get(k) == v for k, v in labels.items())
+    ]
+    gate = asyncio.Semaphore(max_in_flight)
+
+    async def one(client_id: str) -> Delivery[T]:
+        async with gate:
+            try:
+                async with asyncio.timeout(client_timeout):
+                    reply = await send(ClientChannel(server, client_id))
+            except TimeoutError:
+                return Delivery(
+                    client_id,
+                    DeliveryStatus.TIMED_OUT,
+                    None,
+                    StatusCode.DEADLINE_EXCEEDED,
+                    "no reply in time",
+                )
+            except RpcError as exc:
+                if exc.code is StatusCode.DEADLINE_EXCEEDED:
+                    return Delivery(
+                        client_id, DeliveryStatus.TIMED_OUT, None, exc.code, exc.message
+                    )
+                return Delivery(client_id, DeliveryStatus.FAILED, None, exc.code, exc.message)
+            return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+
+    outcomes = await asyncio.gather(*(one(cid) for cid in targets))
+    return BroadcastResult({d.client_id: d for d in outcomes})
+
+
+class Promise(Generic[T]):
+    """The pending acknowledgement of one `Server.async_send`.
+
+    Await it for the client's reply, or register ``add_done_callback``. It
+    never reports an error as success: a non-OK status from the client
+    raises that `RpcError`; no reply in time raises `Timeout`; a client that
+    disconnects raises UNAVAILABLE.
+    """
+
+    __slots__ = ("_future", "message_id")
+
+    def __init__(self, message_id: bytes, future: asyncio.Future[T]) -> None:
+        self.message_id = str(uuid.UUID(bytes=message_id))
+        """The id sent with the message (a UUID), also in the call's HEADERS."""
+        self._future = future
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return asyncio.shield(self._future).__await__()
+
+    def done(self) -> bool:
+        """True once resolved or failed."""
+        return self._future.done()
+
+    def result(self) -> T:
+        """The reply; raises the failure, or `asyncio.InvalidStateError` if not done."""
+        return self._future.result()
+
+    def exception(self) -> BaseException | None:
+        """The failure, or None if it resolved."""
+        return self._future.exception()
+
+    def add_done_callback(self, callback: Callable[[Promise[T]], object]) -> None:
+        """Call ``callback(promise)`` once it is resolved or failed (at once if it is)."""
+        self._future.add_done_callback(lambda _: callback(self))
+
+    def cancel(self) -> bool:
+        """Stop waiting (the call is cancelled); False if already done."""
+        return self._future.cancel()
+
+    def __repr__(self) -> str:
+        state = "pending"
+        if self._future.done():
+            state = (
+                "cancelled"
+                if self._future.cancelled()
+                else ("failed" if self._future.exception() else "resolved")
+            )
+        return f"<Promise {self.message_id} {state}>"
+
+
+class PromiseManager:
+    """Tracks acked sends by message id with a capacity and one timer for all timeouts."""
+
+    def __init__(self, server: Server, capacity: int) -> None:
+        self._server = server
+        self.table = PendingTable(capacity)
+        self._tasks: dict[bytes, asyncio.Task[Any]] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+    def send(
+        self,
+        client_id: str,
+        send: Callable[[ClientChannel], Awaitable[T]],
+        timeout: float,
+        callback: Callable[[Promise[T]], object] | None,
+    ) -> Promise[T]:
+        server = self._server
+        if server.sessions.get(client_id) is None:
+            raise ClientNotConnected(message=f"client {client_id!r} is not connected")
+        loop = asyncio.get_running_loop()
+        message_id = uuid.uuid4().bytes
+        self.table.add(message_id, loop.time(), timeout)  # PromiseCapacityFull: nothing sent
+        task: asyncio.Task[T] = loop.create_task(
+            _awaited(send(ClientChannel(server, client_id, message_id)))
+        )
+        self._tasks[message_id] = task
+        future: asyncio.Future[T] = loop.create_future()
+        promise = Promise(message_id, future)
+        task.add_done_callback(lambda t: self._settle(message_id, t, future))
+        future.add_done_callback(lambda f: self._abandoned(message_id, f))
+        if callback is not None:
+            promise.add_done_callback(callback)
+        self._arm()
+        return promise
+
+    def _settle(
+        self, message_id: bytes, task: asyncio.Task[Any], future: asyncio.Future[Any]
+    ) -> None:
+        self._tasks.pop(message_id, None)
+        if message_id in self.table:
+            if task.cancelled() or task.exception() is not None:
+                self.table.fail(message_id)
+            else:
+                self.table.resolve(message_id)
+        if future.done():
+            return
+        if task.cancelled():
+            future.set_exception(
+                Timeout(message=f"no ack within the promise timeout ({message_id.hex()})")
+            )
+        elif (exc := task.exception()) is not None:
+            if isinstance(exc, ConnectionClosed):
+                exc = ClientNotConnected(message=f"client disconnected: {exc.message}")
+            future.set_exception(exc)
+        else:
+            future.set_result(task.result())
+
+    def _abandoned(self, message_id: bytes, future: asyncio.Future[Any]) -> None:
+        if future.cancelled():
+            task = self._tasks.get(message_id)
+            if task is not None:
+                task.cancel()
+
+    def _arm(self) -> None:
+        when = self.table.get_timer()
+        if when == self._timer_at:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = (
+            None if when is None else asyncio.get_running_loop().call_at(when, self._expire)
+        )
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._timer_at = None
+        loop = asyncio.get_running_loop()
+        for expired in self.table.poll(loop.time()):
+            task = self._tasks.get(expired.message_id)
+            if task is not None:
+                task.cancel()  # _settle turns the cancellation into Timeout
+        self._arm()
+
+    def close(self) -> None:
+        for task in list(self._tasks.values()):
+            task.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+
+async def _awaited(awaitable: Awaitable[T]) -> T:
+    return await awaitable
