@@ -686,3 +686,36 @@ class ChannelMethods:
         return StreamStreamCall(
             cast(CallTarget, self), method, requests, timeout, metadata, wait_for_ready
         )
+
+    async def send_message(
+        self,
+        message_type: str,
+        payload: bytes = b"",
+        *,
+        metadata: MetadataLike | None = None,
+        timeout: float | None = None,
+        wait_ack: bool = True,
+    ) -> bytes | None:
+        """Send an untyped message (docs/push.md, quicflow/messaging.py).
+
+        With ``wait_ack`` (the default) returns the receiver's ack payload; a
+        failed handler raises its `RpcError`. With ``wait_ack=False`` returns
+        None as soon as the message is handed to QUIC (at most once, errors
+        unseen).
+        """
+        from .messaging import DELIVER
+        from .wire.v1.frames_pb2 import RawMessage
+
+        call = self.unary_unary(
+            DELIVER,
+            RawMessage(type=message_type, payload=payload),
+            timeout=timeout,
+            metadata=metadata,
+        )
+        if not wait_ack:
+            await call._ensure_started()
+            if call._error is not None and call._ended:
+                raise call._error
+            return None
+        ack = await call
+        return ack.payload

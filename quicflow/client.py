@@ -24,9 +24,12 @@ from typing import TypeVar
 
 from .calls import ChannelMethods
 from .config import ClientConfig
+from .dispatch import Dispatcher
+from .dispatch import Handler as MessageHandler
 from .errors import ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
 from .interceptors import ClientInterceptor, ServerInterceptor
+from .messaging import MessagingService
 from .metadata import MetadataValue
 from .protocol.backoff import Backoff
 from .protocol.call import Role
@@ -196,6 +199,23 @@ class Client(ChannelMethods):
         self._handlers: dict[str, Handler] = {}
         self._callee_interceptors: tuple[ServerInterceptor, ...] = ()
         self._calls: set[_ServerCall] = set()
+        self.dispatcher = Dispatcher(
+            config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
+        )
+        """Runs handlers for untyped messages from the server (see `register_handler`)."""
+        self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
+
+    def register_handler(self, message_type: str, handler: MessageHandler) -> None:
+        """Run ``handler(message)`` for untyped messages of ``message_type`` from the server.
+
+        The handler (plain or ``async``) returns the ack's payload (bytes or
+        None) or raises `RpcError`. Handlers run on a bounded worker pool with
+        ``handler_timeout``.
+
+        Raises:
+            UsageError: a handler is already registered for ``message_type``.
+        """
+        self.dispatcher.register_handler(message_type, handler)
 
     def add_service(self, service: Service) -> None:
         """Answer the server's calls to ``service`` (an instance of a generated ``FooBase``
@@ -468,6 +488,7 @@ class Client(ChannelMethods):
         self._draining.clear()
         for conn in conns:
             await conn.aclose(ErrorCode.NO_ERROR, "client closed")
+        await self.dispatcher.close()
         await self.hooks.drain()
 
     async def __aenter__(self) -> Client:

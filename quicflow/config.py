@@ -77,6 +77,12 @@ class _Common:
     """Bytes a peer may send on one stream ahead of what the application has read."""
     send_buffer_limit: int = _MIB
     """Unacknowledged bytes per stream before a streaming sender waits (backpressure)."""
+    dispatcher_workers: int = 16
+    """Workers running untyped-message handlers at once."""
+    dispatcher_queue_size: int = 1000
+    """Untyped messages that may wait for a worker; more get RESOURCE_EXHAUSTED."""
+    handler_timeout: float = 30.0
+    """Seconds an untyped-message handler may run before it fails DEADLINE_EXCEEDED."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -87,6 +93,9 @@ class _Common:
         _choice("congestion_control", self.congestion_control, ("reno", "cubic"))
         _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
         _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
+        _int_range("dispatcher_workers", self.dispatcher_workers, 1, 10_000)
+        _int_range("dispatcher_queue_size", self.dispatcher_queue_size, 0, 10_000_000)
+        _positive("handler_timeout", self.handler_timeout, maximum=_MAX_DURATION)
 
     def transport_settings(self) -> Any:
         """The QUIC settings these fields describe (a `TransportSettings`)."""

@@ -66,6 +66,11 @@ class ServicerContext:
 
         return str(uuid.UUID(bytes=self._message_id))
 
+    @property
+    def client_id(self) -> str:
+        """Who is calling: the client's id on the server, ``"server"`` on a client."""
+        return ""
+
     def peer(self) -> str:
         """The client's address as ``host:port`` (empty if unknown)."""
         return ""

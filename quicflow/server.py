@@ -21,10 +21,13 @@ from typing import Any, Protocol, TypeVar
 from .auth import HelloInfo, PeerInfo, allow_all
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
+from .dispatch import Dispatcher
+from .dispatch import Handler as MessageHandler
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
 from .hooks import Hooks
 from .interceptors import ServerInterceptor
-from .metadata import Metadata
+from .messaging import MessagingService
+from .metadata import Metadata, MetadataLike
 from .protocol.call import CallProtocol, Role, SideState
 from .protocol.control import (
     ControlProtocol,
@@ -88,6 +91,11 @@ class Server:
         """Register ``connect``, ``disconnect`` and ``heartbeat_timeout`` hooks here."""
         self._authenticator = config.authenticator or allow_all
         self._promises = PromiseManager(self, config.max_pending_promises)
+        self.dispatcher = Dispatcher(
+            config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
+        )
+        """Runs handlers for untyped messages (see `register_handler`)."""
+        self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
 
     # -- setup --
 
@@ -215,6 +223,39 @@ class Server:
         timeout = self.config.promise_timeout if timeout is None else timeout
         return self._promises.send(client_id, send, timeout, callback)
 
+    def register_handler(self, message_type: str, handler: MessageHandler) -> None:
+        """Run ``handler(message)`` for untyped messages of ``message_type`` from clients.
+
+        The handler (plain or ``async``) returns the ack's payload (bytes or
+        None) or raises `RpcError` to fail the send with that status. Handlers
+        run on the dispatcher's bounded worker pool with ``handler_timeout``.
+
+        Raises:
+            UsageError: a handler is already registered for ``message_type``.
+        """
+        self.dispatcher.register_handler(message_type, handler)
+
+    async def send_to(
+        self,
+        client_id: str,
+        message_type: str,
+        payload: bytes = b"",
+        *,
+        metadata: MetadataLike | None = None,
+        timeout: float | None = None,
+        wait_ack: bool = True,
+    ) -> bytes | None:
+        """Send an untyped message to one client; see `ClientChannel.send_message`.
+
+        Raises:
+            ClientNotConnected: no client is connected under ``client_id``.
+            RpcError: the client's handler failed, or no handler is registered
+                (UNIMPLEMENTED), or its dispatcher is full (RESOURCE_EXHAUSTED).
+        """
+        return await self.client(client_id).send_message(
+            message_type, payload, metadata=metadata, timeout=timeout, wait_ack=wait_ack
+        )
+
     @property
     def pending_promises(self) -> int:
         """Acked sends still waiting for their ack."""
@@ -264,6 +305,7 @@ class Server:
         if pending:
             await asyncio.wait(pending, timeout=1.0)
         self._promises.close()
+        await self.dispatcher.close()
         endpoint = self._endpoint
         port = endpoint.port
         endpoint.close()
@@ -554,6 +596,11 @@ class _ServerCall(ServicerContext):
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
+
+    @property
+    def client_id(self) -> str:
+        session = self._sconn.session
+        return session.client_id if session is not None else "server"
 
     def peer(self) -> str:
         addr = self._conn.peer_address

@@ -28,6 +28,11 @@ BUILDERS = {"server": build_server, "client": build_client}
 
 # Bad values for the fields both configs share: (field, value).
 COMMON_BAD: list[tuple[str, object]] = [
+    ("dispatcher_workers", 0),
+    ("dispatcher_workers", 1.5),
+    ("dispatcher_queue_size", -1),
+    ("handler_timeout", 0),
+    ("handler_timeout", math.nan),
     # max_message_size: an int in [1, 2**32 - 1]
     ("max_message_size", 0),
     ("max_message_size", -1),

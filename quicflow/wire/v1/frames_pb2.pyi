@@ -94,3 +94,17 @@ class GoAway(_message.Message):
     reason: str
     grace_ms: int
     def __init__(self, reason: _Optional[str] = ..., grace_ms: _Optional[int] = ...) -> None: ...
+
+class RawMessage(_message.Message):
+    __slots__ = ("type", "payload")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    payload: bytes
+    def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+
+class RawAck(_message.Message):
+    __slots__ = ("payload",)
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    payload: bytes
+    def __init__(self, payload: _Optional[bytes] = ...) -> None: ...
