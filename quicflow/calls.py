@@ -20,6 +20,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .errors import PayloadTooLarge, RpcError
+from .hooks import Hooks, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .protocol.call import CallProtocol, Role, reset_status
@@ -74,6 +75,16 @@ class CallTarget(Protocol):
     @property
     def message_id(self) -> bytes:
         """Sent in every call's HEADERS (empty: none; wire-protocol.md §4.2)."""
+        ...
+
+    @property
+    def hooks(self) -> Hooks:
+        """Where ``message_sent`` is reported."""
+        ...
+
+    @property
+    def peer_name(self) -> str:
+        """The other side, for `MessageInfo.peer`."""
         ...
 
     def connection_for_call(self) -> QuicFlowProtocol:
@@ -244,6 +255,12 @@ class _Call(Generic[Req, Resp]):
         if self._info is not None:
             for interceptor in self._interceptors:
                 interceptor.on_message_sent(self._info, request)
+        hooks = self._target.hooks
+        if hooks.wants("message_sent"):
+            hooks.fire(
+                "message_sent",
+                message_info(self._target.peer_name, self._method.route, request, len(data)),
+            )
         return data
 
     async def _pump(self, requests: AsyncIterable[Req] | Iterable[Req]) -> None:

@@ -251,6 +251,7 @@ class Client(ChannelMethods):
         return self._interceptors
 
     message_id = b""
+    peer_name = "server"
 
     @property
     def wait_for_ready_default(self) -> bool:

@@ -19,7 +19,9 @@ Example::
 Server events: ``connect(info)``, ``disconnect(info, reason)``,
 ``heartbeat_timeout(info)``. Client events: ``connect(client_id)``,
 ``disconnect(reason)``, ``heartbeat_timeout()``, ``reconnect(attempt,
-delay)``, ``state_change(old, new)``.
+delay)``, ``state_change(old, new)``. Both: ``message_sent(MessageInfo)`` and
+``message_received(MessageInfo)`` for each request message (typed or
+untyped) this side sends or receives; they cost nothing when unregistered.
 """
 
 from __future__ import annotations
@@ -28,15 +30,40 @@ import asyncio
 import inspect
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-__all__ = ["Hooks"]
+__all__ = ["Hooks", "MessageInfo", "message_info"]
 
 logger = logging.getLogger("quicflow.hooks")
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EVENTS = frozenset({"connect", "disconnect", "heartbeat_timeout", "reconnect", "state_change"})
+EVENTS = frozenset(
+    {
+        "connect",
+        "disconnect",
+        "heartbeat_timeout",
+        "reconnect",
+        "state_change",
+        "message_sent",
+        "message_received",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MessageInfo:
+    """A request message (of a call, or an untyped message) going out or coming in."""
+
+    peer: str
+    """The other side: the client's id on the server, ``"server"`` on a client."""
+    method: str
+    """The route, ``/package.Service/Method``."""
+    message_type: str | None
+    """For untyped messages, their type; None for typed calls."""
+    size: int
+    """Serialized size in bytes."""
 
 
 class Hooks:
@@ -85,6 +112,18 @@ class Hooks:
         """Register a ``reconnect`` hook (usable as a decorator)."""
         return self._register("reconnect")(callback)
 
+    def on_message_sent(self, callback: F) -> F:
+        """Register a ``message_sent`` hook (usable as a decorator)."""
+        return self._register("message_sent")(callback)
+
+    def on_message_received(self, callback: F) -> F:
+        """Register a ``message_received`` hook (usable as a decorator)."""
+        return self._register("message_received")(callback)
+
+    def wants(self, event: str) -> bool:
+        """True if any hook is registered for ``event`` (check before building arguments)."""
+        return bool(self._callbacks.get(event))
+
     def on_state_change(self, callback: F) -> F:
         """Register a ``state_change`` hook (usable as a decorator)."""
         return self._register("state_change")(callback)
@@ -113,3 +152,11 @@ class Hooks:
         """Wait for async hooks still running (used at shutdown and in tests)."""
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+
+def message_info(peer: str, route: str, message: object, size: int) -> MessageInfo:
+    """Describe a request message for the message hooks."""
+    from .messaging import ROUTE
+
+    message_type = getattr(message, "type", None) if route == ROUTE else None
+    return MessageInfo(peer, route, message_type if isinstance(message_type, str) else None, size)

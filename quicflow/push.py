@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from .calls import ChannelMethods
 from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout
+from .hooks import Hooks
 from .interceptors import ClientInterceptor
 from .protocol.pending import PendingTable
 from .status import StatusCode
@@ -92,6 +93,14 @@ class ClientChannel(ChannelMethods):
     @property
     def wait_for_ready_default(self) -> bool:
         return False
+
+    @property
+    def hooks(self) -> Hooks:
+        return self._server.hooks
+
+    @property
+    def peer_name(self) -> str:
+        return self.client_id
 
     @property
     def ready(self) -> bool:

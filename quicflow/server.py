@@ -24,7 +24,7 @@ from .context import ServicerContext
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
-from .hooks import Hooks
+from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
 from .messaging import MessagingService
 from .metadata import Metadata, MetadataLike
@@ -539,6 +539,7 @@ class CalleeHost(Protocol):
     _handlers: dict[str, Handler]
     _callee_interceptors: tuple[ServerInterceptor, ...]
     _calls: set[_ServerCall]
+    hooks: Hooks
 
 
 class CalleeConnection(Protocol):
@@ -786,6 +787,12 @@ class _ServerCall(ServicerContext):
                     ) from exc
                 for interceptor in self._server._callee_interceptors:
                     interceptor.on_message_received(self, request)
+                hooks = self._server.hooks
+                if hooks.wants("message_received"):
+                    hooks.fire(
+                        "message_received",
+                        message_info(self.client_id, self.method, request, len(data)),
+                    )
                 return request
             if self._request_done:
                 raise StopAsyncIteration

@@ -586,6 +586,11 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             ):
                 return  # not a connection attempt we take (no version negotiation in v1)
             protocol = self._accept(header.destination_cid)
+            protocol.datagram_received(data, addr)
+            # Only now does the connection know its peer's address, so only now may
+            # the runtime look at it (and, say, close it at once).
+            self._on_connection(protocol)
+            return
         protocol.datagram_received(data, addr)
 
     def _accept(self, original_cid: bytes) -> QuicFlowProtocol:
@@ -602,7 +607,6 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._add_cid(protocol, original_cid)
         self._add_cid(protocol, connection.host_cid)
         self.connections.add(protocol)
-        self._on_connection(protocol)
         return protocol
 
     def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:

@@ -124,3 +124,46 @@ async def test_client_close_stops_its_dispatcher() -> None:
         assert await harness.server.send_to("w2", "job") == b"ok"
         await client.close()
         assert client.dispatcher.closed
+
+
+async def test_message_hooks_fire_with_method_type_size_and_peer() -> None:
+    """Check that message_sent/message_received hooks fire on both sides for typed calls,
+    pushes and untyped messages, and that a raising message hook breaks nothing."""
+    from echo.echo_pb2 import EchoRequest
+    from echo.echo_quicflow import EchoStub
+
+    from quicflow.hooks import MessageInfo
+
+    harness = ClientFor([TestEcho()], client_options={"client_id": "h1"})
+    server_seen: list[tuple[str, MessageInfo]] = []
+    client_seen: list[tuple[str, MessageInfo]] = []
+    harness.server.hooks.on_message_received(lambda i: server_seen.append(("recv", i)))
+    harness.server.hooks.on_message_sent(lambda i: server_seen.append(("sent", i)))
+
+    def broken(info: MessageInfo) -> None:
+        raise RuntimeError("hook bug")
+
+    harness.server.hooks.on_message_received(broken)
+    harness.server.register_handler("alert", lambda m: b"")
+    async with harness as client:
+        client.hooks.on_message_sent(lambda i: client_seen.append(("sent", i)))
+        client.hooks.on_message_received(lambda i: client_seen.append(("recv", i)))
+        client.register_handler("reboot", lambda m: b"")
+        await EchoStub(client).say(EchoRequest(text="abc"))
+        await client.send_message("alert", b"12345")
+        await harness.server.send_to("h1", "reboot", b"xy")
+    from quicflow.wire.v1.frames_pb2 import RawMessage
+
+    say = EchoRequest(text="abc").ByteSize()
+    alert = RawMessage(type="alert", payload=b"12345").ByteSize()
+    reboot = RawMessage(type="reboot", payload=b"xy").ByteSize()
+    assert [(d, i.peer, i.method, i.message_type, i.size) for d, i in server_seen] == [
+        ("recv", "h1", "/echo.Echo/Say", None, say),
+        ("recv", "h1", "/quicflow.wire.v1.Messaging/Deliver", "alert", alert),
+        ("sent", "h1", "/quicflow.wire.v1.Messaging/Deliver", "reboot", reboot),
+    ]
+    assert [(d, i.peer, i.message_type) for d, i in client_seen] == [
+        ("sent", "server", None),
+        ("sent", "server", "alert"),
+        ("recv", "server", "reboot"),
+    ]
