@@ -43,6 +43,7 @@ from .protocol.control import (
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatSender, HeartbeatTimedOut, PingDue
 from .protocol.lifecycle import ClientLifecycle, ClientState, LifecycleEvent
+from .push import ReplyCache
 from .rpc import Handler, Service
 from .server import _ServerCall
 from .sessions import Session
@@ -199,6 +200,7 @@ class Client(ChannelMethods):
         self._handlers: dict[str, Handler] = {}
         self._callee_interceptors: tuple[ServerInterceptor, ...] = ()
         self._calls: set[_ServerCall] = set()
+        self._replies: ReplyCache | None = ReplyCache()
         self.dispatcher = Dispatcher(
             config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
         )

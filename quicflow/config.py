@@ -162,6 +162,11 @@ class ServerConfig(_Common):
     """Acked sends that may be outstanding at once; one more raises PromiseCapacityFull."""
     broadcast_max_in_flight: int = 100
     """Default bound on concurrent sends of one broadcast."""
+    hold_max_count: int = 0
+    """Acked sends held per client while it is away, delivered when it is back (0: off,
+    sends to an absent client fail at once). See docs/push.md "Delivery guarantees"."""
+    hold_max_age: float = 30.0
+    """Seconds a held send waits for its client before failing ClientNotConnected."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -186,6 +191,8 @@ class ServerConfig(_Common):
         _positive("promise_timeout", self.promise_timeout, maximum=_MAX_DURATION)
         _int_range("max_pending_promises", self.max_pending_promises, 1, 10_000_000)
         _int_range("broadcast_max_in_flight", self.broadcast_max_in_flight, 1, 100_000)
+        _int_range("hold_max_count", self.hold_max_count, 0, 1_000_000)
+        _positive("hold_max_age", self.hold_max_age, maximum=_MAX_DURATION)
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

@@ -30,6 +30,7 @@ import asyncio
 import enum
 import logging
 import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -268,6 +269,34 @@ class Promise(Generic[T]):
         return f"<Promise {self.message_id} {state}>"
 
 
+class ReplyCache:
+    """Replies a callee already sent, by message id: a repeated message (its ack was lost
+    and the sender retried) gets the same reply without running the handler again."""
+
+    def __init__(self, max_size: int = 10_000, max_age: float = 600.0) -> None:
+        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
+        self.max_size = max_size
+        self.max_age = max_age
+
+    def get(self, message_id: bytes, now: float) -> bytes | None:
+        entry = self._entries.get(message_id)
+        if entry is None or now - entry[0] > self.max_age:
+            return None
+        return entry[1]
+
+    def put(self, message_id: bytes, reply: bytes, now: float) -> None:
+        entries = self._entries
+        entries[message_id] = (now, reply)
+        entries.move_to_end(message_id)
+        while len(entries) > self.max_size or (
+            entries and now - next(iter(entries.values()))[0] > self.max_age
+        ):
+            entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 class PromiseManager:
     """Tracks acked sends by message id with a capacity and one timer for all timeouts."""
 
@@ -277,6 +306,7 @@ class PromiseManager:
         self._tasks: dict[bytes, asyncio.Task[Any]] = {}
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._held: dict[str, list[asyncio.Future[None]]] = {}
 
     def __len__(self) -> int:
         return len(self.table)
@@ -289,14 +319,12 @@ class PromiseManager:
         callback: Callable[[Promise[T]], object] | None,
     ) -> Promise[T]:
         server = self._server
-        if server.sessions.get(client_id) is None:
+        if server.sessions.get(client_id) is None and not self._may_hold(client_id):
             raise ClientNotConnected(message=f"client {client_id!r} is not connected")
         loop = asyncio.get_running_loop()
         message_id = uuid.uuid4().bytes
         self.table.add(message_id, loop.time(), timeout)  # PromiseCapacityFull: nothing sent
-        task: asyncio.Task[T] = loop.create_task(
-            _awaited(send(ClientChannel(server, client_id, message_id)))
-        )
+        task: asyncio.Task[T] = loop.create_task(self._attempts(client_id, message_id, send))
         self._tasks[message_id] = task
         future: asyncio.Future[T] = loop.create_future()
         promise = Promise(message_id, future)
@@ -306,6 +334,64 @@ class PromiseManager:
             promise.add_done_callback(callback)
         self._arm()
         return promise
+
+    # -- hold and redeliver (ServerConfig.hold_max_count > 0) --
+
+    def _may_hold(self, client_id: str) -> bool:
+        limit = self._server.config.hold_max_count
+        return limit > 0 and len(self._held.get(client_id, ())) < limit
+
+    async def _attempts(
+        self, client_id: str, message_id: bytes, send: Callable[[ClientChannel], Awaitable[T]]
+    ) -> T:
+        """Send until acked. With holding on, a send whose client is away (or goes away
+        before acking) waits for the client to come back, then goes again under the same
+        message id; the receiver answers a repeat from its reply cache."""
+        server = self._server
+        if not self._reachable(client_id) and self._may_hold(client_id):
+            await self._hold(client_id)
+        while True:
+            try:
+                return await send(ClientChannel(server, client_id, message_id))
+            except (ConnectionClosed, ClientNotConnected):
+                if not self._may_hold(client_id):
+                    raise
+            # The client went away before acking: wait for its next connection
+            # (never retry at once: the old one is gone).
+            await self._hold(client_id)
+
+    def _reachable(self, client_id: str) -> bool:
+        session = self._server.sessions.get(client_id)
+        return session is not None and not session.conn.is_closed
+
+    async def _hold(self, client_id: str) -> None:
+        config = self._server.config
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        held = self._held.setdefault(client_id, [])
+        held.append(waiter)
+        try:
+            async with asyncio.timeout(config.hold_max_age):
+                await waiter
+        except TimeoutError:
+            raise ClientNotConnected(
+                message=f"client {client_id!r} did not come back within {config.hold_max_age} s"
+            ) from None
+        finally:
+            if waiter in held:
+                held.remove(waiter)
+            if not held:
+                self._held.pop(client_id, None)
+
+    def client_connected(self, client_id: str) -> None:
+        """A client (re)connected: release the sends held for it."""
+        for waiter in self._held.pop(client_id, []):
+            if not waiter.done():
+                waiter.set_result(None)
+
+    @property
+    def held(self) -> int:
+        """Sends waiting for their client to come back."""
+        return sum(len(w) for w in self._held.values())
 
     def _settle(
         self, message_id: bytes, task: asyncio.Task[Any], future: asyncio.Future[Any]
@@ -362,7 +448,3 @@ class PromiseManager:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-
-
-async def _awaited(awaitable: Awaitable[T]) -> T:
-    return await awaitable

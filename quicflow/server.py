@@ -42,7 +42,14 @@ from .protocol.events import (
     ProtocolViolation,
 )
 from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
-from .push import BroadcastResult, ClientChannel, Promise, PromiseManager, broadcast
+from .push import (
+    BroadcastResult,
+    ClientChannel,
+    Promise,
+    PromiseManager,
+    ReplyCache,
+    broadcast,
+)
 from .rpc import Cardinality, Handler, Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
@@ -91,6 +98,7 @@ class Server:
         """Register ``connect``, ``disconnect`` and ``heartbeat_timeout`` hooks here."""
         self._authenticator = config.authenticator or allow_all
         self._promises = PromiseManager(self, config.max_pending_promises)
+        self._replies: ReplyCache | None = None
         self.dispatcher = Dispatcher(
             config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
         )
@@ -440,6 +448,7 @@ class _ServerConnection:
             logger.info("client %s reconnected: old session replaced", client_id)
             server.hooks.fire("disconnect", old.info(), "replaced by a newer connection")
         self._arm(session)
+        server._promises.client_connected(client_id)
         logger.info("client %s connected from %s", client_id, peer.address)
         server.hooks.fire("connect", session.info())
 
@@ -540,6 +549,8 @@ class CalleeHost(Protocol):
     _callee_interceptors: tuple[ServerInterceptor, ...]
     _calls: set[_ServerCall]
     hooks: Hooks
+    _replies: ReplyCache | None
+    """Replies by message id, to answer a repeated message without running it again."""
 
 
 class CalleeConnection(Protocol):
@@ -674,6 +685,20 @@ class _ServerCall(ServicerContext):
         self._handler = handler
         self._invocation_metadata = headers.metadata
         self._message_id = headers.message_id
+        replies = server._replies
+        if headers.message_id and replies is not None:
+            cached = replies.get(headers.message_id, self._loop.time())
+            if cached is not None:
+                # A repeat of a message we already answered (its ack was lost): the
+                # same reply again, and the handler does not run twice.
+                self._status = (StatusCode.OK, "")
+                self._write(
+                    self._machine.send_message(cached) + self._machine.send_trailers(0),
+                    end_stream=True,
+                )
+                self._after_status()
+                self._end()
+                return
         if headers.timeout is not None:
             self._deadline = self._loop.time() + headers.timeout
             self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)
@@ -856,6 +881,9 @@ class _ServerCall(ServicerContext):
     def _send_last(self, response: Any) -> None:
         """One response and the OK status in a single write (unary responses)."""
         data = self._encode_response(response)
+        replies = self._server._replies
+        if self._message_id and replies is not None:
+            replies.put(self._message_id, data, self._loop.time())
         machine = self._machine
         out = self._headers_prefix() + machine.send_message(data)
         self._status = (StatusCode.OK, "")

@@ -351,6 +351,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         finally:
             self._receiving = False
         self.transmit()
+        close_event = self._quic._close_event
+        if close_event is not None and self.closed_error is None:
+            # The peer closed: aioquic reports it only after its draining period
+            # (3 PTO), but every call on this connection is over now.
+            self._terminated(close_event)
         if self._drain_waiters:
             self._check_drains()
 
@@ -363,6 +368,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         if self._transport is None or self._transport.is_closing():
             return
         super().close(error_code=error_code, reason_phrase=reason_phrase)
+        close_event = self._quic._close_event
+        if close_event is not None and self.closed_error is None:
+            self._terminated(close_event)  # calls still open end now, not after draining
 
     def abort(self, reason: str) -> None:
         """Give up on the connection now: fail every stream with UNAVAILABLE at once.

@@ -256,3 +256,81 @@ async def test_ten_thousand_acked_sends_leave_no_state() -> None:
             assert len(client._calls) == 0
         finally:
             await client.close()
+
+
+FAST_SERVER = {
+    "heartbeat_interval": 0.2,
+    "heartbeat_check_interval": 0.05,
+    "min_heartbeat_interval": 0.05,
+    "hold_max_count": 100,
+    "hold_max_age": 10.0,
+}
+FAST_CLIENT = {
+    "heartbeat_interval": 0.2,
+    "heartbeat_timeout": 0.3,
+    "backoff_initial": 0.1,
+    "backoff_max": 0.2,
+    "connect_timeout": 0.5,
+}
+
+
+class CountingInbox(Inbox):
+    """Counts handlers that ran to completion, per sequence number."""
+
+    def __init__(self, client_id: str) -> None:
+        super().__init__(client_id)
+        self.completed: list[int] = []
+
+    async def deliver(self, request: Event, context: ServicerContext) -> Ack:
+        ack = await super().deliver(request, context)
+        self.completed.append(request.seq)
+        return ack
+
+
+async def test_a_repeated_message_id_is_answered_from_the_reply_cache() -> None:
+    """Check that a message sent twice under one id runs its handler once and gets the
+    same reply twice (what a retry after a lost ack sees)."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        inbox = CountingInbox("d1")
+        client = await _client(harness, "d1", inbox)
+        try:
+            channel = ClientChannel(harness.server, "d1", message_id=b"\x01" * 16)
+            first = await NotifyStub(channel).deliver(Event(seq=41))
+            again = await NotifyStub(channel).deliver(Event(seq=41))
+            assert first == again
+            assert inbox.completed == [41]
+        finally:
+            await client.close()
+
+
+async def test_held_sends_are_delivered_once_after_a_forced_reconnect() -> None:
+    """Check that with holding on, acked sends to a client that drops are held, delivered
+    when it reconnects, and each handler completes exactly once."""
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER)
+    async with harness:
+        inbox = CountingInbox("r1")
+        client = Client(harness.client_config(client_id="r1", **FAST_CLIENT))
+        client.add_service(inbox)
+        await client.connect()
+        try:
+            server = harness.server
+            assert client.connection is not None
+            client.connection.abort("forced")  # the client drops; it reconnects by itself
+            promises = [server.async_send("r1", _sender(i)) for i in range(20)]
+            await asyncio.sleep(0.04)  # the client's reconnect waits >= 0.08 s (backoff)
+            assert server._promises.held > 0  # the sends are waiting for it
+            acks = await asyncio.wait_for(asyncio.gather(*(_result(p) for p in promises)), 10)
+            assert sorted(a.seq for a in acks) == list(range(20))
+            assert sorted(inbox.completed) == list(range(20))  # each ran once
+            assert server._promises.held == 0 and server.pending_promises == 0
+        finally:
+            await client.close()
+
+
+async def test_without_holding_an_absent_client_fails_at_once() -> None:
+    """Check that holding is off by default: a send to an absent client fails at once."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        with pytest.raises(ClientNotConnected):
+            harness.server.async_send("away", _sender(1))

@@ -114,6 +114,9 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("promise_timeout", None),
     ("max_pending_promises", 0),
     ("max_pending_promises", 10.5),
+    ("hold_max_count", -1),
+    ("hold_max_count", 1.5),
+    ("hold_max_age", 0),
     ("broadcast_max_in_flight", 0),
     ("broadcast_max_in_flight", "10"),
 ]
