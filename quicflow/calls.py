@@ -135,6 +135,7 @@ class _Call(Generic[Req, Resp]):
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
+        self._deferred: tuple[Metadata, float | None] | None = None
         self._ended = False
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
@@ -150,6 +151,18 @@ class _Call(Generic[Req, Resp]):
     async def _ensure_started(self) -> None:
         if self._started:
             return
+        if self._deferred is not None:
+            # Created while the peer's stream credit was used up (wire-protocol.md §8).
+            metadata, timeout = self._deferred
+            self._deferred = None
+            try:
+                timeout = await self._wait_for_stream_credit(timeout)
+            except RpcError as exc:
+                self._started = True
+                self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
+                return
+            self._start(metadata, timeout)
+            return
         info = ClientCallInfo(
             self._method.route, self._method.cardinality, list(self._metadata), self._timeout
         )
@@ -161,6 +174,7 @@ class _Call(Generic[Req, Resp]):
             timeout = info.timeout
             if self._wait_for_ready and not self._target.ready:
                 timeout = await self._wait_until_ready(timeout)
+            timeout = await self._wait_for_stream_credit(timeout)
         except RpcError as exc:
             self._started = True
             self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
@@ -189,6 +203,23 @@ class _Call(Generic[Req, Resp]):
             ) from None
         return budget - (self._loop.time() - self._created)
 
+    async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
+        """Wait until the connection may open one more stream, within the call's deadline
+        (``budget`` seconds from its creation); return the time left."""
+        while True:
+            conn = self._target.connection_for_call()
+            if conn.can_open_stream():
+                break
+            left = None if budget is None else budget - (self._loop.time() - self._created)
+            try:
+                async with asyncio.timeout(None if left is None else max(left, 0.0)):
+                    await conn.wait_stream_credit()
+            except TimeoutError:
+                raise RpcError(
+                    StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
+                ) from None
+        return None if budget is None else budget - (self._loop.time() - self._created)
+
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         self._started = True
         target = self._target
@@ -196,6 +227,11 @@ class _Call(Generic[Req, Resp]):
             conn = target.connection_for_call()
         except RpcError as exc:
             self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
+            return
+        if not conn.can_open_stream():
+            # Beyond the peer's stream credit: start when a slot frees (_ensure_started).
+            self._started = False
+            self._deferred = (metadata, timeout)
             return
         if timeout is not None and timeout <= 0:
             self._finish(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded before the call started")

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
@@ -167,6 +168,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
         self._idle_waiters: list[asyncio.Future[None]] = []
+        self._credit_waiters: deque[asyncio.Future[None]] = deque()
         self._peer_next_bidi = 1 if quic.configuration.is_client else 0
         self._peer_unseen: set[int] = set()
         self._receiving = False
@@ -239,6 +241,32 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._quic._get_or_create_stream_for_send(stream_id)
         self._handlers[stream_id] = handler
         return stream_id
+
+    def can_open_stream(self) -> bool:
+        """True if the peer's stream credit allows one more bidirectional stream now."""
+        quic = self._quic
+        return quic._local_next_stream_id_bidi // 4 < quic._remote_max_streams_bidi
+
+    async def wait_stream_credit(self) -> None:
+        """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
+        connection ended (then raises `ConnectionClosed`)."""
+        if self.closed_error is not None:
+            raise self.closed_error
+        waiter: asyncio.Future[None] = self._loop.create_future()
+        self._credit_waiters.append(waiter)
+        await waiter
+
+    def _wake_credit(self) -> None:
+        # Wake only as many waiters as there are free slots, oldest first: waking all
+        # of them for a handful of slots is quadratic with thousands waiting.
+        quic = self._quic
+        slots = quic._remote_max_streams_bidi - quic._local_next_stream_id_bidi // 4
+        waiters = self._credit_waiters
+        while slots > 0 and waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                slots -= 1
 
     def write(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
         """Queue bytes on a stream; False if that side is already closed or reset."""
@@ -358,6 +386,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._terminated(close_event)
         if self._drain_waiters:
             self._check_drains()
+        if self._credit_waiters and self.can_open_stream():
+            self._wake_credit()
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:
@@ -480,6 +510,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             if not waiter.done():
                 waiter.set_exception(self.closed_error)
         self._drain_waiters.clear()
+        for waiter in self._credit_waiters:
+            if not waiter.done():
+                waiter.set_exception(self.closed_error)
+        self._credit_waiters.clear()
         for handler in handlers:
             try:
                 handler.connection_lost(self.closed_error)

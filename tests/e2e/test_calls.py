@@ -399,3 +399,25 @@ async def test_sequential_calls_leave_no_stream_state() -> None:
         await asyncio.sleep(0.05)
         assert conn.quic_stream_count <= 2
         assert server_conn.quic_stream_count <= 2
+
+
+async def test_a_call_waiting_for_stream_credit_keeps_its_deadline() -> None:
+    """Check that with every stream slot taken, a further call waits for a slot and fails
+    DEADLINE_EXCEEDED if none frees in time, while the others complete."""
+    service = TestEcho()
+    async with ClientFor([service]) as client:
+        stub = EchoStub(client)
+        busy = [asyncio.ensure_future(_say(stub, 600)) for _ in range(128)]
+        await asyncio.wait_for(service.probe.started.wait(), 2.0)
+        conn = client.connection
+        assert conn is not None and not conn.can_open_stream()
+        with pytest.raises(RpcError) as info:
+            await stub.say(EchoRequest(text="late"), timeout=0.1)
+        assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+        assert "waiting for a stream" in info.value.message
+        assert len(await asyncio.gather(*busy)) == 128
+        assert (await stub.say(EchoRequest(text="after"), timeout=2)).text == "after"
+
+
+async def _say(stub: EchoStub, delay_ms: int) -> str:
+    return (await stub.say(EchoRequest(text="busy", delay_ms=delay_ms))).text
