@@ -435,6 +435,17 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._transport.close()
 
     def quic_event_received(self, event: events.QuicEvent) -> None:
+        try:
+            self._dispatch_event(event)
+        except Exception:
+            # A bug in one stream's handler must not take the connection (or the other
+            # events of this datagram) with it: end that stream, log, go on.
+            sid = getattr(event, "stream_id", None)
+            logger.exception("stream handler failed on %s", type(event).__name__)
+            if sid is not None:
+                self.reset(sid, ErrorCode.INTERNAL_ERROR)
+
+    def _dispatch_event(self, event: events.QuicEvent) -> None:
         handlers = self._handlers
         if type(event) is events.StreamDataReceived:
             sid = event.stream_id
