@@ -37,9 +37,11 @@ async def test_a_raising_stream_handler_resets_its_stream_only(
     async with harness as client:
         [server_conn] = harness.server.connections
         server_conn.on_new_stream = lambda stream_id: _Exploding()
-        with caplog.at_level(logging.ERROR, logger="quicflow.transport"):
-            with pytest.raises(RpcError) as info:
-                await EchoStub(client).say(EchoRequest(text="boom"), timeout=2)
+        with (
+            caplog.at_level(logging.ERROR, logger="quicflow.transport"),
+            pytest.raises(RpcError) as info,
+        ):
+            await EchoStub(client).say(EchoRequest(text="boom"), timeout=2)
         assert info.value.code is StatusCode.INTERNAL
         assert "handler bug" in caplog.text
         assert client.connected and not server_conn.is_closed
