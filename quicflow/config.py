@@ -7,9 +7,11 @@ so a typo fails at start-up, not at the first call.
 from __future__ import annotations
 
 import math
+import os
+import tomllib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .errors import ConfigError
 
@@ -23,6 +25,34 @@ _MIB = 1 << 20
 _MAX_FRAME = 0xFFFF_FFFF
 _MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
+
+
+_CODE_ONLY = frozenset({"interceptors", "authenticator"})
+
+
+def _parse_env(name: str, raw: str, annotation: object) -> Any:
+    """Turn an environment variable's text into the field's type (from its annotation)."""
+    kind = str(annotation)
+    text = raw.strip()
+    if "None" in kind and text.lower() in ("none", "null", ""):
+        return None
+    try:
+        if kind.startswith("bool"):
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind.startswith("int"):
+            return int(text)
+        if kind.startswith("float"):
+            return float(text)
+        if kind.startswith("Mapping"):
+            pairs = [item.split("=", 1) for item in text.split(",") if item.strip()]
+            return {k.strip(): v.strip() for k, v in pairs}
+    except ValueError:
+        raise ConfigError(name, f"cannot parse {raw!r} as {kind}") from None
+    return text
 
 
 def _positive(name: str, value: object, *, maximum: float = math.inf) -> None:
@@ -108,6 +138,62 @@ class _Common:
             stream_receive_window=self.stream_receive_window,
             send_buffer_limit=self.send_buffer_limit,
         )
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        env_prefix: str | None = None,
+        **overrides: Any,
+    ) -> Self:
+        """Build a config from a TOML file, then environment variables, then ``overrides``
+        (each later source wins), validated as usual.
+
+        The TOML file may hold the fields at its top level or under a table
+        named ``[server]`` / ``[client]``. Environment variables are
+        ``QUICFLOW_SERVER_<FIELD>`` / ``QUICFLOW_CLIENT_<FIELD>`` (upper case;
+        ``env_prefix`` replaces the prefix): numbers, ``true``/``false``, and
+        ``none`` for optional fields; ``labels`` as ``k=v,k2=v2``. Code-only
+        fields (interceptors, authenticator) can come only from ``overrides``.
+
+        Raises:
+            ConfigError: an unknown field, a value that does not parse, or one out of
+                range; the message names the field (and the file or variable).
+        """
+        values: dict[str, Any] = {}
+        section = cls._section()
+        known = {f.name: f for f in fields(cls)}
+        if path is not None:
+            with open(path, "rb") as fh:
+                try:
+                    data = tomllib.load(fh)
+                except tomllib.TOMLDecodeError as exc:
+                    raise ConfigError(str(path), f"not valid TOML: {exc}") from None
+            table = data.get(section, data)
+            if not isinstance(table, dict):
+                raise ConfigError(f"{path}: [{section}]", "must be a table")
+            for key, value in table.items():
+                if key == section or (key in ("server", "client") and isinstance(value, dict)):
+                    continue
+                if key not in known or key in _CODE_ONLY:
+                    raise ConfigError(f"{path}: {key}", f"is not a {cls.__name__} field")
+                values[key] = value
+        prefix = env_prefix if env_prefix is not None else f"QUICFLOW_{section.upper()}_"
+        for name, raw in (os.environ if env is None else env).items():
+            if not name.startswith(prefix):
+                continue
+            key = name[len(prefix):].lower()
+            if key not in known or key in _CODE_ONLY:
+                raise ConfigError(name, f"is not a {cls.__name__} field")
+            values[key] = _parse_env(name, raw, known[key].type)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def _section(cls) -> str:
+        return "server" if cls.__name__.startswith("Server") else "client"
 
     def __repr__(self) -> str:
         shown = ", ".join(
