@@ -67,5 +67,5 @@ def test_invalid_toml_is_reported_with_its_path(tmp_path: Path) -> None:
     """Check that a file that is not TOML gives a ConfigError naming the file."""
     path = tmp_path / "broken.toml"
     path.write_text("port = = 1\n")
-    with pytest.raises(ConfigError, match="broken.toml"):
+    with pytest.raises(ConfigError, match=r"broken\.toml"):
         ClientConfig.load(path, env={})
