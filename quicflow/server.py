@@ -449,7 +449,9 @@ class _ServerConnection:
             server.hooks.fire("disconnect", old.info(), "replaced by a newer connection")
         self._arm(session)
         server._promises.client_connected(client_id)
-        logger.info("client %s connected from %s", client_id, peer.address)
+        logger.info(
+            "client %s connected from %s", client_id, peer.address, extra={"client_id": client_id}
+        )
         server.hooks.fire("connect", session.info())
 
     def _on_ping(self, sequence: int) -> None:
@@ -511,7 +513,12 @@ class _ServerConnection:
         reason = self.conn.close_reason or exc.message
         session.state = SessionState.CLOSED
         server.sessions.remove(session)
-        logger.info("client %s disconnected: %s", session.client_id, reason)
+        logger.info(
+            "client %s disconnected: %s",
+            session.client_id,
+            reason,
+            extra={"client_id": session.client_id, "reason": reason},
+        )
         server.hooks.fire("disconnect", session.info(), reason)
 
 

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 from pathlib import Path
 
 from quicflow import Server, ServerConfig
 from quicflow.certs import write_dev_certs
+from quicflow.logs import configure_logging
 
 from .service import Echo
 
@@ -51,8 +51,7 @@ def main() -> None:
     parser.add_argument("--certs", type=Path, default=Path("certs"))
     parser.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("quic").setLevel(logging.WARNING)  # aioquic's per-connection chatter
+    configure_logging()  # LOG_LEVEL (default INFO); QUICFLOW_LOG_FORMAT=json for JSON lines
     asyncio.run(serve(args.host, args.port, args.certs, args.ready_file))
 
 
