@@ -136,6 +136,7 @@ class _Call(Generic[Req, Resp]):
         self._info: ClientCallInfo | None = None
         self._started = False
         self._deferred: tuple[Metadata, float | None] | None = None
+        self._starting: asyncio.Future[None] | None = None
         self._ended = False
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
@@ -151,6 +152,18 @@ class _Call(Generic[Req, Resp]):
     async def _ensure_started(self) -> None:
         if self._started:
             return
+        starting = self._starting
+        if starting is not None:  # another task is starting this call: wait for it
+            await asyncio.shield(starting)
+            return
+        self._starting = self._loop.create_future()
+        try:
+            await self._start_when_possible()
+        finally:
+            self._starting.set_result(None)
+            self._starting = None
+
+    async def _start_when_possible(self) -> None:
         if self._deferred is not None:
             # Created while the peer's stream credit was used up (wire-protocol.md §8).
             metadata, timeout = self._deferred
@@ -221,6 +234,8 @@ class _Call(Generic[Req, Resp]):
         return None if budget is None else budget - (self._loop.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
+        if self._ended:
+            return  # cancelled (or failed) while it waited to start: send nothing
         self._started = True
         target = self._target
         try:

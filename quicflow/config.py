@@ -184,7 +184,7 @@ class _Common:
         for name, raw in (os.environ if env is None else env).items():
             if not name.startswith(prefix):
                 continue
-            key = name[len(prefix):].lower()
+            key = name[len(prefix) :].lower()
             if key not in known or key in _CODE_ONLY:
                 raise ConfigError(name, f"is not a {cls.__name__} field")
             values[key] = _parse_env(name, raw, known[key].type)

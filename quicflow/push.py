@@ -307,6 +307,8 @@ class PromiseManager:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
         self._held: dict[str, list[asyncio.Future[None]]] = {}
+        self._reserved: dict[str, int] = {}
+        self._timed_out: set[bytes] = set()
 
     def __len__(self) -> int:
         return len(self.table)
@@ -318,13 +320,20 @@ class PromiseManager:
         timeout: float,
         callback: Callable[[Promise[T]], object] | None,
     ) -> Promise[T]:
-        server = self._server
-        if server.sessions.get(client_id) is None and not self._may_hold(client_id):
-            raise ClientNotConnected(message=f"client {client_id!r} is not connected")
         loop = asyncio.get_running_loop()
         message_id = uuid.uuid4().bytes
         self.table.add(message_id, loop.time(), timeout)  # PromiseCapacityFull: nothing sent
-        task: asyncio.Task[T] = loop.create_task(self._attempts(client_id, message_id, send))
+        # A send to an absent client takes a hold slot now (so the next one over
+        # hold_max_count fails at once), or fails at once when holding is off.
+        reserved = False
+        if not self._reachable(client_id):
+            if not self._reserve(client_id):
+                self.table.fail(message_id)
+                raise ClientNotConnected(message=f"client {client_id!r} is not connected")
+            reserved = True
+        task: asyncio.Task[T] = loop.create_task(
+            self._attempts(client_id, message_id, send, reserved)
+        )
         self._tasks[message_id] = task
         future: asyncio.Future[T] = loop.create_future()
         promise = Promise(message_id, future)
@@ -337,39 +346,66 @@ class PromiseManager:
 
     # -- hold and redeliver (ServerConfig.hold_max_count > 0) --
 
-    def _may_hold(self, client_id: str) -> bool:
-        limit = self._server.config.hold_max_count
-        return limit > 0 and len(self._held.get(client_id, ())) < limit
+    def _reserve(self, client_id: str) -> bool:
+        """Take one of the client's hold slots; False when holding is off or they are full."""
+        count = self._reserved.get(client_id, 0)
+        if count >= self._server.config.hold_max_count:
+            return False
+        self._reserved[client_id] = count + 1
+        return True
 
-    async def _attempts(
-        self, client_id: str, message_id: bytes, send: Callable[[ClientChannel], Awaitable[T]]
-    ) -> T:
-        """Send until acked. With holding on, a send whose client is away (or goes away
-        before acking) waits for the client to come back, then goes again under the same
-        message id; the receiver answers a repeat from its reply cache."""
-        server = self._server
-        if not self._reachable(client_id) and self._may_hold(client_id):
-            await self._hold(client_id)
-        while True:
-            try:
-                return await send(ClientChannel(server, client_id, message_id))
-            except (ConnectionClosed, ClientNotConnected):
-                if not self._may_hold(client_id):
-                    raise
-            # The client went away before acking: wait for its next connection
-            # (never retry at once: the old one is gone).
-            await self._hold(client_id)
+    def _unreserve(self, client_id: str) -> None:
+        count = self._reserved.get(client_id, 0) - 1
+        if count > 0:
+            self._reserved[client_id] = count
+        else:
+            self._reserved.pop(client_id, None)
 
     def _reachable(self, client_id: str) -> bool:
         session = self._server.sessions.get(client_id)
         return session is not None and not session.conn.is_closed
 
+    def _current_conn(self, client_id: str) -> object | None:
+        session = self._server.sessions.get(client_id)
+        return session.conn if session is not None else None
+
+    async def _attempts(
+        self,
+        client_id: str,
+        message_id: bytes,
+        send: Callable[[ClientChannel], Awaitable[T]],
+        reserved: bool,
+    ) -> T:
+        """Send until acked. With holding on, a send whose client is away (or goes away
+        before acking) waits for the client to come back, then goes again under the same
+        message id; the receiver answers a repeat from its reply cache."""
+        server = self._server
+        if reserved:
+            await self._hold(client_id)
+        while True:
+            used = self._current_conn(client_id)
+            try:
+                return await send(ClientChannel(server, client_id, message_id))
+            except (ConnectionClosed, ClientNotConnected):
+                if server.config.hold_max_count <= 0:
+                    raise
+            if self._reachable(client_id) and self._current_conn(client_id) is not used:
+                continue  # already back on a new connection (e.g. a replaced session)
+            if not self._reserve(client_id):
+                raise ClientNotConnected(
+                    message=f"client {client_id!r} went away and its hold slots are full"
+                )
+            await self._hold(client_id)
+
     async def _hold(self, client_id: str) -> None:
+        """Wait (holding one reserved slot) until the client is back, at most hold_max_age."""
         config = self._server.config
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         held = self._held.setdefault(client_id, [])
         held.append(waiter)
         try:
+            if self._reachable(client_id):
+                return  # it came back between the failure and now
             async with asyncio.timeout(config.hold_max_age):
                 await waiter
         except TimeoutError:
@@ -377,6 +413,7 @@ class PromiseManager:
                 message=f"client {client_id!r} did not come back within {config.hold_max_age} s"
             ) from None
         finally:
+            self._unreserve(client_id)
             if waiter in held:
                 held.remove(waiter)
             if not held:
@@ -390,8 +427,8 @@ class PromiseManager:
 
     @property
     def held(self) -> int:
-        """Sends waiting for their client to come back."""
-        return sum(len(w) for w in self._held.values())
+        """Sends waiting (or about to wait) for their client to come back."""
+        return sum(self._reserved.values())
 
     def _settle(
         self, message_id: bytes, task: asyncio.Task[Any], future: asyncio.Future[Any]
@@ -405,9 +442,13 @@ class PromiseManager:
         if future.done():
             return
         if task.cancelled():
-            future.set_exception(
-                Timeout(message=f"no ack within the promise timeout ({message_id.hex()})")
-            )
+            if message_id in self._timed_out:
+                self._timed_out.discard(message_id)
+                future.set_exception(
+                    Timeout(message=f"no ack within the promise timeout ({message_id.hex()})")
+                )
+            else:
+                future.set_exception(ConnectionClosed(message="the server is shutting down"))
         elif (exc := task.exception()) is not None:
             if isinstance(exc, ConnectionClosed):
                 exc = ClientNotConnected(message=f"client disconnected: {exc.message}")
@@ -439,7 +480,8 @@ class PromiseManager:
         for expired in self.table.poll(loop.time()):
             task = self._tasks.get(expired.message_id)
             if task is not None:
-                task.cancel()  # _settle turns the cancellation into Timeout
+                self._timed_out.add(expired.message_id)
+                task.cancel()  # _settle turns this cancellation into Timeout
         self._arm()
 
     def close(self) -> None:

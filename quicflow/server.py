@@ -11,6 +11,7 @@ the stream's state is dropped when the call ends.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import inspect
 import logging
 import time
@@ -581,8 +582,10 @@ class _ServerCall(ServicerContext):
         "_conn",
         "_deadline_handle",
         "_handler",
+        "_last_bytes",
         "_machine",
         "_messages",
+        "_reply_key",
         "_request_done",
         "_sconn",
         "_server",
@@ -615,6 +618,8 @@ class _ServerCall(ServicerContext):
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
+        self._last_bytes = b""
+        self._reply_key = b""
 
     @property
     def client_id(self) -> str:
@@ -692,20 +697,6 @@ class _ServerCall(ServicerContext):
         self._handler = handler
         self._invocation_metadata = headers.metadata
         self._message_id = headers.message_id
-        replies = server._replies
-        if headers.message_id and replies is not None:
-            cached = replies.get(headers.message_id, self._loop.time())
-            if cached is not None:
-                # A repeat of a message we already answered (its ack was lost): the
-                # same reply again, and the handler does not run twice.
-                self._status = (StatusCode.OK, "")
-                self._write(
-                    self._machine.send_message(cached) + self._machine.send_trailers(0),
-                    end_stream=True,
-                )
-                self._after_status()
-                self._end()
-                return
         if headers.timeout is not None:
             self._deadline = self._loop.time() + headers.timeout
             self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)
@@ -749,7 +740,16 @@ class _ServerCall(ServicerContext):
             kind = handler.method.cardinality
             func: Any = handler.func
             if kind is _UNARY_UNARY:
-                response = await func(await self._read_single(), self)
+                request = await self._read_single()
+                if self._message_id and server._replies is not None:
+                    self._reply_key = _reply_key(self._message_id, self.method, self._last_bytes)
+                    cached = server._replies.get(self._reply_key, self._loop.time())
+                    if cached is not None:
+                        # A repeat of a message we already answered (its ack was lost):
+                        # the same reply again, and the handler does not run twice.
+                        self._send_last_bytes(cached)
+                        return
+                response = await func(request, self)
                 self._send_last(response)
                 return
             if kind is _STREAM_UNARY:
@@ -810,6 +810,8 @@ class _ServerCall(ServicerContext):
                 data = messages.popleft()
                 self.unread_bytes -= len(data)
                 self._conn.credit_released(self._sid)
+                if self._message_id:
+                    self._last_bytes = data
                 assert self._handler is not None
                 try:
                     request = self._handler.method.deserialize_request(data)
@@ -889,8 +891,11 @@ class _ServerCall(ServicerContext):
         """One response and the OK status in a single write (unary responses)."""
         data = self._encode_response(response)
         replies = self._server._replies
-        if self._message_id and replies is not None:
-            replies.put(self._message_id, data, self._loop.time())
+        if self._reply_key and replies is not None:
+            replies.put(self._reply_key, data, self._loop.time())
+        self._send_last_bytes(data)
+
+    def _send_last_bytes(self, data: bytes) -> None:
         machine = self._machine
         out = self._headers_prefix() + machine.send_message(data)
         self._status = (StatusCode.OK, "")
@@ -917,6 +922,13 @@ class _ServerCall(ServicerContext):
         # The answer is complete; if the client is still sending, tell it to stop.
         if self._machine.peer_state is not SideState.CLOSED and not self._request_done:
             self._conn.stop_reading(self._sid, ErrorCode.NO_ERROR)
+
+
+def _reply_key(message_id: bytes, method: str, request: bytes) -> bytes:
+    """Replies are cached per message id *and* request: two different calls made under one
+    acked send's id must not share a reply; an identical retry must."""
+    digest = hashlib.blake2b(method.encode() + b"\0" + request, digest_size=16).digest()
+    return message_id + digest
 
 
 class _RequestIterator:

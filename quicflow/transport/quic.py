@@ -254,7 +254,16 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             raise self.closed_error
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._credit_waiters.append(waiter)
-        await waiter
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            # Gave up (deadline, cancel): leave no dead waiter behind; pass on a slot
+            # that may already have been handed to us.
+            if waiter in self._credit_waiters:
+                self._credit_waiters.remove(waiter)
+            elif self._credit_waiters and self.can_open_stream():
+                self._wake_credit()
+            raise
 
     def _wake_credit(self) -> None:
         # Wake only as many waiters as there are free slots, oldest first: waking all
