@@ -25,13 +25,32 @@ test: $(STAMP)
 	$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check quicflow codegen generated examples tests scripts
-	$(VENV)/bin/ruff format --check quicflow codegen examples tests scripts
-	$(VENV)/bin/mypy quicflow codegen/quicflow_codegen generated examples tests scripts
+	$(VENV)/bin/ruff check quicflow codegen generated examples tests scripts bench
+	$(VENV)/bin/ruff format --check quicflow codegen examples tests scripts bench
+	$(VENV)/bin/mypy quicflow codegen/quicflow_codegen generated examples tests scripts bench
 
 ## Start the example server and client, show every call kind, and stop.
 demo: $(STAMP)
 	PYTHONPATH=generated $(PY) -m examples.demo
+
+## Compare QuicFlow with grpc.aio and grpclib and draw the chart (docs/benchmarks.md).
+## bench-quick does the same in under a minute, with fewer iterations and clients.
+BENCH_STAMP := $(VENV)/.installed-bench
+BENCH_RUN   := PYTHONPATH=.:generated $(PY) -m bench.run
+
+.PHONY: bench bench-quick
+
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	touch $(BENCH_STAMP)
+
+bench: $(BENCH_STAMP)
+	$(BENCH_RUN)
+	$(PY) -m bench.chart
+
+bench-quick: $(BENCH_STAMP)
+	$(BENCH_RUN) --quick
+	$(PY) -m bench.chart
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,1 @@
+"""QuicFlow's benchmark against grpc.aio and grpclib (``make bench``, docs/benchmarks.md)."""

@@ -1,0 +1,71 @@
+"""What the benchmark's processes share: system names, payloads, the line protocol."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+from collections.abc import Sequence
+from typing import Any
+
+SYSTEMS = ("quicflow", "grpcaio", "grpclib")
+"""The systems compared, QuicFlow first."""
+
+LABELS = {"quicflow": "QuicFlow", "grpcaio": "grpc.aio", "grpclib": "grpclib"}
+
+HOST = "127.0.0.1"
+"""Everything runs on loopback."""
+
+SERVER_NAME = "localhost"
+"""The name the development server certificate carries."""
+
+SMALL = 64
+"""Bytes of payload in a "64 B" message."""
+
+MIB = 1 << 20
+
+MAX_MESSAGE = 8 * MIB
+"""Largest message any system is configured to take (the 1 MiB stream fits easily)."""
+
+IDLE_CLIENT_PREFIX = "idle-"
+"""Client ids of QuicFlow's idle clients (RSS and broadcast); the main client is MAIN_ID."""
+
+MAIN_ID = "bench-main"
+
+ONEWAY_TYPE = "bench.oneway"
+"""Untyped message type the QuicFlow server counts for the one-way measurement."""
+
+
+def payload(size: int) -> bytes:
+    """``size`` bytes of payload."""
+    return b"x" * size
+
+
+def size_of(text: str) -> int:
+    """The reply size a streaming request asks for: its ``text`` is the size in bytes."""
+    try:
+        value = int(text)
+    except ValueError:
+        return SMALL
+    return max(0, min(value, MAX_MESSAGE - 1024))
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The ``fraction`` percentile (nearest rank) of ``values``; NaN when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(fraction * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def encode(message: dict[str, Any]) -> str:
+    """One protocol line: a JSON object."""
+    return json.dumps(message, separators=(",", ":"))
+
+
+def raise_fd_limit() -> None:
+    """Raise the soft open-file limit to the hard one (a connection per idle client)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
