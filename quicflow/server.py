@@ -317,9 +317,7 @@ class Server:
         await self.dispatcher.close()
         endpoint = self._endpoint
         port = endpoint.port
-        endpoint.close()
-        for sconn in list(self._connections):
-            sconn.lost(ConnectionClosed(message="server stopped"))
+        endpoint.close()  # closing each connection ends its session (_ServerConnection.lost)
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
         await self.hooks.drain()
@@ -480,8 +478,8 @@ class _ServerConnection:
                     self.conn._loop.time() - event.last_ping,
                 )
                 self.server.hooks.fire("heartbeat_timeout", info)
+                # close() ends the connection's calls and session at once (no draining wait).
                 self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
-                self.conn.abort("session expired")
                 return
         self._arm(session)
 
