@@ -38,7 +38,11 @@ demo: $(STAMP)
 BENCH_STAMP := $(VENV)/.installed-bench
 BENCH_RUN   := PYTHONPATH=.:generated $(PY) -m bench.run
 
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick chaos
+
+## The long reliability runs (loss, kill -9 fleets, hostile peers, soak); make test runs short versions.
+chaos: $(STAMP)
+	$(PY) -m pytest -q -m chaos -s -p no:cacheprovider --timeout=1800
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'
