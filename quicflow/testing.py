@@ -10,6 +10,10 @@ so your tests exercise exactly what production runs (no mocks)::
         async with ClientFor([MyEcho()]) as client:
             reply = await EchoStub(client).say(EchoRequest(text="hi"))
             assert reply.text == "hi"
+
+`ChaosProxy` (from `quicflow.chaos`) sits between a client and a server and
+drops, delays, reorders, duplicates and corrupts datagrams on purpose, so
+you can test your own service under loss (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ from pathlib import Path
 from typing import Any
 
 from .certs import DevCerts, write_dev_certs
+from .chaos import ChaosProxy, Faults, GilbertElliott
 from .client import Client
 from .clock import FakeClock
 from .config import ClientConfig, ServerConfig
 from .rpc import Service
 from .server import Server
 
-__all__ = ["ClientFor", "FakeClock", "dev_certs"]
+__all__ = ["ChaosProxy", "ClientFor", "FakeClock", "Faults", "GilbertElliott", "dev_certs"]
 
 _certs: DevCerts | None = None
 
