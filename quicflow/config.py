@@ -99,10 +99,11 @@ class _Common:
     """Largest HEADERS/TRAILERS payload (bytes), i.e. all metadata of one frame."""
     idle_timeout: float = 60.0
     """QUIC idle timeout in seconds: silence this long drops the connection."""
-    max_datagram_size: int = 1200
-    """Largest UDP payload sent (bytes). 1200 works on any path; loopback takes more."""
-    congestion_control: str = "reno"
-    """QUIC congestion control: "reno" or "cubic"."""
+    max_datagram_size: int = 0
+    """Largest UDP payload sent (bytes), 1200..16384; 0 (default): auto, 16384 to a
+    loopback peer and 1200 (safe on any path) to every other."""
+    congestion_control: str = "cubic"
+    """QUIC congestion control: "cubic" (default) or "reno"."""
     stream_receive_window: int = _MIB
     """Bytes a peer may send on one stream ahead of what the application has read."""
     send_buffer_limit: int = _MIB
@@ -119,8 +120,12 @@ class _Common:
         _int_range("max_metadata_size", self.max_metadata_size, 256, _MAX_FRAME)
         _positive("idle_timeout", self.idle_timeout, maximum=3600.0)
         # aioquic handshakes fail above 16 KiB datagrams (measured).
-        _int_range("max_datagram_size", self.max_datagram_size, 1200, 16384)
-        _choice("congestion_control", self.congestion_control, ("reno", "cubic"))
+        size = self.max_datagram_size
+        if not (type(size) is int and (size == 0 or 1200 <= size <= 16384)):
+            raise ConfigError(
+                "max_datagram_size", f"must be 0 (auto) or an integer in 1200..16384, got {size!r}"
+            )
+        _choice("congestion_control", self.congestion_control, ("cubic", "reno"))
         _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
         _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
         _int_range("dispatcher_workers", self.dispatcher_workers, 1, 10_000)

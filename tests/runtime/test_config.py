@@ -57,8 +57,10 @@ COMMON_BAD: list[tuple[str, object]] = [
     ("idle_timeout", "60"),
     ("idle_timeout", None),
     ("idle_timeout", True),
-    # max_datagram_size: an int in [1200, 16384]
+    # max_datagram_size: 0 (auto) or an int in [1200, 16384]
     ("max_datagram_size", 1199),
+    ("max_datagram_size", 1),
+    ("max_datagram_size", 0.0),
     ("max_datagram_size", 16385),
     ("max_datagram_size", 1500.0),
     ("max_datagram_size", True),
@@ -253,8 +255,8 @@ def test_defaults() -> None:
         assert config.max_message_size == 4 << 20
         assert config.max_metadata_size == 64 << 10
         assert config.idle_timeout == 60.0
-        assert config.max_datagram_size == 1200
-        assert config.congestion_control == "reno"
+        assert config.max_datagram_size == 0
+        assert config.congestion_control == "cubic"
         assert config.host == "127.0.0.1"
         assert config.port == 4433
         assert config.interceptors == ()
@@ -305,7 +307,7 @@ def test_error_message_names_the_allowed_range() -> None:
         ClientConfig(port=0)
     with pytest.raises(ConfigError, match=r"^idle_timeout: must be greater than 0 and at most"):
         ClientConfig(idle_timeout=0)
-    with pytest.raises(ConfigError, match=r"^congestion_control: must be one of 'reno', 'cubic'"):
+    with pytest.raises(ConfigError, match=r"^congestion_control: must be one of 'cubic', 'reno'"):
         ClientConfig(congestion_control="bbr")
     with pytest.raises(ConfigError, match=r"^max_message_size: must be an integer, got True$"):
         ClientConfig(max_message_size=True)
