@@ -1,0 +1,153 @@
+"""Profile one QuicFlow workload with cProfile: server and client in separate processes.
+
+    PYTHONPATH=.:generated .venv/bin/python -m bench.profile WORKLOAD [--n N] [--out DIR]
+
+WORKLOAD is ``unary1`` (one call at a time), ``unary128`` (128 concurrent calls
+on one connection), ``oneway`` (untyped messages without acks, 16 senders) or
+``stream1m`` (server streaming, 1 MiB replies). Writes ``server.prof`` and
+``client.prof`` to DIR and prints the top functions of each by own time, with
+µs per call/message. Used to write the per-call breakdown in docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from echo.echo_pb2 import EchoRequest
+
+from quicflow.certs import write_dev_certs
+
+from .common import HOST, ONEWAY_TYPE, SERVER_NAME, payload
+
+SMALL = 64
+
+
+async def _client(port: int, certs: Path, workload: str, n: int, prof: cProfile.Profile) -> float:
+    from echo.echo_quicflow import EchoStub
+
+    from quicflow import Client, ClientConfig
+
+    client = Client(
+        ClientConfig(
+            host=HOST,
+            port=port,
+            ca_file=str(certs / "ca.pem"),
+            server_name=SERVER_NAME,
+            max_message_size=8 << 20,
+        )
+    )
+    await client.connect()
+    stub = EchoStub(client)
+    request = EchoRequest(payload=payload(SMALL))
+    for _ in range(200):  # warm up
+        await stub.say(request)
+    prof.enable()
+    t0 = time.perf_counter()
+    if workload == "unary1":
+        for _ in range(n):
+            await stub.say(request)
+    elif workload == "unary128":
+        left = n
+
+        async def lane() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await stub.say(request)
+
+        await asyncio.gather(*(lane() for _ in range(128)))
+    elif workload == "oneway":
+        body = payload(SMALL)
+        left = n
+
+        async def sender() -> None:
+            nonlocal left
+            while left > 0:
+                left -= 1
+                await client.send_message(ONEWAY_TYPE, body, wait_ack=False)
+
+        await asyncio.gather(*(sender() for _ in range(16)))
+        await stub.say(request)  # the server has read everything before this reply
+    elif workload == "stream1m":
+        big = EchoRequest(text=str(1 << 20), repeat=n)
+        async for _ in stub.stream(big):
+            pass
+    elapsed = time.perf_counter() - t0
+    prof.disable()
+    await client.close()
+    return elapsed
+
+
+class _NoProfile(cProfile.Profile):
+    def enable(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def disable(self) -> None:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workload", choices=["unary1", "unary128", "oneway", "stream1m"])
+    parser.add_argument("--n", type=int, default=0)
+    parser.add_argument("--out", default="")
+    parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--no-profile", action="store_true", help="only time it (no cProfile on either side)"
+    )
+    args = parser.parse_args()
+    n = (
+        args.n
+        or {"unary1": 2000, "unary128": 20000, "oneway": 20000, "stream1m": 64}[args.workload]
+    )
+    out = Path(args.out or tempfile.mkdtemp(prefix="qfprof-"))
+    out.mkdir(parents=True, exist_ok=True)
+    certs = out / "certs"
+    write_dev_certs(certs)
+    env = dict(os.environ, QUICFLOW_PROFILE_OUT=str(out / "server.prof"))
+    if args.no_profile:
+        env["QUICFLOW_PROFILE_OUT"] = ""
+    server = subprocess.Popen(
+        [sys.executable, "-m", "bench.profile_server", str(certs)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None and server.stdin is not None
+        port = int(server.stdout.readline().split()[1])
+        prof = cProfile.Profile()
+        elapsed = asyncio.run(
+            _client(port, certs, args.workload, n, _NoProfile() if args.no_profile else prof)
+        )
+        server.stdin.close()
+        server.wait(30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    what = "not profiled" if args.no_profile else "profiled"
+    print(f"{args.workload}: n={n} elapsed={elapsed:.3f}s ({n / elapsed:,.1f}/s, {what})")
+    if args.no_profile:
+        return
+    prof.dump_stats(out / "client.prof")
+    unit = n  # per call / message / MiB
+    for side in ("client", "server"):
+        stats = pstats.Stats(str(out / f"{side}.prof"))
+        total = stats.total_tt  # type: ignore[attr-defined]
+        print(f"\n== {side}: {total / unit * 1e6:.1f} µs own time per unit ==")
+        stats.sort_stats("tottime").print_stats(args.top)
+    print(f"profiles in {out}")
+
+
+if __name__ == "__main__":
+    main()
