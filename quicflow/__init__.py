@@ -6,7 +6,14 @@ docs/overview.md. The lower layers stay importable for anyone writing a
 compatible peer: `quicflow.wire` (bytes) and `quicflow.protocol` (call state).
 """
 
-from .auth import HelloInfo, PeerInfo, TokenAuthenticator, allow_all
+from .auth import (
+    CertificateAuthenticator,
+    HelloInfo,
+    MethodAuthorizer,
+    PeerInfo,
+    TokenAuthenticator,
+    allow_all,
+)
 from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
@@ -57,6 +64,8 @@ __all__ = [
     "Server",
     "ClientInfo",
     "TokenAuthenticator",
+    "CertificateAuthenticator",
+    "MethodAuthorizer",
     "HelloInfo",
     "PeerInfo",
     "allow_all",

@@ -2,14 +2,19 @@
 
 ``quicflow certs DIR`` (or `write_dev_certs`) writes a throwaway CA and a
 server certificate signed by it, valid for ``localhost``, ``127.0.0.1`` and
-``::1``, plus a client certificate for mutual TLS. Keys are ECDSA P-256.
-These are for development and tests only.
+``::1``, plus a client certificate for mutual TLS. ``quicflow certs DIR
+--client-id ID`` (or `issue_client_certificate`) adds a client certificate
+for one more client id, signed by the CA already in DIR. A client
+certificate names its id as the SAN URI ``quicflow://client/<id>`` (how the
+server maps it, docs/security.md). Keys are ECDSA P-256. These are for
+development and tests only.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +23,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DevCerts", "write_dev_certs"]
+__all__ = ["DevCerts", "issue_client_certificate", "write_dev_certs"]
 
 _DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
+_CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,256}")
+_CLIENT_URI = "quicflow://client/"  # = quicflow.transport.tls.CLIENT_ID_URI_PREFIX
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +68,7 @@ def _leaf(
     ca_key: ec.EllipticCurvePrivateKey,
     ca_name: x509.Name,
     common_name: str,
-    names: tuple[str, ...],
+    san: x509.SubjectAlternativeName,
     usage: x509.ObjectIdentifier,
     now: datetime.datetime,
     days: int,
@@ -77,10 +84,66 @@ def _leaf(
         .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(san, critical=False)
+        # Path validation (RFC 5280, cryptography's verifier) wants the key identifiers.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
     )
-    if names:
-        builder = builder.add_extension(_san(names), critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def _client_leaf(
+    ca_key: ec.EllipticCurvePrivateKey,
+    ca_name: x509.Name,
+    client_id: str,
+    now: datetime.datetime,
+    days: int,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    if not isinstance(client_id, str) or not _CLIENT_ID.fullmatch(client_id):
+        raise ValueError(
+            f"client id {client_id!r} must be 1-256 characters of A-Z a-z 0-9 . _ ~ - "
+            "(it goes into a certificate URI)"
+        )
+    san = x509.SubjectAlternativeName([x509.UniformResourceIdentifier(_CLIENT_URI + client_id)])
+    return _leaf(ca_key, ca_name, client_id, san, ExtendedKeyUsageOID.CLIENT_AUTH, now, days)
+
+
+def issue_client_certificate(
+    directory: str | Path,
+    client_id: str,
+    *,
+    days: int = 30,
+    not_before: datetime.datetime | None = None,
+) -> tuple[Path, Path]:
+    """Sign a client certificate for ``client_id`` with the CA in ``directory``.
+
+    Reads ``ca.pem`` and ``ca.key`` (as `write_dev_certs` wrote them) and
+    writes ``client-<id>.pem`` and ``client-<id>.key`` next to them; returns
+    their paths. The certificate names the id as the SAN URI
+    ``quicflow://client/<id>`` and allows clientAuth only. ``not_before``
+    (default: now) and ``days`` set the validity window, so tests can make
+    expired certificates.
+
+    Raises:
+        ValueError: the id has characters other than ``A-Z a-z 0-9 . _ ~ -``, or the CA
+            files do not hold a certificate and its EC key.
+        OSError: the files cannot be read or written.
+    """
+    out = Path(directory)
+    ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{out / 'ca.key'} is not an EC private key")
+    start = not_before or datetime.datetime.now(datetime.UTC)
+    cert, key = _client_leaf(ca_key, ca_cert.subject, client_id, start, days)
+    cert_file = out / f"client-{client_id}.pem"
+    key_file = out / f"client-{client_id}.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(_key_pem(key))
+    key_file.chmod(0o600)
+    return cert_file, key_file
 
 
 def write_dev_certs(
@@ -93,8 +156,8 @@ def write_dev_certs(
     """Write ``ca.pem``, ``ca.key``, ``server.pem``, ``server.key``, ``client.pem``, ``client.key``.
 
     The server certificate covers ``names`` (DNS names or IP addresses); the
-    client certificate's common name is ``client_id``. Existing files are
-    overwritten. Returns their paths.
+    client certificate names ``client_id`` (SAN URI ``quicflow://client/<id>``,
+    also its common name). Existing files are overwritten. Returns their paths.
     """
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
@@ -131,14 +194,12 @@ def write_dev_certs(
         ca_key,
         ca_name,
         names[0] if names else "localhost",
-        names,
+        _san(names or ("localhost",)),
         ExtendedKeyUsageOID.SERVER_AUTH,
         now,
         days,
     )
-    client_cert, client_key = _leaf(
-        ca_key, ca_name, client_id, (), ExtendedKeyUsageOID.CLIENT_AUTH, now, days
-    )
+    client_cert, client_key = _client_leaf(ca_key, ca_name, client_id, now, days)
     certs = DevCerts(
         ca_file=out / "ca.pem",
         ca_key_file=out / "ca.key",

@@ -364,6 +364,8 @@ class Client(ChannelMethods):
             server_name=c.server_name or c.host,
             ca_file=c.ca_file,
             insecure_skip_verify=c.insecure_skip_verify,
+            cert_file=c.cert_file,
+            key_file=c.key_file,
         )
         conn = await connect(
             c.host, c.port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout

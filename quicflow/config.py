@@ -228,6 +228,12 @@ class ServerConfig(_Common):
     """PEM certificate chain the server presents (required)."""
     key_file: str | None = None
     """PEM private key for ``cert_file`` (None: the key is inside ``cert_file``)."""
+    client_ca_file: str | None = None
+    """PEM CA bundle client certificates must chain to (mutual TLS; docs/security.md)."""
+    client_cert_mode: str = "none"
+    """Mutual TLS: "none" (never ask for a client certificate), "optional" (ask; a
+    certificate sent must verify against ``client_ca_file``) or "required" (a client
+    without a valid one fails the handshake). Needs ``client_ca_file`` unless "none"."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
     heartbeat_interval: float = 15.0
@@ -289,6 +295,18 @@ class ServerConfig(_Common):
         if not isinstance(self.cert_file, str) or not self.cert_file:
             raise ConfigError("cert_file", "a server needs a certificate file (PEM)")
         _optional_path("key_file", self.key_file)
+        _optional_path("client_ca_file", self.client_ca_file)
+        _choice("client_cert_mode", self.client_cert_mode, ("none", "optional", "required"))
+        if self.client_cert_mode != "none" and self.client_ca_file is None:
+            raise ConfigError(
+                "client_ca_file", f"needed when client_cert_mode is {self.client_cert_mode!r}"
+            )
+        if self.client_cert_mode == "none" and self.client_ca_file is not None:
+            raise ConfigError(
+                "client_cert_mode",
+                "must be 'optional' or 'required' when client_ca_file is set "
+                "(otherwise client certificates would silently not be checked)",
+            )
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
 
 
@@ -312,6 +330,10 @@ class ClientConfig(_Common):
     """PEM CA bundle to verify the server against (None: the system's trust store)."""
     insecure_skip_verify: bool = False
     """Accept any server certificate. Development only: it logs a warning each connect."""
+    cert_file: str | None = None
+    """PEM client certificate (chain) presented when the server asks (mutual TLS)."""
+    key_file: str | None = None
+    """PEM private key for ``cert_file`` (None: the key is inside ``cert_file``)."""
     connect_timeout: float = 5.0
     """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
     default_timeout: float | None = None
@@ -351,6 +373,10 @@ class ClientConfig(_Common):
         _optional_path("ca_file", self.ca_file)
         if not isinstance(self.insecure_skip_verify, bool):
             raise ConfigError("insecure_skip_verify", "must be True or False")
+        _optional_path("cert_file", self.cert_file)
+        _optional_path("key_file", self.key_file)
+        if self.key_file is not None and self.cert_file is None:
+            raise ConfigError("key_file", "needs cert_file (the certificate it belongs to)")
         _positive("connect_timeout", self.connect_timeout, maximum=600.0)
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)

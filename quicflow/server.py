@@ -139,7 +139,12 @@ class Server:
             raise UsageError("server already started")
         config = self.config
         assert config.cert_file is not None  # ServerConfig guarantees it
-        quic_config = server_configuration(cert_file=config.cert_file, key_file=config.key_file)
+        quic_config = server_configuration(
+            cert_file=config.cert_file,
+            key_file=config.key_file,
+            client_ca_file=config.client_ca_file,
+            client_cert_mode=config.client_cert_mode,
+        )
         self._closed = asyncio.Event()
         self._endpoint = await serve(
             config.host, config.port, quic_config, config.transport_settings(), self._accept
@@ -392,7 +397,12 @@ class _ServerConnection:
         info = HelloInfo(
             hello.client_id, hello.metadata, dict(hello.labels), hello.protocol_version
         )
-        peer = PeerInfo(f"{addr[0]}:{addr[1]}" if addr else "", conn.peer_certificate_der())
+        verified = conn.client_certificate
+        peer = PeerInfo(
+            f"{addr[0]}:{addr[1]}" if addr else "",
+            verified.der if verified is not None else None,
+            verified.client_id if verified is not None else None,
+        )
         try:
             result = server._authenticator(info, peer)
             client_id = await result if inspect.isawaitable(result) else result

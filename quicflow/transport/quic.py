@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, cast
 
+from aioquic import tls
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
@@ -31,6 +32,7 @@ from aioquic.quic.stream import QuicStream
 
 from ..errors import ConnectionClosed
 from ..wire.codec import ErrorCode
+from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
 __all__ = [
     "QuicFlowProtocol",
@@ -138,6 +140,13 @@ class _FlowConnection(QuicConnection):
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_window = window
         self.flow_step = window >> 2  # raise in steps of a quarter window, not per byte
+        self.client_certificate: VerifiedClientCertificate | None = None
+
+    def _initialize(self, peer_cid: bytes) -> None:
+        super()._initialize(peer_cid)
+        verifier = getattr(self._configuration, "client_verifier", None)
+        if verifier is not None:
+            _verify_client_certificates(self, verifier)
 
     def flow_target(self, stream: QuicStream) -> int | None:
         """The receive limit this stream deserves now (None: not ours to manage)."""
@@ -170,6 +179,50 @@ class _FlowConnection(QuicConnection):
             buf.push_uint_var(stream.stream_id)
             buf.push_uint_var(local)
             stream.max_stream_data_local_sent = local
+
+
+class _AlertCertificateRequired(tls.Alert):
+    description = tls.AlertDescription.certificate_required  # RFC 8446 §4.4.2.4
+
+
+def _verify_client_certificates(conn: _FlowConnection, verifier: ClientCertificateVerifier) -> None:
+    """Make a server connection's TLS context ask for a client certificate and verify it.
+
+    aioquic sends CertificateRequest only under a private flag and checks only
+    the CertificateVerify signature (proof of the key), never the chain. We
+    wrap its two handlers: an empty Certificate fails with certificate_required
+    when one is required, and after the signature check the chain is verified;
+    failures raise TLS alerts, which aioquic turns into CONNECTION_CLOSE
+    (CRYPTO_ERROR 0x100 + alert) with our reason phrase.
+    """
+    context = conn.tls
+    context._request_client_certificate = True
+    on_certificate = context._server_handle_certificate
+    on_verify = context._server_handle_certificate_verify
+
+    def handle_certificate(input_buf: Buffer) -> None:
+        on_certificate(input_buf)
+        if context._peer_certificate is None and verifier.required:
+            raise _AlertCertificateRequired("client certificate required")
+
+    def handle_certificate_verify(input_buf: Buffer) -> None:
+        on_verify(input_buf)  # the client proved it holds the certificate's key
+        leaf = context._peer_certificate
+        assert leaf is not None
+        try:
+            verified = verifier.verify(leaf, context._peer_certificate_chain)
+        except CertificateRejected as exc:
+            logger.info("client certificate refused: %s", exc.reason)
+            if exc.expired:
+                raise tls.AlertCertificateExpired(exc.reason) from None
+            raise tls.AlertBadCertificate(exc.reason) from None
+        except Exception as exc:  # never let a verifier bug escape into aioquic
+            logger.exception("client certificate verification failed")
+            raise tls.AlertBadCertificate(f"client certificate not verified: {exc}") from None
+        conn.client_certificate = verified
+
+    context._server_handle_certificate = handle_certificate  # type: ignore[method-assign]
+    context._server_handle_certificate_verify = handle_certificate_verify  # type: ignore[method-assign]
 
 
 class QuicFlowProtocol(QuicConnectionProtocol):
@@ -242,6 +295,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """QUIC's smoothed round-trip time in seconds, once measured."""
         rtt = getattr(self._quic._loss, "_rtt_smoothed", 0.0)
         return float(rtt) if rtt else None
+
+    @property
+    def client_certificate(self) -> VerifiedClientCertificate | None:
+        """On the server: the client certificate verified during the handshake (mutual TLS)."""
+        return self._fq.client_certificate
 
     def peer_certificate_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), if it presented one."""

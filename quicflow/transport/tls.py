@@ -1,21 +1,172 @@
-"""TLS 1.3 settings for QUIC connections (docs/wire-protocol.md §2).
+"""TLS 1.3 settings for QUIC connections (docs/wire-protocol.md §2, docs/security.md).
 
 QUIC always runs TLS 1.3. The client verifies the server's certificate chain
 against ``ca_file`` and its name against ``server_name``; turning that off
 takes an option whose name says what it does (``insecure_skip_verify``) and
 logs a warning on every connect.
+
+Mutual TLS: aioquic's server can ask for a client certificate but never
+checks its chain. `ClientCertificateVerifier` does that with `cryptography`'s
+X.509 path validation (chain to the configured CA, validity period, the
+clientAuth extended key usage); the transport runs it inside the handshake
+(`quicflow.transport.quic`), so a bad certificate fails the handshake with a
+TLS alert. `certificate_client_id` maps a verified certificate to a client id.
 """
 
 from __future__ import annotations
 
+import datetime
 import logging
 import ssl
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from aioquic.quic.configuration import QuicConfiguration
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
-__all__ = ["client_configuration", "server_configuration"]
+from ..errors import ConfigError
+
+__all__ = [
+    "CLIENT_ID_URI_PREFIX",
+    "CLIENT_CERT_MODES",
+    "CertificateRejected",
+    "ClientCertificateVerifier",
+    "ServerQuicConfiguration",
+    "VerifiedClientCertificate",
+    "certificate_client_id",
+    "client_configuration",
+    "server_configuration",
+]
 
 logger = logging.getLogger("quicflow.transport")
+
+CLIENT_ID_URI_PREFIX = "quicflow://client/"
+"""A client certificate names its client id as the SAN URI ``quicflow://client/<id>``."""
+
+CLIENT_CERT_MODES = ("none", "optional", "required")
+"""``ServerConfig.client_cert_mode`` values: never ask; ask and verify if sent; demand."""
+
+
+class CertificateRejected(Exception):
+    """A client certificate failed verification; ``expired`` tells why it may be retried."""
+
+    def __init__(self, reason: str, *, expired: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.expired = expired
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedClientCertificate:
+    """A client certificate that chained to the configured CA during the handshake."""
+
+    der: bytes
+    """The leaf certificate, DER."""
+    client_id: str | None
+    """The client id it names (see `certificate_client_id`), or None."""
+    subject: str
+    """The subject as an RFC 4514 string, for logs."""
+
+
+def certificate_client_id(cert: x509.Certificate) -> str | None:
+    """The client id a certificate names, or None.
+
+    The first subjectAltName URI of the form ``quicflow://client/<id>`` wins;
+    without one, the first DNS subjectAltName is the id. The subject's common
+    name is never used (RFC 6125 retired it for identities).
+    """
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(CLIENT_ID_URI_PREFIX) and len(uri) > len(CLIENT_ID_URI_PREFIX):
+            return uri[len(CLIENT_ID_URI_PREFIX) :]
+    dns = san.get_values_for_type(x509.DNSName)
+    return dns[0] if dns else None
+
+
+def _short(exc: VerificationError) -> str:
+    # cryptography appends "(encountered processing <Certificate(...)>)": keep the reason.
+    text = str(exc).removeprefix("validation failed: ")
+    return text.split(" (encountered processing", 1)[0]
+
+
+class ClientCertificateVerifier:
+    """Checks client certificates against a CA bundle (mutual TLS on the server).
+
+    ``required``: a client without a certificate is refused; otherwise a
+    client may send none, but one it sends must verify. Verification uses
+    `cryptography.x509.verification` (RFC 5280 path building with the
+    web-PKI profile: the chain must end at a CA in ``ca_file``, every
+    certificate must be within its validity period, the leaf must allow
+    clientAuth, carry a subjectAltName and an authorityKeyIdentifier).
+    """
+
+    def __init__(self, ca_certificates: Sequence[x509.Certificate], *, required: bool) -> None:
+        if not ca_certificates:
+            raise ValueError("ClientCertificateVerifier needs at least one CA certificate")
+        self._store = Store(list(ca_certificates))
+        self.required = required
+        """True: a client must present a certificate."""
+
+    @classmethod
+    def from_file(cls, ca_file: str, *, required: bool) -> ClientCertificateVerifier:
+        """Load the CA bundle (PEM, one or more certificates).
+
+        Raises:
+            ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate.
+        """
+        try:
+            with open(ca_file, "rb") as fh:
+                cas = x509.load_pem_x509_certificates(fh.read())
+        except (OSError, ValueError) as exc:
+            raise ConfigError("client_ca_file", f"cannot load CA certificates: {exc}") from None
+        return cls(cas, required=required)
+
+    def verify(
+        self,
+        leaf: x509.Certificate,
+        intermediates: Sequence[x509.Certificate] = (),
+        *,
+        now: datetime.datetime | None = None,
+    ) -> VerifiedClientCertificate:
+        """Verify ``leaf`` (with the ``intermediates`` the client sent) at ``now``.
+
+        Raises:
+            CertificateRejected: with a one-line reason.
+        """
+        when = now or datetime.datetime.now(datetime.UTC)
+        if leaf.not_valid_after_utc < when:
+            raise CertificateRejected(
+                f"client certificate expired at {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC",
+                expired=True,
+            )
+        if leaf.not_valid_before_utc > when:
+            raise CertificateRejected(
+                "client certificate not valid before "
+                f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC"
+            )
+        verifier = PolicyBuilder().store(self._store).time(when).build_client_verifier()
+        try:
+            verifier.verify(leaf, list(intermediates))
+        except VerificationError as exc:
+            raise CertificateRejected(f"client certificate not trusted: {_short(exc)}") from None
+        return VerifiedClientCertificate(
+            der=leaf.public_bytes(Encoding.DER),
+            client_id=certificate_client_id(leaf),
+            subject=leaf.subject.rfc4514_string(),
+        )
+
+
+@dataclass
+class ServerQuicConfiguration(QuicConfiguration):
+    """An aioquic server configuration that also carries the mutual-TLS policy."""
+
+    client_verifier: ClientCertificateVerifier | None = None
+    """None: no client certificate is requested."""
 
 
 def client_configuration(
@@ -23,10 +174,16 @@ def client_configuration(
     server_name: str,
     ca_file: str | None,
     insecure_skip_verify: bool = False,
+    cert_file: str | None = None,
+    key_file: str | None = None,
 ) -> QuicConfiguration:
     """Build an aioquic client configuration that verifies the server.
 
-    With ``ca_file=None`` the system's default trust store is used.
+    With ``ca_file=None`` the system's default trust store is used. With
+    ``cert_file`` the client presents that certificate when the server asks.
+
+    Raises:
+        ConfigError: naming ``ca_file`` or ``cert_file`` if a file cannot be loaded.
     """
     config = QuicConfiguration(is_client=True, server_name=server_name)
     if insecure_skip_verify:
@@ -39,12 +196,46 @@ def client_configuration(
     else:
         config.verify_mode = ssl.CERT_REQUIRED
         if ca_file is not None:
-            config.load_verify_locations(cafile=ca_file)
+            try:
+                config.load_verify_locations(cafile=ca_file)
+            except (OSError, ValueError, ssl.SSLError) as exc:
+                raise ConfigError("ca_file", f"cannot load {ca_file!r}: {exc}") from None
+    if cert_file is not None:
+        _load_chain(config, cert_file, key_file)
     return config
 
 
-def server_configuration(*, cert_file: str, key_file: str | None) -> QuicConfiguration:
-    """Build an aioquic server configuration presenting ``cert_file``."""
-    config = QuicConfiguration(is_client=False)
-    config.load_cert_chain(cert_file, key_file)
+def _load_chain(config: QuicConfiguration, cert_file: str, key_file: str | None) -> None:
+    try:
+        config.load_cert_chain(cert_file, key_file)
+    except OSError as exc:
+        field = "key_file" if key_file is not None and exc.filename == key_file else "cert_file"
+        raise ConfigError(field, f"cannot load: {exc}") from None
+    except (ValueError, TypeError) as exc:
+        raise ConfigError("cert_file", f"cannot load certificate or key: {exc}") from None
+
+
+def server_configuration(
+    *,
+    cert_file: str,
+    key_file: str | None,
+    client_ca_file: str | None = None,
+    client_cert_mode: str = "none",
+) -> ServerQuicConfiguration:
+    """Build an aioquic server configuration presenting ``cert_file``.
+
+    With ``client_cert_mode`` "optional" or "required" the server asks every
+    client for a certificate and verifies it against ``client_ca_file``.
+
+    Raises:
+        ConfigError: naming the field whose file cannot be loaded.
+    """
+    config = ServerQuicConfiguration(is_client=False)
+    _load_chain(config, cert_file, key_file)
+    if client_cert_mode != "none":
+        if client_ca_file is None:
+            raise ConfigError("client_ca_file", f"needed for client_cert_mode={client_cert_mode!r}")
+        config.client_verifier = ClientCertificateVerifier.from_file(
+            client_ca_file, required=client_cert_mode == "required"
+        )
     return config

@@ -98,6 +98,12 @@ SERVER_BAD: list[tuple[str, object]] = [
     # key_file: None or a non-empty path
     ("key_file", ""),
     ("key_file", 0),
+    # mutual TLS: client_ca_file a non-empty path; client_cert_mode none|optional|required
+    ("client_ca_file", ""),
+    ("client_ca_file", 3),
+    ("client_cert_mode", "always"),
+    ("client_cert_mode", "REQUIRED"),
+    ("client_cert_mode", None),
     ("heartbeat_interval", 0),
     ("heartbeat_interval", math.inf),
     ("heartbeat_check_interval", 0),
@@ -135,6 +141,10 @@ CLIENT_BAD: list[tuple[str, object]] = [
     ("insecure_skip_verify", 1),
     ("insecure_skip_verify", "yes"),
     ("insecure_skip_verify", None),
+    ("cert_file", ""),
+    ("cert_file", 2),
+    ("key_file", ""),
+    ("key_file", "client.key"),  # without cert_file
     ("connect_timeout", 0),
     ("connect_timeout", -5.0),
     ("connect_timeout", 600.5),
@@ -188,6 +198,20 @@ def test_bad_value_raises_config_error_naming_the_field(
     assert info.value.field == name
     assert str(info.value).startswith(f"{name}: ")
     assert isinstance(info.value, ValueError)
+
+
+def test_mutual_tls_fields_must_agree() -> None:
+    """Check that a client CA without a client_cert_mode, or a mode without a CA, is refused
+    naming the field to fix, and that consistent settings pass."""
+    with pytest.raises(ConfigError) as info:
+        build_server(client_ca_file="ca.pem")
+    assert info.value.field == "client_cert_mode"
+    for mode in ("optional", "required"):
+        with pytest.raises(ConfigError) as info:
+            build_server(client_cert_mode=mode)
+        assert info.value.field == "client_ca_file"
+        assert build_server(client_ca_file="ca.pem", client_cert_mode=mode).client_cert_mode == mode
+    assert ClientConfig(cert_file="c.pem", key_file="c.key").cert_file == "c.pem"
 
 
 def test_every_validated_field_has_a_bad_value_case() -> None:
