@@ -31,6 +31,7 @@ from .errors import (
 from .hooks import Hooks
 from .interceptors import ClientCallInfo, ClientInterceptor, ServerInterceptor
 from .metadata import Metadata, MetadataLike, MetadataValue
+from .metrics import LatencySummary, MethodMetrics, MetricsSnapshot, Throughput
 from .rpc import (
     Cardinality,
     Channel,
@@ -85,6 +86,11 @@ __all__ = [
     "Timeout",
     "UsageError",
     "ConfigError",
+    # metrics
+    "MetricsSnapshot",
+    "MethodMetrics",
+    "LatencySummary",
+    "Throughput",
     # metadata
     "Metadata",
     "MetadataLike",

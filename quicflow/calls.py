@@ -36,6 +36,7 @@ from .status import StatusCode
 from .wire.codec import ErrorCode
 
 if TYPE_CHECKING:
+    from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
 __all__ = ["StreamStreamCall", "StreamUnaryCall", "UnaryStreamCall", "UnaryUnaryCall"]
@@ -85,6 +86,11 @@ class CallTarget(Protocol):
     @property
     def peer_name(self) -> str:
         """The other side, for `MessageInfo.peer`."""
+        ...
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """Where calls are counted (None: metrics are off)."""
         ...
 
     def connection_for_call(self) -> QuicFlowProtocol:
@@ -142,6 +148,12 @@ class _Call(Generic[Req, Resp]):
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
         )
         self._created = self._loop.time()
+        metrics = target.metrics
+        stats: MethodStats | None = None
+        if metrics is not None:
+            stats = metrics.made.method(method.route)
+            stats.started += 1
+        self._mstats = stats
         interceptors = target.interceptors
         self._interceptors = interceptors
         if not interceptors and (not self._wait_for_ready or target.ready):
@@ -303,6 +315,10 @@ class _Call(Generic[Req, Resp]):
                 ErrorCode.CANCELLED,
             )
             return None
+        stats = self._mstats
+        if stats is not None:
+            stats.messages_sent += 1
+            stats.bytes_sent += len(data)
         if self._info is not None:
             for interceptor in self._interceptors:
                 interceptor.on_message_sent(self._info, request)
@@ -471,6 +487,12 @@ class _Call(Generic[Req, Resp]):
         if self._ended:
             return
         self._ended = True
+        stats = self._mstats
+        if stats is not None:
+            code = self._code
+            stats.finished(
+                StatusCode.INTERNAL if code is None else code, self._loop.time() - self._created
+            )
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
@@ -516,6 +538,10 @@ class _Call(Generic[Req, Resp]):
             if messages:
                 data = messages.popleft()
                 self.unread_bytes -= len(data)
+                stats = self._mstats
+                if stats is not None:
+                    stats.messages_received += 1
+                    stats.bytes_received += len(data)
                 conn = self._conn
                 if conn is not None:
                     conn.credit_released(self._sid)

@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from .calls import ChannelMethods
+from .clock import LoopClock
 from .config import ClientConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
@@ -31,6 +32,7 @@ from .hooks import Hooks
 from .interceptors import ClientInterceptor, ServerInterceptor
 from .messaging import MessagingService
 from .metadata import MetadataValue
+from .metrics import Metrics, MetricsSnapshot, disabled_snapshot
 from .protocol.backoff import Backoff
 from .protocol.call import Role
 from .protocol.control import (
@@ -135,6 +137,9 @@ class _Link:
                     hb.timeout,
                     self.client.config.host,
                 )
+                metrics = self.client._metrics
+                if metrics is not None:
+                    metrics.heartbeat_timeouts += 1
                 self.client.hooks.fire("heartbeat_timeout")
                 self.conn.abort("heartbeat timeout")
                 return
@@ -206,6 +211,29 @@ class Client(ChannelMethods):
         )
         """Runs handlers for untyped messages from the server (see `register_handler`)."""
         self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
+        self._metrics: Metrics | None = Metrics() if config.metrics else None
+
+    @property
+    def metrics(self) -> Metrics | None:
+        """The live counters calls record into (None with ``ClientConfig.metrics=False``);
+        read them with `get_metrics`."""
+        return self._metrics
+
+    def get_metrics(self) -> MetricsSnapshot:
+        """A snapshot of this client's metrics: its calls (``made``), the server's calls to
+        it (``handled``), connects, reconnects, throughput and latency percentiles.
+
+        With ``ClientConfig.metrics=False`` only the gauges are filled in and
+        ``enabled`` is False.
+        """
+        gauges = {
+            "connected_clients": 1 if self.connected else 0,
+            "dispatcher_queue_depth": self.dispatcher.queue_depth,
+            "dispatcher_busy_workers": self.dispatcher.busy_workers,
+        }
+        if self._metrics is None:
+            return disabled_snapshot(**gauges)
+        return self._metrics.snapshot(**gauges)
 
     def register_handler(self, message_type: str, handler: MessageHandler) -> None:
         """Run ``handler(message)`` for untyped messages of ``message_type`` from the server.
@@ -348,6 +376,8 @@ class Client(ChannelMethods):
         if self._lifecycle.state is not ClientState.IDLE:
             raise UsageError(f"connect() needs an IDLE client; this one is {self.state.name}")
         self._fire(LifecycleEvent.CONNECT)
+        if self._metrics is not None:
+            self._metrics.start(LoopClock())
         try:
             await self._establish()
         except BaseException:
@@ -407,6 +437,8 @@ class Client(ChannelMethods):
         self._backoff.reset()
         self._fire(LifecycleEvent.CONNECTED)
         logger.info("connected to %s:%d as %s", c.host, c.port, self.client_id)
+        if self._metrics is not None:
+            self._metrics.connects += 1
         self.hooks.fire("connect", self.client_id)
 
     def _on_lost(self, link: _Link, exc: ConnectionClosed) -> None:
@@ -417,6 +449,8 @@ class Client(ChannelMethods):
         self._link = None
         reason = link.conn.close_reason or exc.message
         logger.info("connection to %s lost: %s", self.config.host, reason)
+        if self._metrics is not None:
+            self._metrics.disconnects += 1
         self.hooks.fire("disconnect", reason)
         if self._lifecycle.state is ClientState.CONNECTED:
             self._fire(LifecycleEvent.CONNECTION_LOST)
@@ -430,6 +464,8 @@ class Client(ChannelMethods):
         self._link = None
         link.stop()
         self._draining.add(link.conn)
+        if self._metrics is not None:
+            self._metrics.disconnects += 1
         self.hooks.fire("disconnect", f"goaway: {goaway.reason}")
         if self._lifecycle.state is ClientState.CONNECTED:
             self._fire(LifecycleEvent.GOAWAY)
@@ -446,6 +482,8 @@ class Client(ChannelMethods):
         while self._lifecycle.state is ClientState.RECONNECTING:
             delay = self._backoff.next_delay()
             attempt = self._backoff.attempts
+            if self._metrics is not None:
+                self._metrics.reconnects += 1
             self.hooks.fire("reconnect", attempt, delay)
             logger.debug("reconnect attempt %d in %.2f s", attempt, delay)
             await asyncio.sleep(delay)
@@ -494,6 +532,8 @@ class Client(ChannelMethods):
         for conn in conns:
             await conn.aclose(ErrorCode.NO_ERROR, "client closed")
         await self.dispatcher.close()
+        if self._metrics is not None:
+            self._metrics.stop()
         await self.hooks.drain()
 
     async def __aenter__(self) -> Client:

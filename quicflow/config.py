@@ -114,6 +114,9 @@ class _Common:
     """Untyped messages that may wait for a worker; more get RESOURCE_EXHAUSTED."""
     handler_timeout: float = 30.0
     """Seconds an untyped-message handler may run before it fails DEADLINE_EXCEEDED."""
+    metrics: bool = True
+    """Record metrics (`get_metrics`, the Prometheus endpoint); False saves their small
+    per-call cost (docs/observability.md)."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -131,6 +134,8 @@ class _Common:
         _int_range("dispatcher_workers", self.dispatcher_workers, 1, 10_000)
         _int_range("dispatcher_queue_size", self.dispatcher_queue_size, 0, 10_000_000)
         _positive("handler_timeout", self.handler_timeout, maximum=_MAX_DURATION)
+        if not isinstance(self.metrics, bool):
+            raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
 
     def transport_settings(self) -> Any:
         """The QUIC settings these fields describe (a `TransportSettings`)."""
@@ -264,6 +269,12 @@ class ServerConfig(_Common):
     sends to an absent client fail at once). See docs/push.md "Delivery guarantees"."""
     hold_max_age: float = 30.0
     """Seconds a held send waits for its client before failing ClientNotConnected."""
+    metrics_port: int | None = None
+    """TCP port of the HTTP endpoint with Prometheus' ``/metrics``, the status page ``/`` and
+    ``/api/status`` (None: no endpoint; 0: a free port, read back from
+    `Server.metrics_port`). Needs ``metrics=True``."""
+    metrics_host: str = "127.0.0.1"
+    """Address the metrics endpoint binds ("0.0.0.0" to let a remote Prometheus scrape)."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -290,6 +301,11 @@ class ServerConfig(_Common):
         _int_range("broadcast_max_in_flight", self.broadcast_max_in_flight, 1, 100_000)
         _int_range("hold_max_count", self.hold_max_count, 0, 1_000_000)
         _positive("hold_max_age", self.hold_max_age, maximum=_MAX_DURATION)
+        if self.metrics_port is not None:
+            _port("metrics_port", self.metrics_port)
+            if not self.metrics:
+                raise ConfigError("metrics_port", "needs metrics=True (the endpoint serves them)")
+        _text("metrics_host", self.metrics_host)
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

@@ -43,6 +43,7 @@ from .protocol.pending import PendingTable
 from .status import StatusCode
 
 if TYPE_CHECKING:
+    from .metrics import Metrics
     from .server import Server
     from .transport import QuicFlowProtocol
 
@@ -102,6 +103,10 @@ class ClientChannel(ChannelMethods):
     @property
     def peer_name(self) -> str:
         return self.client_id
+
+    @property
+    def metrics(self) -> Metrics | None:
+        return self._server._metrics
 
     @property
     def ready(self) -> bool:
@@ -215,7 +220,14 @@ async def broadcast(
                 return Delivery(client_id, DeliveryStatus.FAILED, None, exc.code, exc.message)
             return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
 
+    metrics = server._metrics
+    if metrics is not None:
+        metrics.broadcasts += 1
     outcomes = await asyncio.gather(*(one(cid) for cid in targets))
+    if metrics is not None:
+        counts = metrics.broadcast_deliveries
+        for delivery in outcomes:
+            counts[delivery.status.value] += 1
     return BroadcastResult({d.client_id: d for d in outcomes})
 
 
@@ -434,6 +446,14 @@ class PromiseManager:
         self, message_id: bytes, task: asyncio.Task[Any], future: asyncio.Future[Any]
     ) -> None:
         self._tasks.pop(message_id, None)
+        metrics = self._server._metrics
+        if metrics is not None:
+            if task.cancelled() and message_id in self._timed_out:
+                metrics.promises_timed_out += 1
+            elif task.cancelled() or task.exception() is not None:
+                metrics.promises_failed += 1
+            else:
+                metrics.promises_resolved += 1
         if message_id in self.table:
             if task.cancelled() or task.exception() is not None:
                 self.table.fail(message_id)

@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from .auth import HelloInfo, PeerInfo, allow_all
+from .clock import LoopClock
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .dispatch import Dispatcher
@@ -29,6 +30,7 @@ from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
 from .messaging import MessagingService
 from .metadata import Metadata, MetadataLike
+from .metrics import MethodStats, Metrics, MetricsSnapshot, disabled_snapshot
 from .protocol.call import CallProtocol, Role, SideState
 from .protocol.control import (
     ControlProtocol,
@@ -105,6 +107,8 @@ class Server:
         )
         """Runs handlers for untyped messages (see `register_handler`)."""
         self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
+        self._metrics: Metrics | None = Metrics() if config.metrics else None
+        self._http: Any = None  # the metrics endpoint (quicflow.http.MetricsEndpoint)
 
     # -- setup --
 
@@ -149,6 +153,19 @@ class Server:
         self._endpoint = await serve(
             config.host, config.port, quic_config, config.transport_settings(), self._accept
         )
+        if self._metrics is not None:
+            self._metrics.start(LoopClock())
+        if config.metrics_port is not None:
+            from .http import MetricsEndpoint
+
+            try:
+                self._http = await MetricsEndpoint.start(
+                    self, config.metrics_host, config.metrics_port
+                )
+            except BaseException:
+                self._endpoint.close()
+                self._endpoint = None
+                raise
         logger.info("serving %d routes on %s:%d", len(self._handlers), config.host, self.port)
 
     @property
@@ -161,6 +178,27 @@ class Server:
         if self._endpoint is None:
             raise UsageError("server not started")
         return self._endpoint.port
+
+    @property
+    def metrics_port(self) -> int | None:
+        """The bound TCP port of the metrics endpoint (None when it is off or not started)."""
+        return None if self._http is None else int(self._http.port)
+
+    def get_metrics(self) -> MetricsSnapshot:
+        """A snapshot of the server's metrics: counts, recent throughput, latency percentiles.
+
+        With ``ServerConfig.metrics=False`` only the gauges (connected clients,
+        pending promises, dispatcher) are filled in and ``enabled`` is False.
+        """
+        gauges = {
+            "connected_clients": len(self.sessions),
+            "promises_pending": len(self._promises),
+            "dispatcher_queue_depth": self.dispatcher.queue_depth,
+            "dispatcher_busy_workers": self.dispatcher.busy_workers,
+        }
+        if self._metrics is None:
+            return disabled_snapshot(**gauges)
+        return self._metrics.snapshot(**gauges)
 
     @property
     def connections(self) -> list[QuicFlowProtocol]:
@@ -320,6 +358,11 @@ class Server:
             await asyncio.wait(pending, timeout=1.0)
         self._promises.close()
         await self.dispatcher.close()
+        if self._metrics is not None:
+            self._metrics.stop()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         endpoint = self._endpoint
         port = endpoint.port
         endpoint.close()  # closing each connection ends its session (_ServerConnection.lost)
@@ -455,12 +498,17 @@ class _ServerConnection:
                 old.timer = None
             old.conn.close(ErrorCode.SESSION_REPLACED, "replaced by a newer connection")
             logger.info("client %s reconnected: old session replaced", client_id)
+            if server._metrics is not None:
+                server._metrics.reconnects += 1
+                server._metrics.disconnects += 1
             server.hooks.fire("disconnect", old.info(), "replaced by a newer connection")
         self._arm(session)
         server._promises.client_connected(client_id)
         logger.info(
             "client %s connected from %s", client_id, peer.address, extra={"client_id": client_id}
         )
+        if server._metrics is not None:
+            server._metrics.connects += 1
         server.hooks.fire("connect", session.info())
 
     def _on_ping(self, sequence: int) -> None:
@@ -487,6 +535,8 @@ class _ServerConnection:
                     session.client_id,
                     self.conn._loop.time() - event.last_ping,
                 )
+                if self.server._metrics is not None:
+                    self.server._metrics.heartbeat_timeouts += 1
                 self.server.hooks.fire("heartbeat_timeout", info)
                 # close() ends the connection's calls and session at once (no draining wait).
                 self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
@@ -528,6 +578,8 @@ class _ServerConnection:
             reason,
             extra={"client_id": session.client_id, "reason": reason},
         )
+        if server._metrics is not None:
+            server._metrics.disconnects += 1
         server.hooks.fire("disconnect", session.info(), reason)
 
 
@@ -565,6 +617,7 @@ class CalleeHost(Protocol):
     _callee_interceptors: tuple[ServerInterceptor, ...]
     _calls: set[_ServerCall]
     hooks: Hooks
+    _metrics: Metrics | None
     _replies: ReplyCache | None
     """Replies by message id, to answer a repeated message without running it again."""
 
@@ -593,12 +646,14 @@ class _ServerCall(ServicerContext):
         "_last_bytes",
         "_machine",
         "_messages",
+        "_mstats",
         "_reply_key",
         "_request_done",
         "_sconn",
         "_server",
         "_sid",
         "_status",
+        "_t0",
         "_task",
         "_waiter",
         "unread_bytes",
@@ -628,6 +683,8 @@ class _ServerCall(ServicerContext):
         self._status: tuple[StatusCode, str] | None = None
         self._last_bytes = b""
         self._reply_key = b""
+        self._mstats: MethodStats | None = None
+        self._t0 = 0.0
 
     @property
     def client_id(self) -> str:
@@ -686,6 +743,16 @@ class _ServerCall(ServicerContext):
         server = self._server
         handler = server._handlers.get(headers.method)
         self.method = headers.method
+        metrics = server._metrics
+        if metrics is not None:
+            # Routes nobody serves share one label, so a peer cannot grow the label set.
+            stats = self._mstats = (
+                metrics.handled.method(headers.method)
+                if handler is not None
+                else metrics.handled.unknown
+            )
+            stats.started += 1
+            self._t0 = self._loop.time()
         session = self._sconn.session
         if session is not None:
             session.calls_in += 1
@@ -794,6 +861,10 @@ class _ServerCall(ServicerContext):
         self._conn.release(self._sid)
         self._server._calls.discard(self)
         status = self._status or (StatusCode.UNKNOWN, "")
+        stats = self._mstats
+        if stats is not None:
+            self._mstats = None  # count each call once, however many ways it ends
+            stats.finished(status[0], self._loop.time() - self._t0)
         for interceptor in reversed(self._server._callee_interceptors) if self._handler else ():
             try:
                 interceptor.on_end(self, *status)
@@ -820,6 +891,10 @@ class _ServerCall(ServicerContext):
                 self._conn.credit_released(self._sid)
                 if self._message_id:
                     self._last_bytes = data
+                stats = self._mstats
+                if stats is not None:
+                    stats.messages_received += 1
+                    stats.bytes_received += len(data)
                 assert self._handler is not None
                 try:
                     request = self._handler.method.deserialize_request(data)
@@ -870,6 +945,10 @@ class _ServerCall(ServicerContext):
             )
         for interceptor in self._server._callee_interceptors:
             interceptor.on_message_sent(self, response)
+        stats = self._mstats
+        if stats is not None:
+            stats.messages_sent += 1
+            stats.bytes_sent += len(data)
         return data
 
     def _headers_prefix(self) -> bytes:

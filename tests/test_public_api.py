@@ -25,3 +25,10 @@ def test_every_public_name_has_a_docstring() -> None:
         if callable(getattr(quicflow, name)) and not (getattr(quicflow, name).__doc__ or "").strip()
     ]
     assert missing == []
+
+
+def test_metrics_snapshot_types_are_public() -> None:
+    """Check that get_metrics()'s result types are importable from the package root."""
+    for name in ("MetricsSnapshot", "MethodMetrics", "LatencySummary", "Throughput"):
+        assert name in quicflow.__all__
+    assert quicflow.Server.get_metrics.__annotations__["return"] == "MetricsSnapshot"
