@@ -19,8 +19,9 @@ $(STAMP): pyproject.toml
 gen: $(STAMP)
 	$(PY) scripts/gen.py
 
-## Run the whole test suite (installs what it needs first).
+## Run the whole test suite (installs what it needs first, Debian's chromium included).
 test: $(STAMP)
+	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 	$(MAKE) --no-print-directory lint
 

@@ -6,7 +6,9 @@ observes:
 
 * a hook that raises is logged (``quicflow.hooks``) and ignored;
 * an ``async`` hook runs as its own task, so a slow one never stalls
-  traffic; the event that fired it does not wait for it.
+  traffic; the event that fired it does not wait for it;
+* at shutdown, ``stop()`` / ``close()`` wait at most `Hooks.drain_timeout`
+  seconds (5) for async hooks still running, then cancel them.
 
 Example::
 
@@ -72,6 +74,8 @@ class Hooks:
     def __init__(self) -> None:
         self._callbacks: dict[str, list[Callable[..., Any]]] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.drain_timeout = 5.0
+        """Seconds `drain` (at ``Server.stop`` / ``Client.close``) waits for async hooks."""
 
     def add(self, event: str, callback: Callable[..., Any]) -> None:
         """Call ``callback`` on ``event``.
@@ -148,10 +152,26 @@ class Hooks:
         if not task.cancelled() and task.exception() is not None:
             logger.error("async hook raised", exc_info=task.exception())
 
-    async def drain(self) -> None:
-        """Wait for async hooks still running (used at shutdown and in tests)."""
+    async def drain(self, timeout: float | None = None) -> None:
+        """Wait for async hooks still running (used at shutdown and in tests), at most
+        ``timeout`` seconds (default `drain_timeout`); hooks still running then are
+        cancelled, with a warning, so a hung hook cannot stall ``stop()`` or ``close()``."""
+        loop = asyncio.get_running_loop()
+        limit = self.drain_timeout if timeout is None else timeout
+        deadline = loop.time() + limit
         while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            left = deadline - loop.time()
+            if left <= 0:
+                late = list(self._tasks)
+                logger.warning(
+                    "%d async hook(s) still running after %.1f s: cancelled", len(late), limit
+                )
+                for task in late:
+                    task.cancel()
+                await asyncio.wait(late, timeout=1.0)
+                self._tasks.difference_update(late)
+                return
+            await asyncio.wait(list(self._tasks), timeout=left)
 
 
 def message_info(peer: str, route: str, message: object, size: int) -> MessageInfo:

@@ -28,6 +28,8 @@ BUILDERS = {"server": build_server, "client": build_client}
 
 # Bad values for the fields both configs share: (field, value).
 COMMON_BAD: list[tuple[str, object]] = [
+    ("metrics", 1),
+    ("metrics", "yes"),
     ("dispatcher_workers", 0),
     ("dispatcher_workers", 1.5),
     ("dispatcher_queue_size", -1),
@@ -127,6 +129,12 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("hold_max_age", 0),
     ("broadcast_max_in_flight", 0),
     ("broadcast_max_in_flight", "10"),
+    ("metrics_port", -1),
+    ("metrics_port", 65536),
+    ("metrics_port", "9464"),
+    ("metrics_port", True),
+    ("metrics_host", ""),
+    ("metrics_host", None),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
