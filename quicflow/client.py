@@ -132,10 +132,13 @@ class _Link:
                 self.conn.write(self.control_sid, self.control.send_ping(event.sequence))
                 hb.ping_sent(event.sequence, now)
             elif type(event) is HeartbeatTimedOut:
+                client_id = self.client.client_id
                 logger.warning(
-                    "no pong within %.1f s: connection to %s presumed dead",
+                    "client %s: no pong within %.1f s: connection to %s presumed dead",
+                    client_id,
                     hb.timeout,
                     self.client.config.host,
+                    extra={"client_id": client_id, "reason": "heartbeat timeout"},
                 )
                 metrics = self.client._metrics
                 if metrics is not None:
@@ -436,7 +439,13 @@ class Client(ChannelMethods):
         self._link = link
         self._backoff.reset()
         self._fire(LifecycleEvent.CONNECTED)
-        logger.info("connected to %s:%d as %s", c.host, c.port, self.client_id)
+        logger.info(
+            "connected to %s:%d as %s",
+            c.host,
+            c.port,
+            self.client_id,
+            extra={"client_id": self.client_id},
+        )
         if self._metrics is not None:
             self._metrics.connects += 1
         self.hooks.fire("connect", self.client_id)
@@ -448,7 +457,13 @@ class Client(ChannelMethods):
             return  # an old (drained) connection, or one we already replaced
         self._link = None
         reason = link.conn.close_reason or exc.message
-        logger.info("connection to %s lost: %s", self.config.host, reason)
+        logger.info(
+            "client %s: connection to %s lost: %s",
+            self.client_id,
+            self.config.host,
+            reason,
+            extra={"client_id": self.client_id, "reason": reason},
+        )
         if self._metrics is not None:
             self._metrics.disconnects += 1
         self.hooks.fire("disconnect", reason)
@@ -459,7 +474,12 @@ class Client(ChannelMethods):
     def _on_goaway(self, link: _Link, goaway: GoAwayReceived) -> None:
         if self._link is not link:
             return
-        logger.info("server sent GOAWAY (%s); reconnecting", goaway.reason)
+        logger.info(
+            "client %s: server sent GOAWAY (%s); reconnecting",
+            self.client_id,
+            goaway.reason,
+            extra={"client_id": self.client_id, "reason": f"goaway: {goaway.reason}"},
+        )
         # Calls in flight finish on the old connection; new ones wait for the next.
         self._link = None
         link.stop()

@@ -457,7 +457,13 @@ class _ServerConnection:
                 if exc.code is StatusCode.PERMISSION_DENIED
                 else ErrorCode.UNAUTHENTICATED
             )
-            logger.info("refused %s: %s", peer.address, exc)
+            logger.info(
+                "refused client %r from %s: %s",
+                hello.client_id,
+                peer.address,
+                exc,
+                extra={"client_id": hello.client_id, "reason": exc.message},
+            )
             conn.close(code, exc.message)
             return
         except Exception as exc:
@@ -497,7 +503,11 @@ class _ServerConnection:
                 old.timer.cancel()
                 old.timer = None
             old.conn.close(ErrorCode.SESSION_REPLACED, "replaced by a newer connection")
-            logger.info("client %s reconnected: old session replaced", client_id)
+            logger.info(
+                "client %s reconnected: old session replaced",
+                client_id,
+                extra={"client_id": client_id, "reason": "replaced by a newer connection"},
+            )
             if server._metrics is not None:
                 server._metrics.reconnects += 1
                 server._metrics.disconnects += 1
@@ -534,6 +544,7 @@ class _ServerConnection:
                     "client %s evicted: no heartbeat for %.1f s",
                     session.client_id,
                     self.conn._loop.time() - event.last_ping,
+                    extra={"client_id": session.client_id, "reason": "no heartbeat"},
                 )
                 if self.server._metrics is not None:
                     self.server._metrics.heartbeat_timeouts += 1
