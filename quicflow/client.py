@@ -27,7 +27,7 @@ from .clock import LoopClock
 from .config import ClientConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
-from .errors import ConnectionClosed, RpcError, UsageError
+from .errors import ConfigError, ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
 from .interceptors import ClientInterceptor, ServerInterceptor
 from .messaging import MessagingService
@@ -513,7 +513,8 @@ class Client(ChannelMethods):
             try:
                 await self._establish()
                 return
-            except (RpcError, OSError) as exc:
+            except (RpcError, OSError, ConfigError) as exc:
+                # ConfigError: a TLS file (ca_file, cert_file) went missing; keep trying.
                 logger.debug("reconnect attempt %d failed: %s", attempt, exc)
                 if self._lifecycle.state in (ClientState.CONNECTING,):
                     self._fire(LifecycleEvent.CONNECT_FAILED)

@@ -30,7 +30,6 @@ from ..errors import ConfigError
 
 __all__ = [
     "CLIENT_ID_URI_PREFIX",
-    "CLIENT_CERT_MODES",
     "CertificateRejected",
     "ClientCertificateVerifier",
     "ServerQuicConfiguration",
@@ -44,9 +43,6 @@ logger = logging.getLogger("quicflow.transport")
 
 CLIENT_ID_URI_PREFIX = "quicflow://client/"
 """A client certificate names its client id as the SAN URI ``quicflow://client/<id>``."""
-
-CLIENT_CERT_MODES = ("none", "optional", "required")
-"""``ServerConfig.client_cert_mode`` values: never ask; ask and verify if sent; demand."""
 
 
 class CertificateRejected(Exception):

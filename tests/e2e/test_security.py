@@ -528,3 +528,46 @@ async def test_method_authorizer_refuses_with_permission_denied(pki: DevCerts) -
             assert replies == [0, 1]
     finally:
         await server.stop()
+
+
+async def test_reconnect_keeps_trying_while_the_client_certificate_is_missing(
+    pki: DevCerts, tmp_path: Path
+) -> None:
+    """Check that a client whose certificate file vanishes keeps retrying after losing its
+    connection (the reconnect loop does not die on the ConfigError), and is back once the
+    file returns."""
+    cert, key = tmp_path / "c.pem", tmp_path / "c.key"
+    cert.write_bytes(pki.client_cert_file.read_bytes())
+    key.write_bytes(pki.client_key_file.read_bytes())
+    async with _server(pki, **_mtls(authenticator=CertificateAuthenticator())(pki)) as server:
+        client = _client(
+            server,
+            pki,
+            cert_file=str(cert),
+            key_file=str(key),
+            backoff_initial=0.02,
+            backoff_max=0.05,
+        )
+        await client.connect()
+        attempts: list[int] = []
+        tried_thrice = asyncio.Event()
+
+        def on_reconnect(attempt: int, delay: float) -> None:
+            attempts.append(attempt)
+            if len(attempts) >= 3:
+                tried_thrice.set()
+
+        client.hooks.on_reconnect(on_reconnect)
+        try:
+            cert.rename(tmp_path / "gone.pem")
+            [conn] = server.connections
+            conn.close(ErrorCode.INTERNAL_ERROR, "dropped by the test")
+            await asyncio.wait_for(tried_thrice.wait(), 5)
+            assert not client.connected
+            (tmp_path / "gone.pem").rename(cert)
+            async with asyncio.timeout(5):
+                await client.wait_ready()
+            assert client.client_id == "alice"
+            assert [c.client_id for c in server.list_clients()] == ["alice"]
+        finally:
+            await client.close()
