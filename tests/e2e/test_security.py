@@ -22,6 +22,10 @@ from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+from cryptography.x509.oid import NameOID
 from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
@@ -571,3 +575,75 @@ async def test_reconnect_keeps_trying_while_the_client_certificate_is_missing(
             assert [c.client_id for c in server.list_clients()] == ["alice"]
         finally:
             await client.close()
+
+
+def _ca(
+    name: str,
+    key: ec.EllipticCurvePrivateKey,
+    issuer: tuple[x509.Name, ec.EllipticCurvePrivateKey] | None,
+    path_length: int,
+) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    issuer_name, issuer_key = issuer or (subject, key)
+    usage = x509.KeyUsage(
+        digital_signature=True,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=True,
+        crl_sign=True,
+        encipher_only=False,
+        decipher_only=False,
+    )
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(issuer_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), True)
+        .add_extension(usage, True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+    )
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_key.public_key()), False
+        )
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+async def test_client_chain_through_an_intermediate_ca(pki: DevCerts, tmp_path: Path) -> None:
+    """Check that a client certificate signed by an intermediate CA verifies against the
+    root alone when the client sends the intermediate with it, and is refused without it."""
+    root_key, mid_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    root = _ca("Test root", root_key, None, 1)
+    mid = _ca("Test intermediate", mid_key, (root.subject, root_key), 0)
+    (tmp_path / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(mid.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.key").write_bytes(
+        mid_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    leaf_file, key_file = issue_client_certificate(tmp_path, "edge-7")
+    chain_file = tmp_path / "chain.pem"
+    chain_file.write_bytes(leaf_file.read_bytes() + mid.public_bytes(Encoding.PEM))
+    options = {
+        "client_ca_file": str(tmp_path / "root.pem"),
+        "client_cert_mode": "required",
+        "authenticator": CertificateAuthenticator(),
+    }
+    async with _server(pki, **options) as server:
+        async with _client(
+            server, pki, cert_file=str(chain_file), key_file=str(key_file)
+        ) as client:
+            assert client.client_id == "edge-7"
+        leaf_only = _client(server, pki, cert_file=str(leaf_file), key_file=str(key_file))
+        with pytest.raises(ConnectionClosed) as info:
+            await leaf_only.connect()
+        assert "not trusted" in info.value.message
