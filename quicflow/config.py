@@ -209,7 +209,7 @@ class _Common:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name not in ("interceptors", "authenticator", "labels", "token")
+            if f.name not in ("interceptors", "authenticator", "labels", "token", "admin_token")
             and getattr(self, f.name) != f.default
         )
         return f"{type(self).__name__}({shown})"
@@ -275,6 +275,9 @@ class ServerConfig(_Common):
     `Server.metrics_port`). Needs ``metrics=True``."""
     metrics_host: str = "127.0.0.1"
     """Address the metrics endpoint binds ("0.0.0.0" to let a remote Prometheus scrape)."""
+    admin_token: str | None = None
+    """Token a caller must send (``admin-token`` metadata) to use the built-in admin service
+    (``quicflow clients``); at least 16 characters. None: the admin service refuses everyone."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -306,6 +309,10 @@ class ServerConfig(_Common):
             if not self.metrics:
                 raise ConfigError("metrics_port", "needs metrics=True (the endpoint serves them)")
         _text("metrics_host", self.metrics_host)
+        if self.admin_token is not None and (
+            not isinstance(self.admin_token, str) or len(self.admin_token) < 16
+        ):
+            raise ConfigError("admin_token", "must be a string of at least 16 characters, or None")
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

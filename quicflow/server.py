@@ -19,6 +19,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
+from .admin import AdminService
 from .auth import HelloInfo, PeerInfo, allow_all
 from .clock import LoopClock
 from .config import ClientConfig, ServerConfig
@@ -26,6 +27,7 @@ from .context import ServicerContext
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
+from .health import HealthService
 from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
 from .messaging import MessagingService
@@ -109,6 +111,11 @@ class Server:
         self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
         self._metrics: Metrics | None = Metrics() if config.metrics else None
         self._http: Any = None  # the metrics endpoint (quicflow.http.MetricsEndpoint)
+        self.health = HealthService()
+        """The grpc.health.v1 statuses this server reports: ``server.health.set(name, status)``."""
+        self._handlers.update(self.health.__quicflow_handlers__())
+        admin = AdminService(self.list_clients, config.admin_token)
+        self._handlers.update(admin.__quicflow_handlers__())
 
     # -- setup --
 
@@ -344,6 +351,8 @@ class Server:
                 await self._closed.wait()
             return
         self._stopping = True
+        self.health.shutdown()
+        await asyncio.sleep(0)  # health watchers send NOT_SERVING before the GOAWAY
         grace_s = grace or 0.0
         for sconn in list(self._connections):
             sconn.send_goaway("server is shutting down", grace_s)

@@ -1,7 +1,9 @@
 """Regenerate everything protoc writes (``make gen``).
 
-1. The wire protocol's classes: ``quicflow/wire/v1/frames_pb2.py`` and ``.pyi``
-   from ``proto/quicflow/wire/v1/frames.proto``.
+1. The runtime's own message classes (`BUILTIN`): the wire protocol's
+   (``quicflow/wire/v1/frames_pb2.py`` and ``.pyi`` from
+   ``proto/quicflow/wire/v1/frames.proto``), the health service's
+   (``proto/grpc/health/v1/health.proto``) and the admin service's.
 2. ``generated/``: every other ``.proto`` under ``proto/``, protobuf flavour:
    ``foo/bar_pb2.py``, ``foo/bar_pb2.pyi`` and ``foo/bar_quicflow.py``.
 3. ``generated/betterproto_flavour/``: the same protos, betterproto flavour:
@@ -26,8 +28,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = ROOT / "proto"
-WIRE_PROTO = "quicflow/wire/v1/frames.proto"
-WIRE_OUTPUTS = ("quicflow/wire/v1/frames_pb2.py", "quicflow/wire/v1/frames_pb2.pyi")
+BUILTIN = {
+    # proto under proto/ -> where its _pb2.py / _pb2.pyi go in the repository
+    "quicflow/wire/v1/frames.proto": "quicflow/wire/v1/frames",
+    "grpc/health/v1/health.proto": "quicflow/health/health",
+    "quicflow/admin/v1/admin.proto": "quicflow/admin/admin",
+}
+"""The runtime's own protos. Each lives in the package the runtime imports it from;
+the health proto keeps gRPC's file name so its descriptor is gRPC's."""
+BUILTIN_OUTPUTS = tuple(f"{dest}_pb2{ext}" for dest in BUILTIN.values() for ext in (".py", ".pyi"))
 GENERATED = "generated"
 BETTERPROTO_DIR = "betterproto_flavour"
 """Where the betterproto flavour goes, inside ``generated/``.
@@ -72,11 +81,12 @@ def _protoc(args: list[str], cwd: Path) -> None:
 
 
 def _service_protos() -> list[str]:
-    """Every ``.proto`` under proto/ except the wire protocol's own, sorted."""
+    """Every ``.proto`` under proto/ except the runtime's own (`BUILTIN`), sorted."""
     return sorted(
         p.relative_to(PROTO).as_posix()
         for p in PROTO.rglob("*.proto")
-        if p.relative_to(PROTO).parts[0] != "quicflow"
+        if p.relative_to(PROTO).as_posix() not in BUILTIN
+        and p.relative_to(PROTO).parts[0] != "quicflow"
     )
 
 
@@ -105,7 +115,7 @@ def generate(out: Path) -> None:
 
         wire = scratch / "wire"
         wire.mkdir()
-        _protoc([f"--python_out={wire}", f"--pyi_out={wire}", str(PROTO / WIRE_PROTO)], cwd)
+        _protoc([f"--python_out={wire}", f"--pyi_out={wire}", *BUILTIN], cwd)
 
         gen = scratch / GENERATED
         gen.mkdir()
@@ -136,10 +146,11 @@ def generate(out: Path) -> None:
             )
             _mark_betterproto_output(bp)
 
-        for name in WIRE_OUTPUTS:
-            target = out / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(wire / name, target)
+        for proto, dest in BUILTIN.items():
+            for ext in (".py", ".pyi"):
+                target = out / f"{dest}_pb2{ext}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(wire / f"{proto.removesuffix('.proto')}_pb2{ext}", target)
         target_gen = out / GENERATED
         if target_gen.exists():
             shutil.rmtree(target_gen)

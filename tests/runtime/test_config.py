@@ -127,6 +127,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("hold_max_count", -1),
     ("hold_max_count", 1.5),
     ("hold_max_age", 0),
+    ("admin_token", "short"),
+    ("admin_token", 12345678901234567),
     ("broadcast_max_in_flight", 0),
     ("broadcast_max_in_flight", "10"),
     ("metrics_port", -1),
