@@ -1,21 +1,123 @@
-"""The ``quicflow`` command.
+"""The ``quicflow`` command (also ``python -m quicflow``).
 
-``quicflow certs DIR``  writes a development CA, server and client certificates;
-``quicflow certs DIR --add-client ID`` signs one more client certificate with it.
+::
 
-Errors print one line to stderr and exit non-zero.
+    quicflow certs DIR                          development CA, server and client certificates
+    quicflow certs DIR --add-client ID          one more client certificate from that CA
+    quicflow gen PROTO... --out DIR             protoc with the QuicFlow plugin (needs [gen])
+    quicflow serve module:Service... [--config server.toml]
+    quicflow call pkg.Service/Method '{"json": 1}' --proto x.proto | --descriptor-set x.pb
+    quicflow clients [--json]                   connected clients (admin token required)
+    quicflow health [--service NAME] [--watch]  grpc.health.v1 Check / Watch
+
+Exit status: 0 success, 1 failure (one line on stderr, never a traceback),
+2 bad usage. A call that ends with a non-OK status prints
+``ERROR <CODE>: <details>``. ``health`` exits 0 only for SERVING.
+See docs/quickstart.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import json
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Sequence
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .certs import issue_client_certificate, write_dev_certs
+from .errors import ConfigError, RpcError
 
-__all__ = ["main"]
+__all__ = ["CliError", "build_parser", "main"]
+
+ADMIN_TOKEN_ENV = "QUICFLOW_ADMIN_TOKEN"
+"""Environment variable ``quicflow clients`` reads the admin token from."""
+
+
+class CliError(Exception):
+    """A failure the CLI reports as one line (``quicflow <command>: <message>``)."""
+
+
+# -- shared helpers ------------------------------------------------------------
+
+
+def _fail(message: str) -> NoReturn:
+    raise CliError(message)
+
+
+def _have_grpc_tools() -> bool:
+    return importlib.util.find_spec("grpc_tools") is not None
+
+
+def _protoc(args: list[str], what: str, hint: str = "") -> None:
+    """Run grpcio-tools' protoc; its complaint becomes one line."""
+    if not _have_grpc_tools():
+        _fail(f"{what} needs grpcio-tools (the gen extra): pip install 'quicflow[gen]'{hint}")
+    cmd = [sys.executable, "-m", "grpc_tools.protoc", *args]
+    env = dict(os.environ)
+    # The plugin wrapper may run `-m quicflow_codegen`; make sure it is importable.
+    codegen = Path(__file__).resolve().parent.parent / "codegen"
+    if codegen.is_dir():
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(codegen), env.get("PYTHONPATH")) if p)
+    done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
+    if done.returncode != 0:
+        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        _fail("protoc failed: " + ("; ".join(lines) or f"exit status {done.returncode}"))
+
+
+def _tool(name: str, module: str, scratch: Path) -> Path:
+    """The console script ``name`` next to this Python, else a wrapper running ``-m module``."""
+    script = Path(sys.executable).parent / name
+    if script.exists():
+        return script
+    wrapper = scratch / name
+    wrapper.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m {module} "$@"\n')
+    wrapper.chmod(0o755)
+    return wrapper
+
+
+def _proto_files(paths: Sequence[str], includes: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(include dirs, .proto names relative to one of them) for files or directories."""
+    found: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found.extend(sorted(path.rglob("*.proto")))
+        elif path.is_file():
+            if path.suffix != ".proto":
+                _fail(f"{raw} is not a .proto file")
+            found.append(path)
+        else:
+            _fail(f"{raw}: no such file or directory")
+    if not found:
+        _fail(f"no .proto files in {', '.join(paths)}")
+    if not includes:
+        includes = [raw for raw in paths if Path(raw).is_dir()] or [
+            str(Path(paths[0]).parent) or "."
+        ]
+    roots = [Path(i).resolve() for i in includes]
+    names: list[str] = []
+    for file in found:
+        resolved = file.resolve()
+        for root in roots:
+            if resolved.is_relative_to(root):
+                names.append(resolved.relative_to(root).as_posix())
+                break
+        else:
+            _fail(f"{file} is not under any include directory ({', '.join(includes)}); use -I")
+    return [str(r) for r in roots], names
+
+
+# -- certs ---------------------------------------------------------------------
 
 
 def _certs(args: argparse.Namespace) -> int:
@@ -39,10 +141,484 @@ def _certs(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- gen -----------------------------------------------------------------------
+
+
+def _gen(args: argparse.Namespace) -> int:
+    includes, names = _proto_files(args.protos, args.include)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="quicflow-gen-") as tmp:
+        scratch = Path(tmp)
+        plugin = _tool("protoc-gen-quicflow", "quicflow_codegen", scratch)
+        cmd = [f"-I{i}" for i in includes] + [f"--plugin=protoc-gen-quicflow={plugin}"]
+        if args.flavour == "betterproto":
+            betterproto = _tool("protoc-gen-python_betterproto", "betterproto.plugin", scratch)
+            cmd += [
+                f"--plugin=protoc-gen-python_betterproto={betterproto}",
+                f"--python_betterproto_out={out}",
+                "--quicflow_opt=flavour=betterproto",
+            ]
+        else:
+            cmd += [f"--python_out={out}", f"--pyi_out={out}"]
+        cmd += [f"--quicflow_out={out}", *names]
+        _protoc(cmd, "generating code")
+    print(f"generated {len(names)} .proto file(s) into {out} ({args.flavour} flavour)")
+    return 0
+
+
+# -- serve ---------------------------------------------------------------------
+
+
+def _load_service(spec: str) -> Any:
+    """Import ``module:Name`` and return a service instance (classes are instantiated)."""
+    from .rpc import Service
+
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        _fail(f"service spec {spec!r} must look like module:ClassName")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # an import error in user code: report it, don't crash
+        _fail(f"cannot import {module_name!r}: {type(exc).__name__}: {exc}")
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        _fail(f"module {module_name!r} has no attribute {attr!r}")
+    if isinstance(obj, type):
+        if not issubclass(obj, Service):
+            _fail(f"{spec} is not a service (a subclass of a generated FooBase)")
+        try:
+            obj = obj()
+        except Exception as exc:
+            _fail(f"cannot instantiate {spec}: {type(exc).__name__}: {exc}")
+    if not isinstance(obj, Service):
+        _fail(f"{spec} is not a service (a subclass of a generated FooBase)")
+    return obj
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .config import ServerConfig
+    from .health import ServingStatus
+    from .logs import configure_logging
+    from .server import Server
+
+    for entry in [*reversed(args.path), "."]:
+        resolved = str(Path(entry).resolve())
+        if resolved not in sys.path:
+            sys.path.insert(0, resolved)
+    overrides: dict[str, Any] = {}
+    for name in ("host", "port", "cert_file", "key_file"):
+        value = getattr(args, name)
+        if value is not None:
+            overrides[name] = value
+    services = [_load_service(spec) for spec in args.services]
+    config = ServerConfig.load(args.config, **overrides)
+    configure_logging()
+    server = Server(config)
+    for service in services:
+        server.add_service(service)
+
+    async def run() -> None:
+        await server.start()
+        for service in services:
+            if service.SERVICE_NAME:
+                server.health.set(service.SERVICE_NAME, ServingStatus.SERVING)
+        names = ", ".join(s.SERVICE_NAME or type(s).__name__ for s in services)
+        print(f"serving {names} on {config.host}:{server.port}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+        print(f"stopping (grace {args.grace:g} s)", flush=True)
+        await server.stop(grace=args.grace)
+        print("stopped", flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
+# -- client commands -------------------------------------------------------------
+
+
+def _parse_address(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        _fail(f"--address must be HOST:PORT, got {text!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not 0 < int(port) < 65536:
+        _fail(f"--address port must be 1-65535, got {port}")
+    return host, int(port)
+
+
+def _client_config(args: argparse.Namespace) -> Any:
+    from .config import ClientConfig
+
+    overrides: dict[str, Any] = {"reconnect": False}
+    if args.address is not None:
+        overrides["host"], overrides["port"] = _parse_address(args.address)
+    for name, value in (
+        ("ca_file", args.ca),
+        ("cert_file", args.cert),
+        ("key_file", args.key),
+        ("server_name", args.server_name),
+        ("token", args.token),
+        ("client_id", args.client_id),
+        ("connect_timeout", args.connect_timeout),
+    ):
+        if value is not None:
+            overrides[name] = value
+    if args.insecure:
+        overrides["insecure_skip_verify"] = True
+    return ClientConfig.load(args.config, **overrides)
+
+
+def _quiet_logging() -> None:
+    """Client commands log warnings only (LOG_LEVEL overrides); their errors are our one line."""
+    import logging
+
+    from .logs import configure_logging
+
+    configure_logging(os.environ.get("LOG_LEVEL") or "WARNING")
+    if logging.getLogger("quicflow").level > logging.DEBUG:
+        logging.getLogger("quic").setLevel(logging.CRITICAL)  # aioquic repeats our error
+
+
+@contextlib.asynccontextmanager
+async def _connected(args: argparse.Namespace) -> AsyncIterator[Any]:
+    from .client import Client
+    from .errors import ConnectionClosed
+
+    config = _client_config(args)
+    _quiet_logging()
+    loop = asyncio.get_running_loop()
+    wait_until = loop.time() + (getattr(args, "wait", None) or 0.0)
+    while True:
+        client = Client(config)
+        try:
+            await client.connect()
+            break
+        except (ConnectionClosed, OSError) as exc:
+            if loop.time() < wait_until:  # --wait: the server may still be starting
+                await asyncio.sleep(0.2)
+                continue
+            reason = exc.message if isinstance(exc, ConnectionClosed) else exc.strerror or exc
+            _fail(f"cannot connect to {config.host}:{config.port}: {reason}")
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+def _parse_metadata(items: Sequence[str]) -> list[tuple[str, str | bytes]]:
+    pairs: list[tuple[str, str | bytes]] = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            _fail(f"--metadata must be KEY=VALUE, got {item!r}")
+        key = key.strip().lower()
+        pairs.append((key, value.encode() if key.endswith("-bin") else value))
+    return pairs
+
+
+def _descriptor_pool(args: argparse.Namespace) -> Any:
+    from google.protobuf import descriptor_pb2, descriptor_pool
+    from google.protobuf.message import DecodeError
+
+    if args.descriptor_set:
+        try:
+            data = Path(args.descriptor_set).read_bytes()
+        except OSError as exc:
+            _fail(f"cannot read {args.descriptor_set}: {exc.strerror}")
+        source = args.descriptor_set
+    else:
+        includes, names = _proto_files(args.proto, args.include)
+        with tempfile.TemporaryDirectory(prefix="quicflow-call-") as tmp:
+            out = Path(tmp) / "set.pb"
+            _protoc(
+                [
+                    *(f"-I{i}" for i in includes),
+                    "--include_imports",
+                    f"--descriptor_set_out={out}",
+                    *names,
+                ],
+                "compiling a .proto",
+                ", or pass --descriptor-set",
+            )
+            data = out.read_bytes()
+        source = ", ".join(args.proto)
+    try:
+        file_set = descriptor_pb2.FileDescriptorSet.FromString(data)
+    except DecodeError:
+        _fail(f"{source} is not a protobuf descriptor set")
+    if not file_set.file:
+        _fail(f"{source} is not a protobuf descriptor set (no files in it)")
+    pool = descriptor_pool.DescriptorPool()
+    for file in file_set.file:
+        try:
+            pool.Add(file)
+        except Exception as exc:
+            _fail(f"bad descriptor set {source}: {exc} (build it with --include_imports)")
+    return pool, file_set
+
+
+def _find_method(pool: Any, file_set: Any, name: str) -> Any:
+    text = name.lstrip("/")
+    service_name, sep, method_name = text.partition("/")
+    if not sep:
+        service_name, _, method_name = text.rpartition(".")
+    services = sorted(
+        f"{f.package + '.' if f.package else ''}{s.name}" for f in file_set.file for s in f.service
+    )
+    try:
+        service = pool.FindServiceByName(service_name)
+    except KeyError:
+        known = ", ".join(services) or "none"
+        _fail(f"unknown service {service_name!r} (services: {known})")
+    method = service.methods_by_name.get(method_name)
+    if method is None:
+        known = ", ".join(sorted(service.methods_by_name)) or "none"
+        _fail(f"service {service_name} has no method {method_name!r} (methods: {known})")
+    return method
+
+
+def _parse_requests(method: Any, text: str, cls: Any) -> list[Any]:
+    from google.protobuf import json_format
+
+    if text == "-":
+        text = sys.stdin.read()
+    try:
+        value = json.loads(text) if text.strip() else {}
+    except json.JSONDecodeError as exc:
+        _fail(f"bad JSON input: {exc}")
+    items = value if method.client_streaming and isinstance(value, list) else [value]
+    if not method.client_streaming and isinstance(value, list):
+        _fail(f"{method.full_name} takes one request: give a JSON object, not an array")
+    requests = []
+    for item in items:
+        try:
+            requests.append(json_format.ParseDict(item, cls()))
+        except json_format.ParseError as exc:
+            _fail(f"bad request for {method.input_type.full_name}: {exc}")
+    return requests
+
+
+def _to_json(message: Any) -> str:
+    from google.protobuf import json_format
+
+    return json.dumps(json_format.MessageToDict(message), ensure_ascii=False)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from google.protobuf import message_factory
+
+    from .rpc import Cardinality, Method
+
+    if bool(args.proto) == bool(args.descriptor_set):
+        _fail("give the method's schema with --proto FILE or --descriptor-set FILE (one of them)")
+    pool, file_set = _descriptor_pool(args)
+    method = _find_method(pool, file_set, args.method)
+    request_cls = message_factory.GetMessageClass(method.input_type)
+    response_cls = message_factory.GetMessageClass(method.output_type)
+    requests = _parse_requests(method, args.data, request_cls)
+    metadata = _parse_metadata(args.metadata)
+    kind = {
+        (False, False): Cardinality.UNARY_UNARY,
+        (False, True): Cardinality.UNARY_STREAM,
+        (True, False): Cardinality.STREAM_UNARY,
+        (True, True): Cardinality.STREAM_STREAM,
+    }[(bool(method.client_streaming), bool(method.server_streaming))]
+    route = f"/{method.containing_service.full_name}/{method.name}"
+    spec: Method[Any, Any] = Method(
+        route,
+        kind,
+        lambda m: m.SerializeToString(),
+        request_cls.FromString,
+        lambda m: m.SerializeToString(),
+        response_cls.FromString,
+    )
+
+    async def run() -> None:
+        async with _connected(args) as client:
+            options: dict[str, Any] = {"timeout": args.deadline, "metadata": metadata}
+            if kind is Cardinality.UNARY_UNARY:
+                print(_to_json(await client.unary_unary(spec, requests[0], **options)))
+            elif kind is Cardinality.STREAM_UNARY:
+                print(_to_json(await client.stream_unary(spec, requests, **options)))
+            else:
+                call = (
+                    client.unary_stream(spec, requests[0], **options)
+                    if kind is Cardinality.UNARY_STREAM
+                    else client.stream_stream(spec, requests, **options)
+                )
+                async for response in call:
+                    print(_to_json(response), flush=True)
+
+    asyncio.run(run())
+    return 0
+
+
+def _admin_token(args: argparse.Namespace) -> str:
+    if args.admin_token_file:
+        try:
+            token = Path(args.admin_token_file).read_text().strip()
+        except OSError as exc:
+            _fail(f"cannot read {args.admin_token_file}: {exc.strerror}")
+    else:
+        token = os.environ.get(ADMIN_TOKEN_ENV, "").strip()
+    if not token:
+        _fail(f"the admin service needs a token: set {ADMIN_TOKEN_ENV} or --admin-token-file")
+    return token
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _clients(args: argparse.Namespace) -> int:
+    from .admin import ADMIN_TOKEN_KEY, AdminStub, ListClientsRequest
+
+    token = _admin_token(args)
+
+    async def run() -> list[Any]:
+        async with _connected(args) as client:
+            reply = await AdminStub(client).list_clients(
+                ListClientsRequest(), timeout=args.deadline, metadata=[(ADMIN_TOKEN_KEY, token)]
+            )
+            # This command is a client too: leave it out of the list.
+            return [c for c in reply.clients if c.client_id != client.client_id]
+
+    clients = asyncio.run(run())
+    if args.json:
+        for entry in clients:
+            print(
+                json.dumps(
+                    {
+                        "client_id": entry.client_id,
+                        "address": entry.address,
+                        "labels": dict(entry.labels),
+                        "connected_since": entry.connected_since,
+                        "last_heartbeat": entry.last_heartbeat or None,
+                        "rtt": entry.rtt or None,
+                        "state": entry.state,
+                        "calls_in": entry.calls_in,
+                        "calls_out": entry.calls_out,
+                        "bytes_in": entry.bytes_in,
+                        "bytes_out": entry.bytes_out,
+                    }
+                )
+            )
+        return 0
+    now = time.time()
+    rows = [("CLIENT", "ADDRESS", "CONNECTED", "HEARTBEAT", "RTT", "CALLS", "LABELS")]
+    for e in clients:
+        rows.append(
+            (
+                e.client_id,
+                e.address,
+                _ago(now - e.connected_since),
+                _ago(now - e.last_heartbeat) + " ago" if e.last_heartbeat else "-",
+                f"{e.rtt * 1000:.1f}ms" if e.rtt else "-",
+                str(e.calls_in),
+                ",".join(f"{k}={v}" for k, v in sorted(e.labels.items())) or "-",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    print(f"{len(clients)} client(s)")
+    return 0
+
+
+def _health(args: argparse.Namespace) -> int:
+    from .health import HealthCheckRequest, HealthStub, ServingStatus
+    from .status import StatusCode
+
+    request = HealthCheckRequest(service=args.service)
+
+    def name(status: int) -> str:
+        try:
+            return ServingStatus(status).name
+        except ValueError:
+            return f"UNKNOWN_STATUS_{status}"
+
+    async def run() -> int:
+        async with _connected(args) as client:
+            stub = HealthStub(client)
+            if not args.watch:
+                reply = await stub.check(request, timeout=args.deadline)
+                status = int(reply.status)
+                print(name(status))
+                return 0 if status == ServingStatus.SERVING else 1
+            last = int(ServingStatus.UNKNOWN)
+            try:
+                async for reply in stub.watch(request, timeout=args.deadline):
+                    last = int(reply.status)
+                    print(name(last), flush=True)
+            except RpcError as exc:
+                if exc.code is not StatusCode.DEADLINE_EXCEEDED:  # --deadline: a normal end
+                    raise
+            return 0 if last == ServingStatus.SERVING else 1
+
+    return asyncio.run(run())
+
+
+# -- the parser ------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("connection")
+    group.add_argument(
+        "-a",
+        "--address",
+        help="server HOST:PORT (default 127.0.0.1:4433, or QUICFLOW_CLIENT_HOST/_PORT)",
+    )
+    group.add_argument("--ca", metavar="FILE", help="PEM CA file to verify the server against")
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help="accept any server certificate (development only)",
+    )
+    group.add_argument("--server-name", help="name the server certificate must carry")
+    group.add_argument(
+        "--cert", metavar="FILE", help="PEM client certificate, for servers that want mutual TLS"
+    )
+    group.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
+    group.add_argument("--token", help="bearer token for the server's authenticator")
+    group.add_argument("--client-id", help="client id to claim (default: server-assigned)")
+    group.add_argument(
+        "--connect-timeout",
+        type=float,
+        metavar="SECONDS",
+        help="give up connecting after this long (default 5)",
+    )
+    group.add_argument(
+        "--config", metavar="FILE", help="client TOML config (ClientConfig; flags win)"
+    )
+    group.add_argument(
+        "--deadline", type=float, metavar="SECONDS", help="deadline of the call (default none)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for tests and docs)."""
-    parser = argparse.ArgumentParser(prog="quicflow", description="QuicFlow tools")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(
+        prog="quicflow",
+        description="QuicFlow tools: certificates, code generation, a server "
+        "runner and a client for any service.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     certs = sub.add_parser("certs", help="write development certificates")
     certs.add_argument("directory", help="where to write ca.pem, server.pem, client.pem, ...")
     certs.add_argument(
@@ -65,17 +641,116 @@ def build_parser() -> argparse.ArgumentParser:
         "(repeatable)",
     )
     certs.set_defaults(func=_certs)
+
+    gen = sub.add_parser("gen", help="run protoc with the QuicFlow plugin (needs grpcio-tools)")
+    gen.add_argument("protos", nargs="+", help=".proto files or directories holding them")
+    gen.add_argument("-o", "--out", required=True, help="output directory")
+    gen.add_argument(
+        "-I",
+        "--include",
+        action="append",
+        default=[],
+        help="import root (repeatable; default: the given directory, or the file's directory)",
+    )
+    gen.add_argument(
+        "--flavour",
+        choices=("protobuf", "betterproto"),
+        default="protobuf",
+        help="message classes: protobuf's _pb2 (default) or betterproto's dataclasses",
+    )
+    gen.set_defaults(func=_gen)
+
+    serve = sub.add_parser("serve", help="serve module:Service classes")
+    serve.add_argument("services", nargs="+", metavar="module:Service", help="servicer classes")
+    serve.add_argument("--config", metavar="FILE", help="server TOML config (ServerConfig)")
+    serve.add_argument("--host", help="address to bind (overrides the config)")
+    serve.add_argument("--port", type=int, help="UDP port; 0 picks a free one")
+    serve.add_argument("--cert", dest="cert_file", metavar="FILE", help="PEM certificate")
+    serve.add_argument("--key", dest="key_file", metavar="FILE", help="PEM private key")
+    serve.add_argument(
+        "-p",
+        "--path",
+        action="append",
+        default=[],
+        help="add a directory to the import path (repeatable; the current one always is)",
+    )
+    serve.add_argument(
+        "--grace", type=float, default=5.0, help="seconds calls get to finish at stop (default 5)"
+    )
+    serve.set_defaults(func=_serve)
+
+    call = sub.add_parser("call", help="call a method with JSON, print JSON")
+    call.add_argument("method", help="pkg.Service/Method (or pkg.Service.Method)")
+    call.add_argument(
+        "data",
+        nargs="?",
+        default="{}",
+        help="request as JSON (default {}; '-' reads stdin; a JSON array for client streaming)",
+    )
+    call.add_argument("--proto", action="append", default=[], help=".proto file (repeatable)")
+    call.add_argument(
+        "-I", "--include", action="append", default=[], help="import root for --proto"
+    )
+    call.add_argument("--descriptor-set", metavar="FILE", help="protoc --descriptor_set_out file")
+    call.add_argument(
+        "-m", "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    _connection_options(call)
+    call.set_defaults(func=_call)
+
+    clients = sub.add_parser("clients", help="list a server's connected clients")
+    clients.add_argument("--json", action="store_true", help="one JSON object per client")
+    clients.add_argument(
+        "--admin-token-file",
+        metavar="FILE",
+        help=f"file holding the server's admin token (default: ${ADMIN_TOKEN_ENV})",
+    )
+    _connection_options(clients)
+    clients.set_defaults(func=_clients)
+
+    health = sub.add_parser("health", help="grpc.health.v1 Check (or --watch)")
+    health.add_argument("--service", default="", help="service name (default: the server)")
+    health.add_argument("--watch", action="store_true", help="print every status change")
+    health.add_argument(
+        "--wait",
+        type=float,
+        metavar="SECONDS",
+        help="retry connecting for up to this long (a server that is still starting)",
+    )
+    _connection_options(health)
+    health.set_defaults(func=_health)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    prefix = f"quicflow {args.command}"
     try:
-        return int(args.func(args))
-    except (OSError, ValueError) as exc:
-        print(f"quicflow {args.command}: {exc}", file=sys.stderr)
+        return int(func(args))
+    except RpcError as exc:
+        _say(f"ERROR {exc.code.name}: {exc.message}")
         return 1
+    except ConfigError as exc:
+        _say(f"{prefix}: bad configuration: {exc}")
+        return 1
+    except (CliError, ValueError) as exc:
+        _say(f"{prefix}: {exc}")
+        return 1
+    except OSError as exc:
+        _say(f"{prefix}: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else ""))
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:  # the promise: one line, never a traceback
+        _say(f"{prefix}: {type(exc).__name__}: {exc}")
+        return 1
+
+
+def _say(message: str) -> None:
+    """Print ``message`` to stderr as exactly one line."""
+    print(" ".join(message.split()), file=sys.stderr)
 
 
 if __name__ == "__main__":
