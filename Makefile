@@ -19,10 +19,12 @@ $(STAMP): pyproject.toml
 gen: $(STAMP)
 	$(PY) scripts/gen.py
 
-## Run the whole test suite (installs what it needs first, Debian's chromium included).
+## Run the whole test suite (installs what it needs first, Debian's chromium included),
+## then docs/quickstart.md exactly as written (scripts/test-quickstart.sh).
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
+	bash scripts/test-quickstart.sh
 	$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)
