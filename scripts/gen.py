@@ -3,7 +3,7 @@
 1. The runtime's own message classes (`BUILTIN`): the wire protocol's
    (``quicflow/wire/v1/frames_pb2.py`` and ``.pyi`` from
    ``proto/quicflow/wire/v1/frames.proto``), the health service's
-   (``proto/grpc/health/v1/health.proto``) and the admin service's.
+   (``proto/grpc_health/v1/health.proto``) and the admin service's.
 2. ``generated/``: every other ``.proto`` under ``proto/``, protobuf flavour:
    ``foo/bar_pb2.py``, ``foo/bar_pb2.pyi`` and ``foo/bar_quicflow.py``.
 3. ``generated/betterproto_flavour/``: the same protos, betterproto flavour:
@@ -31,7 +31,7 @@ PROTO = ROOT / "proto"
 BUILTIN = {
     # proto under proto/ -> where its _pb2.py / _pb2.pyi go in the repository
     "quicflow/wire/v1/frames.proto": "quicflow/wire/v1/frames",
-    "grpc/health/v1/health.proto": "quicflow/health/health",
+    "grpc_health/v1/health.proto": "quicflow/health/health",
     "quicflow/admin/v1/admin.proto": "quicflow/admin/admin",
 }
 """The runtime's own protos. Each lives in the package the runtime imports it from;

@@ -1,8 +1,10 @@
 """The built-in health service, with grpc.health.v1 semantics.
 
-Every `Server` serves it at ``/grpc.health.v1.Health/Check`` and
-``/grpc.health.v1.Health/Watch`` (messages from
-``proto/grpc/health/v1/health.proto``, gRPC's own layout). The application
+Every `Server` serves it at ``/grpc.health.v1.Health/Check``, ``/List`` and
+``/Watch``. The messages come from ``proto/grpc_health/v1/health.proto``,
+whose descriptor is byte-identical to the one grpcio-health-checking 1.85
+ships (same file name, options and rpcs), so a process may import both and
+their classes are the same. The application
 sets each service's status through ``server.health``::
 
     server.health.set("echo.Echo", ServingStatus.SERVING)
@@ -36,7 +38,12 @@ from ..rpc import (
     unary_unary_handler,
 )
 from ..status import StatusCode
-from .health_pb2 import HealthCheckRequest, HealthCheckResponse
+from .health_pb2 import (
+    HealthCheckRequest,
+    HealthCheckResponse,
+    HealthListRequest,
+    HealthListResponse,
+)
 
 if TYPE_CHECKING:
     from ..calls import UnaryStreamCall, UnaryUnaryCall
@@ -45,9 +52,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECK",
+    "LIST",
     "WATCH",
     "HealthCheckRequest",
     "HealthCheckResponse",
+    "HealthListRequest",
+    "HealthListResponse",
     "HealthService",
     "HealthStub",
     "ServingStatus",
@@ -75,6 +85,16 @@ CHECK: Method[HealthCheckRequest, HealthCheckResponse] = Method(
     HealthCheckResponse.FromString,
 )
 """``/grpc.health.v1.Health/Check``."""
+
+LIST: Method[HealthListRequest, HealthListResponse] = Method(
+    f"/{SERVICE_NAME}/List",
+    Cardinality.UNARY_UNARY,
+    HealthListRequest.SerializeToString,
+    HealthListRequest.FromString,
+    HealthListResponse.SerializeToString,
+    HealthListResponse.FromString,
+)
+"""``/grpc.health.v1.Health/List``."""
 
 WATCH: Method[HealthCheckRequest, HealthCheckResponse] = Method(
     f"/{SERVICE_NAME}/Watch",
@@ -169,6 +189,17 @@ class HealthService(Service):
             raise RpcError(StatusCode.NOT_FOUND, f"unknown service {request.service!r}")
         return HealthCheckResponse(status=int(status))  # type: ignore[arg-type]
 
+    async def list(
+        self, request: HealthListRequest, context: ServicerContext
+    ) -> HealthListResponse:
+        """Answer every known status, by service name."""
+        return HealthListResponse(
+            statuses={
+                name: HealthCheckResponse(status=int(status))  # type: ignore[arg-type]
+                for name, status in self._statuses.items()
+            }
+        )
+
     async def watch(
         self, request: HealthCheckRequest, context: ServicerContext
     ) -> AsyncIterator[HealthCheckResponse]:
@@ -193,9 +224,10 @@ class HealthService(Service):
                     del self._watchers[service]
 
     def __quicflow_handlers__(self) -> Mapping[str, Handler]:
-        """Map Check and Watch to their handlers."""
+        """Map Check, List and Watch to their handlers."""
         return {
             CHECK.route: unary_unary_handler(CHECK, self.check),
+            LIST.route: unary_unary_handler(LIST, self.list),
             WATCH.route: unary_stream_handler(WATCH, self.watch),
         }
 
@@ -224,6 +256,19 @@ class HealthStub:
         """``/grpc.health.v1.Health/Check``: await for the current status."""
         return self._channel.unary_unary(
             CHECK, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+        )
+
+    def list(
+        self,
+        request: HealthListRequest,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryUnaryCall[HealthListResponse]:
+        """``/grpc.health.v1.Health/List``: await for every known status."""
+        return self._channel.unary_unary(
+            LIST, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
         )
 
     def watch(

@@ -8,7 +8,7 @@ import pytest
 
 from quicflow import RpcError, StatusCode
 from quicflow.admin import ADMIN_TOKEN_KEY, AdminStub, ListClientsRequest
-from quicflow.health import HealthCheckRequest, HealthStub, ServingStatus
+from quicflow.health import HealthCheckRequest, HealthListRequest, HealthStub, ServingStatus
 from quicflow.testing import ClientFor
 
 from .service import TestEcho
@@ -18,7 +18,7 @@ TOKEN = "admin-token-0123456789"
 
 async def test_check_overall_and_per_service_status() -> None:
     """Check that Check answers SERVING for "", the status an application set, and NOT_FOUND
-    for a service never set."""
+    for a service never set; List answers them all."""
     harness = ClientFor([TestEcho()])
     async with harness as client:
         stub = HealthStub(client)
@@ -31,6 +31,11 @@ async def test_check_overall_and_per_service_status() -> None:
         server.health.set("echo.Echo", ServingStatus.NOT_SERVING)
         reply = await stub.check(HealthCheckRequest(service="echo.Echo"))
         assert ServingStatus(reply.status) is ServingStatus.NOT_SERVING
+        listed = await stub.list(HealthListRequest())
+        assert {name: ServingStatus(r.status) for name, r in listed.statuses.items()} == {
+            "": ServingStatus.SERVING,
+            "echo.Echo": ServingStatus.NOT_SERVING,
+        }
         with pytest.raises(ValueError, match="SERVICE_UNKNOWN"):
             server.health.set("echo.Echo", ServingStatus.SERVICE_UNKNOWN)
 
@@ -102,3 +107,15 @@ async def test_admin_lists_clients_only_for_the_right_token() -> None:
         assert entry.connected_since > 0
         assert entry.state == "active"
         assert entry.calls_in >= 3
+
+
+def test_health_descriptor_is_grpcs() -> None:
+    """Check that the health messages are registered under gRPC's own file name, package and
+    Go package, with gRPC's three rpcs, so grpcio-health-checking's identical file can load."""
+    from quicflow.health import health_pb2
+
+    file = health_pb2.DESCRIPTOR
+    assert file.name == "grpc_health/v1/health.proto"
+    assert file.package == "grpc.health.v1"
+    assert file.GetOptions().go_package == "google.golang.org/grpc/health/grpc_health_v1"
+    assert list(file.services_by_name["Health"].methods_by_name) == ["Check", "List", "Watch"]
