@@ -821,11 +821,22 @@ class _ServerCall(ServicerContext):
         task = self._task
         if task is not None and not task.done():
             task.cancel()
+            task.add_done_callback(self._cancelled_task_done)
         elif task is None:
             self._end()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _cancelled_task_done(self, task: asyncio.Task[None]) -> None:
+        # A task cancelled before its first step never runs `_run` at all (not even its
+        # ``finally``): HEADERS and a RESET_STREAM in one datagram do that. End the call
+        # here, or it would stay in ``_calls`` for good (a leak under rapid reset).
+        if self in self._server._calls:
+            if self._cancel_status is not None:
+                self._send_status(*self._cancel_status, ())
+            self._handler = None  # no interceptor saw on_start, so none sees on_end
+            self._end()
 
     async def _run(self, handler: Handler) -> None:
         server = self._server
