@@ -117,6 +117,10 @@ class _Common:
     metrics: bool = True
     """Record metrics (`get_metrics`, the Prometheus endpoint); False saves their small
     per-call cost (docs/observability.md)."""
+    header_timeout: float = 10.0
+    """Seconds a call stream the peer opened may go without complete HEADERS (counted from
+    its first bytes); then the call ends DEADLINE_EXCEEDED and the stream is stopped. Bounds
+    how long a peer that opens streams and sends nothing (slowloris) holds them."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -136,6 +140,7 @@ class _Common:
         _positive("handler_timeout", self.handler_timeout, maximum=_MAX_DURATION)
         if not isinstance(self.metrics, bool):
             raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
+        _positive("header_timeout", self.header_timeout, maximum=3600.0)
 
     def transport_settings(self) -> Any:
         """The QUIC settings these fields describe (a `TransportSettings`)."""
@@ -278,6 +283,13 @@ class ServerConfig(_Common):
     admin_token: str | None = None
     """Token a caller must send (``admin-token`` metadata) to use the built-in admin service
     (``quicflow clients``); at least 16 characters. None: the admin service refuses everyone."""
+    max_ping_rate: int = 100
+    """PINGs a connection may send within one second; one more closes it with
+    EXCESSIVE_LOAD ("ping flood"). A well-behaved client sends one per heartbeat interval."""
+    retry: bool = False
+    """Validate each new client's address with a QUIC Retry before keeping any state for it
+    (costs one round trip per connect). Turn on against handshake floods from spoofed
+    addresses; see docs/wire-protocol.md §2."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -313,6 +325,9 @@ class ServerConfig(_Common):
             not isinstance(self.admin_token, str) or len(self.admin_token) < 16
         ):
             raise ConfigError("admin_token", "must be a string of at least 16 characters, or None")
+        _int_range("max_ping_rate", self.max_ping_rate, 1, 1_000_000)
+        if not isinstance(self.retry, bool):
+            raise ConfigError("retry", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

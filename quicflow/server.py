@@ -158,7 +158,12 @@ class Server:
         )
         self._closed = asyncio.Event()
         self._endpoint = await serve(
-            config.host, config.port, quic_config, config.transport_settings(), self._accept
+            config.host,
+            config.port,
+            quic_config,
+            config.transport_settings(),
+            self._accept,
+            retry=config.retry,
         )
         if self._metrics is not None:
             self._metrics.start(LoopClock())
@@ -398,7 +403,16 @@ class Server:
 class _ServerConnection:
     """One accepted QUIC connection: its control stream, its session, its calls."""
 
-    __slots__ = ("conn", "control", "control_sid", "hello_timer", "server", "session")
+    __slots__ = (
+        "conn",
+        "control",
+        "control_sid",
+        "hello_timer",
+        "ping_window",
+        "pings",
+        "server",
+        "session",
+    )
     requires_session = True
 
     def __init__(self, server: Server, conn: QuicFlowProtocol) -> None:
@@ -407,6 +421,8 @@ class _ServerConnection:
         self.session: Session | None = None
         self.control: ControlProtocol | None = None
         self.control_sid = -1
+        self.ping_window = 0.0  # start of the current one-second PING count
+        self.pings = 0
         loop = conn._loop
         self.hello_timer: asyncio.TimerHandle | None = loop.call_later(
             server.config.hello_timeout, self._hello_timeout
@@ -430,6 +446,8 @@ class _ServerConnection:
 
     def control_events(self, events: list[Any]) -> None:
         for event in events:
+            if self.conn.is_closed:
+                return
             if type(event) is PingReceived:
                 self._on_ping(event.sequence)
             elif type(event) is HelloReceived:
@@ -534,6 +552,15 @@ class _ServerConnection:
         session = self.session
         if session is None or self.control is None:
             self.conn.close(ErrorCode.PROTOCOL_ERROR, "PING before HELLO")
+            return
+        now = self.conn._loop.time()
+        if now - self.ping_window >= 1.0:
+            self.ping_window = now
+            self.pings = 0
+        self.pings += 1
+        if self.pings > self.server.config.max_ping_rate:
+            # Each PING costs a PONG: a flood is answered by closing, not by work.
+            self.conn.close(ErrorCode.EXCESSIVE_LOAD, "ping flood")
             return
         session.monitor.ping_received(self.conn._loop.time())
         session.last_heartbeat = time.time()
@@ -740,9 +767,24 @@ class _ServerCall(ServicerContext):
                         StatusCode.INTERNAL, f"malformed request: {err}", ErrorCode.PROTOCOL_ERROR
                     )
                 return
+        if not self.method and self._deadline_handle is None and not self._cancelled:
+            # Opened, but no complete HEADERS yet (a legitimate caller sends them in its
+            # first write, so this is rare): give it header_timeout, not forever.
+            self._deadline_handle = self._loop.call_later(
+                self._server.config.header_timeout, self._on_header_timeout
+            )
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def _on_header_timeout(self) -> None:
+        self._deadline_handle = None
+        timeout = self._server.config.header_timeout
+        self._refuse(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"no call HEADERS within {timeout:g} s (header_timeout)",
+            ErrorCode.DEADLINE_EXCEEDED,
+        )
 
     def stream_reset(self, error_code: int) -> None:
         # The client cancelled (or gave up at its deadline): nobody reads our answer.
@@ -792,6 +834,9 @@ class _ServerCall(ServicerContext):
         self._handler = handler
         self._invocation_metadata = headers.metadata
         self._message_id = headers.message_id
+        if self._deadline_handle is not None:  # the header_timeout timer
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
         if headers.timeout is not None:
             self._deadline = self._loop.time() + headers.timeout
             self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)

@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import os
 import socket
 from collections import deque
 from collections.abc import Callable
@@ -27,7 +28,13 @@ from aioquic.quic.connection import (
     NetworkAddress,
     QuicConnection,
 )
-from aioquic.quic.packet import QuicFrameType, QuicPacketType, pull_quic_header
+from aioquic.quic.packet import (
+    QuicFrameType,
+    QuicPacketType,
+    encode_quic_retry,
+    pull_quic_header,
+)
+from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 
 from ..errors import ConnectionClosed
@@ -706,7 +713,10 @@ class QuicFlowServer(asyncio.DatagramProtocol):
     """The UDP endpoint that demultiplexes datagrams to many connections.
 
     Each new connection is a `QuicFlowProtocol`; ``on_connection`` sees it
-    before its first stream arrives.
+    before its first stream arrives. With ``retry``, a client's first Initial
+    is answered with a stateless Retry carrying an address-bound token, and
+    only an Initial that returns a valid token creates a connection (RFC 9000
+    §8.1.2): a flood from spoofed addresses costs one datagram each, no state.
     """
 
     def __init__(
@@ -714,7 +724,12 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         configuration: QuicConfiguration,
         settings: TransportSettings,
         on_connection: Callable[[QuicFlowProtocol], None],
+        *,
+        retry: bool = False,
     ) -> None:
+        self._retry = QuicRetryTokenHandler() if retry else None
+        self.retries_sent = 0
+        """Retry packets sent (address validations asked for)."""
         self._configuration = configuration
         self._settings = settings
         self._on_connection = on_connection
@@ -747,7 +762,23 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 or header.version not in self._configuration.supported_versions
             ):
                 return  # not a connection attempt we take (no version negotiation in v1)
-            protocol = self._accept(header.destination_cid, addr)
+            original_cid = header.destination_cid
+            retry_cid: bytes | None = None
+            if self._retry is not None:
+                if not header.token:
+                    self._send_retry(header.version, header.source_cid, original_cid, addr)
+                    return
+                try:
+                    original_cid = self._retry.validate_token(
+                        address=addr,
+                        destination_cid=header.destination_cid,
+                        token=header.token,
+                        now=asyncio.get_running_loop().time(),
+                    )
+                except ValueError:
+                    return  # forged, expired or from another address: no state for it
+                retry_cid = header.destination_cid
+            protocol = self._accept(header.destination_cid, addr, original_cid, retry_cid)
             protocol.datagram_received(data, addr)
             # Only now does the connection know its peer's address, so only now may
             # the runtime look at it (and, say, close it at once).
@@ -755,7 +786,36 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             return
         protocol.datagram_received(data, addr)
 
-    def _accept(self, original_cid: bytes, addr: NetworkAddress) -> QuicFlowProtocol:
+    def _send_retry(
+        self, version: int, client_cid: bytes, original_cid: bytes, addr: NetworkAddress
+    ) -> None:
+        assert self._retry is not None and self._transport is not None
+        new_cid = os.urandom(8)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=new_cid,
+            now=asyncio.get_running_loop().time(),
+        )
+        self._transport.sendto(
+            encode_quic_retry(
+                version=version,
+                source_cid=new_cid,
+                destination_cid=client_cid,
+                original_destination_cid=original_cid,
+                retry_token=token,
+            ),
+            addr,
+        )
+        self.retries_sent += 1
+
+    def _accept(
+        self,
+        first_cid: bytes,
+        addr: NetworkAddress,
+        original_cid: bytes,
+        retry_cid: bytes | None = None,
+    ) -> QuicFlowProtocol:
         configuration = self._configuration
         size = datagram_size_for(addr[0], self._settings.max_datagram_size)
         if size != configuration.max_datagram_size:
@@ -764,13 +824,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             configuration,
             self._settings.stream_receive_window,
             original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings)
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
         protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
         protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
         protocol._connection_terminated_handler = lambda: self._forget(protocol)
-        self._add_cid(protocol, original_cid)
+        self._add_cid(protocol, first_cid)
         self._add_cid(protocol, connection.host_cid)
         self.connections.add(protocol)
         return protocol
@@ -814,12 +875,15 @@ async def serve(
     configuration: QuicConfiguration,
     settings: TransportSettings,
     on_connection: Callable[[QuicFlowProtocol], None],
+    *,
+    retry: bool = False,
 ) -> QuicFlowServer:
-    """Bind a UDP socket and accept QUIC connections on it."""
+    """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
+    addresses with a QUIC Retry first; see `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
     _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicFlowServer(configuration, settings, on_connection),
+        lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
         local_addr=(host, port),
         reuse_port=None,
     )

@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from echo.echo_pb2 import EchoRequest
 
+from quicflow import StatusCode
 from quicflow.wire import ErrorCode, FrameType, encode_frame
 from quicflow.wire.v1 import frames_pb2 as pb
 
@@ -76,3 +77,48 @@ async def test_rapid_reset_leaves_nothing_behind() -> None:
 async def test_rapid_reset_long() -> None:
     """The long version: 50,000 opened-and-reset streams on one connection."""
     await _rapid_reset_case(50_000)
+
+
+async def test_streams_left_without_headers_end_after_header_timeout() -> None:
+    """Check that streams opened with a partial frame and then left idle (slowloris) end with
+    DEADLINE_EXCEEDED and STOP_SENDING(DEADLINE_EXCEEDED) after header_timeout, while a call
+    that sent its HEADERS at once is not affected."""
+    async with attack_setup(header_timeout=0.3) as (_, bystander, peer):
+        await peer.hello("slow")
+        bystander.start()
+        one_byte = peer.send_new(b"\x01")
+        half_headers = peer.send_new(CALL[:9])
+        logs = [await peer.wait_stream_end(s) for s in (one_byte, half_headers)]
+        await bystander.stop()
+        for log in logs:
+            trailers = log.trailers()
+            assert trailers is not None
+            assert trailers.status == StatusCode.DEADLINE_EXCEEDED
+            assert trailers.message == "no call HEADERS within 0.3 s (header_timeout)"
+        for sid in (one_byte, half_headers):
+            await peer.wait_for(lambda: peer.stream(sid).stop_code is not None)  # noqa: B023
+            assert peer.stream(sid).stop_code == ErrorCode.DEADLINE_EXCEEDED
+        assert not peer.closed
+
+
+async def test_ping_flood_closes_the_connection() -> None:
+    """Check that PINGs within max_ping_rate are all answered, and that a flood beyond it
+    closes the connection with EXCESSIVE_LOAD "ping flood" after a bounded number of PONGs."""
+    async with attack_setup(max_ping_rate=100) as (_, bystander, peer):
+        await peer.hello("pinger")
+        assert peer.control_id is not None
+        control = peer.control_id
+        peer.ping(50)
+        await peer.wait_for(lambda: len(peer.stream(control).frames()) == 51)  # WELCOME + 50
+        assert [f for f, _ in peer.stream(control).frames()[1:]] == [FrameType.PONG] * 50
+        bystander.start()
+        for start in range(51, 100_000, 500):
+            if peer.closed:
+                break
+            peer.ping(500, start=start)
+            await asyncio.sleep(0)
+        close_code, reason = await peer.wait_closed()
+        await bystander.stop()
+        assert (close_code, reason) == (ErrorCode.EXCESSIVE_LOAD, "ping flood")
+        # At most max_ping_rate PONGs per second were ever owed.
+        assert len(peer.stream(control).frames()) <= 1 + 50 + 100

@@ -137,6 +137,13 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("metrics_port", True),
     ("metrics_host", ""),
     ("metrics_host", None),
+    ("header_timeout", 0),
+    ("header_timeout", math.nan),
+    ("header_timeout", 3601.0),
+    ("max_ping_rate", 0),
+    ("max_ping_rate", 1.5),
+    ("retry", 1),
+    ("retry", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
@@ -155,6 +162,7 @@ CLIENT_BAD: list[tuple[str, object]] = [
     ("cert_file", 2),
     ("key_file", ""),
     ("key_file", "client.key"),  # without cert_file
+    ("header_timeout", -1.0),
     ("connect_timeout", 0),
     ("connect_timeout", -5.0),
     ("connect_timeout", 600.5),
