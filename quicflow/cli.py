@@ -8,7 +8,7 @@
     quicflow serve module:Service... [--config server.toml]
     quicflow call pkg.Service/Method '{"json": 1}' --proto x.proto | --descriptor-set x.pb
     quicflow clients [--json]                   connected clients (admin token required)
-    quicflow health [--service NAME] [--watch]  grpc.health.v1 Check / Watch
+    quicflow health [--service NAME] [--watch]  grpc.health.v1 Check / Watch (--list: List)
 
 Exit status: 0 success, 1 failure (one line on stderr, never a traceback),
 2 bad usage. A call that ends with a non-OK status prints
@@ -541,7 +541,7 @@ def _clients(args: argparse.Namespace) -> int:
 
 
 def _health(args: argparse.Namespace) -> int:
-    from .health import HealthCheckRequest, HealthStub, ServingStatus
+    from .health import HealthCheckRequest, HealthListRequest, HealthStub, ServingStatus
     from .status import StatusCode
 
     request = HealthCheckRequest(service=args.service)
@@ -555,6 +555,12 @@ def _health(args: argparse.Namespace) -> int:
     async def run() -> int:
         async with _connected(args) as client:
             stub = HealthStub(client)
+            if args.list:
+                listed = await stub.list(HealthListRequest(), timeout=args.deadline)
+                for service in sorted(listed.statuses):
+                    status = int(listed.statuses[service].status)
+                    print(f"{service or '(server)'} {name(status)}")
+                return 0
             if not args.watch:
                 reply = await stub.check(request, timeout=args.deadline)
                 status = int(reply.status)
@@ -711,6 +717,9 @@ def build_parser() -> argparse.ArgumentParser:
     health = sub.add_parser("health", help="grpc.health.v1 Check (or --watch)")
     health.add_argument("--service", default="", help="service name (default: the server)")
     health.add_argument("--watch", action="store_true", help="print every status change")
+    health.add_argument(
+        "--list", action="store_true", help="print every service's status, one per line"
+    )
     health.add_argument(
         "--wait",
         type=float,

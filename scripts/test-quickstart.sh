@@ -31,8 +31,9 @@ doc, work = Path(sys.argv[1]), Path(sys.argv[2])
 fences = re.findall(r"^```([^\n]*)\n(.*?)^```\s*$", doc.read_text(), re.M | re.S)
 script = [
     "set -e",
-    # Kill whatever the walk-through left running if a step fails.
+    # Kill whatever the walk-through left running if a step fails or time runs out.
     "trap 'kill $(jobs -p) 2>/dev/null || true' EXIT",
+    "trap 'exit 1' TERM INT",
 ]
 block = 0
 for info, body in fences:
@@ -60,8 +61,9 @@ PYEOF
 
 PORT="$("$PY" -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 cd "$WORK"
+# A step that hangs (a server that never answers) fails the run after 5 minutes.
 if ! env PATH="$VENV_BIN:$PATH" QUICFLOW_SERVER_PORT="$PORT" QUICFLOW_CLIENT_PORT="$PORT" \
-    bash .run.sh; then
+    timeout 300 bash .run.sh; then
     echo "quickstart FAILED in the step above (its output is printed above)" >&2
     exit 1
 fi

@@ -231,7 +231,7 @@ def test_call_bad_proto_and_unreachable_server(served: Served, tmp_path: Path) -
 
 def test_health_check_through_the_installed_script(served: Served) -> None:
     """Check that the `quicflow` console script's `health` says SERVING (exit 0) for the server
-    and for the served service, and NOT_FOUND (exit 1) for an unknown one."""
+    and for the served service, NOT_FOUND (exit 1) for an unknown one, and lists both."""
     script = Path(sys.executable).parent / "quicflow"
     assert script.exists(), "the venv has no quicflow console script"
     run = [str(script), "health", *served.connection()]
@@ -241,11 +241,13 @@ def test_health_check_through_the_installed_script(served: Served) -> None:
     assert (echo.returncode, echo.stdout) == (0, "SERVING\n"), echo.stderr
     unknown = subprocess.run([*run, "--service", "no.Such"], capture_output=True, text=True)
     assert one_error_line(unknown) == "ERROR NOT_FOUND: unknown service 'no.Such'"
+    listed = subprocess.run([*run, "--list"], capture_output=True, text=True)
+    assert listed.stdout == "(server) SERVING\necho.Echo SERVING\n", listed.stderr
 
 
 def test_health_watch_prints_statuses_until_its_deadline(served: Served) -> None:
     """Check that `health --watch` prints the current status and exits 0 at its deadline."""
-    result = quicflow("health", "--watch", "--deadline", "0.5", *served.connection())
+    result = quicflow("health", "--watch", "--deadline", "1.5", *served.connection())
     assert (result.returncode, result.stdout) == (0, "SERVING\n"), result.stderr
 
 
