@@ -600,7 +600,11 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         "--cert", metavar="FILE", help="PEM client certificate, for servers that want mutual TLS"
     )
     group.add_argument("--key", metavar="FILE", help="PEM private key of --cert")
-    group.add_argument("--token", help="bearer token for the server's authenticator")
+    group.add_argument(
+        "--token",
+        help="bearer token for the server's authenticator (QUICFLOW_CLIENT_TOKEN keeps it out "
+        "of the process list)",
+    )
     group.add_argument("--client-id", help="client id to claim (default: server-assigned)")
     group.add_argument(
         "--connect-timeout",

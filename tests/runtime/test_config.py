@@ -343,6 +343,13 @@ def test_repr_hides_interceptors() -> None:
     assert "interceptors" not in repr(ClientConfig(interceptors=[]))
 
 
+def test_repr_hides_secrets() -> None:
+    """Check that the client token and the server's admin token never appear in a repr (logs)."""
+    secret = "s3cret-admin-token-0123456789"
+    assert secret not in repr(build_server(admin_token=secret))
+    assert secret not in repr(ClientConfig(token=secret))
+
+
 def test_error_message_names_the_allowed_range() -> None:
     """Check that messages say what is allowed and what was given."""
     with pytest.raises(ConfigError, match=r"^port: must be between 1 and 65535, got 0$"):
