@@ -156,6 +156,44 @@ def test_call_server_stream_from_a_descriptor_set(served: Served, tmp_path: Path
     assert lines == [{"text": "s"}, {"text": "s", "index": 1}, {"text": "s", "index": 2}]
 
 
+def without_grpc_tools(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``quicflow ARGS`` in a Python where ``import grpc_tools`` fails."""
+    code = (
+        "import sys; sys.modules['grpc_tools'] = None; from quicflow.cli import main; "
+        f"sys.exit(main({list(args)!r}))"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+
+
+def test_call_needs_grpcio_tools_only_for_a_proto(served: Served, tmp_path: Path) -> None:
+    """Check that without grpcio-tools `call --descriptor-set` still works and `--proto` says
+    what to install or use instead."""
+    descriptor_set = tmp_path / "echo.pb"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{ROOT / 'proto'}",
+            "--include_imports",
+            f"--descriptor_set_out={descriptor_set}",
+            "echo/echo.proto",
+        ],
+        check=True,
+    )
+    args = ["call", "echo.Echo/Say", '{"text": "no protoc"}', *served.connection()]
+    done = without_grpc_tools(*args, "--descriptor-set", str(descriptor_set))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"text": "no protoc"}
+    refused = without_grpc_tools(*args, "--proto", ECHO_PROTO)
+    assert one_error_line(refused) == (
+        "quicflow call: compiling a .proto needs grpcio-tools (the gen extra): "
+        "pip install 'quicflow[gen]', or pass --descriptor-set"
+    )
+
+
 def test_call_sends_metadata(served: Served) -> None:
     """Check that `-m key=value` reaches the server: the admin service needs its token there."""
     base = ["call", "quicflow.admin.v1.Admin/ListClients", "--proto", ADMIN_PROTO]
@@ -355,15 +393,27 @@ def test_gen_bad_input_fails_with_one_line(tmp_path: Path) -> None:
 
 def test_gen_without_grpcio_tools_says_which_extra_to_install(tmp_path: Path) -> None:
     """Check that `gen` names the missing `gen` extra when grpcio-tools cannot be imported."""
-    hide = (
-        "import sys; sys.modules['grpc_tools'] = None; from quicflow.cli import main; "
-        f"sys.exit(main(['gen', {str(ROOT / 'proto' / 'echo')!r}, '--out', {str(tmp_path)!r}]))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", hide], capture_output=True, text=True, timeout=60, cwd=ROOT
-    )
+    result = without_grpc_tools("gen", str(ROOT / "proto" / "echo"), "--out", str(tmp_path))
     line = one_error_line(result)
     assert line == (
         "quicflow gen: generating code needs grpcio-tools (the gen extra): "
         "pip install 'quicflow[gen]'"
     )
+
+
+def test_serve_bad_config_file_names_the_field(tmp_path: Path) -> None:
+    """Check that `serve --config` with an unknown or out-of-range field names it in one line."""
+    config = tmp_path / "server.toml"
+    config.write_text('[server]\ncert_file = "x.pem"\nheartbeat_intervall = 5\n')
+    line = one_error_line(
+        quicflow("serve", "examples.echo.service:Echo", "-p", "generated", "--config", str(config))
+    )
+    assert line == (
+        f"quicflow serve: bad configuration: {config}: heartbeat_intervall: "
+        "is not a ServerConfig field"
+    )
+    config.write_text('[server]\ncert_file = "x.pem"\nmax_missed_heartbeats = 0\n')
+    line = one_error_line(
+        quicflow("serve", "examples.echo.service:Echo", "-p", "generated", "--config", str(config))
+    )
+    assert "max_missed_heartbeats: must be between 1 and 100, got 0" in line
