@@ -7,7 +7,7 @@ import gc
 import statistics
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase, EchoStub
@@ -17,6 +17,12 @@ from quicflow.server import _ServerCall
 from quicflow.testing import ClientFor
 
 from .peer import HostilePeer
+
+
+class Figures(Protocol):
+    """The suite's ``figures`` fixture (tests/conftest.py): figures for make chaos's table."""
+
+    def add(self, name: str, value: float | int | str, unit: str = "") -> None: ...
 
 
 class Echo(EchoBase):
@@ -133,17 +139,21 @@ class Bystander:
         assert not self.errors, f"bystander call failed: {self.errors[0]!r}"
         assert len(self.latencies.get("during", [])) >= 3, "bystander starved during the attack"
 
-    def report(self, name: str) -> str:
-        """A one-line summary: bystander p50/p99 before and during the attack."""
-        parts = [name]
+    def report(self, name: str, figures: Figures | None = None) -> str:
+        """Bystander p50/p99 before and during the attack: recorded as a figure (the
+        ``figures`` fixture, for make chaos's table) or printed."""
+        parts = []
         for phase in ("before", "during"):
             got = sorted(self.latencies.get(phase, []))
             if got:
                 p50 = statistics.median(got) * 1000
                 p99 = got[min(len(got) - 1, int(len(got) * 0.99))] * 1000
-                parts.append(f"{phase}: n={len(got)} p50={p50:.2f} ms p99={p99:.2f} ms")
-        line = " | ".join(parts)
-        print(line)
+                parts.append(f"{phase} p50 {p50:.2f} / p99 {p99:.2f} (n={len(got)})")
+        line = ", ".join(parts)
+        if figures is not None:
+            figures.add(f"{name}: bystander latency", line, "ms")
+        else:
+            print(f"{name}: bystander {line} ms")
         return line
 
 

@@ -57,6 +57,16 @@ class StreamLog:
         return None
 
 
+class _StingyConnection(QuicConnection):
+    """A connection that never raises any receive limit: a peer that never reads."""
+
+    def _write_connection_limits(self, builder: Any, space: Any) -> None:
+        return
+
+    def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        return
+
+
 class _Recorder(QuicConnectionProtocol):
     def __init__(self, quic: QuicConnection, **kwargs: Any) -> None:
         super().__init__(quic, **kwargs)
@@ -122,6 +132,7 @@ class HostilePeer:
         *,
         server_name: str = "localhost",
         max_stream_data: int | None = None,
+        grant_credit: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -131,6 +142,9 @@ class HostilePeer:
         if max_stream_data is not None:
             config.max_stream_data = max_stream_data
         self.configuration = config
+        self.grant_credit = grant_credit
+        """False: never send MAX_STREAM_DATA / MAX_DATA / MAX_STREAMS (a peer that never
+        reads: the server can send only the initial windows)."""
         self._proto: _Recorder | None = None
         self._transport: asyncio.DatagramTransport | None = None
         self.control_id: int | None = None
@@ -154,7 +168,8 @@ class HostilePeer:
     async def connect(self, timeout: float = 5.0) -> None:
         """Handshake (TLS 1.3, ALPN quicflow/1) and nothing else."""
         loop = asyncio.get_running_loop()
-        connection = QuicConnection(configuration=self.configuration)
+        kind = QuicConnection if self.grant_credit else _StingyConnection
+        connection = kind(configuration=self.configuration)
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         sock.bind(("127.0.0.1", 0))
         transport, proto = await loop.create_datagram_endpoint(

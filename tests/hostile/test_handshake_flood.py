@@ -11,7 +11,7 @@ from aioquic.quic.connection import QuicConnection
 from quicflow.transport import QuicFlowProtocol
 from quicflow.wire import ErrorCode
 
-from .harness import attack_setup, server_state, settled_state, wait_state
+from .harness import Figures, attack_setup, server_state, settled_state, wait_state
 
 ALPN = "quicflow/1"
 
@@ -50,7 +50,7 @@ async def _flood(port: int, datagrams: list[bytes], listen: float = 0.3) -> int:
             received += 1
 
 
-async def test_handshake_flood_with_retry_keeps_no_state() -> None:
+async def test_handshake_flood_with_retry_keeps_no_state(figures: Figures) -> None:
     """Check that with retry=True, 300 Initials that never come back create no connection
     (each gets one stateless Retry), while real clients connect through the Retry and call."""
     async with attack_setup(retry=True) as (harness, bystander, _peer):
@@ -61,13 +61,13 @@ async def test_handshake_flood_with_retry_keeps_no_state() -> None:
         bystander.start()
         answered = await _flood(harness.server.port, _initials(300))
         await bystander.stop()
-        bystander.report("handshake flood x300, retry on")
+        bystander.report("handshake flood x300, retry on", figures)
         assert endpoint.retries_sent - retries == 300
         assert answered == 300  # exactly one Retry each, nothing else
         assert server_state(harness.server)["connections"] == before["connections"]
 
 
-async def test_handshake_flood_without_retry_is_cleaned_up() -> None:
+async def test_handshake_flood_without_retry_is_cleaned_up(figures: Figures) -> None:
     """Check that without retry each abandoned handshake holds a connection only until
     hello_timeout, after which every one is gone and a bystander never failed."""
     async with attack_setup(hello_timeout=1.0) as (harness, bystander, peer):
@@ -89,6 +89,6 @@ async def test_handshake_flood_without_retry_is_cleaned_up() -> None:
         bystander.start()
         await _flood(harness.server.port, _initials(100))
         await bystander.stop()
-        bystander.report("handshake flood x100, retry off")
+        bystander.report("handshake flood x100, retry off", figures)
         assert len(accepted) == 100  # each Initial cost a connection, until hello_timeout
         await wait_state(harness.server, baseline, timeout=10.0)

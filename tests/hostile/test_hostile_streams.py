@@ -11,7 +11,7 @@ from quicflow import StatusCode
 from quicflow.wire import ErrorCode, FrameType, encode_frame
 from quicflow.wire.v1 import frames_pb2 as pb
 
-from .harness import Echo, attack_setup
+from .harness import Echo, Figures, attack_setup
 from .peer import HostilePeer
 
 SAY = "/echo.Echo/Say"
@@ -46,17 +46,17 @@ async def _rapid_reset(peer: HostilePeer, streams: int) -> tuple[int, int]:
     return answered, reset
 
 
-async def _rapid_reset_case(streams: int) -> None:
+async def _rapid_reset_case(streams: int, figures: Figures) -> None:
     service = Echo()
     async with attack_setup(service) as (harness, bystander, peer):
         await peer.hello("resetter")
         bystander.start()
         answered, reset = await _rapid_reset(peer, streams)
         await bystander.stop()
-        bystander.report(f"rapid reset x{streams}")
-        print(
-            f"rapid reset x{streams}: handler ran {service.says} times, server answered "
-            f"{answered}, reset {reset}"
+        bystander.report(f"rapid reset x{streams:,}", figures)
+        figures.add(
+            f"rapid reset x{streams:,}: handlers run / streams answered / streams reset",
+            f"{service.says} / {answered} / {reset}",
         )
         # The connection survived and still serves a proper call.
         ok = peer.send_new(CALL, end_stream=True)
@@ -67,16 +67,16 @@ async def _rapid_reset_case(streams: int) -> None:
         assert harness.server.active_calls == 0
 
 
-async def test_rapid_reset_leaves_nothing_behind() -> None:
+async def test_rapid_reset_leaves_nothing_behind(figures: Figures) -> None:
     """Check that 2,000 calls opened and reset at once run (almost) no handlers, leave no
     call, task or stream state on the server, and do not stop a bystander's calls."""
-    await _rapid_reset_case(2_000)
+    await _rapid_reset_case(2_000, figures)
 
 
 @pytest.mark.chaos
-async def test_rapid_reset_long() -> None:
+async def test_rapid_reset_long(figures: Figures) -> None:
     """The long version: 50,000 opened-and-reset streams on one connection."""
-    await _rapid_reset_case(50_000)
+    await _rapid_reset_case(50_000, figures)
 
 
 async def test_streams_left_without_headers_end_after_header_timeout() -> None:

@@ -1,0 +1,259 @@
+"""Resource bounds: flat memory over many calls, the promise cap, a peer that never reads.
+
+Memory is measured with tracemalloc (bytes still allocated after the run that
+were allocated during it) and with server-side object counts, never with RSS,
+so the figures do not depend on the allocator or on other processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+from echo.echo_pb2 import EchoRequest
+from echo.echo_quicflow import EchoStub
+from notify.notify_pb2 import Ack, Event
+from notify.notify_quicflow import NotifyBase, NotifyStub
+
+from quicflow import Client, PromiseCapacityFull, Server, ServicerContext, StatusCode
+from quicflow.push import ClientChannel, ReplyCache
+from quicflow.testing import ClientFor
+from quicflow.transport import QuicFlowProtocol
+from quicflow.wire import FrameType, encode_frame
+from quicflow.wire.v1 import frames_pb2 as pb
+
+from .harness import Echo, Figures, attack_setup, settled_state
+from .peer import HostilePeer
+
+# -- N sequential calls on one connection ---------------------------------------------
+
+
+async def _sequential_calls(calls: int, traced: int, figures: Figures) -> tuple[int, float]:
+    """Make ``calls`` unary calls one after another on one connection, then ``traced`` more
+    under tracemalloc. Return (gc-tracked objects gained over all of them, bytes
+    still allocated per traced call); client and server together, same process."""
+    harness = ClientFor([Echo()])
+    async with harness as client:
+        stub = EchoStub(client)
+        request = EchoRequest(text="x")
+        for _ in range(500):  # warm up: caches, dict sizes, metrics series
+            await stub.say(request)
+        before = await settled_state(harness.server)
+        gc.collect()
+        objects = len(gc.get_objects())
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        for _ in range(calls):
+            await stub.say(request)
+        elapsed = loop.time() - start
+        tracemalloc.start()
+        try:
+            for _ in range(traced):
+                await stub.say(request)
+            after = await settled_state(harness.server)
+            gc.collect()
+            retained, _peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        gained = len(gc.get_objects()) - objects
+        assert after == before
+    total = calls + traced
+    figures.add(f"{total:,} sequential calls, one connection: objects gained", gained)
+    figures.add(f"{traced:,} of them traced: bytes retained per call", retained / traced, "B")
+    figures.add(f"{calls:,} untraced calls: rate", calls / elapsed, "calls/s")
+    return gained, retained / traced
+
+
+async def test_sequential_calls_keep_memory_flat(figures: Figures) -> None:
+    """Check that 4,000 sequential calls on one connection leave the server's state counts
+    unchanged, gain under 200 objects in all (one object per call would be 4,000), and that
+    1,000 of them traced retain under 64 bytes per call (one small object each: over 100)."""
+    gained, bytes_per_call = await _sequential_calls(3_000, 1_000, figures)
+    assert gained < 200, gained
+    assert bytes_per_call < 64, bytes_per_call
+
+
+@pytest.mark.chaos
+async def test_sequential_calls_long(figures: Figures) -> None:
+    """200,000 sequential calls on one connection (the last 20,000 traced)."""
+    gained, bytes_per_call = await _sequential_calls(180_000, 20_000, figures)
+    assert gained < 1_000, gained
+    assert bytes_per_call < 8, bytes_per_call
+
+
+# -- async_send against the promise cap ------------------------------------------------
+
+
+class _HoldingInbox(NotifyBase):
+    """Acks every event only once ``release`` is set, so promises stay pending."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.delivered = 0
+
+    async def deliver(self, request: Event, context: ServicerContext) -> Ack:
+        await self.release.wait()
+        self.delivered += 1
+        return Ack(seq=request.seq)
+
+    async def feed(self, requests: AsyncIterator[Event], context: ServicerContext) -> Ack:
+        return Ack()
+
+
+async def _deliver(channel: ClientChannel, seq: int) -> Ack:
+    return await NotifyStub(channel).deliver(Event(seq=seq))
+
+
+def _sender(seq: int) -> Callable[[ClientChannel], Awaitable[Ack]]:
+    return lambda channel: _deliver(channel, seq)
+
+
+async def _send_round(server: Server, inbox: _HoldingInbox, cap: int, sends: int) -> int:
+    """``sends`` acked sends while the client holds its acks: exactly ``cap`` are accepted and
+    the rest refused at once; then the acks are released and every promise resolves."""
+    inbox.release.clear()
+    promises = []
+    refused = 0
+    for i in range(sends):
+        try:
+            promises.append(server.async_send("holder", _sender(i)))
+        except PromiseCapacityFull as exc:
+            assert exc.code is StatusCode.RESOURCE_EXHAUSTED
+            refused += 1
+    assert (len(promises), refused) == (cap, sends - cap)
+    assert server.pending_promises == cap
+    inbox.release.set()
+    acks = [await p for p in promises]
+    assert sorted(a.seq for a in acks) == list(range(cap))
+    return refused
+
+
+def _promise_state(server: Server) -> tuple[int, int, int]:
+    manager = server._promises
+    return len(manager), len(manager._tasks), len(asyncio.all_tasks())
+
+
+async def _promise_cap(cap: int, sends: int, figures: Figures) -> None:
+    harness = ClientFor([Echo()], server_options={"max_pending_promises": cap})
+    async with harness:
+        inbox = _HoldingInbox()
+        client = Client(harness.client_config(client_id="holder"))
+        client.add_service(inbox)
+        # The client keeps the replies of acked sends it answered (dedup of retries), by
+        # design up to 10,000 of them (~2 MiB). A smaller cache is full after round 1, so
+        # rounds 2 and 3 show whether anything else grows.
+        client._replies = ReplyCache(max_size=cap // 2)
+        await client.connect()
+        server = harness.server
+        try:
+            idle = _promise_state(server)
+            traced = []
+            for round_ in range(3):
+                if round_ == 1:
+                    # Round 1 fills what is meant to stay (the reply cache above); from
+                    # then on, a round must leave memory where the previous one did.
+                    tracemalloc.start()
+                refused = await _send_round(server, inbox, cap, sends)
+                for _ in range(100):  # let finished tasks and callbacks unwind
+                    if _promise_state(server) == idle:
+                        break
+                    await asyncio.sleep(0.01)
+                assert _promise_state(server) == idle
+                figures.add(f"{sends:,} async_sends vs cap {cap:,}, round {round_ + 1}: "
+                            "accepted / refused", f"{cap:,} / {refused:,}")  # fmt: skip
+                if round_:
+                    gc.collect()
+                    traced.append(tracemalloc.get_traced_memory()[0])
+            if os.environ.get("QUICFLOW_DEBUG_TRACEMALLOC"):
+                for stat in tracemalloc.take_snapshot().statistics("lineno")[:12]:
+                    print(stat)
+            tracemalloc.stop()
+            growth = traced[1] - traced[0]
+            figures.add("memory growth from round 2 to round 3", growth / 1024, "KiB")
+            assert growth < 32 * 1024, growth
+            assert inbox.delivered == 3 * cap
+        finally:
+            await client.close()
+
+
+async def _await(promise: object) -> Ack:
+    return await promise  # type: ignore[no-any-return,misc]
+
+
+async def test_async_sends_beyond_the_cap_are_refused_cleanly(figures: Figures) -> None:
+    """Check that 1,000 acked sends against a cap of 500 give 500 promises and 500
+    PromiseCapacityFull (RESOURCE_EXHAUSTED) at once, that all 500 resolve, and that twice
+    in a row nothing is left behind (promise table, tasks, memory)."""
+    await _promise_cap(500, 1_000, figures)
+
+
+@pytest.mark.chaos
+async def test_async_sends_beyond_the_cap_long(figures: Figures) -> None:
+    """100,000 acked sends against the default cap of 50,000, twice."""
+    await _promise_cap(50_000, 100_000, figures)
+
+
+# -- a peer that never reads --------------------------------------------------------------
+
+
+def _server_conn(server: Server, streams: int) -> QuicFlowProtocol | None:
+    """The server's side of the connection with at least ``streams`` live streams."""
+    found = [c for c in server.connections if c.stream_count >= streams]
+    return found[0] if len(found) == 1 else None
+
+
+async def test_peer_that_never_reads_bounds_server_buffers(figures: Figures) -> None:
+    """Check that server-streaming calls to a peer that grants no receive credit block their
+    handlers on drain: per stream the server holds at most send_buffer_limit plus one
+    message, per connection at most that times the calls, and other clients are unaffected;
+    once the peer leaves, everything is freed."""
+    limit = 64 << 10
+    message = 16 << 10
+    calls = 4
+    service = Echo()
+    async with attack_setup(service, send_buffer_limit=limit) as (harness, bystander, peer):
+        await peer.aclose()  # replaced by one that never grants credit
+        stingy = HostilePeer(
+            "127.0.0.1",
+            harness.server.port,
+            str(harness.certs.ca_file),
+            max_stream_data=32 << 10,
+            grant_credit=False,
+        )
+        await stingy.connect()
+        try:
+            await stingy.hello("never-reads")
+            request = EchoRequest(repeat=10_000, payload=b"p" * message).SerializeToString()
+            call = encode_frame(
+                FrameType.HEADERS, pb.CallHeaders(method="/echo.Echo/Stream").SerializeToString()
+            ) + encode_frame(FrameType.DATA, request)
+            sids = [stingy.send_new(call, end_stream=True) for _ in range(calls)]
+            # Every handler ends up parked in drain (deterministic: no timing assumed).
+            conn: QuicFlowProtocol | None = None
+            for _ in range(1000):
+                conn = _server_conn(harness.server, calls + 1)
+                if conn is not None and len(conn._drain_waiters) == calls:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn is not None
+            assert len(conn._drain_waiters) == calls
+            bystander.start()
+            await bystander.stop()
+            buffered = [conn.send_buffered(s) for s in sids]
+            frame = message + 64  # one DATA frame of the reply
+            assert all(b <= limit + frame for b in buffered), buffered
+            assert sum(buffered) <= calls * (limit + frame)
+            assert service.yielded <= calls * ((limit + (32 << 10)) // message + 2)
+            figures.add(
+                f"never-reading peer, {calls} streams x 10,000 x 16 KiB asked: server buffered",
+                f"max {max(buffered) / 1024:.0f} KiB/stream, {sum(buffered) / 1024:.0f} KiB "
+                f"total (limit {limit // 1024} KiB/stream)",
+            )
+            bystander.report("never-reading peer", figures)
+            assert not stingy.closed
+        finally:
+            await stingy.aclose()
