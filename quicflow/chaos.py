@@ -335,14 +335,14 @@ class ChaosProxy:
         """Give every client a new upstream socket (a new source port at the server).
 
         The old socket is closed at once, as a NAT forgets an old mapping:
-        what the server still sends to the old address is lost. The new
-        socket is opened by the client's next datagram. Returns how many
-        sockets were replaced.
+        what the server still sends to the old address is lost, and the
+        client's next datagram reaches the server from the new port. Returns
+        how many sockets were replaced.
         """
         old = list(self._upstreams.values())
-        self._upstreams.clear()
         for upstream in old:
             self._close_upstream(upstream)
+            self._open_upstream(upstream.client)
         self.client_to_server.stats.rebinds += len(old)
         return len(old)
 
@@ -409,13 +409,16 @@ class ChaosProxy:
     def _send_up(self, payload: bytes, client: Address) -> None:
         if self._down is None or self._loop is None:
             return
-        upstream = self._upstreams.get(client)
-        if upstream is None:
-            upstream = _Upstream(client, _udp_socket(self.host, 0))
-            self._upstreams[client] = upstream
-            self._loop.add_reader(upstream.sock.fileno(), self._read_up, upstream)
+        upstream = self._upstreams.get(client) or self._open_upstream(client)
         with contextlib.suppress(OSError):
             upstream.sock.sendto(payload, self.target)
+
+    def _open_upstream(self, client: Address) -> _Upstream:
+        assert self._loop is not None
+        upstream = _Upstream(client, _udp_socket(self.host, 0))
+        self._upstreams[client] = upstream
+        self._loop.add_reader(upstream.sock.fileno(), self._read_up, upstream)
+        return upstream
 
     def _close_upstream(self, upstream: _Upstream) -> None:
         if self._loop is not None:

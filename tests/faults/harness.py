@@ -82,6 +82,9 @@ class CountingEcho(EchoBase):
         return EchoReply(text=h.hexdigest(), index=n)
 
 
+WAN: dict[str, Any] = {"max_datagram_size": 1200}
+
+
 def server_config(**overrides: Any) -> ServerConfig:
     """A loopback `ServerConfig` with the test certificates."""
     certs = dev_certs()
@@ -115,11 +118,13 @@ class ChaosPair:
         client: dict[str, Any] | None = None,
     ) -> None:
         self.service = CountingEcho()
-        self.server = Server(server_config(**(server or {})))
+        # Lossy paths are WAN paths: 1200-byte datagrams, as QUIC uses to any peer that
+        # is not on loopback (auto would pick 16 KiB here, since the proxy is local).
+        self.server = Server(server_config(**{**WAN, **(server or {})}))
         self.server.add_service(self.service)
         self.faults = faults
         self.seed = seed
-        self.client_options = client or {}
+        self.client_options = {**WAN, **(client or {})}
         self.proxy: ChaosProxy | None = None
         self.clients: list[Client] = []
 
