@@ -7,7 +7,7 @@ import hashlib
 import random
 import statistics
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import replace
 from typing import Any, Protocol
 
@@ -52,15 +52,34 @@ class CountingEcho(EchoBase):
         self.calls: Counter[str] = Counter()
         self.cancelled: Counter[str] = Counter()
         self.started = asyncio.Event()
+        self._waiters: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        """Wait until ``predicate()`` holds (checked whenever a call starts or ends)."""
+        if predicate():
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((predicate, waiter))
+        try:
+            await waiter
+        finally:
+            self._waiters = [w for w in self._waiters if w[1] is not waiter]
+
+    def _changed(self) -> None:
+        for predicate, waiter in self._waiters:
+            if not waiter.done() and predicate():
+                waiter.set_result(None)
 
     async def say(self, request: EchoRequest, context: ServicerContext) -> EchoReply:
         self.calls[request.text] += 1
         self.started.set()
+        self._changed()
         try:
             if request.delay_ms:
                 await asyncio.sleep(request.delay_ms / 1000)
         except asyncio.CancelledError:
             self.cancelled[request.text] += 1
+            self._changed()
             raise
         return EchoReply(text=request.text, payload=request.payload)
 
