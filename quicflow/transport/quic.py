@@ -472,12 +472,17 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         # aioquic transmits right after processing a datagram, so writes made by
         # stream handlers meanwhile need no transmit of their own.
+        quic = self._quic
+        paths = quic._network_paths
+        active = paths[0] if paths else None
         self._receiving = True
         try:
-            self._quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
+            quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
             self._process_events()
         finally:
             self._receiving = False
+        if active is not None and quic._network_paths[0] is not active:
+            self._path_changed()
         self.transmit()
         close_event = self._quic._close_event
         if close_event is not None and self.closed_error is None:
@@ -488,6 +493,14 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._check_drains()
         if self._credit_waiters and self.can_open_stream():
             self._wake_credit()
+
+    def _path_changed(self) -> None:
+        # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic
+        # keeps the probe-timeout backoff earned on the old path: after seconds of
+        # sending into an address that is gone it is seconds long, so anything lost
+        # on the new path (the path challenge, the first answers) waited for that
+        # backed-off probe, 10 s and more. A new path starts with a fresh backoff.
+        self._quic._loss._pto_count = 0
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:

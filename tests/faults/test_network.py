@@ -380,3 +380,35 @@ async def _drain(replies: AsyncIterator[Any]) -> str:
     async for reply in replies:
         h.update(reply.payload)
     return h.hexdigest()
+
+
+async def test_after_a_move_a_lost_first_answer_costs_a_probe_not_a_backoff(
+    figures: Figures,
+) -> None:
+    """Check that once the server has sent into a dead address for a while (so its
+    probe timeout backed off to seconds), a client that speaks from its new address
+    gets its answer promptly even if the server's first datagrams there are lost.
+
+    Regression: aioquic kept the old path's backoff, so the lost answer waited for
+    the next backed-off probe (up to 10+ s in the soak, where the client's 5 s pong
+    timeout then declared a healthy connection dead)."""
+    async with ChaosPair(seed=8) as pair:
+        client = await pair.connect(client_id="mover")
+        stub = EchoStub(client)
+        proxy = pair.proxy
+        assert proxy is not None
+        await stub.say(EchoRequest(text="warm"), timeout=5.0)
+        first = asyncio.ensure_future(stub.say(EchoRequest(text="a", delay_ms=50), timeout=30.0))
+        await pair.service.wait_until(lambda: pair.service.calls["a"] == 1)
+        await asyncio.sleep(0.01)
+        proxy.rebind()  # the answer to "a", then the server's probes, go to the old address
+        await asyncio.sleep(3.0)  # probes at ~0.1, 0.2, 0.4, ... 1.6, 3.2 s apart by now
+        began = time.perf_counter()
+        second = asyncio.ensure_future(stub.say(EchoRequest(text="b"), timeout=30.0))
+        with proxy.blackhole("server_to_client"):  # the server's first answers are lost
+            await asyncio.sleep(0.1)
+        replies = await asyncio.gather(first, second)
+        took = time.perf_counter() - began
+    assert [r.text for r in replies] == ["a", "b"]
+    assert took < 1.0  # the backed-off probe would come seconds later
+    figures.add("answer after a move with its first datagrams lost", took, "s")
