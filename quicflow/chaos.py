@@ -150,6 +150,8 @@ class Link:
         self.rng = random.Random(seed)
         self.faults = faults or Faults()
         self.blackholed = False
+        self.drop_next = 0
+        """Drop this many of the next datagrams, then forward as usual (a one-shot loss)."""
         self.stats = LinkStats()
         self._bad = False  # Gilbert-Elliott state
         self._latest = float("-inf")  # latest send time scheduled so far
@@ -160,6 +162,10 @@ class Link:
         stats.received += 1
         if self.blackholed:
             stats.blackholed += 1
+            return []
+        if self.drop_next > 0:
+            self.drop_next -= 1
+            stats.dropped += 1
             return []
         if faults.max_datagram is not None and len(data) > faults.max_datagram:
             stats.clamped += 1

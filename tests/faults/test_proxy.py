@@ -89,12 +89,16 @@ def test_duplicate_and_corrupt() -> None:
 
 
 def test_clamp_and_blackhole_drop_and_count() -> None:
-    """Check that oversize datagrams and blackholed ones are dropped and counted apart."""
+    """Check that oversize, blackholed and drop_next datagrams are dropped and counted."""
     link = Link(1, Faults(max_datagram=100))
     assert link.decide(b"x" * 100, 0.0) and not link.decide(b"x" * 101, 0.0)
     link.blackholed = True
     assert link.decide(b"x", 0.0) == []
     assert (link.stats.clamped, link.stats.blackholed, link.stats.forwarded) == (1, 1, 1)
+    link.blackholed = False
+    link.drop_next = 2  # a one-shot loss of exactly the next two
+    assert [bool(link.decide(b"x", 0.0)) for _ in range(3)] == [False, False, True]
+    assert link.stats.dropped == 2
 
 
 @pytest.mark.parametrize(
