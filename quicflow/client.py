@@ -387,6 +387,8 @@ class Client(ChannelMethods):
             if self._lifecycle.state in (ClientState.CONNECTING,):
                 self._fire(LifecycleEvent.CONNECT_FAILED)
             self._fire(LifecycleEvent.CLOSE)
+            if self._metrics is not None:
+                self._metrics.stop()
             raise
 
     async def _establish(self) -> None:

@@ -388,11 +388,13 @@ class Metrics:
     # -- throughput sampling --
 
     def start(self, clock: Clock) -> None:
-        """Start the once-a-second throughput sampling on ``clock`` (idempotent)."""
-        if self._clock is not None:
+        """Start the once-a-second throughput sampling on ``clock`` (idempotent; after
+        `stop`, starts it again)."""
+        if self._timer is not None:
             return
+        if self._clock is None:
+            self._started_at = clock.time()
         self._clock = clock
-        self._started_at = clock.time()
         self._sample()
 
     def stop(self) -> None:

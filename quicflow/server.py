@@ -175,6 +175,8 @@ class Server:
                     self, config.metrics_host, config.metrics_port
                 )
             except BaseException:
+                if self._metrics is not None:
+                    self._metrics.stop()
                 self._endpoint.close()
                 self._endpoint = None
                 raise

@@ -234,3 +234,26 @@ async def test_observability_doc_lists_exactly_the_exported_metrics() -> None:
     doc = (ROOT / "docs" / "observability.md").read_text()
     table = set(re.findall(r"^\| `(quicflow_[a-z_]+)` \|", doc, re.MULTILINE))
     assert table == names
+
+
+async def test_metrics_port_in_use_fails_start_and_releases_everything() -> None:
+    """Check that a metrics_port already taken makes start() raise OSError and leaves the
+    server unstarted (QUIC port released, no sampling timer)."""
+    import socket
+
+    from quicflow import UsageError
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    try:
+        busy = taken.getsockname()[1]
+        harness = ClientFor([TestEcho()], server_options={"metrics_port": busy})
+        with pytest.raises(OSError):
+            await harness.server.start()
+        with pytest.raises(UsageError):
+            _ = harness.server.port
+        metrics = harness.server._metrics
+        assert metrics is not None and metrics._timer is None
+    finally:
+        taken.close()

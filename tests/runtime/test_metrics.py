@@ -113,6 +113,11 @@ def test_throughput_over_the_window_on_a_virtual_clock() -> None:
     assert metrics.snapshot().uptime == 5.0 + WINDOW + 1.0
     metrics.stop()
     assert clock.pending == 0
+    metrics.start(clock)  # again after stop: sampling resumes, uptime keeps counting
+    metrics.start(clock)
+    assert clock.pending == 1
+    assert metrics.snapshot().uptime == 5.0 + WINDOW + 1.0
+    metrics.stop()
 
 
 def test_metrics_config_fields_validate_and_load(tmp_path: object) -> None:
