@@ -63,7 +63,7 @@ def _calls(prefix: str, what: str, role: RoleStats) -> Iterator[Metric]:
         labels=["method", "code"],
     )
     seconds = HistogramMetricFamily(
-        f"{prefix}_seconds",
+        f"{prefix}_handling_seconds",
         f"Time from start to end of calls {what}, by method.",
         labels=["method"],
     )

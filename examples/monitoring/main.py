@@ -26,7 +26,7 @@ WATCHED = (
     "quicflow_connected_clients",
     "quicflow_connects_total",
     "quicflow_server_handled_total",
-    "quicflow_server_seconds_count",
+    "quicflow_server_handling_seconds_count",
     "quicflow_push_handled_total",
     "quicflow_promises_settled_total",
 )

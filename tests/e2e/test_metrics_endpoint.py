@@ -139,14 +139,14 @@ async def test_scrape_counts_known_calls_and_agrees_with_get_metrics() -> None:
         assert value(samples, "quicflow_server_messages_received_total", method=SAY) == 7
         assert value(samples, "quicflow_server_received_bytes_total", method=SAY) > 0
         # The latency histogram: 7 Say calls, cumulative buckets, some finite bucket non-zero.
-        assert value(samples, "quicflow_server_seconds_count", method=SAY) == 7
-        assert value(samples, "quicflow_server_seconds_bucket", method=SAY, le="+Inf") == 7
+        assert value(samples, "quicflow_server_handling_seconds_count", method=SAY) == 7
+        assert value(samples, "quicflow_server_handling_seconds_bucket", method=SAY, le="+Inf") == 7
         finite = [
-            value(samples, "quicflow_server_seconds_bucket", method=SAY, le=str(b))
+            value(samples, "quicflow_server_handling_seconds_bucket", method=SAY, le=str(b))
             for b in LATENCY_BUCKETS
         ]
         assert finite == sorted(finite) and finite[-1] == 7 and any(n > 0 for n in finite)
-        assert value(samples, "quicflow_server_seconds_sum", method=SAY) > 0
+        assert value(samples, "quicflow_server_handling_seconds_sum", method=SAY) > 0
         # Pushes: two direct, two broadcast sends (one to each client), one acked send.
         deliver, refused = "/notify.Notify/Deliver", "FAILED_PRECONDITION"
         assert value(samples, "quicflow_push_started_total", method=deliver) == 5
