@@ -153,6 +153,11 @@ def _gen(args: argparse.Namespace) -> int:
         plugin = _tool("protoc-gen-quicflow", "quicflow_codegen", scratch)
         cmd = [f"-I{i}" for i in includes] + [f"--plugin=protoc-gen-quicflow={plugin}"]
         if args.flavour == "betterproto":
+            if not all(importlib.util.find_spec(m) for m in ("betterproto", "black", "isort")):
+                _fail(
+                    "the betterproto flavour needs betterproto's compiler: "
+                    "pip install 'betterproto[compiler]==2.0.0b7'"
+                )
             betterproto = _tool("protoc-gen-python_betterproto", "betterproto.plugin", scratch)
             cmd += [
                 f"--plugin=protoc-gen-python_betterproto={betterproto}",

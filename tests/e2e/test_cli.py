@@ -382,6 +382,19 @@ def test_gen_writes_importable_modules(tmp_path: Path) -> None:
     assert probe.stdout == "echo.Echo\n", probe.stderr
 
 
+def test_gen_betterproto_flavour(tmp_path: Path) -> None:
+    """Check that `gen --flavour betterproto` writes betterproto's dataclasses and QuicFlow
+    stubs that import them."""
+    result = quicflow(
+        "gen", str(ROOT / "proto" / "echo"), "--out", str(tmp_path), "--flavour", "betterproto"
+    )
+    assert result.returncode == 0, result.stderr
+    assert (
+        "class EchoRequest(betterproto.Message)" in (tmp_path / "echo" / "__init__.py").read_text()
+    )
+    assert "from .echo import EchoReply, EchoRequest" in (tmp_path / "echo_quicflow.py").read_text()
+
+
 def test_gen_bad_input_fails_with_one_line(tmp_path: Path) -> None:
     """Check that a missing path and a syntax error in a .proto each give one line."""
     missing = one_error_line(quicflow("gen", str(tmp_path / "nope"), "--out", str(tmp_path)))
