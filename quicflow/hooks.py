@@ -140,7 +140,7 @@ class Hooks:
         for callback in list(callbacks):
             try:
                 result = callback(*args)
-                if inspect.isawaitable(result):
+                if result is not None and inspect.isawaitable(result):
                     task = asyncio.ensure_future(result)
                     self._tasks.add(task)
                     task.add_done_callback(self._task_done)
@@ -174,9 +174,10 @@ class Hooks:
             await asyncio.wait(list(self._tasks), timeout=left)
 
 
+_MESSAGING_ROUTE = "/quicflow.wire.v1.Messaging/Deliver"  # messaging.ROUTE (imports us)
+
+
 def message_info(peer: str, route: str, message: object, size: int) -> MessageInfo:
     """Describe a request message for the message hooks."""
-    from .messaging import ROUTE
-
-    message_type = getattr(message, "type", None) if route == ROUTE else None
+    message_type = getattr(message, "type", None) if route == _MESSAGING_ROUTE else None
     return MessageInfo(peer, route, message_type if isinstance(message_type, str) else None, size)

@@ -141,3 +141,10 @@ def test_metrics_config_fields_validate_and_load(tmp_path: object) -> None:
         ServerConfig.load(env={"QUICFLOW_SERVER_METRICS_PORT": "none"}, **base).metrics_port is None
     )
     assert not ClientConfig.load(env={"QUICFLOW_CLIENT_METRICS": "false"}).metrics
+
+
+def test_hooks_know_the_messaging_route() -> None:
+    """Check that the message hooks' copy of the messaging route matches the real one."""
+    from quicflow import hooks, messaging
+
+    assert hooks._MESSAGING_ROUTE == messaging.ROUTE
