@@ -138,7 +138,16 @@ def _promise_state(server: Server) -> tuple[int, int, int]:
 
 
 async def _promise_cap(cap: int, sends: int, figures: Figures) -> None:
-    harness = ClientFor([Echo()], server_options={"max_pending_promises": cap})
+    harness = ClientFor(
+        [Echo()],
+        server_options={
+            "max_pending_promises": cap,
+            # 50,000 acks through 128 streams under tracemalloc take longer than the
+            # default 30 s: this test is about the cap and memory, not the timeout.
+            "promise_timeout": 600.0,
+            "push_timeout": 600.0,
+        },
+    )
     async with harness:
         inbox = _HoldingInbox()
         client = Client(harness.client_config(client_id="holder"))

@@ -49,7 +49,7 @@ FAST = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 LONG = settings(
-    max_examples=20_000,
+    max_examples=3_000,
     deadline=None,
     database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
@@ -347,7 +347,7 @@ def test_control_sends_are_checked_and_accepted(
 @LONG
 @given(stream_and_split())
 def test_decoder_long(case: tuple[bytes, list[bytes], bool]) -> None:
-    """The decoder property with 20,000 examples and a random seed."""
+    """The decoder property with 3,000 examples and a random seed."""
     _check_decoder(case)
 
 
@@ -355,7 +355,7 @@ def test_decoder_long(case: tuple[bytes, list[bytes], bool]) -> None:
 @LONG
 @given(st.sampled_from(list(Role)), st.booleans(), stream_and_split())
 def test_machines_long(role: Role, prime: bool, case: tuple[bytes, list[bytes], bool]) -> None:
-    """The call and control machine properties with 20,000 examples and a random seed."""
+    """The call and control machine properties with 3,000 examples and a random seed."""
     data, chunks, fin = case
     assert _call_events(role, chunks or [b""], fin) == _call_events(role, [data], fin)
     assert _control_events(role, chunks or [b""], fin, prime) == _control_events(
