@@ -43,9 +43,10 @@ BENCH_RUN   := PYTHONPATH=.:generated $(PY) -m bench.run
 
 .PHONY: bench bench-quick chaos
 
-## The long reliability runs (loss, kill -9 fleets, hostile peers, soak); make test runs short versions.
+## The long reliability runs (loss, kill -9 fleets, hostile peers, soak) and every fault test,
+## ending with one table of figures (docs/reliability.md); make test runs short versions.
 chaos: $(STAMP)
-	$(PY) -m pytest -q -m chaos -s -p no:cacheprovider --timeout=1800
+	$(PY) -m pytest -q -m 'chaos or faults' -s -p no:cacheprovider --timeout=1800
 
 $(BENCH_STAMP): $(STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev,bench]'

@@ -31,6 +31,8 @@ from quicflow.push import ClientChannel, DeliveryStatus
 from .fleet import PushEcho
 from .harness import ChaosPair, Figures, chunk, expected_digest
 
+pytestmark = pytest.mark.faults  # make chaos runs every fault test, short and long
+
 SOAK_FAULTS = Faults(loss=0.05, delay=0.0005, jitter=0.001)
 CLIENTS = 8
 EXPECTED = {StatusCode.UNAVAILABLE.name}  # only for a client being replaced at that moment
