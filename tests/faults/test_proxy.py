@@ -211,3 +211,27 @@ async def test_delay_and_jitter_reorder_on_the_wire(echo: tuple[_Echo, int]) -> 
             got = await _exchange(sock, payloads, wait=0.3)
     assert sorted(got) == payloads and got != payloads
     assert proxy.stats.client_to_server.reordered > 0
+
+
+async def test_the_documented_example_runs() -> None:
+    """Check that the example in docs/reliability.md works as written (with Echo)."""
+    from echo.echo_pb2 import EchoRequest
+    from echo.echo_quicflow import EchoStub
+
+    from quicflow import Client
+    from quicflow.testing import ClientFor
+
+    from .harness import CountingEcho
+
+    wan = {"max_datagram_size": 1200}
+    harness = ClientFor([CountingEcho()], server_options=wan)
+    async with harness, ChaosProxy(("127.0.0.1", harness.server.port), seed=7) as proxy:
+        proxy.set_faults(Faults(loss=0.2))
+        proxy.set_faults(Faults(loss=0.2, delay=0.02, jitter=0.01), direction="server_to_client")
+        async with Client(harness.client_config(port=proxy.port, **wan)) as client:
+            stub = EchoStub(client)
+            replies = [await stub.say(EchoRequest(text=str(i)), timeout=30.0) for i in range(10)]
+            proxy.rebind()
+            after = await stub.say(EchoRequest(text="after"), timeout=30.0)
+        assert proxy.stats.client_to_server.dropped > 0
+    assert [r.text for r in replies] == [str(i) for i in range(10)] and after.text == "after"
