@@ -235,3 +235,16 @@ async def test_the_documented_example_runs() -> None:
             after = await stub.say(EchoRequest(text="after"), timeout=30.0)
         assert proxy.stats.client_to_server.dropped > 0
     assert [r.text for r in replies] == [str(i) for i in range(10)] and after.text == "after"
+
+
+async def test_periodic_rebinding(echo: tuple[_Echo, int]) -> None:
+    """Check that rebind_every re-binds on its own: the server sees new source ports
+    and replies still reach the client."""
+    server, port = echo
+    async with ChaosProxy(("127.0.0.1", port), seed=5, rebind_every=0.05) as proxy:
+        with _client(proxy.port) as sock:
+            got = []
+            for i in range(4):
+                got += await _exchange(sock, [bytes([i])], wait=0.1)
+    assert got == [b"\x00", b"\x01", b"\x02", b"\x03"]
+    assert proxy.stats.client_to_server.rebinds >= 2 and len(server.sources) >= 3
