@@ -158,7 +158,9 @@ async def test_silent_client_is_evicted_after_missed_heartbeats() -> None:
     timeouts: list[ClientInfo] = []
     reasons: list[str] = []
     harness.server.hooks.on_heartbeat_timeout(timeouts.append)
-    harness.server.hooks.on_disconnect(lambda info, reason: reasons.append(reason))
+    harness.server.hooks.on_disconnect(
+        lambda info, reason: reasons.append(reason) if info.client_id == "mute" else None
+    )
     async with harness:
         conn = await _raw_connection(harness)
         try:
@@ -172,9 +174,12 @@ async def test_silent_client_is_evicted_after_missed_heartbeats() -> None:
             await asyncio.wait_for(conn.wait_closed(), 3.0)
             evicted_after = loop.time() - hello_at
             assert conn.close_code == ErrorCode.SESSION_EXPIRED
-            assert 0.5 <= evicted_after < 1.2, evicted_after  # 3 x 0.2 s after the last ping
-            assert [t.client_id for t in timeouts] == ["mute"]
-            assert reasons and "expired" in reasons[0]
+            # 3 x 0.2 s after the last ping; the exact schedule is pinned on a virtual clock
+            # in tests/protocol/test_heartbeat.py, the upper bound here is slack for load.
+            assert 0.5 <= evicted_after < 2.0, evicted_after
+            # Only "mute" is counted: under load the harness's own client may miss too.
+            assert [t.client_id for t in timeouts if t.client_id == "mute"] == ["mute"]
+            assert len(reasons) == 1 and "expired" in reasons[0]
             assert "mute" not in [c.client_id for c in harness.server.list_clients()]
         finally:
             await conn.aclose()
@@ -222,8 +227,16 @@ async def test_fifty_clients_return_spread_out() -> None:
     instant, and measure how long until all are back."""
     harness = ClientFor(
         [TestEcho()],
-        server_options=FAST_SERVER,
-        client_options={**FAST_CLIENT, "backoff_initial": 0.3, "backoff_jitter": 0.5},
+        # Wider timeouts than FAST_*: 50 handshakes at once on a loaded 2-core machine can
+        # take longer than 0.5 s, and a pong late by 0.3 s must not look like a loss.
+        server_options={**FAST_SERVER, "max_missed_heartbeats": 10},
+        client_options={
+            **FAST_CLIENT,
+            "backoff_initial": 0.3,
+            "backoff_jitter": 0.5,
+            "connect_timeout": 3.0,
+            "heartbeat_timeout": 1.0,
+        },
     )
     async with harness as first:
         clients = [first]
@@ -250,6 +263,10 @@ async def test_fifty_clients_return_spread_out() -> None:
                 f"(first {times[0] - restarted:.2f} s, spread stdev={spread * 1000:.0f} ms)"
             )
             assert spread > 0.02
+            for _ in range(60):  # the server registers a session a moment after WELCOME
+                if len(server2.list_clients()) == 50:
+                    break
+                await asyncio.sleep(0.05)
             assert len(server2.list_clients()) == 50
         finally:
             for c in clients[1:]:
