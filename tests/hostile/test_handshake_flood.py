@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
+import pytest
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
@@ -12,6 +13,9 @@ from quicflow.transport import QuicFlowProtocol
 from quicflow.wire import ErrorCode
 
 from .harness import Figures, attack_setup, server_state, settled_state, wait_state
+
+# Figures for make chaos's table (it runs -m 'chaos or faults'); short versions run in make test.
+pytestmark = pytest.mark.faults
 
 ALPN = "quicflow/1"
 

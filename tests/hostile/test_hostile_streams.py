@@ -14,6 +14,9 @@ from quicflow.wire.v1 import frames_pb2 as pb
 from .harness import Echo, Figures, attack_setup
 from .peer import HostilePeer
 
+# Figures for make chaos's table (it runs -m 'chaos or faults'); short versions run in make test.
+pytestmark = pytest.mark.faults
+
 SAY = "/echo.Echo/Say"
 CALL = encode_frame(
     FrameType.HEADERS, pb.CallHeaders(method=SAY).SerializeToString()

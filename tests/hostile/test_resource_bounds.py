@@ -29,6 +29,9 @@ from quicflow.wire.v1 import frames_pb2 as pb
 from .harness import Echo, Figures, attack_setup, settled_state
 from .peer import HostilePeer
 
+# Figures for make chaos's table (it runs -m 'chaos or faults'); short versions run in make test.
+pytestmark = pytest.mark.faults
+
 # -- N sequential calls on one connection ---------------------------------------------
 
 
