@@ -28,7 +28,10 @@ Theory of operation:
 
 A handler may be a coroutine function or a plain function. A plain function
 runs on the event loop itself, where ``handler_timeout`` cannot interrupt it:
-keep it short, or make it ``async`` and move blocking work to a thread.
+keep it short, or make it ``async`` and move blocking work to a thread. When
+a worker is idle and nothing is queued, a plain function runs right inside
+``dispatch`` (no task, no timer: it counts as a busy worker while it runs);
+otherwise it waits its turn on a worker like any other.
 
 Example::
 
@@ -95,6 +98,22 @@ class _Job:
         self.future = future  # what dispatch() awaits; cancelled if its caller is
         self.task: asyncio.Task[None] | None = None  # the handler's task, once started
         self.busy = False  # counted in Dispatcher.busy_workers
+
+
+def _is_async(handler: Handler) -> bool:
+    """True for a coroutine function (or a callable object whose __call__ is one)."""
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004
+    )
+
+
+def _returning(awaitable: Awaitable[object]) -> Handler:
+    """A handler that returns ``awaitable`` (for a plain function that returned one)."""
+
+    async def handler(message: Message) -> object:
+        return await awaitable
+
+    return handler  # type: ignore[return-value]
 
 
 def _count(name: str, value: int) -> int:
@@ -242,6 +261,23 @@ class Dispatcher:
                 StatusCode.UNIMPLEMENTED, f"no handler for message type {message.type!r}"
             )
         loop = self._bind()
+        if not self._queue and self._idle and not _is_async(handler):
+            # A plain function with a worker free and nobody queued: run it right here.
+            # On a worker it would run on this same loop, uninterruptible all the
+            # same, only after two task switches and a timer (most of the cost of a
+            # small message).
+            self._busy += 1
+            try:
+                raw = handler(message)
+            except RpcError:
+                raise
+            except Exception as exc:
+                raise self._unknown(message, exc) from None
+            finally:
+                self._busy -= 1
+            if not inspect.isawaitable(raw):
+                return self._reply_bytes(message, raw)
+            handler = _returning(raw)  # it returned an awaitable: a worker awaits it
         job = _Job(message, handler, loop.create_future())
         self._submit(job)
         try:
@@ -393,22 +429,10 @@ class Dispatcher:
         except Exception as exc:
             outcome = self._unknown(message, exc)
         else:
-            if reply is None:
-                outcome = b""
-            elif isinstance(reply, (bytes, bytearray, memoryview)):
-                outcome = bytes(reply)
-            else:
-                logger.error(
-                    "handler for %s returned %s, not bytes or None (message %s from %s)",
-                    message.type,
-                    type(reply).__name__,
-                    message.message_id.hex(),
-                    message.sender,
-                )
-                outcome = RpcError(
-                    StatusCode.UNKNOWN,
-                    f"handler for {message.type} returned {type(reply).__name__}",
-                )
+            try:
+                outcome = self._reply_bytes(message, reply)
+            except RpcError as exc:
+                outcome = exc
         # Free the worker in the count before the caller wakes, so busy_workers is
         # already right when dispatch() returns.
         self._release(job)
@@ -427,6 +451,25 @@ class Dispatcher:
         if job.busy:
             job.busy = False
             self._busy -= 1
+
+    @staticmethod
+    def _reply_bytes(message: Message, reply: object) -> bytes:
+        """A handler's return value as reply bytes; raises UNKNOWN if it is not bytes-like
+        or None."""
+        if reply is None:
+            return b""
+        if isinstance(reply, (bytes, bytearray, memoryview)):
+            return bytes(reply)
+        logger.error(
+            "handler for %s returned %s, not bytes or None (message %s from %s)",
+            message.type,
+            type(reply).__name__,
+            message.message_id.hex(),
+            message.sender,
+        )
+        raise RpcError(
+            StatusCode.UNKNOWN, f"handler for {message.type} returned {type(reply).__name__}"
+        )
 
     @staticmethod
     def _unknown(message: Message, exc: Exception) -> RpcError:

@@ -394,3 +394,71 @@ def test_message_is_frozen() -> None:
     with pytest.raises(AttributeError):
         msg.payload = b"changed"  # type: ignore[misc]
     assert not hasattr(msg, "__dict__")
+
+
+async def test_plain_function_runs_inline_only_when_a_worker_is_free_and_none_queued() -> None:
+    """Check that a plain-function handler runs inside dispatch (no handler task) when a
+    worker is idle and nothing waits, counting as busy while it runs; that when every
+    worker is busy it queues behind earlier messages (FIFO kept); and that a plain
+    function returning an awaitable still has it awaited."""
+    dispatcher = Dispatcher(workers=1, queue_size=10)
+    seen: list[tuple[str, int, int]] = []
+    release = asyncio.Event()
+
+    def plain(msg: Message) -> bytes:
+        seen.append(("plain", dispatcher.busy_workers, len(other_tasks())))
+        return msg.payload
+
+    async def slow(msg: Message) -> bytes:
+        await release.wait()
+        seen.append(("slow", 0, 0))
+        return b"slow"
+
+    async def later(msg: Message) -> bytes:
+        return b"awaited " + msg.payload
+
+    dispatcher.register_handler("plain", plain)
+    dispatcher.register_handler("slow", slow)
+    dispatcher.register_handler("returns-awaitable", lambda msg: later(msg))
+    assert await dispatcher.dispatch(message("plain", b"a")) == b"a"
+    # Inline: counted busy, and the only other tasks are the idle worker.
+    assert seen == [("plain", 1, 1)]
+    assert dispatcher.busy_workers == 0
+    assert await dispatcher.dispatch(message("returns-awaitable", b"x")) == b"awaited x"
+    seen.clear()
+    slow_call = asyncio.ensure_future(dispatcher.dispatch(message("slow")))
+    await until(lambda: dispatcher.busy_workers == 1)
+    plain_call = asyncio.ensure_future(dispatcher.dispatch(message("plain", b"b")))
+    await until(lambda: dispatcher.queue_depth == 1)
+    assert seen == []  # the plain one waits behind the busy worker
+    release.set()
+    assert await slow_call == b"slow" and await plain_call == b"b"
+    assert [kind for kind, _, _ in seen] == ["slow", "plain"]
+    await dispatcher.close()
+
+
+async def test_plain_function_failures_map_like_async_ones() -> None:
+    """Check that an inline plain function's RpcError passes through, any other exception
+    is UNKNOWN, and a non-bytes reply is UNKNOWN."""
+    dispatcher = Dispatcher()
+
+    def denied(msg: Message) -> bytes:
+        raise RpcError(StatusCode.PERMISSION_DENIED, "no")
+
+    def broken(msg: Message) -> bytes:
+        raise KeyError("secret")
+
+    dispatcher.register_handler("denied", denied)
+    dispatcher.register_handler("broken", broken)
+    dispatcher.register_handler("weird", lambda msg: 42)  # type: ignore[arg-type,return-value]
+    for type_, code in (
+        ("denied", StatusCode.PERMISSION_DENIED),
+        ("broken", StatusCode.UNKNOWN),
+        ("weird", StatusCode.UNKNOWN),
+    ):
+        with pytest.raises(RpcError) as info:
+            await dispatcher.dispatch(message(type_))
+        assert info.value.code is code, type_
+        assert "secret" not in info.value.message
+    assert dispatcher.busy_workers == 0
+    await dispatcher.close()
