@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from echo.echo_pb2 import EchoRequest
 
@@ -31,7 +32,9 @@ from .common import HOST, ONEWAY_TYPE, SERVER_NAME, payload
 SMALL = 64
 
 
-async def _client(port: int, certs: Path, workload: str, n: int, prof: cProfile.Profile) -> float:
+async def _client(
+    port: int, certs: Path, workload: str, n: int, prof: cProfile.Profile, server_stdin: Any
+) -> tuple[float, float]:
     from echo.echo_quicflow import EchoStub
 
     from quicflow import Client, ClientConfig
@@ -50,7 +53,10 @@ async def _client(port: int, certs: Path, workload: str, n: int, prof: cProfile.
     request = EchoRequest(payload=payload(SMALL))
     for _ in range(200):  # warm up
         await stub.say(request)
+    server_stdin.write("start\n")
+    server_stdin.flush()
     prof.enable()
+    cpu = time.process_time()
     t0 = time.perf_counter()
     if workload == "unary1":
         for _ in range(n):
@@ -82,9 +88,10 @@ async def _client(port: int, certs: Path, workload: str, n: int, prof: cProfile.
         async for _ in stub.stream(big):
             pass
     elapsed = time.perf_counter() - t0
+    cpu = time.process_time() - cpu
     prof.disable()
     await client.close()
-    return elapsed
+    return elapsed, cpu
 
 
 class _NoProfile(cProfile.Profile):
@@ -127,16 +134,27 @@ def main() -> None:
         assert server.stdout is not None and server.stdin is not None
         port = int(server.stdout.readline().split()[1])
         prof = cProfile.Profile()
-        elapsed = asyncio.run(
-            _client(port, certs, args.workload, n, _NoProfile() if args.no_profile else prof)
+        elapsed, client_cpu = asyncio.run(
+            _client(
+                port,
+                certs,
+                args.workload,
+                n,
+                _NoProfile() if args.no_profile else prof,
+                server.stdin,
+            )
         )
         server.stdin.close()
+        server_cpu = float(server.stdout.readline().split()[1])
         server.wait(30)
     finally:
         if server.poll() is None:
             server.kill()
     what = "not profiled" if args.no_profile else "profiled"
     print(f"{args.workload}: n={n} elapsed={elapsed:.3f}s ({n / elapsed:,.1f}/s, {what})")
+    print(
+        f"CPU per unit: client {client_cpu / n * 1e6:.1f} µs, server {server_cpu / n * 1e6:.1f} µs"
+    )
     if args.no_profile:
         return
     prof.dump_stats(out / "client.prof")
