@@ -107,6 +107,9 @@ WAN: dict[str, Any] = {"max_datagram_size": 1200}
 def server_config(**overrides: Any) -> ServerConfig:
     """A loopback `ServerConfig` with the test certificates."""
     certs = dev_certs()
+    # The proxy stands for a real network path: use a real path's datagram size
+    # ("auto" would pick loopback's 16 KiB, and a handful of big datagrams).
+    overrides.setdefault("max_datagram_size", 1200)
     return ServerConfig(
         host="127.0.0.1",
         port=overrides.pop("port", 0),
@@ -120,7 +123,11 @@ def client_config(port: int, **overrides: Any) -> ClientConfig:
     """A `ClientConfig` for a server (or proxy) on loopback ``port``."""
     certs = dev_certs()
     base = ClientConfig(
-        host="127.0.0.1", port=port, ca_file=str(certs.ca_file), server_name="localhost"
+        host="127.0.0.1",
+        port=port,
+        ca_file=str(certs.ca_file),
+        server_name="localhost",
+        max_datagram_size=1200,  # a real path's size, as in server_config
     )
     return replace(base, **overrides)
 
