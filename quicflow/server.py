@@ -790,11 +790,16 @@ class _ServerCall(ServicerContext):
 
     def stream_reset(self, error_code: int) -> None:
         # The client cancelled (or gave up at its deadline): nobody reads our answer.
-        self._conn.reset(self._sid, ErrorCode.CANCELLED)
+        # If the answer is already complete, leave our side alone: a peer may reset
+        # its side just because we sent STOP_SENDING (qh3 does, as RFC 9000 §3.5
+        # allows), and resetting ours would throw away the status in flight.
+        if self._machine.local_state not in (SideState.TRAILED, SideState.CLOSED):
+            self._conn.reset(self._sid, ErrorCode.CANCELLED)
         self._status = self._status or (StatusCode.CANCELLED, "cancelled by the client")
         self._cancel(None)
 
     def stop_sending(self, error_code: int) -> None:
+        self._conn.reset(self._sid, ErrorCode.CANCELLED)  # the client reads no more
         self.stream_reset(error_code)
 
     def connection_lost(self, exc: ConnectionClosed) -> None:
