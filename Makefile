@@ -20,11 +20,14 @@ gen: $(STAMP)
 	$(PY) scripts/gen.py
 
 ## Run the whole test suite (installs what it needs first, Debian's chromium included),
-## then docs/quickstart.md exactly as written (scripts/test-quickstart.sh).
+## then docs/quickstart.md exactly as written (scripts/test-quickstart.sh), then the
+## end-to-end tests once more on the qh3 engine.
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
 	$(PY) -m pytest -q
 	bash scripts/test-quickstart.sh
+	@# The end-to-end suite again on the qh3 QUIC engine (tests/e2e/conftest.py).
+	QUICFLOW_QUIC_ENGINE=qh3 $(PY) -m pytest -q tests/e2e
 	$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)

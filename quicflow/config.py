@@ -108,6 +108,10 @@ class _Common:
     """Bytes a peer may send on one stream ahead of what the application has read."""
     send_buffer_limit: int = _MIB
     """Unacknowledged bytes per stream before a streaming sender waits (backpressure)."""
+    quic_engine: str = "auto"
+    """QUIC implementation: "aioquic", "qh3" (pip install 'quicflow[qh3]'; Rust core,
+    faster, no mutual TLS) or "auto": the one named by $QUICFLOW_QUIC_ENGINE, else
+    aioquic (docs/benchmarks.md "QUIC engines")."""
     dispatcher_workers: int = 16
     """Workers running untyped-message handlers at once."""
     dispatcher_queue_size: int = 1000
@@ -133,6 +137,7 @@ class _Common:
                 "max_datagram_size", f"must be 0 (auto) or an integer in 1200..16384, got {size!r}"
             )
         _choice("congestion_control", self.congestion_control, ("cubic", "reno"))
+        _choice("quic_engine", self.quic_engine, ("auto", "aioquic", "qh3"))
         _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
         _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
         _int_range("dispatcher_workers", self.dispatcher_workers, 1, 10_000)
@@ -152,6 +157,7 @@ class _Common:
             congestion_control=self.congestion_control,
             stream_receive_window=self.stream_receive_window,
             send_buffer_limit=self.send_buffer_limit,
+            quic_engine=self.quic_engine,
         )
 
     @classmethod

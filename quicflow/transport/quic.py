@@ -37,7 +37,7 @@ from aioquic.quic.packet import (
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 
-from ..errors import ConnectionClosed
+from ..errors import ConfigError, ConnectionClosed
 from ..wire.codec import ErrorCode
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
@@ -98,6 +98,8 @@ class TransportSettings:
     """Initial connection-level receive window (aioquic raises it as it is used)."""
     send_buffer_limit: int = 1 << 20
     """Unacknowledged bytes per stream above which `QuicFlowProtocol.drain` waits."""
+    quic_engine: str = "auto"
+    """"aioquic", "qh3", or "auto" (`resolve_engine`)."""
 
     def apply(self, config: QuicConfiguration) -> None:
         """Copy these settings into an aioquic configuration."""
@@ -154,6 +156,70 @@ class _FlowConnection(QuicConnection):
         verifier = getattr(self._configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+
+    engine = "aioquic"
+
+    # -- what QuicFlowProtocol asks of an engine (engine_qh3.Qh3FlowConnection has the same) --
+
+    def reserve_stream(self) -> int:
+        """Allocate the next bidirectional stream id now (aioquic only advances on send)."""
+        stream_id = self.get_next_available_stream_id()
+        self._get_or_create_stream_for_send(stream_id)
+        return stream_id
+
+    def free_bidi_slots(self) -> int:
+        """Bidirectional streams we may still open under the peer's MAX_STREAMS."""
+        return self._remote_max_streams_bidi - self._local_next_stream_id_bidi // 4
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes written on the stream that the peer has not acknowledged yet."""
+        stream = self._streams.get(stream_id)
+        return 0 if stream is None else len(stream.sender._buffer)
+
+    def receive_finished(self, stream_id: int) -> bool | None:
+        """Whether the peer finished (or reset) its side; None if the stream is gone."""
+        stream = self._streams.get(stream_id)
+        return None if stream is None else bool(stream.receiver.is_finished)
+
+    def sent_fin(self, stream_id: int) -> bool | None:
+        """Whether we queued FIN on the stream; None if the stream is gone."""
+        stream = self._streams.get(stream_id)
+        return None if stream is None else stream.sender._buffer_fin is not None
+
+    def stream_state_count(self) -> int:
+        """Streams the engine still holds state for."""
+        return len(self._streams)
+
+    def smoothed_rtt(self) -> float | None:
+        rtt = getattr(self._loss, "_rtt_smoothed", 0.0)
+        return float(rtt) if rtt else None
+
+    def peer_certificate_der(self) -> bytes | None:
+        cert = getattr(self.tls, "_peer_certificate", None)
+        if cert is None:
+            return None
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return cast(bytes, cert.public_bytes(Encoding.DER))
+
+    def active_path(self) -> object | None:
+        """The path in use (compared by identity to notice a move), None before any."""
+        paths = self._network_paths
+        return paths[0] if paths else None
+
+    def reset_probe_backoff(self) -> None:
+        """Forget the probe-timeout backoff earned on an old path (see _path_changed)."""
+        self._loss._pto_count = 0
+
+    def credit_due(self, stream_id: int) -> bool:
+        """True if consumption on this stream warrants sending MAX_STREAM_DATA now."""
+        stream = self._streams.get(stream_id)
+        if stream is None or not stream.max_stream_data_local:
+            return False
+        target = self.flow_target(stream)
+        return target is not None and target - stream.max_stream_data_local_sent >= (
+            self.flow_window >> 1
+        )
 
     def flow_target(self, stream: QuicStream) -> int | None:
         """The receive limit this stream deserves now (None: not ours to manage)."""
@@ -284,7 +350,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def quic_stream_count(self) -> int:
         """Streams aioquic still holds state for (freed once both sides finish)."""
-        return len(self._quic._streams)
+        return self._fq.stream_state_count()
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
@@ -300,8 +366,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def rtt(self) -> float | None:
         """QUIC's smoothed round-trip time in seconds, once measured."""
-        rtt = getattr(self._quic._loss, "_rtt_smoothed", 0.0)
-        return float(rtt) if rtt else None
+        return self._fq.smoothed_rtt()
 
     @property
     def client_certificate(self) -> VerifiedClientCertificate | None:
@@ -310,12 +375,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def peer_certificate_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), if it presented one."""
-        cert = getattr(self._quic.tls, "_peer_certificate", None)
-        if cert is None:
-            return None
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        return cast(bytes, cert.public_bytes(Encoding.DER))
+        return self._fq.peer_certificate_der()
 
     # -- streams --
 
@@ -327,16 +387,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """
         if self.closed_error is not None:
             raise self.closed_error
-        stream_id = self._quic.get_next_available_stream_id()
-        # Reserve the id now (aioquic only advances it on first send).
-        self._quic._get_or_create_stream_for_send(stream_id)
+        stream_id = self._fq.reserve_stream()
         self._handlers[stream_id] = handler
         return stream_id
 
     def can_open_stream(self) -> bool:
         """True if the peer's stream credit allows one more bidirectional stream now."""
-        quic = self._quic
-        return quic._local_next_stream_id_bidi // 4 < quic._remote_max_streams_bidi
+        return self._fq.free_bidi_slots() > 0
 
     async def wait_stream_credit(self) -> None:
         """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
@@ -359,8 +416,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def _wake_credit(self) -> None:
         # Wake only as many waiters as there are free slots, oldest first: waking all
         # of them for a handful of slots is quadratic with thousands waiting.
-        quic = self._quic
-        slots = quic._remote_max_streams_bidi - quic._local_next_stream_id_bidi // 4
+        slots = self._fq.free_bidi_slots()
         waiters = self._credit_waiters
         while slots > 0 and waiters:
             waiter = waiters.popleft()
@@ -386,18 +442,15 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         quic = self._quic
         with contextlib.suppress(RuntimeError, ValueError, AssertionError):
             quic.reset_stream(stream_id, error_code)
-        if stop:
-            stream = quic._streams.get(stream_id)
-            if stream is not None and not stream.receiver.is_finished:
-                with contextlib.suppress(RuntimeError, ValueError, AssertionError):
-                    quic.stop_stream(stream_id, error_code)
+        if stop and self._fq.receive_finished(stream_id) is not True:
+            with contextlib.suppress(RuntimeError, ValueError, AssertionError):
+                quic.stop_stream(stream_id, error_code)
         self._wake_drain(stream_id)
         self._transmit_soon()
 
     def stop_reading(self, stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
         """Tell the peer we will read no more from this stream (STOP_SENDING)."""
-        stream = self._quic._streams.get(stream_id)
-        if stream is not None and not stream.receiver.is_finished:
+        if self._fq.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 self._quic.stop_stream(stream_id, error_code)
             self._transmit_soon()
@@ -424,21 +477,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def credit_released(self, stream_id: int) -> None:
         """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
-        stream = self._quic._streams.get(stream_id)
-        if stream is None or not stream.max_stream_data_local:
-            return
-        target = self._fq.flow_target(stream)
-        if target is not None and target - stream.max_stream_data_local_sent >= (
-            self._fq.flow_window >> 1
-        ):
+        if self._fq.credit_due(stream_id):
             self._transmit_soon()
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes written on a stream that the peer has not acknowledged yet."""
-        stream = self._quic._streams.get(stream_id)
-        if stream is None:
-            return 0
-        return len(stream.sender._buffer)
+        return self._fq.send_buffered(stream_id)
 
     async def drain(self, stream_id: int) -> None:
         """Wait until the stream's unacknowledged bytes are under ``send_buffer_limit``.
@@ -473,15 +517,14 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # aioquic transmits right after processing a datagram, so writes made by
         # stream handlers meanwhile need no transmit of their own.
         quic = self._quic
-        paths = quic._network_paths
-        active = paths[0] if paths else None
+        active = self._fq.active_path()
         self._receiving = True
         try:
             quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
             self._process_events()
         finally:
             self._receiving = False
-        if active is not None and quic._network_paths[0] is not active:
+        if active is not None and self._fq.active_path() is not active:
             self._path_changed()
         self.transmit()
         close_event = self._quic._close_event
@@ -500,7 +543,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # sending into an address that is gone it is seconds long, so anything lost
         # on the new path (the path challenge, the first answers) waited for that
         # backed-off probe, 10 s and more. A new path starts with a fresh backoff.
-        self._quic._loss._pto_count = 0
+        self._fq.reset_probe_backoff()
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:
@@ -577,8 +620,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 # never finished our side, reset it as well so aioquic can free it. A
                 # side that sent FIN stays as it is (its trailers may still be in flight).
                 self._accept_stream(event.stream_id, offer=False)
-                stream = self._quic._streams.get(event.stream_id)
-                if stream is not None and stream.sender._buffer_fin is None:
+                if self._fq.sent_fin(event.stream_id) is False:
                     with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                         self._quic.reset_stream(event.stream_id, event.error_code)
         elif type(event) is events.StopSendingReceived:
@@ -650,9 +692,52 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 logger.exception("connection-lost callback failed")
 
 
+ENGINES = ("aioquic", "qh3")
+"""QUIC engines `TransportSettings.quic_engine` may name (besides "auto")."""
+
+ENGINE_ENV = "QUICFLOW_QUIC_ENGINE"
+"""Environment variable "auto" follows (e.g. to run a test suite on qh3)."""
+
+
+def resolve_engine(name: str) -> str:
+    """The engine ``name`` means: "auto" is ``$QUICFLOW_QUIC_ENGINE`` if set, else aioquic.
+
+    qh3 is never chosen just because it is installed: it has no hook for
+    consumption-based receive credit and no mutual TLS (see engine_qh3).
+
+    Raises:
+        ConfigError: naming ``quic_engine`` for an unknown engine or qh3 not installed.
+    """
+    if name == "auto":
+        name = os.environ.get(ENGINE_ENV, "").strip().lower() or "aioquic"
+    if name not in ENGINES:
+        raise ConfigError("quic_engine", f"must be one of 'auto', 'aioquic', 'qh3', got {name!r}")
+    if name == "qh3":
+        try:
+            import qh3  # type: ignore[import-untyped,unused-ignore]  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "quic_engine", "qh3 is not installed (pip install 'quicflow[qh3]')"
+            ) from None
+    return name
+
+
 def _make_connection(
-    configuration: QuicConfiguration, window: int, **kwargs: Any
+    configuration: QuicConfiguration, settings: TransportSettings, **kwargs: Any
 ) -> QuicConnection:
+    window = settings.stream_receive_window
+    if resolve_engine(settings.quic_engine) == "qh3":
+        from .engine_qh3 import Qh3FlowConnection, qh3_configuration
+
+        # Converted once per aioquic configuration (a server shares one by all).
+        converted = getattr(configuration, "_quicflow_qh3", None)
+        if converted is None:
+            converted = qh3_configuration(configuration)
+            configuration._quicflow_qh3 = converted  # type: ignore[attr-defined]
+        return cast(
+            QuicConnection,
+            Qh3FlowConnection(configuration=converted, window=window, **kwargs),
+        )
     return _FlowConnection(configuration=configuration, window=window, **kwargs)
 
 
@@ -680,7 +765,7 @@ async def connect(
     size = datagram_size_for(addr[0], settings.max_datagram_size)
     if size != configuration.max_datagram_size:
         configuration = dataclasses.replace(configuration, max_datagram_size=size)
-    connection = _make_connection(configuration, settings.stream_receive_window)
+    connection = _make_connection(configuration, settings)
     sock = socket.socket(family, socket.SOCK_DGRAM)
     try:
         _grow_buffers(sock)
@@ -835,7 +920,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             configuration = self._loopback_configuration(size)
         connection = _make_connection(
             configuration,
-            self._settings.stream_receive_window,
+            self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
@@ -895,6 +980,10 @@ async def serve(
     addresses with a QUIC Retry first; see `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
+    if resolve_engine(settings.quic_engine) == "qh3":
+        from .engine_qh3 import qh3_configuration
+
+        qh3_configuration(configuration)  # refuse what qh3 cannot do now, not per connection
     _, proto = await loop.create_datagram_endpoint(
         lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
         local_addr=(host, port),

@@ -1,0 +1,202 @@
+"""The qh3 QUIC engine: qh3's connection (Rust core) under QuicFlow's protocol.
+
+qh3 (PyPI ``qh3``) is an aioquic fork whose packet handling, crypto and
+recovery run in Rust. Only its sans-IO `QuicConnection` is used: the asyncio
+side (`QuicFlowProtocol`, `QuicFlowServer`, timers, stream handlers) is the
+same code as with aioquic. What differs, and lives here:
+
+- events: qh3's event objects are turned into aioquic's (same fields) as they
+  leave the connection, so the protocol's dispatch is engine-blind;
+- stream bookkeeping: the stream credit left (`free_bidi_slots`), bytes a
+  stream has queued (`send_buffered`) and whether the peer finished a stream
+  come from qh3's public API instead of aioquic's stream objects;
+- receive flow control: qh3 grants stream credit itself as data is handed to
+  the application (it has no hook for our consumption-based grant), so a slow
+  reader is bounded by qh3's windows, not by ``stream_receive_window``;
+- TLS: the configuration is rebuilt for qh3 from the aioquic one that
+  `quicflow.transport.tls` made (same certificates, CA, verify mode). Mutual
+  TLS (client certificates) needs the aioquic engine.
+
+Known qh3 behaviours: its server allows 100 concurrent streams per
+connection (calls beyond wait for credit like any other), and it rejects a
+self-signed certificate used directly as the server's (use a CA, as
+``quicflow certs`` does).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aioquic.quic import events as aio_events
+from aioquic.quic.configuration import QuicConfiguration as AioConfiguration
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+from qh3.quic import events as qh3_events  # type: ignore[import-untyped,unused-ignore]
+from qh3.quic.configuration import (  # type: ignore[import-untyped,unused-ignore]
+    QuicConfiguration as Qh3Configuration,
+)
+from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
+    QuicConnection as Qh3Connection,
+)
+
+from ..errors import ConfigError
+
+__all__ = ["Qh3FlowConnection", "qh3_configuration"]
+
+
+def _convert(event: Any) -> Any:
+    cls = type(event)
+    if cls is qh3_events.StreamDataReceived:
+        return aio_events.StreamDataReceived(
+            data=event.data, end_stream=event.end_stream, stream_id=event.stream_id
+        )
+    if cls is qh3_events.StreamReset:
+        return aio_events.StreamReset(error_code=event.error_code, stream_id=event.stream_id)
+    if cls is qh3_events.StopSendingReceived:
+        return aio_events.StopSendingReceived(
+            error_code=event.error_code, stream_id=event.stream_id
+        )
+    if cls is qh3_events.ConnectionTerminated:
+        return aio_events.ConnectionTerminated(
+            error_code=event.error_code,
+            frame_type=event.frame_type,
+            reason_phrase=event.reason_phrase,
+        )
+    if cls is qh3_events.HandshakeCompleted:
+        return aio_events.HandshakeCompleted(
+            alpn_protocol=event.alpn_protocol,
+            early_data_accepted=event.early_data_accepted,
+            session_resumed=event.session_resumed,
+        )
+    if cls is qh3_events.ConnectionIdIssued:
+        return aio_events.ConnectionIdIssued(connection_id=event.connection_id)
+    if cls is qh3_events.ConnectionIdRetired:
+        return aio_events.ConnectionIdRetired(connection_id=event.connection_id)
+    if cls is qh3_events.PingAcknowledged:
+        return aio_events.PingAcknowledged(uid=event.uid)
+    return None  # an event QuicFlow has no use for (datagram frames, ...)
+
+
+class Qh3FlowConnection(Qh3Connection):
+    """A qh3 connection that speaks the subset of aioquic's interface the transport uses."""
+
+    engine = "qh3"
+
+    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.flow_handlers: dict[int, Any] = {}
+        self.flow_window = window
+        self.client_certificate = None  # mutual TLS needs the aioquic engine
+        self._peer_address: Any = None
+        self._path: object | None = None
+
+    def next_event(self) -> Any:
+        while True:
+            event = super().next_event()
+            if event is None:
+                return None
+            converted = _convert(event)
+            if converted is not None:
+                return converted
+
+    # -- what QuicFlowProtocol asks of an engine --
+
+    def reserve_stream(self) -> int:
+        """Allocate the next bidirectional stream id now."""
+        return int(self._open_stream())
+
+    def free_bidi_slots(self) -> int:
+        """Bidirectional streams we may still open under the peer's limit."""
+        core = self._core
+        if core is None:
+            return 0
+        limits = core.stream_limits  # (peer's bidi limit, ..., bidi opened, uni opened)
+        return int(limits[0]) - int(limits[2])
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes queued on the stream and not yet sent."""
+        try:
+            return int(self.get_send_buffer_size(stream_id))
+        except Exception:
+            return 0
+
+    def receive_finished(self, stream_id: int) -> bool | None:
+        """qh3 does not expose it: None (the caller then just tries)."""
+        return None
+
+    def credit_due(self, stream_id: int) -> bool:
+        """qh3 grants receive credit by itself: never."""
+        return False
+
+    def sent_fin(self, stream_id: int) -> bool | None:
+        return None
+
+    def stream_state_count(self) -> int:
+        return int(self.open_outbound_streams) + len(self.flow_handlers)
+
+    def smoothed_rtt(self) -> float | None:
+        core = self._core
+        rtt = core.smoothed_rtt if core is not None else None
+        return float(rtt) if rtt else None
+
+    def get_peer_address(self) -> Any:
+        return self._peer_address
+
+    def connect(self, addr: Any, now: float) -> None:
+        self._peer_address = addr
+        super().connect(addr, now=now)
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        if addr != self._peer_address:
+            self._path = object()  # a new token whenever the peer's address changes
+        self._peer_address = addr
+        super().receive_datagram(data, addr, now=now)
+
+    def active_path(self) -> object | None:
+        """A token that changes when the peer's address does (qh3 keeps its paths inside)."""
+        return self._path
+
+    def reset_probe_backoff(self) -> None:
+        """qh3's recovery is its own: nothing to reset from here."""
+
+    def peer_certificate_der(self) -> bytes | None:
+        cert = self.get_peercert()
+        if cert is None:
+            return None
+        return bytes(cert.public_bytes())
+
+
+def qh3_configuration(source: AioConfiguration) -> Any:
+    """The qh3 configuration equivalent to an aioquic one from `quicflow.transport.tls`.
+
+    Raises:
+        ConfigError: naming ``quic_engine`` when the configuration needs mutual TLS.
+    """
+    if getattr(source, "client_verifier", None) is not None:
+        raise ConfigError(
+            "quic_engine", "mutual TLS (client_cert_mode) needs quic_engine='aioquic'"
+        )
+    if source.is_client and source.certificate is not None:
+        raise ConfigError("quic_engine", "client certificates need quic_engine='aioquic'")
+    config = Qh3Configuration(is_client=source.is_client, server_name=source.server_name)
+    config.alpn_protocols = list(source.alpn_protocols or [])
+    config.idle_timeout = source.idle_timeout
+    config.max_datagram_size = source.max_datagram_size
+    # No path MTU probing: max_datagram_size is decided by QuicFlow ("auto"), and qh3's
+    # probes overflow its packet builder towards a peer (aioquic) that announces no
+    # max_udp_payload_size.
+    config.probe_datagram_size = False
+    config.max_stream_data = source.max_stream_data
+    config.max_data = source.max_data
+    config.verify_mode = source.verify_mode
+    config.load_verify_locations(cafile=source.cafile, capath=source.capath, cadata=source.cadata)
+    if source.certificate is not None and source.private_key is not None:
+        pem = source.certificate.public_bytes(Encoding.PEM) + b"".join(
+            cert.public_bytes(Encoding.PEM) for cert in source.certificate_chain
+        )
+        key = source.private_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+        config.load_cert_chain(pem, key)
+    return config
