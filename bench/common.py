@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import resource
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,11 @@ SYSTEMS = ("quicflow", "grpcaio", "grpclib")
 """The systems compared, QuicFlow first."""
 
 LABELS = {"quicflow": "QuicFlow", "grpcaio": "grpc.aio", "grpclib": "grpclib"}
+
+def datagram_size() -> int:
+    """QuicFlow's ``max_datagram_size`` for this process (0: auto), from BENCH_DATAGRAM_SIZE."""
+    return int(os.environ.get("BENCH_DATAGRAM_SIZE", "0"))
+
 
 HOST = "127.0.0.1"
 """Everything runs on loopback."""

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from echo.echo_pb2 import EchoReply, EchoRequest
 
-from .common import HOST, ONEWAY_TYPE
+from .common import HOST, ONEWAY_TYPE, datagram_size
 from .servers import _replies, _say
 
 
@@ -39,6 +39,7 @@ async def serve(certs: Path, prof: cProfile.Profile) -> None:
             cert_file=str(certs / "server.pem"),
             key_file=str(certs / "server.key"),
             max_message_size=8 << 20,
+            max_datagram_size=datagram_size(),
             dispatcher_queue_size=100_000,
         )
     )
@@ -74,6 +75,10 @@ class _NoProfile(cProfile.Profile):
 
 def main() -> None:
     out = os.environ["QUICFLOW_PROFILE_OUT"]
+    if os.environ.get("BENCH_UVLOOP"):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     prof = cProfile.Profile() if out else _NoProfile()
     asyncio.run(serve(Path(sys.argv[1]), prof))
     if out:

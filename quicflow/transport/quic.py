@@ -34,6 +34,7 @@ from aioquic.quic.packet import (
     encode_quic_retry,
     pull_quic_header,
 )
+from aioquic.quic.recovery import QuicPacketPacer
 from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 
@@ -722,6 +723,40 @@ def resolve_engine(name: str) -> str:
     return name
 
 
+class _CoarseClockPacer(QuicPacketPacer):
+    """aioquic's pacer for an event loop whose clock moves in steps (uvloop: 1 ms).
+
+    aioquic's pacer refills its token bucket from ``now`` and, when empty, asks
+    to be woken a packet time (microseconds) later. On a clock that advances
+    only every millisecond the wake-up finds the same ``now``, the bucket still
+    empty, and re-arms: a spin, and at most one small bucket sent per step
+    (1 MiB streaming fell from 13 to 1.9 MiB/s). With ``resolution`` the
+    bucket holds at least two clock steps of sending and the wake-up is at
+    least one step away, so each step sends what its time allows.
+    """
+
+    def __init__(self, *, max_datagram_size: int, resolution: float) -> None:
+        super().__init__(max_datagram_size=max_datagram_size)
+        self.resolution = resolution
+
+    def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
+        super().update_rate(congestion_window=congestion_window, smoothed_rtt=smoothed_rtt)
+        floor = 2 * self.resolution
+        if self.bucket_max < floor:
+            self.bucket_max = floor
+
+    def next_send_time(self, now: float) -> float:
+        at: float | None = super().next_send_time(now=now)
+        if at is None:
+            return None  # type: ignore[return-value]  # aioquic's annotation omits None
+        return max(at, now + self.resolution)
+
+
+def clock_resolution(loop: asyncio.AbstractEventLoop) -> float:
+    """How coarsely ``loop.time()`` moves: 1 ms for uvloop (libuv's clock), else 0."""
+    return 0.001 if type(loop).__module__.partition(".")[0] == "uvloop" else 0.0
+
+
 def _make_connection(
     configuration: QuicConfiguration, settings: TransportSettings, **kwargs: Any
 ) -> QuicConnection:
@@ -738,7 +773,13 @@ def _make_connection(
             QuicConnection,
             Qh3FlowConnection(configuration=converted, window=window, **kwargs),
         )
-    return _FlowConnection(configuration=configuration, window=window, **kwargs)
+    connection = _FlowConnection(configuration=configuration, window=window, **kwargs)
+    resolution = clock_resolution(asyncio.get_running_loop())
+    if resolution:
+        connection._loss._pacer = _CoarseClockPacer(
+            max_datagram_size=configuration.max_datagram_size, resolution=resolution
+        )
+    return connection
 
 
 async def connect(
