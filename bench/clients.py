@@ -34,7 +34,10 @@ from .common import (
     ONEWAY_TYPE,
     SERVER_NAME,
     SMALL,
+    VARIANTS,
+    datagram_size,
     encode,
+    is_quicflow,
     payload,
     percentile,
     raise_fd_limit,
@@ -98,6 +101,7 @@ class QuicFlowDriver(Driver):
                 ca_file=str(self.certs / "ca.pem"),
                 server_name=SERVER_NAME,
                 max_message_size=MAX_MESSAGE,
+                max_datagram_size=datagram_size(),
                 client_id=None if index is not None and index < 0 else client_id,
                 labels=labels,
             )
@@ -203,6 +207,7 @@ class GrpclibDriver(Driver):
 
 DRIVERS: dict[str, type[Driver]] = {
     "quicflow": QuicFlowDriver,
+    **{variant: QuicFlowDriver for variant in VARIANTS},
     "grpcaio": GrpcAioDriver,
     "grpclib": GrpclibDriver,
 }
@@ -243,7 +248,7 @@ class Worker:
             return await self.open_idle(n, limit)
         if op == "close_idle":
             return {"closed": await self.close_idle()}
-        if op == "oneway" and self.system == "quicflow":
+        if op == "oneway" and is_quicflow(self.system):
             return await self.oneway(n, int(command["c"]), deadline)
         return {"error": f"{op!r} does not apply to {self.system}"}
 
@@ -389,7 +394,7 @@ def main() -> None:
     raise_fd_limit()
     if args.grpc_gen is not None:
         sys.path.insert(0, str(args.grpc_gen))
-    plaintext = args.plaintext and args.system != "quicflow"
+    plaintext = args.plaintext and not is_quicflow(args.system)
     asyncio.run(serve(args.system, args.port, args.certs, plaintext))
 
 

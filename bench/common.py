@@ -9,13 +9,35 @@ import resource
 from collections.abc import Sequence
 from typing import Any
 
-SYSTEMS = ("quicflow", "grpcaio", "grpclib")
-"""The systems compared, QuicFlow first."""
+VARIANTS: dict[str, dict[str, str]] = {
+    "quicflow-qh3": {"QUICFLOW_QUIC_ENGINE": "qh3"},
+    "quicflow-1200": {"BENCH_DATAGRAM_SIZE": "1200"},
+}
+"""QuicFlow run differently, by the environment of its server and client processes:
+on the qh3 engine, and with a real path's 1200-byte datagrams instead of auto (16 KiB
+on loopback)."""
 
-LABELS = {"quicflow": "QuicFlow", "grpcaio": "grpc.aio", "grpclib": "grpclib"}
+SYSTEMS = ("quicflow", *VARIANTS, "grpcaio", "grpclib")
+"""The systems compared, QuicFlow (default settings) first."""
+
+QUICFLOW_SYSTEMS = ("quicflow", *VARIANTS)
+
+LABELS = {
+    "quicflow": "QuicFlow",
+    "quicflow-qh3": "QuicFlow qh3",
+    "quicflow-1200": "QuicFlow 1200 B",
+    "grpcaio": "grpc.aio",
+    "grpclib": "grpclib",
+}
+
+
+def is_quicflow(system: str) -> bool:
+    """True for QuicFlow and its variants."""
+    return system in QUICFLOW_SYSTEMS
+
 
 def datagram_size() -> int:
-    """QuicFlow's ``max_datagram_size`` for this process (0: auto), from BENCH_DATAGRAM_SIZE."""
+    """QuicFlow's ``max_datagram_size`` for this process (0: auto)."""
     return int(os.environ.get("BENCH_DATAGRAM_SIZE", "0"))
 
 

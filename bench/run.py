@@ -32,12 +32,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .common import LABELS, MAIN_ID, SYSTEMS, encode
+from .common import LABELS, MAIN_ID, VARIANTS, encode, is_quicflow
+from .common import QUICFLOW_SYSTEMS as ALL_QUICFLOW
+from .common import SYSTEMS as ALL_SYSTEMS
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 
 Answer = dict[str, Any]
+
+
+class CHOSEN:  # a namespace, set once by main
+    """The systems this run measures: all, or without QuicFlow's variants (--no-variants)."""
+
+    systems: tuple[str, ...] = ALL_SYSTEMS
+    quicflow: tuple[str, ...] = ALL_QUICFLOW
 
 
 @dataclass(frozen=True)
@@ -260,8 +269,8 @@ class Bench:
         self.rows: list[Row] = []
         self.failed = False
 
-    def _env(self) -> dict[str, str]:
-        env = dict(os.environ)
+    def _env(self, system: str) -> dict[str, str]:
+        env = dict(os.environ, **VARIANTS.get(system, {}))
         path = [str(ROOT), str(ROOT / "generated")]
         if env.get("PYTHONPATH"):
             path.append(env["PYTHONPATH"])
@@ -271,7 +280,7 @@ class Bench:
 
     def _common_args(self, system: str) -> list[str]:
         args = ["--certs", str(self.scratch / "certs"), "--grpc-gen", str(self.scratch / "gen")]
-        if self.plaintext_peers and system != "quicflow":
+        if self.plaintext_peers and not is_quicflow(system):
             args.append("--plaintext")
         return args
 
@@ -280,23 +289,22 @@ class Bench:
 
         write_dev_certs(self.scratch / "certs")
         generate_grpc(self.scratch / "gen")
-        env = self._env()
         ports: dict[str, int] = {}
 
         async def server(system: str) -> None:
             proc = self.servers[system] = Proc(f"{system} server", self.scratch / f"s-{system}.log")
             argv = [sys.executable, "-m", "bench.servers", system, "--port", "0"]
-            line = await proc.start([*argv, *self._common_args(system)], env, 60.0)
+            line = await proc.start([*argv, *self._common_args(system)], self._env(system), 60.0)
             ports[system] = int(line.split()[1])
 
-        await asyncio.gather(*(server(s) for s in SYSTEMS))
+        await asyncio.gather(*(server(s) for s in CHOSEN.systems))
 
         async def client(system: str) -> None:
             proc = self.clients[system] = Proc(f"{system} client", self.scratch / f"c-{system}.log")
             argv = [sys.executable, "-m", "bench.clients", system, "--port", str(ports[system])]
-            await proc.start([*argv, *self._common_args(system)], env, 60.0)
+            await proc.start([*argv, *self._common_args(system)], self._env(system), 60.0)
 
-        await asyncio.gather(*(client(s) for s in SYSTEMS))
+        await asyncio.gather(*(client(s) for s in CHOSEN.systems))
 
     async def stop(self) -> None:
         procs = [*self.clients.values(), *self.servers.values()]
@@ -339,7 +347,7 @@ class Bench:
     async def run(self) -> None:
         p = self.plan
         # Warm-up (not recorded): imports, caches, the first streams of each connection.
-        for system in SYSTEMS:
+        for system in CHOSEN.systems:
             with contextlib.suppress(Exception):
                 await self.ask(system, {"op": "rate", "c": 16, "n": 2_000, "time": 0.3})
 
@@ -352,7 +360,7 @@ class Bench:
                 Row("unary_p50_us", "unary 64 B p50 latency, c=1", "µs", True),
                 Row("unary_p99_us", "unary 64 B p99 latency, c=1", "µs", True),
             ],
-            SYSTEMS,
+            CHOSEN.systems,
             latency,
         )
         for c in (1, 16, 128):
@@ -362,7 +370,7 @@ class Bench:
                 return ((await self.ask(system, command))["calls_per_s"],)
 
             label = f"unary 64 B calls/s, c={c}, one connection"
-            await self.measure([Row(f"unary_c{c}", label, "calls/s", False)], SYSTEMS, rate)
+            await self.measure([Row(f"unary_c{c}", label, "calls/s", False)], CHOSEN.systems, rate)
 
         async def stream_small(system: str) -> tuple[float]:
             command = {
@@ -375,7 +383,7 @@ class Bench:
             return ((await self.ask(system, command))["msgs_per_s"],)
 
         label = "server streaming 64 B messages/s"
-        await self.measure([Row("stream_64", label, "msgs/s", False)], SYSTEMS, stream_small)
+        await self.measure([Row("stream_64", label, "msgs/s", False)], CHOSEN.systems, stream_small)
 
         async def stream_big(system: str) -> tuple[float]:
             command = {
@@ -388,23 +396,23 @@ class Bench:
             return ((await self.ask(system, command))["mib_per_s"],)
 
         label = "server streaming 1 MiB messages"
-        await self.measure([Row("stream_1mib", label, "MiB/s", False)], SYSTEMS, stream_big)
+        await self.measure([Row("stream_1mib", label, "MiB/s", False)], CHOSEN.systems, stream_big)
 
         async def connect(system: str) -> tuple[float]:
             command = {"op": "connect", "n": p.connect_n, "time": p.connect_time}
             return ((await self.ask(system, command))["p50_ms"],)
 
         label = "connection setup + first call, p50"
-        await self.measure([Row("connect_ms", label, "ms", True)], SYSTEMS, connect)
+        await self.measure([Row("connect_ms", label, "ms", True)], CHOSEN.systems, connect)
 
         await self.measure(
             [Row("oneway", "one-way untyped messages/s, one connection", "msgs/s", False)],
-            ("quicflow",),
+            CHOSEN.quicflow,
             self.oneway,
         )
         await self.measure(
             [Row("acked", "acked sends/s (server.async_send to one client)", "sends/s", False)],
-            ("quicflow",),
+            CHOSEN.quicflow,
             self.acked,
         )
         await self.idle_and_broadcast()
@@ -439,7 +447,7 @@ class Bench:
         n = p.idle_clients
         rss = Row("rss_per_client_kib", f"server RSS per idle client, {n} clients", "KiB", True)
         broadcast = Row("broadcast_ms", f"broadcast 64 B to {n} clients, all acked", "ms", True)
-        for system in SYSTEMS:
+        for system in CHOSEN.systems:
             try:
                 before = rss_kib(self.servers[system].pid)
                 command = {"op": "idle", "n": n, "time": p.idle_time}
@@ -448,8 +456,8 @@ class Bench:
                     raise RuntimeError(f"{opened['n']} of {n} idle clients connected")
                 await asyncio.sleep(p.idle_settle)
                 rss.values[system] = (rss_kib(self.servers[system].pid) - before) / n
-                if system == "quicflow":
-                    await self.broadcast(broadcast, n)
+                if is_quicflow(system):
+                    await self.broadcast(broadcast, n, system)
             except Exception as exc:
                 self._error(rss, system, exc)
             finally:
@@ -458,8 +466,8 @@ class Bench:
         self.rows += [broadcast, rss]
         print("  broadcast_ms, rss_per_client_kib: done", file=sys.stderr, flush=True)
 
-    async def broadcast(self, row: Row, n: int) -> None:
-        server = self.servers["quicflow"]
+    async def broadcast(self, row: Row, n: int, system: str) -> None:
+        server = self.servers[system]
         try:
             seen = await server.ask({"op": "clients"}, 10.0)
             if seen["idle"] != n:
@@ -470,9 +478,9 @@ class Bench:
                 if answer["delivered"] != n:
                     raise RuntimeError(f"broadcast delivered to {answer['delivered']} of {n}")
                 times.append(answer["elapsed"] * 1e3)
-            row.values["quicflow"] = statistics.median(times)
+            row.values[system] = statistics.median(times)
         except Exception as exc:
-            self._error(row, "quicflow", exc)
+            self._error(row, system, exc)
 
 
 def fmt(value: float | None) -> str:
@@ -486,8 +494,8 @@ def fmt(value: float | None) -> str:
     return f"{value:.2f}"
 
 
-def ratio(row: Row, peer: str) -> str:
-    ours, theirs = row.values.get("quicflow"), row.values.get(peer)
+def ratio(row: Row, peer: str, ours_system: str = "quicflow") -> str:
+    ours, theirs = row.values.get(ours_system), row.values.get(peer)
     if ours is None or theirs is None or theirs == 0:
         return "—"
     return f"{ours / theirs:.2f}x"
@@ -495,13 +503,16 @@ def ratio(row: Row, peer: str) -> str:
 
 def table(rows: Sequence[Row]) -> str:
     """The results as a Markdown table (it also reads well in a terminal)."""
-    head = ["measurement", "unit", *(LABELS[s] for s in SYSTEMS)]
-    head += ["QuicFlow / grpc.aio", "QuicFlow / grpclib"]
+    head = ["measurement", "unit", *(LABELS[s] for s in CHOSEN.systems)]
+    head += [f"{LABELS[s]} / grpc.aio" for s in CHOSEN.quicflow] + ["QuicFlow / grpclib"]
     lines = [head]
     for row in rows:
         label = row.label + (" (lower is better)" if row.lower_is_better else "")
-        values = [fmt(row.values.get(s)) if s not in row.errors else "error" for s in SYSTEMS]
-        lines.append([label, row.unit, *values, ratio(row, "grpcaio"), ratio(row, "grpclib")])
+        values = [
+            fmt(row.values.get(s)) if s not in row.errors else "error" for s in CHOSEN.systems
+        ]
+        ratios = [ratio(row, "grpcaio", s) for s in CHOSEN.quicflow] + [ratio(row, "grpclib")]
+        lines.append([label, row.unit, *values, *ratios])
     widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
 
     def render(cells: Sequence[str]) -> str:
@@ -568,7 +579,15 @@ def main() -> None:
     parser.add_argument(
         "--plaintext-peers", action="store_true", help="run grpc.aio and grpclib without TLS"
     )
+    parser.add_argument(
+        "--no-variants",
+        action="store_true",
+        help="QuicFlow with its defaults only (no qh3 / 1200-byte datagram columns)",
+    )
     args = parser.parse_args()
+    if args.no_variants:
+        CHOSEN.systems = tuple(s for s in ALL_SYSTEMS if s not in VARIANTS)
+        CHOSEN.quicflow = ("quicflow",)
     plan = QUICK if args.quick else FULL
     sys.exit(asyncio.run(main_async(plan, not args.no_write, args.plaintext_peers)))
 

@@ -36,7 +36,10 @@ from .common import (
     MAX_MESSAGE,
     ONEWAY_TYPE,
     SMALL,
+    SYSTEMS,
+    datagram_size,
     encode,
+    is_quicflow,
     payload,
     raise_fd_limit,
     size_of,
@@ -127,6 +130,7 @@ async def serve_quicflow(port: int, certs: Path) -> None:
             cert_file=str(certs / "server.pem"),
             key_file=str(certs / "server.key"),
             max_message_size=MAX_MESSAGE,
+            max_datagram_size=datagram_size(),
             # One-way sends are not acked: a full queue would drop them silently.
             dispatcher_queue_size=100_000,
         )
@@ -283,7 +287,7 @@ async def serve_grpclib(port: int, certs: Path | None) -> None:
 def main() -> None:
     """Parse arguments and serve until stdin closes."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("system", choices=("quicflow", "grpcaio", "grpclib"))
+    parser.add_argument("system", choices=SYSTEMS)
     parser.add_argument("--port", type=int, default=0, help="0: any free port")
     parser.add_argument("--certs", type=Path, required=True, help="from write_dev_certs")
     parser.add_argument("--plaintext", action="store_true", help="grpc peers without TLS")
@@ -294,7 +298,7 @@ def main() -> None:
     if args.grpc_gen is not None:
         sys.path.insert(0, str(args.grpc_gen))
     certs = None if args.plaintext else args.certs
-    if args.system == "quicflow":
+    if is_quicflow(args.system):
         asyncio.run(serve_quicflow(args.port, args.certs))
     elif args.system == "grpcaio":
         asyncio.run(serve_grpcaio(args.port, certs))
