@@ -1,4 +1,4 @@
-"""Layer 3, transport: the only package that imports aioquic.
+"""Layer 3, transport: the only package that imports aioquic (or qh3).
 
 Theory of operation. `QuicFlowProtocol` is our own `QuicConnectionProtocol`
 subclass. It follows aioquic's loop (feed datagrams, drain events, transmit,
@@ -14,6 +14,12 @@ Flow control both ways, because aioquic has neither:
   "double the window when half is used";
 * send: `QuicFlowProtocol.drain` waits until a stream's unacknowledged bytes
   fall under ``send_buffer_limit``.
+
+Engines: the QUIC state machine is aioquic's `QuicConnection` (our
+`_FlowConnection`) or, with ``quic_engine="qh3"``, qh3's (`engine_qh3`); both
+answer the same few questions the protocol asks (stream credit, bytes queued,
+the active path, ...), so everything above is engine-blind. On a uvloop loop
+aioquic connections get a pacer that respects its 1 ms clock.
 
 `QuicFlowServer` is the UDP endpoint for many connections; it keeps each
 connection's connection ids in its own set, so closing one is O(its ids),
