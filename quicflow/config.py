@@ -108,6 +108,9 @@ class _Common:
     """Bytes a peer may send on one stream ahead of what the application has read."""
     send_buffer_limit: int = _MIB
     """Unacknowledged bytes per stream before a streaming sender waits (backpressure)."""
+    connection_send_limit: int = 32 * _MIB
+    """Unacknowledged bytes over all streams of one connection before a handler's reply
+    waits (backpressure against a peer that never reads; docs/limits.md)."""
     quic_engine: str = "auto"
     """QUIC implementation: "aioquic", "qh3" (pip install 'quicflow[qh3]'; Rust core,
     faster, no mutual TLS) or "auto": the one named by $QUICFLOW_QUIC_ENGINE, else
@@ -140,6 +143,7 @@ class _Common:
         _choice("quic_engine", self.quic_engine, ("auto", "aioquic", "qh3"))
         _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
         _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
+        _int_range("connection_send_limit", self.connection_send_limit, 64 << 10, 1 << 34)
         _int_range("dispatcher_workers", self.dispatcher_workers, 1, 10_000)
         _int_range("dispatcher_queue_size", self.dispatcher_queue_size, 0, 10_000_000)
         _positive("handler_timeout", self.handler_timeout, maximum=_MAX_DURATION)
@@ -157,6 +161,7 @@ class _Common:
             congestion_control=self.congestion_control,
             stream_receive_window=self.stream_receive_window,
             send_buffer_limit=self.send_buffer_limit,
+            connection_send_limit=self.connection_send_limit,
             quic_engine=self.quic_engine,
         )
 

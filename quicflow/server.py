@@ -908,10 +908,14 @@ class _ServerCall(ServicerContext):
                         self._send_last_bytes(cached)
                         return
                 response = await func(request, self)
+                if self._conn.send_budget_exceeded():
+                    await self._conn.drain_connection()
                 self._send_last(response)
                 return
             if kind is _STREAM_UNARY:
                 response = await func(_RequestIterator(self), self)
+                if self._conn.send_budget_exceeded():
+                    await self._conn.drain_connection()
                 self._send_last(response)
                 return
             stream: AsyncIterator[Any] = (
@@ -1056,6 +1060,8 @@ class _ServerCall(ServicerContext):
         self._write(self._headers_prefix() + self._machine.send_message(data))
         if conn.send_buffered(sid) > conn.settings.send_buffer_limit:
             await conn.drain(sid)
+        if conn.send_budget_exceeded():
+            await conn.drain_connection()
 
     def _send_last(self, response: Any) -> None:
         """One response and the OK status in a single write (unary responses)."""

@@ -99,6 +99,8 @@ class TransportSettings:
     """Initial connection-level receive window (aioquic raises it as it is used)."""
     send_buffer_limit: int = 1 << 20
     """Unacknowledged bytes per stream above which `QuicFlowProtocol.drain` waits."""
+    connection_send_limit: int = 32 << 20
+    """Unacknowledged bytes over all streams above which `drain_connection` waits."""
     quic_engine: str = "auto"
     """"aioquic", "qh3", or "auto" (`resolve_engine`)."""
 
@@ -320,6 +322,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._fq = cast(_FlowConnection, quic)
         self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
+        # Connection-wide send budget: an upper bound of the bytes queued on all streams
+        # (raised by each write, made exact by a scan only when it passes the limit) and
+        # the streams that may still hold some.
+        self._unsent_bound = 0
+        self._sending: set[int] = set()
+        self._budget_waiter: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._credit_waiters: deque[asyncio.Future[None]] = deque()
         self._peer_next_bidi = 1 if quic.configuration.is_client else 0
@@ -431,8 +439,47 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._quic.send_stream_data(stream_id, data, end_stream)
         except (RuntimeError, ValueError, AssertionError):
             return False
+        self._unsent_bound += len(data)
+        sending = self._sending
+        sending.add(stream_id)
+        if len(sending) > 1024:
+            self._scan_sending()
         self._transmit_soon()
         return True
+
+    def _scan_sending(self) -> int:
+        """Bytes queued on all streams now; forgets streams that hold none."""
+        total = 0
+        send_buffered = self._fq.send_buffered
+        for sid in list(self._sending):
+            queued = send_buffered(sid)
+            if queued:
+                total += queued
+            else:
+                self._sending.discard(sid)
+        self._unsent_bound = total
+        return total
+
+    def send_budget_exceeded(self) -> bool:
+        """Whether the bytes queued towards the peer on all streams pass
+        ``connection_send_limit`` (cheap while well under it: no scan)."""
+        limit = self.settings.connection_send_limit
+        return self._unsent_bound > limit and self._scan_sending() > limit
+
+    async def drain_connection(self) -> None:
+        """Wait until the bytes queued on all streams are under ``connection_send_limit``.
+
+        Bounds what a peer that never reads can make this side hold: a sender
+        calls it before writing a whole reply. Raises `ConnectionClosed` if the
+        connection ends meanwhile.
+        """
+        while self.send_budget_exceeded():
+            if self.closed_error is not None:
+                raise self.closed_error
+            waiter = self._budget_waiter
+            if waiter is None or waiter.done():
+                waiter = self._budget_waiter = self._loop.create_future()
+            await waiter
 
     def reset(self, stream_id: int, error_code: int, *, stop: bool = True) -> None:
         """Abort a stream: RESET_STREAM our side and, with ``stop``, STOP_SENDING the peer's.
@@ -535,6 +582,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._terminated(close_event)
         if self._drain_waiters:
             self._check_drains()
+        budget = self._budget_waiter
+        if budget is not None and not self.send_budget_exceeded():
+            self._budget_waiter = None
+            if not budget.done():
+                budget.set_result(None)
         if self._credit_waiters and self.can_open_stream():
             self._wake_credit()
 
@@ -677,6 +729,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             if not waiter.done():
                 waiter.set_exception(self.closed_error)
         self._drain_waiters.clear()
+        budget, self._budget_waiter = self._budget_waiter, None
+        if budget is not None and not budget.done():
+            budget.set_exception(self.closed_error)
+        self._sending.clear()
         for waiter in self._credit_waiters:
             if not waiter.done():
                 waiter.set_exception(self.closed_error)

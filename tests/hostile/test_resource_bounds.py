@@ -280,3 +280,55 @@ async def test_peer_that_never_reads_bounds_server_buffers(figures: Figures) -> 
             assert not stingy.closed
         finally:
             await stingy.aclose()
+
+
+async def test_peer_that_never_reads_bounds_the_connection_send_buffer(figures: Figures) -> None:
+    """Check that unary replies to a peer that grants no receive credit stop at
+    connection_send_limit over all streams: the handlers run, but their replies wait
+    (parked in drain_connection) instead of each adding a whole reply to the buffer."""
+    conn_limit = 256 << 10
+    reply = 96 << 10
+    calls = 12  # 12 x 96 KiB = 1.1 MiB asked, four times the budget
+    service = Echo()
+    setup = attack_setup(service, connection_send_limit=conn_limit)
+    async with setup as (harness, bystander, peer):
+        await peer.aclose()  # replaced by one that never grants credit
+        stingy = HostilePeer(
+            "127.0.0.1",
+            harness.server.port,
+            str(harness.certs.ca_file),
+            max_stream_data=16 << 10,
+            grant_credit=False,
+        )
+        await stingy.connect()
+        try:
+            await stingy.hello("never-reads-replies")
+            request = EchoRequest(text="r" * reply).SerializeToString()
+            call = encode_frame(
+                FrameType.HEADERS, pb.CallHeaders(method="/echo.Echo/Say").SerializeToString()
+            ) + encode_frame(FrameType.DATA, request)
+            says = service.says  # the bystander's warm-up calls
+            sids = [stingy.send_new(call, end_stream=True) for _ in range(calls)]
+            conn: QuicFlowProtocol | None = None
+            for _ in range(1000):
+                # The stingy peer's connection: the one with replies queued.
+                conn = max(harness.server.connections, key=lambda c: c._unsent_bound)
+                if service.says - says == calls and conn._budget_waiter is not None:
+                    break
+                await asyncio.sleep(0.01)
+            assert conn is not None and service.says - says == calls
+            assert conn._budget_waiter is not None  # some replies are held back
+            bystander.start()
+            await bystander.stop()
+            total = sum(conn.send_buffered(s) for s in sids)
+            # At most the budget plus the one reply that took it over the limit.
+            assert total <= conn_limit + reply + 1024, total
+            assert total < calls * reply // 2
+            figures.add(
+                f"never-reading peer, {calls} unary replies x {reply >> 10} KiB: server buffered",
+                f"{total / 1024:.0f} KiB (connection_send_limit {conn_limit >> 10} KiB)",
+            )
+            bystander.report("never-reading peer, unary replies", figures)
+            assert not stingy.closed
+        finally:
+            await stingy.aclose()

@@ -86,6 +86,10 @@ COMMON_BAD: list[tuple[str, object]] = [
     ("send_buffer_limit", (1 << 30) + 1),
     ("send_buffer_limit", "1MiB"),
     ("send_buffer_limit", False),
+    # connection_send_limit: ints in [64 KiB, 16 GiB]
+    ("connection_send_limit", (64 << 10) - 1),
+    ("connection_send_limit", (1 << 34) + 1),
+    ("connection_send_limit", 1.5),
     # host: a non-empty string
     ("host", ""),
     ("host", None),
