@@ -327,6 +327,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # the streams that may still hold some.
         self._unsent_bound = 0
         self._sending: set[int] = set()
+        self._scan_at = 64  # prune _sending when it grows past this (amortised O(1))
         self._budget_waiter: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._credit_waiters: deque[asyncio.Future[None]] = deque()
@@ -442,7 +443,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._unsent_bound += len(data)
         sending = self._sending
         sending.add(stream_id)
-        if len(sending) > 1024:
+        if len(sending) > self._scan_at:
             self._scan_sending()
         self._transmit_soon()
         return True
@@ -458,6 +459,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             else:
                 self._sending.discard(sid)
         self._unsent_bound = total
+        self._scan_at = max(64, 2 * len(self._sending))
         return total
 
     def send_budget_exceeded(self) -> bool:
