@@ -6,15 +6,19 @@ server certificate signed by it, valid for ``localhost``, ``127.0.0.1`` and
 --client-id ID`` (or `issue_client_certificate`) adds a client certificate
 for one more client id, signed by the CA already in DIR. A client
 certificate names its id as the SAN URI ``quicflow://client/<id>`` (how the
-server maps it, docs/security.md). Keys are ECDSA P-256. These are for
-development and tests only.
+server maps it, docs/security.md). ``quicflow certs DIR --revoke ID`` (or
+`revoke_client_certificates`) adds that client's certificates to ``crl.pem``,
+a CRL signed by the CA in DIR (the server's ``client_crl_file``). Keys are
+ECDSA P-256. These are for development and tests only.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +27,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-__all__ = ["DevCerts", "issue_client_certificate", "write_dev_certs"]
+__all__ = [
+    "DevCerts",
+    "issue_client_certificate",
+    "revoke_client_certificates",
+    "write_dev_certs",
+]
 
 _DEFAULT_NAMES = ("localhost", "127.0.0.1", "::1")
 _CLIENT_ID = re.compile(r"[A-Za-z0-9._~-]{1,256}")
@@ -110,6 +119,112 @@ def _client_leaf(
     return _leaf(ca_key, ca_name, client_id, san, ExtendedKeyUsageOID.CLIENT_AUTH, now, days)
 
 
+def _load_ca(out: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
+    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
+    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(f"{out / 'ca.key'} is not an EC private key")
+    return ca_cert, ca_key
+
+
+def _client_id_of(cert: x509.Certificate) -> str | None:
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return None
+    for uri in san.get_values_for_type(x509.UniformResourceIdentifier):
+        if uri.startswith(_CLIENT_URI):
+            return uri[len(_CLIENT_URI) :]
+    return None
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # A server re-reads its CRL file when it changes: never let it see half a file.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def revoke_client_certificates(
+    directory: str | Path,
+    client_ids: tuple[str, ...] = (),
+    *,
+    days: int = 30,
+    now: datetime.datetime | None = None,
+) -> tuple[Path, list[int]]:
+    """Add the certificates of ``client_ids`` to ``crl.pem`` in ``directory``; return its path.
+
+    Every ``client*.pem`` in ``directory`` whose SAN URI names one of the ids is revoked
+    (its serial number listed). An existing ``crl.pem`` keeps its entries and gets the
+    next CRL number; with no ids it is only refreshed (new thisUpdate/nextUpdate). The
+    CRL is signed by ``ca.pem``/``ca.key``, valid from ``now`` for ``days`` days, and is
+    replaced atomically so a running server never reads half of it. Returns the path and
+    the serial numbers revoked by this call.
+
+    Raises:
+        ValueError: an id matches no certificate in ``directory``, the existing
+            ``crl.pem`` is not a CRL signed by this CA, or the CA files are unusable.
+        OSError: the files cannot be read or written.
+    """
+    out = Path(directory)
+    ca_cert, ca_key = _load_ca(out)
+    crl_file = out / "crl.pem"
+    entries: dict[int, x509.RevokedCertificate] = {}
+    number = 0
+    if crl_file.exists():
+        old = x509.load_pem_x509_crl(crl_file.read_bytes())
+        if old.issuer != ca_cert.subject or not old.is_signature_valid(ca_key.public_key()):
+            raise ValueError(f"{crl_file} is not signed by the CA in {out / 'ca.pem'}")
+        entries = {revoked.serial_number: revoked for revoked in old}
+        try:
+            number = old.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number
+        except x509.ExtensionNotFound:
+            number = 0
+    start = now or datetime.datetime.now(datetime.UTC)
+    by_id: dict[str, list[x509.Certificate]] = {}
+    for path in sorted(out.glob("client*.pem")):
+        try:
+            cert = x509.load_pem_x509_certificate(path.read_bytes())
+        except ValueError:
+            continue
+        cid = _client_id_of(cert)
+        if cid is not None and cert.issuer == ca_cert.subject:
+            by_id.setdefault(cid, []).append(cert)
+    added: list[int] = []
+    for client_id in client_ids:
+        if client_id not in by_id:
+            raise ValueError(f"no client certificate for client id {client_id!r} in {out}")
+        for cert in by_id[client_id]:
+            if cert.serial_number not in entries:
+                entries[cert.serial_number] = (
+                    x509.RevokedCertificateBuilder()
+                    .serial_number(cert.serial_number)
+                    .revocation_date(start)
+                    .build()
+                )
+                added.append(cert.serial_number)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(ca_cert.subject)
+        .last_update(start)
+        .next_update(start + datetime.timedelta(days=days))
+        .add_extension(x509.CRLNumber(number + 1), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False
+        )
+    )
+    for revoked in entries.values():
+        builder = builder.add_revoked_certificate(revoked)
+    crl = builder.sign(ca_key, hashes.SHA256())
+    _atomic_write(crl_file, crl.public_bytes(serialization.Encoding.PEM))
+    return crl_file, added
+
+
 def issue_client_certificate(
     directory: str | Path,
     client_id: str,
@@ -132,10 +247,7 @@ def issue_client_certificate(
         OSError: the files cannot be read or written.
     """
     out = Path(directory)
-    ca_cert = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes())
-    ca_key = serialization.load_pem_private_key((out / "ca.key").read_bytes(), password=None)
-    if not isinstance(ca_key, ec.EllipticCurvePrivateKey):
-        raise ValueError(f"{out / 'ca.key'} is not an EC private key")
+    ca_cert, ca_key = _load_ca(out)
     start = not_before or datetime.datetime.now(datetime.UTC)
     cert, key = _client_leaf(ca_key, ca_cert.subject, client_id, start, days)
     cert_file = out / f"client-{client_id}.pem"

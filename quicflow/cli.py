@@ -4,6 +4,7 @@
 
     quicflow certs DIR                          development CA, server and client certificates
     quicflow certs DIR --add-client ID          one more client certificate from that CA
+    quicflow certs DIR --revoke ID              list that client in DIR/crl.pem (a CRL)
     quicflow gen PROTO... --out DIR             protoc with the QuicFlow plugin (needs [gen])
     quicflow serve module:Service... [--config server.toml]
     quicflow call pkg.Service/Method '{"json": 1}' --proto x.proto | --descriptor-set x.pb
@@ -34,7 +35,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .certs import issue_client_certificate, write_dev_certs
+from .certs import issue_client_certificate, revoke_client_certificates, write_dev_certs
 from .errors import ConfigError, RpcError
 
 __all__ = ["CliError", "build_parser", "main"]
@@ -121,6 +122,17 @@ def _proto_files(paths: Sequence[str], includes: Sequence[str]) -> tuple[list[st
 
 
 def _certs(args: argparse.Namespace) -> int:
+    if args.revoke is not None:
+        # Revoke with the CA already in DIR; an empty --revoke '' list only refreshes the CRL.
+        ids = tuple(i for i in args.revoke if i)
+        try:
+            crl, serials = revoke_client_certificates(Path(args.directory), ids, days=args.days)
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot revoke: {exc}")
+        for serial in serials:
+            print(f"revoked: serial {serial:x}")
+        print(f"CRL:    {crl} (server: client_crl_file), next update in {args.days} days")
+        return 0
     if args.add_client:
         # Sign more client certificates with the CA already in DIR (no new CA).
         for client_id in args.add_client:
@@ -654,6 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="instead of a new set, sign client-ID.pem/.key with the CA already in DIR "
         "(repeatable)",
+    )
+    certs.add_argument(
+        "--revoke",
+        action="append",
+        metavar="ID",
+        help="instead of a new set, add the certificates of client ID in DIR to DIR/crl.pem, "
+        "a CRL signed by DIR's CA, valid --days (repeatable; --revoke '' only refreshes it)",
     )
     certs.set_defaults(func=_certs)
 

@@ -255,6 +255,10 @@ class ServerConfig(_Common):
     """Mutual TLS: "none" (never ask for a client certificate), "optional" (ask; a
     certificate sent must verify against ``client_ca_file``) or "required" (a client
     without a valid one fails the handshake). Needs ``client_ca_file`` unless "none"."""
+    client_crl_file: str | None = None
+    """PEM (one or more CRLs) or DER (one CRL) revocation lists for client certificates; each
+    must be signed by a CA in ``client_ca_file``. Re-read when the file changes; a client whose
+    issuer has no current CRL in it is refused (fail closed; docs/security.md "Revocation")."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
     heartbeat_interval: float = 15.0
@@ -356,6 +360,17 @@ class ServerConfig(_Common):
                 "must be 'optional' or 'required' when client_ca_file is set "
                 "(otherwise client certificates would silently not be checked)",
             )
+        _optional_path("client_crl_file", self.client_crl_file)
+        if self.client_crl_file is not None:
+            if self.client_ca_file is None:
+                raise ConfigError(
+                    "client_crl_file", "needs client_ca_file (CRLs apply to client certificates)"
+                )
+            # Fail at configuration time, naming the field, rather than at the first handshake.
+            from .transport.crl import load_crls
+            from .transport.tls import load_ca_file
+
+            load_crls(self.client_crl_file, load_ca_file(self.client_ca_file))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
 
 

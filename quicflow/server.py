@@ -155,6 +155,7 @@ class Server:
             key_file=config.key_file,
             client_ca_file=config.client_ca_file,
             client_cert_mode=config.client_cert_mode,
+            client_crl_file=config.client_crl_file,
         )
         self._closed = asyncio.Event()
         self._endpoint = await serve(

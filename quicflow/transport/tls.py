@@ -10,7 +10,9 @@ checks its chain. `ClientCertificateVerifier` does that with `cryptography`'s
 X.509 path validation (chain to the configured CA, validity period, the
 clientAuth extended key usage); the transport runs it inside the handshake
 (`quicflow.transport.quic`), so a bad certificate fails the handshake with a
-TLS alert. `certificate_client_id` maps a verified certificate to a client id.
+TLS alert. With ``client_crl_file`` it also checks the leaf against the CRL of its
+issuer (`quicflow.transport.crl`). `certificate_client_id` maps a verified
+certificate to a client id.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from ..errors import ConfigError
+from .crl import CertificateRevoked, RevocationChecker
 
 __all__ = [
     "CLIENT_ID_URI_PREFIX",
@@ -36,6 +39,7 @@ __all__ = [
     "VerifiedClientCertificate",
     "certificate_client_id",
     "client_configuration",
+    "load_ca_file",
     "server_configuration",
 ]
 
@@ -48,10 +52,12 @@ CLIENT_ID_URI_PREFIX = "quicflow://client/"
 class CertificateRejected(Exception):
     """A client certificate failed verification; ``expired`` tells why it may be retried."""
 
-    def __init__(self, reason: str, *, expired: bool = False) -> None:
+    def __init__(self, reason: str, *, expired: bool = False, revoked: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
         self.expired = expired
+        self.revoked = revoked
+        """True: a CRL in ``client_crl_file`` lists the certificate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,28 +105,38 @@ class ClientCertificateVerifier:
     web-PKI profile: the chain must end at a CA in ``ca_file``, every
     certificate must be within its validity period, the leaf must allow
     clientAuth, carry a subjectAltName and an authorityKeyIdentifier).
+    ``revocation``: also refuse a leaf the CRL of its issuer revokes, or whose
+    issuer has no current CRL (`RevocationChecker`, fail closed).
     """
 
-    def __init__(self, ca_certificates: Sequence[x509.Certificate], *, required: bool) -> None:
+    def __init__(
+        self,
+        ca_certificates: Sequence[x509.Certificate],
+        *,
+        required: bool,
+        revocation: RevocationChecker | None = None,
+    ) -> None:
         if not ca_certificates:
             raise ValueError("ClientCertificateVerifier needs at least one CA certificate")
         self._store = Store(list(ca_certificates))
         self.required = required
         """True: a client must present a certificate."""
+        self.revocation = revocation
+        """The CRLs checked after the chain (None: no revocation check)."""
 
     @classmethod
-    def from_file(cls, ca_file: str, *, required: bool) -> ClientCertificateVerifier:
-        """Load the CA bundle (PEM, one or more certificates).
+    def from_file(
+        cls, ca_file: str, *, required: bool, crl_file: str | None = None
+    ) -> ClientCertificateVerifier:
+        """Load the CA bundle (PEM, one or more certificates) and the CRLs of ``crl_file``.
 
         Raises:
-            ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate.
+            ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate,
+                or ``client_crl_file`` (see `quicflow.transport.crl.load_crls`).
         """
-        try:
-            with open(ca_file, "rb") as fh:
-                cas = x509.load_pem_x509_certificates(fh.read())
-        except (OSError, ValueError) as exc:
-            raise ConfigError("client_ca_file", f"cannot load CA certificates: {exc}") from None
-        return cls(cas, required=required)
+        cas = load_ca_file(ca_file)
+        revocation = RevocationChecker(crl_file, cas) if crl_file is not None else None
+        return cls(cas, required=required, revocation=revocation)
 
     def verify(
         self,
@@ -147,14 +163,33 @@ class ClientCertificateVerifier:
             )
         verifier = PolicyBuilder().store(self._store).time(when).build_client_verifier()
         try:
-            verifier.verify(leaf, list(intermediates))
+            chain = verifier.verify(leaf, list(intermediates)).chain
         except VerificationError as exc:
             raise CertificateRejected(f"client certificate not trusted: {_short(exc)}") from None
+        if self.revocation is not None:
+            try:
+                # chain[0] is the leaf, chain[1] the certificate that issued it.
+                self.revocation.check(leaf, chain[1] if len(chain) > 1 else chain[0], when)
+            except CertificateRevoked as exc:
+                raise CertificateRejected(exc.reason, revoked=exc.revoked) from None
         return VerifiedClientCertificate(
             der=leaf.public_bytes(Encoding.DER),
             client_id=certificate_client_id(leaf),
             subject=leaf.subject.rfc4514_string(),
         )
+
+
+def load_ca_file(ca_file: str) -> list[x509.Certificate]:
+    """The certificates of a PEM CA bundle.
+
+    Raises:
+        ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate.
+    """
+    try:
+        with open(ca_file, "rb") as fh:
+            return x509.load_pem_x509_certificates(fh.read())
+    except (OSError, ValueError) as exc:
+        raise ConfigError("client_ca_file", f"cannot load CA certificates: {exc}") from None
 
 
 @dataclass
@@ -217,11 +252,13 @@ def server_configuration(
     key_file: str | None,
     client_ca_file: str | None = None,
     client_cert_mode: str = "none",
+    client_crl_file: str | None = None,
 ) -> ServerQuicConfiguration:
     """Build an aioquic server configuration presenting ``cert_file``.
 
     With ``client_cert_mode`` "optional" or "required" the server asks every
-    client for a certificate and verifies it against ``client_ca_file``.
+    client for a certificate and verifies it against ``client_ca_file``, and
+    against the CRLs in ``client_crl_file`` when given.
 
     Raises:
         ConfigError: naming the field whose file cannot be loaded.
@@ -232,6 +269,6 @@ def server_configuration(
         if client_ca_file is None:
             raise ConfigError("client_ca_file", f"needed for client_cert_mode={client_cert_mode!r}")
         config.client_verifier = ClientCertificateVerifier.from_file(
-            client_ca_file, required=client_cert_mode == "required"
+            client_ca_file, required=client_cert_mode == "required", crl_file=client_crl_file
         )
     return config

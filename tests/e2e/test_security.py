@@ -44,7 +44,12 @@ from quicflow import (
     StatusCode,
     TokenAuthenticator,
 )
-from quicflow.certs import DevCerts, issue_client_certificate, write_dev_certs
+from quicflow.certs import (
+    DevCerts,
+    issue_client_certificate,
+    revoke_client_certificates,
+    write_dev_certs,
+)
 from quicflow.protocol import CallProtocol, Role, TrailersReceived
 from quicflow.protocol.control import ControlProtocol, WelcomeReceived
 from quicflow.transport import QuicFlowProtocol, connect
@@ -647,3 +652,30 @@ async def test_client_chain_through_an_intermediate_ca(pki: DevCerts, tmp_path: 
         with pytest.raises(ConnectionClosed) as info:
             await leaf_only.connect()
         assert "not trusted" in info.value.message
+
+
+async def test_revoked_client_is_refused_and_others_are_not(tmp_path: Path) -> None:
+    """Check revocation over real QUIC/TLS: with client_crl_file a client the CRL lists
+    (made by `quicflow certs --revoke`'s function) fails the handshake saying it is revoked,
+    another client of the same CA calls normally, and a CRL rewritten while the server runs
+    refuses the next handshake of the newly revoked client without a restart."""
+    pki = write_dev_certs(tmp_path, client_id="alice")
+    issue_client_certificate(tmp_path, "bob")
+    crl_file, _ = revoke_client_certificates(tmp_path, ("bob",))
+    options = _mtls(client_crl_file=str(crl_file), authenticator=CertificateAuthenticator())
+    async with _server(pki, **options(pki)) as server:
+        with pytest.raises(ConnectionClosed, match=r"client certificate revoked at .*serial"):
+            await _client(server, pki, "bob").connect()
+        alice = _client(server, pki, "alice")
+        await alice.connect()
+        try:
+            reply = await EchoStub(alice).say(EchoRequest(text="hi"))
+            assert reply.text == "hi"
+            assert [c.client_id for c in server.list_clients()] == ["alice"]
+            revoke_client_certificates(tmp_path, ("alice",))
+            with pytest.raises(ConnectionClosed, match="client certificate revoked"):
+                await _client(server, pki, "alice").connect()
+            # Certificates are checked at the handshake: the open connection keeps working.
+            assert (await EchoStub(alice).say(EchoRequest(text="still"))).text == "still"
+        finally:
+            await alice.close()

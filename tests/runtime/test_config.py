@@ -115,6 +115,10 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("client_cert_mode", "always"),
     ("client_cert_mode", "REQUIRED"),
     ("client_cert_mode", None),
+    # client_crl_file: a non-empty path, only with client_ca_file (loading: test_crl.py)
+    ("client_crl_file", ""),
+    ("client_crl_file", 3),
+    ("client_crl_file", "crl.pem"),
     ("heartbeat_interval", 0),
     ("heartbeat_interval", math.inf),
     ("heartbeat_check_interval", 0),
