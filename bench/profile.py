@@ -54,6 +54,9 @@ async def _client(
     request = EchoRequest(payload=payload(SMALL))
     for _ in range(200):  # warm up
         await stub.say(request)
+    from . import counters
+
+    counted = counters.snapshot()
     server_stdin.write("start\n")
     server_stdin.flush()
     prof.enable()
@@ -91,6 +94,8 @@ async def _client(
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu
     prof.disable()
+    if os.environ.get("BENCH_COUNT"):
+        print(f"client per unit: {counters.per_unit(counted, counters.snapshot(), n)}")
     await client.close()
     return elapsed, cpu
 
@@ -146,6 +151,11 @@ def main() -> None:
     parser.add_argument(
         "--no-profile", action="store_true", help="only time it (no cProfile on either side)"
     )
+    parser.add_argument(
+        "--count",
+        action="store_true",
+        help="count datagrams, transmits and timer wake-ups per unit on each side",
+    )
     args = parser.parse_args()
     n = (
         args.n
@@ -158,6 +168,11 @@ def main() -> None:
     env = dict(os.environ, QUICFLOW_PROFILE_OUT=str(out / "server.prof"))
     if args.no_profile:
         env["QUICFLOW_PROFILE_OUT"] = ""
+    if args.count:
+        from . import counters
+
+        counters.install()
+        env["BENCH_COUNT"] = os.environ["BENCH_COUNT"] = "1"
     if args.uvloop:
         env["BENCH_UVLOOP"] = "1"
         _use_uvloop()
@@ -184,6 +199,10 @@ def main() -> None:
         )
         server.stdin.close()
         server_cpu = float(server.stdout.readline().split()[1])
+        if args.count:
+            totals = dict(kv.split("=") for kv in server.stdout.readline().split()[1:])
+            per = " ".join(f"{k}={float(v) / n:.2f}" for k, v in totals.items())
+            print(f"server per unit: {per}")
         server.wait(30)
     finally:
         if server.poll() is None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from echo.echo_pb2 import EchoReply, EchoRequest
 
+from . import counters
 from .common import HOST, ONEWAY_TYPE, datagram_size
 from .servers import _replies, _say
 
@@ -57,11 +58,14 @@ async def serve(certs: Path, prof: cProfile.Profile) -> None:
     prof.enable()
     cpu = time.process_time()
     await reader.readline()  # the client says "start" after its warm-up
+    counted = counters.snapshot()
     cpu = time.process_time()
     await reader.read()
     cpu = time.process_time() - cpu
     prof.disable()
     print(f"cpu {cpu}", flush=True)
+    if os.environ.get("BENCH_COUNT"):
+        print(f"counts {counters.per_unit(counted, counters.snapshot(), 1)}", flush=True)
     await server.stop(grace=1.0)
 
 
@@ -79,6 +83,8 @@ def main() -> None:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if os.environ.get("BENCH_COUNT"):
+        counters.install()
     prof = cProfile.Profile() if out else _NoProfile()
     asyncio.run(serve(Path(sys.argv[1]), prof))
     if out:
