@@ -127,6 +127,9 @@ class Qh3FlowConnection(Qh3Connection):
         """qh3 does not expose it: None (the caller then just tries)."""
         return None
 
+    def ack_with_data(self, now: float) -> None:
+        """No-op: qh3 decides itself when an ACK rides along."""
+
     def credit_due(self, stream_id: int) -> bool:
         """qh3 grants receive credit by itself: never."""
         return False

@@ -58,6 +58,11 @@ ALPN = "quicflow/1"
 
 _SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: a client Initial is padded to at least this
 
+FLUSH_STREAMS = 2
+"""A write that ends a stream is sent at once (not at the next loop turn) while the
+connection has at most this many live streams: the control stream and one call.
+Nothing else is likely to share its datagram, and the loop turn is latency."""
+
 LOOPBACK_DATAGRAM_SIZE = 16384
 """Datagram size ``max_datagram_size=0`` ("auto") picks for a loopback peer: the
 largest aioquic handshakes with (loopback's MTU is 64 KiB); 13x fewer packets
@@ -214,6 +219,18 @@ class _FlowConnection(QuicConnection):
         """Forget the probe-timeout backoff earned on an old path (see _path_changed)."""
         self._loss._pto_count = 0
 
+    def ack_with_data(self, now: float) -> None:
+        """Make a pending ACK due now, so the data about to be sent carries it.
+
+        aioquic writes an ACK frame only once its delay (1 ms) has passed, so a
+        reply sent sooner goes without it and a separate ACK-only datagram follows,
+        which the peer must process too: at one call at a time that was half a
+        datagram more per call each way.
+        """
+        space = self._spaces.get(tls.Epoch.ONE_RTT)
+        if space is not None and space.ack_at is not None and space.ack_at > now:
+            space.ack_at = now
+
     def credit_due(self, stream_id: int) -> bool:
         """True if consumption on this stream warrants sending MAX_STREAM_DATA now."""
         stream = self._streams.get(stream_id)
@@ -334,6 +351,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._peer_next_bidi = 1 if quic.configuration.is_client else 0
         self._peer_unseen: set[int] = set()
         self._receiving = False
+        self._wrote = False  # stream data queued since the last transmit
         self.owns_transport = quic.configuration.is_client
         """A client connection has its own UDP socket, closed when the connection ends."""
         self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
@@ -441,11 +459,18 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         except (RuntimeError, ValueError, AssertionError):
             return False
         self._unsent_bound += len(data)
+        self._wrote = True
         sending = self._sending
         sending.add(stream_id)
         if len(sending) > self._scan_at:
             self._scan_sending()
-        self._transmit_soon()
+        if end_stream and not self._receiving and len(self._handlers) <= FLUSH_STREAMS:
+            pending = self._transmit_task
+            if pending is not None:
+                pending.cancel()
+            self.transmit()
+        else:
+            self._transmit_soon()
         return True
 
     def _scan_sending(self) -> int:
@@ -599,6 +624,14 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # on the new path (the path challenge, the first answers) waited for that
         # backed-off probe, 10 s and more. A new path starts with a fresh backoff.
         self._fq.reset_probe_backoff()
+
+    def transmit(self) -> None:
+        """Send what aioquic has queued; data written since the last transmit carries
+        any pending ACK (`_FlowConnection.ack_with_data`)."""
+        if self._wrote:
+            self._wrote = False
+            self._fq.ack_with_data(self._loop.time())
+        super().transmit()
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:
