@@ -13,6 +13,9 @@ same code as with aioquic. What differs, and lives here:
 - receive flow control: qh3 grants stream credit itself as data is handed to
   the application (it has no hook for our consumption-based grant), so a slow
   reader is bounded by qh3's windows, not by ``stream_receive_window``;
+- the anti-amplification allowance of a server: aioquic pads its Initial
+  datagrams with zeros after the packet, which qh3 2.1 does not count; the
+  padding is handed to qh3 with the packet before it (`_receive_padded`);
 - TLS: the configuration is rebuilt for qh3 from the aioquic one that
   `quicflow.transport.tls` made (same certificates, CA, verify mode). Mutual
   TLS (client certificates) needs the aioquic engine.
@@ -33,6 +36,9 @@ from cryptography.hazmat.primitives.serialization import (
     Encoding,
     NoEncryption,
     PrivateFormat,
+)
+from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
+    pull_quic_header as qh3_pull_quic_header,
 )
 from qh3.quic import events as qh3_events  # type: ignore[import-untyped,unused-ignore]
 from qh3.quic.configuration import (  # type: ignore[import-untyped,unused-ignore]
@@ -156,7 +162,44 @@ class Qh3FlowConnection(Qh3Connection):
         if addr != self._peer_address:
             self._path = object()  # a new token whenever the peer's address changes
         self._peer_address = addr
+        if not self._is_client and not self._handshake_complete:
+            padding = _padding_start(data, self._configuration.connection_id_length)
+            if padding is not None:
+                self._receive_padded(data, padding, addr, now)
+                return
         super().receive_datagram(data, addr, now=now)
+
+    def _receive_padded(self, data: bytes, padding: int, addr: Any, now: float) -> None:
+        """Receive a datagram whose last packet is followed by zero padding, crediting
+        the padding to the packet before it.
+
+        aioquic pads a datagram that carries an Initial packet with zero bytes *after*
+        the packet (RFC 9000 §14.1 allows it). qh3 2.1 hands its core each packet on
+        its own and drops the zeros, so the anti-amplification allowance (3x the
+        bytes received, RFC 9000 §8.1) counts 517 bytes instead of 1,200: the first
+        server datagram (padded to 1,200) leaves too little for the Handshake packet,
+        and qh3's packet builder raises "packet builder capacity exhausted". Handing
+        the core the last packet with its padding (which it skips as padding) counts
+        the whole datagram, as a datagram that pads with PADDING frames is counted
+        (qh3 then offers the zeros alone too, and drops them as before).
+        """
+        offset = 0
+        call_core = self._call_core
+
+        def extend_last_packet(operation: Any, *args: Any) -> Any:
+            nonlocal offset
+            if getattr(operation, "__name__", "") == "receive_datagram":
+                chunk = args[0]
+                start, offset = offset, offset + len(chunk)
+                if offset == padding:  # the last packet: give it the padding too
+                    args = (data[start:], *args[1:])
+            return call_core(operation, *args)
+
+        self._call_core = extend_last_packet  # type: ignore[method-assign]  # this datagram only
+        try:
+            super().receive_datagram(data, addr, now=now)
+        finally:
+            del self._call_core
 
     def active_path(self) -> object | None:
         """A token that changes when the peer's address does (qh3 keeps its paths inside)."""
@@ -170,6 +213,22 @@ class Qh3FlowConnection(Qh3Connection):
         if cert is None:
             return None
         return bytes(cert.public_bytes())
+
+
+def _padding_start(data: bytes, cid_length: int) -> int | None:
+    """Where zero bytes after the last QUIC packet of ``data`` begin, or None (no padding)."""
+    offset = 0
+    while offset < len(data):
+        if not data[offset]:
+            return offset if not any(data[offset:]) else None
+        try:
+            end = int(qh3_pull_quic_header(data, offset, cid_length)[9])
+        except ValueError:
+            return None
+        if end <= offset:
+            return None
+        offset = end
+    return None
 
 
 def qh3_configuration(source: AioConfiguration) -> Any:
