@@ -113,8 +113,8 @@ class _Common:
     waits (backpressure against a peer that never reads; docs/limits.md)."""
     quic_engine: str = "auto"
     """QUIC implementation: "aioquic", "qh3" (pip install 'quicflow[qh3]'; Rust core,
-    faster, no mutual TLS) or "auto": the one named by $QUICFLOW_QUIC_ENGINE, else
-    aioquic (docs/benchmarks.md "QUIC engines")."""
+    faster; a qh3 server cannot ask for client certificates) or "auto": the one named
+    by $QUICFLOW_QUIC_ENGINE, else aioquic (docs/benchmarks.md "QUIC engines")."""
     dispatcher_workers: int = 16
     """Workers running untyped-message handlers at once."""
     dispatcher_queue_size: int = 1000

@@ -17,8 +17,10 @@ same code as with aioquic. What differs, and lives here:
   datagrams with zeros after the packet, which qh3 2.1 does not count; the
   padding is handed to qh3 with the packet before it (`_receive_padded`);
 - TLS: the configuration is rebuilt for qh3 from the aioquic one that
-  `quicflow.transport.tls` made (same certificates, CA, verify mode). Mutual
-  TLS (client certificates) needs the aioquic engine.
+  `quicflow.transport.tls` made (same certificates, CA, verify mode). A qh3
+  client presents its certificate (``cert_file``) when a server asks; a qh3
+  server cannot ask (qh3 2.1's TLS server has no CertificateRequest), so
+  ``client_cert_mode`` needs the aioquic engine on the server.
 
 Known qh3 behaviours: its server allows 100 concurrent streams per
 connection (calls beyond wait for credit like any other), and it rejects a
@@ -95,7 +97,7 @@ class Qh3FlowConnection(Qh3Connection):
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, Any] = {}
         self.flow_window = window
-        self.client_certificate = None  # mutual TLS needs the aioquic engine
+        self.client_certificate = None  # a qh3 server cannot ask for one
         self._peer_address: Any = None
         self._path: object | None = None
 
@@ -235,14 +237,17 @@ def qh3_configuration(source: AioConfiguration) -> Any:
     """The qh3 configuration equivalent to an aioquic one from `quicflow.transport.tls`.
 
     Raises:
-        ConfigError: naming ``quic_engine`` when the configuration needs mutual TLS.
+        ConfigError: naming ``quic_engine`` for a server that asks for client certificates.
     """
     if getattr(source, "client_verifier", None) is not None:
+        # qh3 2.1's TLS server never sends CertificateRequest and has no state for a
+        # client's Certificate/CertificateVerify (ClientHello -> Finished only). A qh3
+        # *client* does answer a CertificateRequest: cert_file works on a client.
         raise ConfigError(
-            "quic_engine", "mutual TLS (client_cert_mode) needs quic_engine='aioquic'"
+            "quic_engine",
+            "a qh3 server cannot ask for client certificates (client_cert_mode): "
+            "use quic_engine='aioquic' on the server",
         )
-    if source.is_client and source.certificate is not None:
-        raise ConfigError("quic_engine", "client certificates need quic_engine='aioquic'")
     config = Qh3Configuration(is_client=source.is_client, server_name=source.server_name)
     config.alpn_protocols = list(source.alpn_protocols or [])
     config.idle_timeout = source.idle_timeout

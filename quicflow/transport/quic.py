@@ -795,7 +795,7 @@ def resolve_engine(name: str) -> str:
     """The engine ``name`` means: "auto" is ``$QUICFLOW_QUIC_ENGINE`` if set, else aioquic.
 
     qh3 is never chosen just because it is installed: it has no hook for
-    consumption-based receive credit and no mutual TLS (see engine_qh3).
+    consumption-based receive credit and no client certificates on a server (see engine_qh3).
 
     Raises:
         ConfigError: naming ``quic_engine`` for an unknown engine or qh3 not installed.

@@ -2,9 +2,10 @@
 qh3 for every client and server that leaves ``quic_engine`` at "auto" (`make test` runs
 this directory a second time that way).
 
-On qh3, a test that needs what only aioquic offers is skipped, with the reason: mutual
-TLS (the transport raises ConfigError naming ``quic_engine``, turned into a skip here)
-and the behaviours listed in `_AIOQUIC_ONLY`.
+On qh3, a test that needs what only aioquic offers is skipped, with the reason: a server
+asking for client certificates (the transport raises ConfigError naming ``quic_engine``,
+turned into a skip here; test_security.py runs its mutual-TLS servers on aioquic, so there
+qh3 clients present their certificates) and the behaviours listed in `_AIOQUIC_ONLY`.
 """
 
 from __future__ import annotations

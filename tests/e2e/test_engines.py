@@ -9,9 +9,10 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import ConfigError
-from quicflow.testing import ClientFor
-from quicflow.transport.engine_qh3 import Qh3FlowConnection
+from quicflow.testing import ClientFor, dev_certs
+from quicflow.transport.engine_qh3 import Qh3FlowConnection, qh3_configuration
 from quicflow.transport.quic import _FlowConnection, resolve_engine
+from quicflow.transport.tls import server_configuration
 
 from .service import TestEcho
 
@@ -54,3 +55,18 @@ def test_engine_names_are_checked() -> None:
     assert resolve_engine("qh3") == "qh3"
     with pytest.raises(ConfigError, match=r"^quic_engine: must be one of"):
         resolve_engine("quiche")
+
+
+def test_a_qh3_server_refuses_to_ask_for_client_certificates() -> None:
+    """Check that mutual TLS on a qh3 server fails naming quic_engine (qh3 2.1's TLS server
+    cannot send CertificateRequest); qh3 clients with certificates are tested in
+    test_security.py on the qh3 run."""
+    certs = dev_certs()
+    config = server_configuration(
+        cert_file=str(certs.cert_file),
+        key_file=str(certs.key_file),
+        client_ca_file=str(certs.ca_file),
+        client_cert_mode="optional",
+    )
+    with pytest.raises(ConfigError, match=r"^quic_engine: a qh3 server cannot ask for client"):
+        qh3_configuration(config)
