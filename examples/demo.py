@@ -10,7 +10,6 @@ callback, one failing). It exits non-zero if any step fails.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
@@ -19,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import quicflow
 from quicflow.certs import write_dev_certs
 
 from .broadcast.main import main as broadcast_demo
@@ -59,7 +59,7 @@ def main() -> int:
                     return 1
                 time.sleep(0.05)
             port = int(ready.read_text())
-            asyncio.run(run("127.0.0.1", port, certs))
+            quicflow.run(run("127.0.0.1", port, certs))
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -71,9 +71,9 @@ def main() -> int:
     if code != 0:
         return 1
     print("\n-- server push: broadcast --")
-    asyncio.run(broadcast_demo())
+    quicflow.run(broadcast_demo())
     print("\n-- server push: acked sends with promises --")
-    asyncio.run(callback_demo())
+    quicflow.run(callback_demo())
     return 0
 
 

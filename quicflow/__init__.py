@@ -30,6 +30,7 @@ from .errors import (
 )
 from .hooks import Hooks
 from .interceptors import ClientCallInfo, ClientInterceptor, ServerInterceptor
+from .loop import run
 from .metadata import Metadata, MetadataLike, MetadataValue
 from .metrics import LatencySummary, MethodMetrics, MetricsSnapshot, Throughput
 from .rpc import (
@@ -76,6 +77,8 @@ __all__ = [
     # config
     "ClientConfig",
     "ServerConfig",
+    # event loop
+    "run",
     # status and errors
     "StatusCode",
     "RpcError",

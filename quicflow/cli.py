@@ -37,6 +37,7 @@ from typing import Any, NoReturn
 
 from .certs import issue_client_certificate, revoke_client_certificates, write_dev_certs
 from .errors import ConfigError, RpcError
+from .loop import run as run_loop
 
 __all__ = ["CliError", "build_parser", "main"]
 
@@ -242,9 +243,13 @@ def _serve(args: argparse.Namespace) -> int:
             if service.SERVICE_NAME:
                 server.health.set(service.SERVICE_NAME, ServingStatus.SERVING)
         names = ", ".join(s.SERVICE_NAME or type(s).__name__ for s in services)
-        print(f"serving {names} on {config.host}:{server.port}", flush=True)
-        stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        loop_name = type(loop).__module__.partition(".")[0]  # "uvloop" or "asyncio"
+        print(
+            f"serving {names} on {config.host}:{server.port} (event loop: {loop_name})",
+            flush=True,
+        )
+        stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         try:
@@ -256,7 +261,7 @@ def _serve(args: argparse.Namespace) -> int:
         await server.stop(grace=args.grace)
         print("stopped", flush=True)
 
-    asyncio.run(run())
+    run_loop(run(), event_loop=config.event_loop)
     return 0
 
 
@@ -308,11 +313,10 @@ def _quiet_logging() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _connected(args: argparse.Namespace) -> AsyncIterator[Any]:
+async def _connected(args: argparse.Namespace, config: Any) -> AsyncIterator[Any]:
     from .client import Client
     from .errors import ConnectionClosed
 
-    config = _client_config(args)
     _quiet_logging()
     loop = asyncio.get_running_loop()
     wait_until = loop.time() + (getattr(args, "wait", None) or 0.0)
@@ -461,8 +465,10 @@ def _call(args: argparse.Namespace) -> int:
         response_cls.FromString,
     )
 
+    config = _client_config(args)
+
     async def run() -> None:
-        async with _connected(args) as client:
+        async with _connected(args, config) as client:
             options: dict[str, Any] = {"timeout": args.deadline, "metadata": metadata}
             if kind is Cardinality.UNARY_UNARY:
                 print(_to_json(await client.unary_unary(spec, requests[0], **options)))
@@ -477,7 +483,7 @@ def _call(args: argparse.Namespace) -> int:
                 async for response in call:
                     print(_to_json(response), flush=True)
 
-    asyncio.run(run())
+    run_loop(run(), event_loop=config.event_loop)
     return 0
 
 
@@ -507,15 +513,17 @@ def _clients(args: argparse.Namespace) -> int:
 
     token = _admin_token(args)
 
+    config = _client_config(args)
+
     async def run() -> list[Any]:
-        async with _connected(args) as client:
+        async with _connected(args, config) as client:
             reply = await AdminStub(client).list_clients(
                 ListClientsRequest(), timeout=args.deadline, metadata=[(ADMIN_TOKEN_KEY, token)]
             )
             # This command is a client too: leave it out of the list.
             return [c for c in reply.clients if c.client_id != client.client_id]
 
-    clients = asyncio.run(run())
+    clients = run_loop(run(), event_loop=config.event_loop)
     if args.json:
         for entry in clients:
             print(
@@ -569,8 +577,10 @@ def _health(args: argparse.Namespace) -> int:
         except ValueError:
             return f"UNKNOWN_STATUS_{status}"
 
+    config = _client_config(args)
+
     async def run() -> int:
-        async with _connected(args) as client:
+        async with _connected(args, config) as client:
             stub = HealthStub(client)
             if args.list:
                 listed = await stub.list(HealthListRequest(), timeout=args.deadline)
@@ -593,7 +603,7 @@ def _health(args: argparse.Namespace) -> int:
                     raise
             return 0 if last == ServingStatus.SERVING else 1
 
-    return asyncio.run(run())
+    return run_loop(run(), event_loop=config.event_loop)
 
 
 # -- the parser ------------------------------------------------------------------

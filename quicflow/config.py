@@ -115,6 +115,11 @@ class _Common:
     """QUIC implementation: "aioquic", "qh3" (pip install 'quicflow[qh3]'; Rust core,
     faster; a qh3 server cannot ask for client certificates) or "auto": the one named
     by $QUICFLOW_QUIC_ENGINE, else aioquic (docs/benchmarks.md "QUIC engines")."""
+    event_loop: str = "auto"
+    """The event loop QuicFlow starts when it starts one itself (``quicflow serve``, the
+    client commands, `quicflow.run`): "auto" (uvloop when installed, else asyncio's),
+    "uvloop" (pip install 'quicflow[fast]') or "asyncio". A loop you start yourself is
+    used as it is."""
     dispatcher_workers: int = 16
     """Workers running untyped-message handlers at once."""
     dispatcher_queue_size: int = 1000
@@ -141,6 +146,11 @@ class _Common:
             )
         _choice("congestion_control", self.congestion_control, ("cubic", "reno"))
         _choice("quic_engine", self.quic_engine, ("auto", "aioquic", "qh3"))
+        _choice("event_loop", self.event_loop, ("auto", "asyncio", "uvloop"))
+        if self.event_loop == "uvloop":
+            from .loop import resolve_event_loop
+
+            resolve_event_loop(self.event_loop)  # ConfigError if uvloop is not installed
         _int_range("stream_receive_window", self.stream_receive_window, 16 << 10, 1 << 30)
         _int_range("send_buffer_limit", self.send_buffer_limit, 16 << 10, 1 << 30)
         _int_range("connection_send_limit", self.connection_send_limit, 64 << 10, 1 << 34)

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyBase, NotifyStub
 
+import quicflow
 from quicflow import Client, RpcError, ServicerContext, StatusCode
 from quicflow.push import ClientChannel
 from quicflow.testing import ClientFor
@@ -75,4 +76,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main())
+    quicflow.run(main())

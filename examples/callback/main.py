@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyBase, NotifyStub
 
+import quicflow
 from quicflow import Client, RpcError, ServicerContext, StatusCode
 from quicflow.push import ClientChannel, Promise
 from quicflow.testing import ClientFor
@@ -69,4 +70,4 @@ async def _settled(promise: Promise[Ack]) -> None:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.ERROR)
-    asyncio.run(main())
+    quicflow.run(main())

@@ -6,7 +6,6 @@ PYTHONPATH=generated python -m examples.echo.client --port 4433 --certs certs
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
+import quicflow
 from quicflow import Client, ClientConfig, RpcError, StatusCode
 
 
@@ -60,7 +60,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=4433)
     parser.add_argument("--certs", type=Path, default=Path("certs"))
     args = parser.parse_args()
-    asyncio.run(run(args.host, args.port, args.certs))
+    quicflow.run(run(args.host, args.port, args.certs))
 
 
 if __name__ == "__main__":

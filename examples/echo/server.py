@@ -10,6 +10,7 @@ import asyncio
 import signal
 from pathlib import Path
 
+import quicflow
 from quicflow import Server, ServerConfig
 from quicflow.certs import write_dev_certs
 from quicflow.logs import configure_logging
@@ -52,7 +53,7 @@ def main() -> None:
     parser.add_argument("--ready-file", type=Path, help="write the bound port here once serving")
     args = parser.parse_args()
     configure_logging()  # LOG_LEVEL (default INFO); QUICFLOW_LOG_FORMAT=json for JSON lines
-    asyncio.run(serve(args.host, args.port, args.certs, args.ready_file))
+    quicflow.run(serve(args.host, args.port, args.certs, args.ready_file))
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from echo.echo_quicflow import EchoStub
 from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyBase
 
+import quicflow
 from quicflow import Client, ClientConfig, MetricsSnapshot, RpcError, ServicerContext
 from quicflow.logs import configure_logging
 
@@ -115,7 +116,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     args = parser.parse_args()
     configure_logging("WARNING")
-    snap = asyncio.run(run(args.host, args.port, args.certs, args.id, args.calls))
+    snap = quicflow.run(run(args.host, args.port, args.certs, args.id, args.calls))
     report(args.id, snap)
 
 

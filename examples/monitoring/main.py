@@ -17,6 +17,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+import quicflow
 from quicflow.logs import configure_logging
 
 from . import client as demo_client
@@ -87,4 +88,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     configure_logging("WARNING")
-    asyncio.run(main())
+    quicflow.run(main())

@@ -23,6 +23,7 @@ from echo.echo_pb2 import EchoReply, EchoRequest
 from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyStub
 
+import quicflow
 from quicflow import (
     ClientInfo,
     RpcError,
@@ -149,7 +150,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this long")
     args = parser.parse_args()
     configure_logging()  # LOG_LEVEL (default INFO); QUICFLOW_LOG_FORMAT=json for JSON lines
-    asyncio.run(serve(args.certs, args.host, args.port, args.metrics_port, args.duration))
+    quicflow.run(serve(args.certs, args.host, args.port, args.metrics_port, args.duration))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ class Served:
     proc: subprocess.Popen[str]
     port: int
     certs: DevCerts
+    banner: str
+    """The first line `quicflow serve` printed."""
 
     def connection(self) -> list[str]:
         """The connection flags every client command needs."""
@@ -108,11 +110,18 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     if match is None:
         proc.kill()
         pytest.fail(f"quicflow serve did not start: {line!r} {proc.communicate()[1]!r}")
-    yield Served(proc, int(match.group(1)), certs)
+    yield Served(proc, int(match.group(1)), certs, line)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "stopped" in out
+
+
+def test_serve_runs_on_uvloop_when_installed(served: Served) -> None:
+    """Check that `quicflow serve` (event_loop "auto") started its server on uvloop, which
+    the dev extra installs, and says so."""
+    pytest.importorskip("uvloop")
+    assert served.banner.rstrip().endswith("(event loop: uvloop)"), served.banner
 
 
 # -- call ----------------------------------------------------------------------

@@ -72,11 +72,14 @@ COMMON_BAD: list[tuple[str, object]] = [
     ("congestion_control", ""),
     ("congestion_control", None),
     ("congestion_control", 1),
-    # quic_engine: "auto", "aioquic" or "qh3"
+    # quic_engine: "auto", "aioquic" or "qh3"; event_loop: "auto", "asyncio" or "uvloop"
     ("quic_engine", "quiche"),
     ("quic_engine", "QH3"),
     ("quic_engine", ""),
     ("quic_engine", None),
+    ("event_loop", "trio"),
+    ("event_loop", "UVLOOP"),
+    ("event_loop", None),
     # stream_receive_window and send_buffer_limit: ints in [16 KiB, 1 GiB]
     ("stream_receive_window", (16 << 10) - 1),
     ("stream_receive_window", (1 << 30) + 1),
