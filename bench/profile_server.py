@@ -46,10 +46,15 @@ async def serve(certs: Path, prof: cProfile.Profile) -> None:
     )
     server.add_service(Echo())
 
+    received = 0
+
     def on_oneway(message: Message) -> None:
-        pass
+        nonlocal received
+        received += 1
 
     server.register_handler(ONEWAY_TYPE, on_oneway)
+    # Acked: how many one-way messages arrived (the client's end condition).
+    server.register_handler(ONEWAY_TYPE + ".count", lambda message: b"%d" % received)
     await server.start()
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()

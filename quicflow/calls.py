@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 from .errors import PayloadTooLarge, RpcError
 from .hooks import Hooks, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
+from .lane import send_one_way
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .protocol.call import CallProtocol, Role, reset_status
 from .protocol.events import (
@@ -795,8 +796,12 @@ class ChannelMethods:
         With ``wait_ack`` (the default) returns the receiver's ack payload; a
         failed handler raises its `RpcError`. With ``wait_ack=False`` returns
         None as soon as the message is handed to QUIC (at most once, errors
-        unseen).
+        unseen): on the connection's message lane when both sides support it
+        (quicflow/lane.py), else as a call whose reply is not awaited.
         """
+        target = self._as_target()
+        if not wait_ack and await send_one_way(target, message_type, payload, metadata, timeout):
+            return None  # on the connection's message lane (negotiated)
         from .messaging import DELIVER
         from .wire.v1.frames_pb2 import RawMessage
 

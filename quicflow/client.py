@@ -30,6 +30,7 @@ from .dispatch import Handler as MessageHandler
 from .errors import ConfigError, ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
 from .interceptors import ClientInterceptor, ServerInterceptor
+from .lane import LANE_FEATURE, ReceiveLane, SendLane
 from .messaging import MessagingService
 from .metadata import MetadataValue
 from .metrics import Metrics, MetricsSnapshot, disabled_snapshot
@@ -409,6 +410,7 @@ class Client(ChannelMethods):
         link = _Link(self, conn, control)
         side = _ClientSide(conn)
         conn.on_new_stream = lambda stream_id: _ServerCall(self, side, stream_id)
+        conn.on_new_uni_stream = lambda stream_id: self._new_lane(conn, stream_id)
         try:
             link.control_sid = conn.open_stream(link)
             metadata: list[tuple[str, MetadataValue]] = []
@@ -416,7 +418,13 @@ class Client(ChannelMethods):
                 metadata.append(("authorization", f"Bearer {c.token}"))
             conn.write(
                 link.control_sid,
-                control.send_hello(self.client_id, metadata, c.labels, c.heartbeat_interval),
+                control.send_hello(
+                    self.client_id,
+                    metadata,
+                    c.labels,
+                    c.heartbeat_interval,
+                    features=(LANE_FEATURE,),  # we accept the server's message lane
+                ),
             )
             try:
                 async with asyncio.timeout_at(deadline):
@@ -435,6 +443,8 @@ class Client(ChannelMethods):
             raise
         self.client_id = welcome.client_id
         self.server_limits = welcome
+        if LANE_FEATURE in welcome.features:
+            conn.message_lane = SendLane(conn)
         interval = min(c.heartbeat_interval, welcome.heartbeat_interval)
         link.start_heartbeat(interval, c.heartbeat_timeout)
         conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
@@ -451,6 +461,22 @@ class Client(ChannelMethods):
         if self._metrics is not None:
             self._metrics.connects += 1
         self.hooks.fire("connect", self.client_id)
+
+    def _new_lane(self, conn: QuicFlowProtocol, stream_id: int) -> ReceiveLane | None:
+        """The server's message lane: its first unidirectional stream (we offered lanes)."""
+        if stream_id != 3:
+            return None
+        c = self.config
+        return ReceiveLane(
+            conn,
+            stream_id,
+            self.dispatcher,
+            sender=lambda: "server",
+            metrics=self._metrics,
+            hooks=self.hooks,
+            max_message_size=c.max_message_size,
+            max_metadata_size=c.max_metadata_size,
+        )
 
     def _on_lost(self, link: _Link, exc: ConnectionClosed) -> None:
         link.stop()

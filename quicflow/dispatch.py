@@ -160,6 +160,7 @@ class Dispatcher:
             )
         self._handler_timeout = float(handler_timeout)
         self._handlers: dict[str, Handler] = {}
+        self._async_types: set[str] = set()  # types whose handler is a coroutine function
         # Bound on the first dispatch(), never here: the dispatcher may be built
         # before any loop runs.
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -169,6 +170,7 @@ class Dispatcher:
         self._jobs: set[_Job] = set()  # accepted and not finished: queued, handed or running
         self._busy = 0
         self._closed = False
+        self._room: asyncio.Future[None] | None = None  # wait_room() waiters share one
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._workers else "idle"
@@ -203,6 +205,24 @@ class Dispatcher:
         return self._busy
 
     @property
+    def has_room(self) -> bool:
+        """True if `post` would accept a message now (a worker idle, or queue space)."""
+        return self._closed or bool(self._idle) or len(self._queue) < self._queue_size
+
+    async def wait_room(self) -> None:
+        """Wait until `has_room` (a worker took a queued message or went idle; or closed)."""
+        while not self.has_room:
+            room = self._room
+            if room is None or room.done():
+                room = self._room = asyncio.get_running_loop().create_future()
+            await asyncio.shield(room)
+
+    def _wake_room(self) -> None:
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)
+
+    @property
     def closed(self) -> bool:
         """True once `close` was called."""
         return self._closed
@@ -224,6 +244,8 @@ class Dispatcher:
         if message_type in self._handlers:
             raise UsageError(f"message type {message_type!r} already has a handler")
         self._handlers[message_type] = handler
+        if _is_async(handler):  # decided once here, not per message
+            self._async_types.add(message_type)
 
     def unregister_handler(self, message_type: str) -> None:
         """Stop handling ``message_type``; later messages of it get UNIMPLEMENTED.
@@ -235,6 +257,7 @@ class Dispatcher:
         """
         if self._handlers.pop(message_type, None) is None:
             raise UsageError(f"message type {message_type!r} has no handler")
+        self._async_types.discard(message_type)
 
     async def dispatch(self, message: Message) -> bytes:
         """Run the handler for ``message`` on a worker and return its reply.
@@ -261,7 +284,7 @@ class Dispatcher:
                 StatusCode.UNIMPLEMENTED, f"no handler for message type {message.type!r}"
             )
         loop = self._bind()
-        if not self._queue and self._idle and not _is_async(handler):
+        if not self._queue and self._idle and message.type not in self._async_types:
             # A plain function with a worker free and nobody queued: run it right here.
             # On a worker it would run on this same loop, uninterruptible all the
             # same, only after two task switches and a timer (most of the cost of a
@@ -295,6 +318,66 @@ class Dispatcher:
                     self._queue.remove(job)
             raise
 
+    def post(self, message: Message, done: Callable[[bytes | RpcError], None]) -> bool:
+        """Accept ``message`` without waiting for its handler (one-way messages).
+
+        ``done`` is called once with the outcome `dispatch` would have returned
+        or raised (at once for an unknown type or a closed dispatcher, else when
+        the handler ends). Returns False, accepting nothing and calling nothing,
+        when every worker is busy and the queue is full: the caller keeps the
+        message and offers it again after `wait_room`.
+
+        Raises:
+            UsageError: the dispatcher was started on another event loop.
+        """
+        if self._closed:
+            done(RpcError(StatusCode.UNAVAILABLE, "dispatcher is closed"))
+            return True
+        handler = self._handlers.get(message.type)
+        if handler is None:
+            done(
+                RpcError(StatusCode.UNIMPLEMENTED, f"no handler for message type {message.type!r}")
+            )
+            return True
+        loop = self._bind()
+        if not self._queue and self._idle and message.type not in self._async_types:
+            self._busy += 1  # run a plain function right here, as dispatch() does
+            try:
+                raw = handler(message)
+            except RpcError as exc:
+                done(exc)
+                return True
+            except Exception as exc:
+                done(self._unknown(message, exc))
+                return True
+            finally:
+                self._busy -= 1
+            if raw is None or type(raw) is bytes:
+                done(raw or b"")
+                return True
+            if not inspect.isawaitable(raw):
+                try:
+                    done(self._reply_bytes(message, raw))
+                except RpcError as exc:
+                    done(exc)
+                return True
+            handler = _returning(raw)  # it returned an awaitable: a worker awaits it
+        job = _Job(message, handler, loop.create_future())
+        try:
+            self._submit(job)
+        except RpcError:
+            return False
+
+        def settled(future: asyncio.Future[bytes]) -> None:
+            if future.cancelled():
+                done(RpcError(StatusCode.CANCELLED, f"message {message.type} was cancelled"))
+            else:
+                error = future.exception()
+                done(error if isinstance(error, RpcError) else future.result())
+
+        job.future.add_done_callback(settled)
+        return True
+
     async def close(self) -> None:
         """Stop: fail accepted messages, cancel handlers and workers, wait for them.
 
@@ -317,6 +400,7 @@ class Dispatcher:
             worker.cancel()
         tasks.extend(self._workers)
         self._workers = []
+        self._wake_room()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._busy = 0
@@ -365,6 +449,8 @@ class Dispatcher:
             waiter.set_result(job)
         else:
             self._idle.append(waiter)
+        if self._room is not None:
+            self._wake_room()  # a queue slot freed, or this worker is idle
         return waiter
 
     async def _work(self, waiter: asyncio.Future[_Job]) -> None:

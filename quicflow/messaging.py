@@ -8,9 +8,11 @@ messages. Both sides register handlers by message type::
     await server.send_to("sensor-1", "reboot", b"", wait_ack=False)   # fire and forget
     result = await server.broadcast(lambda ch: ch.send_message("alert", b"storm"))
 
-On the wire a message is one call to the built-in unary method
+On the wire an acked message is one call to the built-in unary method
 ``/quicflow.wire.v1.Messaging/Deliver`` (docs/wire-protocol.md §11), so it has
-the same deadlines, status codes and flow control as any call. The receiver
+the same deadlines, status codes and flow control as any call. A one-way
+message (``wait_ack=False``) goes on the connection's message lane instead
+when both sides support it (quicflow/lane.py, §11.1). The receiver
 runs handlers through a `Dispatcher`: a bounded worker pool and queue (full:
 RESOURCE_EXHAUSTED back to the sender at once) with a per-handler timeout.
 """

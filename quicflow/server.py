@@ -30,6 +30,7 @@ from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
 from .health import HealthService
 from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
+from .lane import LANE_FEATURE, ReceiveLane, SendLane
 from .messaging import MessagingService
 from .metadata import Metadata, MetadataLike
 from .metrics import MethodStats, Metrics, MetricsSnapshot, disabled_snapshot
@@ -411,6 +412,7 @@ class _ServerConnection:
         "control",
         "control_sid",
         "hello_timer",
+        "lane_in",
         "ping_window",
         "pings",
         "server",
@@ -430,7 +432,9 @@ class _ServerConnection:
         self.hello_timer: asyncio.TimerHandle | None = loop.call_later(
             server.config.hello_timeout, self._hello_timeout
         )
+        self.lane_in: ReceiveLane | bool = False  # True: we accept the client's lane
         conn.on_new_stream = self.new_stream
+        conn.on_new_uni_stream = self.new_lane
         conn.on_connection_lost.append(self.lost)
 
     def new_stream(self, stream_id: int) -> _ServerCall | _ControlHandler | None:
@@ -444,6 +448,25 @@ class _ServerConnection:
             self.control_sid = stream_id
             return _ControlHandler(self)
         return _ServerCall(self.server, self, stream_id)
+
+    def new_lane(self, stream_id: int) -> ReceiveLane | None:
+        """The client's message lane (its first unidirectional stream), if negotiated."""
+        session = self.session
+        if self.lane_in is not True or stream_id != 2 or session is None:
+            return None
+        server = self.server
+        config = server.config
+        self.lane_in = lane = ReceiveLane(
+            self.conn,
+            stream_id,
+            server.dispatcher,
+            sender=lambda: session.client_id,
+            metrics=server._metrics,
+            hooks=server.hooks,
+            max_message_size=config.max_message_size,
+            max_metadata_size=config.max_metadata_size,
+        )
+        return lane
 
     # -- control stream --
 
@@ -518,12 +541,22 @@ class _ServerConnection:
         session = Session(client_id, conn, hello.labels, interval, monitor)
         self.session = session
         assert self.control is not None
+        # Message lanes (wire-protocol.md §11.1): the client's, unless interceptors must
+        # see every message; ours, whenever the client accepts one.
+        lanes = LANE_FEATURE in hello.features
+        self.lane_in = lanes and not server._callee_interceptors
         conn.write(
             self.control_sid,
             self.control.send_welcome(
-                client_id, interval, config.heartbeat_timeout, config.max_message_size
+                client_id,
+                interval,
+                config.heartbeat_timeout,
+                config.max_message_size,
+                features=(LANE_FEATURE,) if self.lane_in else (),
             ),
         )
+        if lanes:
+            conn.message_lane = SendLane(conn)
         old = server.sessions.add(session)
         if old is not None:
             # Same id again: the newer connection wins at once (nothing is refused),

@@ -164,6 +164,8 @@ class HelloReceived:
     labels: dict[str, str]
     heartbeat_interval: float | None
     """The interval the client asks for, seconds; None: the server's choice."""
+    features: tuple[str, ...] = ()
+    """Optional features the client supports (wire-protocol.md §10.3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,6 +181,8 @@ class WelcomeReceived:
     """Seconds; see docs/wire-protocol.md §9."""
     max_message_size: int
     """The server's limit on DATA payloads, bytes."""
+    features: tuple[str, ...] = ()
+    """The HELLO's features the server uses too (wire-protocol.md §10.3)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,8 +310,12 @@ class ControlProtocol:
         labels: Mapping[str, str] | None = None,
         heartbeat_interval: float | None = None,
         protocol_version: int = PROTOCOL_VERSION,
+        features: Iterable[str] = (),
     ) -> bytes:
         """Open the control stream (client): identity, credentials, labels.
+
+        ``features`` are the optional features the client supports
+        (wire-protocol.md §10.3, e.g. ``"lane"``).
 
         ``heartbeat_interval`` is the interval the client asks for (seconds;
         None or 0: the server's choice). Metadata must already be validated
@@ -327,6 +335,7 @@ class ControlProtocol:
         )
         if labels:
             msg.labels.update(labels)
+        msg.features.extend(features)
         encode_metadata(msg, metadata)
         payload = msg.SerializeToString()
         self.state = nxt
@@ -339,8 +348,11 @@ class ControlProtocol:
         heartbeat_timeout: float,
         max_message_size: int,
         protocol_version: int = PROTOCOL_VERSION,
+        features: Iterable[str] = (),
     ) -> bytes:
         """Accept the client (server), announcing the id and the connection's parameters.
+
+        ``features``: those of the client's HELLO the server uses too (§10.3).
 
         Raises:
             LocalProtocolError: no HELLO yet or WELCOME already sent, or a
@@ -357,6 +369,7 @@ class ControlProtocol:
                 "heartbeat_timeout", heartbeat_timeout, allow_zero=False
             ),
             max_message_size=_uint("max_message_size", max_message_size, _MAX_UINT32, minimum=1),
+            features=features,
         )
         payload = msg.SerializeToString()
         self.state = nxt
@@ -455,6 +468,7 @@ class ControlProtocol:
                     heartbeat_interval=(
                         h.heartbeat_interval_ms / 1000 if h.heartbeat_interval_ms else None
                     ),
+                    features=tuple(h.features),
                 )
             if ftype is FrameType.WELCOME:
                 w = pb.Welcome.FromString(payload)
@@ -468,6 +482,7 @@ class ControlProtocol:
                     heartbeat_interval=w.heartbeat_interval_ms / 1000,
                     heartbeat_timeout=w.heartbeat_timeout_ms / 1000,
                     max_message_size=w.max_message_size,
+                    features=tuple(w.features),
                 )
             if ftype is FrameType.PING:
                 return PingReceived(pb.Ping.FromString(payload).sequence)

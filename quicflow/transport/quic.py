@@ -355,6 +355,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self.owns_transport = quic.configuration.is_client
         """A client connection has its own UDP socket, closed when the connection ends."""
         self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
+        self.on_new_uni_stream: Callable[[int], StreamHandler | None] | None = None
+        """Offered the peer's unidirectional streams (message lanes); None refuses them."""
+        self._lanes: set[int] = set()  # long-lived uni streams: not calls, never "idle"
+        self.message_lane: Any = None
+        """This side's sending message lane (`quicflow.lane.SendLane`), once negotiated."""
         self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
@@ -372,8 +377,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     @property
     def stream_count(self) -> int:
-        """Streams with a live handler (calls in flight)."""
-        return len(self._handlers)
+        """Streams with a live handler (calls in flight; message lanes not counted)."""
+        return len(self._handlers) - len(self._lanes)
 
     @property
     def quic_stream_count(self) -> int:
@@ -417,6 +422,19 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             raise self.closed_error
         stream_id = self._fq.reserve_stream()
         self._handlers[stream_id] = handler
+        return stream_id
+
+    def open_uni_stream(self, handler: StreamHandler) -> int:
+        """Allocate a unidirectional stream for the connection's life (a message lane).
+
+        ``handler`` hears of the peer's STOP_SENDING and of the connection's end;
+        the stream does not count as a call (`stream_count`, `wait_idle`).
+        """
+        if self.closed_error is not None:
+            raise self.closed_error
+        stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
+        self._handlers[stream_id] = handler
+        self._lanes.add(stream_id)
         return stream_id
 
     def can_open_stream(self) -> bool:
@@ -534,12 +552,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
         self._handlers.pop(stream_id, None)
         self._drain_waiters.pop(stream_id, None)
-        if self._idle_waiters and not self._handlers:
+        self._lanes.discard(stream_id)
+        if self._idle_waiters and len(self._handlers) <= len(self._lanes):
             self._wake_idle()
 
     async def wait_idle(self) -> None:
         """Wait until no stream has a live handler (every call has ended)."""
-        if self._handlers and self.closed_error is None:
+        if len(self._handlers) > len(self._lanes) and self.closed_error is None:
             waiter: asyncio.Future[None] = self._loop.create_future()
             self._idle_waiters.append(waiter)
             await waiter
@@ -725,7 +744,16 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         is_peer_bidi = (stream_id & 3) == (1 if self._quic.configuration.is_client else 0)
         if not is_peer_bidi:
             if (stream_id & 2) and stream_id not in self._handlers:
-                # Unidirectional streams are not used by protocol v1 (wire-protocol.md §2).
+                # A peer's unidirectional stream: a message lane if the runtime takes it
+                # (wire-protocol.md §11.1), else refused.
+                is_peer_uni = (stream_id & 1) == (1 if self._quic.configuration.is_client else 0)
+                offer_uni = self.on_new_uni_stream
+                if offer and is_peer_uni and offer_uni is not None:
+                    uni_handler = offer_uni(stream_id)
+                    if uni_handler is not None:
+                        self._handlers[stream_id] = uni_handler
+                        self._lanes.add(stream_id)
+                        return uni_handler
                 with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                     self._quic.stop_stream(stream_id, ErrorCode.REFUSED)
             return None
@@ -759,6 +787,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._loop.call_soon(self._transport.close)
         handlers = list(self._handlers.values())
         self._handlers.clear()
+        self._lanes.clear()
         self._wake_idle()
         for waiter in self._drain_waiters.values():
             if not waiter.done():

@@ -42,6 +42,8 @@ class FrameType(enum.IntEnum):
     PING = 0x12
     PONG = 0x13
     GOAWAY = 0x14
+    MESSAGE = 0x20
+    """A one-way untyped message; only on a message lane (§11.1)."""
 
 
 class ErrorCode(enum.IntEnum):
@@ -182,10 +184,11 @@ class FrameDecoder:
         if ftype not in _KNOWN_TYPES:
             self._error = True
             raise MalformedFrame(f"unknown frame type 0x{ftype:02x}")
-        limit = self.max_data_size if ftype == FrameType.DATA else self.max_control_size
+        data = ftype == FrameType.DATA or ftype == FrameType.MESSAGE
+        limit = self.max_data_size if data else self.max_control_size
         if length > limit:
             self._error = True
-            what = "message" if ftype == FrameType.DATA else f"{FrameType(ftype).name} frame"
+            what = "message" if data else f"{FrameType(ftype).name} frame"
             raise FrameTooLarge(f"{what} of {length} bytes exceeds the limit of {limit} bytes")
 
 
@@ -193,7 +196,7 @@ class FrameDecoder:
 
 
 def encode_metadata(
-    target: pb.CallHeaders | pb.CallTrailers | pb.Hello,
+    target: pb.CallHeaders | pb.CallTrailers | pb.Hello | pb.RawMessage,
     metadata: Iterable[tuple[str, MetadataValue]],
 ) -> None:
     """Append ``metadata`` to a protobuf message's ``metadata`` field."""

@@ -228,17 +228,14 @@ class HostilePeer:
         self.quic.reset_stream(stream_id, error_code)
         self.flush()
 
-    async def hello(self, client_id: str = "", timeout: float = 3.0) -> pb.Welcome:
-        """Send HELLO on stream 0 and wait for WELCOME."""
+    async def hello(
+        self, client_id: str = "", timeout: float = 3.0, features: tuple[str, ...] = ()
+    ) -> pb.Welcome:
+        """Send HELLO (with ``features``) on stream 0 and wait for WELCOME."""
         sid = self.open_stream()
         self.control_id = sid
-        self.send(
-            sid,
-            encode_frame(
-                FrameType.HELLO,
-                pb.Hello(protocol_version=1, client_id=client_id).SerializeToString(),
-            ),
-        )
+        hello = pb.Hello(protocol_version=1, client_id=client_id, features=features)
+        self.send(sid, encode_frame(FrameType.HELLO, hello.SerializeToString()))
         await self.wait_for(lambda: self._first_frame(sid) is not None, timeout)
         found = self._first_frame(sid)
         assert found is not None

@@ -301,3 +301,35 @@ async def test_unidirectional_stream_is_refused() -> None:
         assert peer.stream(sid).stop_code == ErrorCode.REFUSED
         ok = peer.send_new(_headers() + _data("fine"), end_stream=True)
         assert (await peer.wait_stream_end(ok)).trailers() == pb.CallTrailers()
+
+
+_LANE_MESSAGE = encode_frame(FrameType.MESSAGE, pb.RawMessage(type="t").SerializeToString())
+
+
+@pytest.mark.parametrize(
+    ("data", "end", "code", "reason"),
+    [
+        (_headers(), False, ErrorCode.PROTOCOL_ERROR, "unexpected HEADERS frame"),
+        (b"\x7f\x00\x00\x00\x00", False, ErrorCode.PROTOCOL_ERROR, "unknown frame type 0x7f"),
+        (encode_frame(FrameType.MESSAGE, b"\xff"), False, ErrorCode.PROTOCOL_ERROR, "malformed"),
+        (b"\x20\xff\xff\xff\xff", False, ErrorCode.EXCESSIVE_LOAD, "exceeds the limit"),
+        (_LANE_MESSAGE, True, ErrorCode.PROTOCOL_ERROR, "ended its message lane"),
+    ],
+    ids=["headers", "unknown-type", "bad-payload", "over-limit", "fin"],
+)
+async def test_bad_message_lane_closes_that_connection(
+    data: bytes, end: bool, code: int, reason: str
+) -> None:
+    """Check that a broken message lane (wire-protocol.md §11.1) closes the peer's connection
+    with the cause as reason and leaves the bystander working."""
+    async with attack_setup() as (harness, bystander, peer):
+        welcome = await peer.hello("lane", features=("lane",))
+        assert list(welcome.features) == ["lane"]
+        sid = peer.quic.get_next_available_stream_id(is_unidirectional=True)
+        peer.send(sid, _LANE_MESSAGE + data, end_stream=end)
+        got_code, got_reason = await peer.wait_closed()
+        assert got_code == code and reason in got_reason and "message lane" in got_reason
+        # the good messages before the bad bytes were dispatched (no handler: UNIMPLEMENTED)
+        made = harness.server.get_metrics().handled["/quicflow.wire.v1.Messaging/Deliver"]
+        assert made.finished == {"UNIMPLEMENTED": 2 if end else 1}
+        await bystander.calls(5)

@@ -117,6 +117,7 @@ def raw(ftype: FrameType) -> bytes:
         FrameType.HEADERS: pb.CallHeaders(method="/a.B/C").SerializeToString(),
         FrameType.DATA: b"x",
         FrameType.TRAILERS: b"",
+        FrameType.MESSAGE: pb.RawMessage(type="t").SerializeToString(),
     }
     return encode_frame(ftype, payloads[ftype])
 
@@ -516,7 +517,10 @@ def test_bad_metadata_in_hello_is_a_violation() -> None:
 def test_welcome_with_zero_parameters_is_a_violation(fields: dict[str, int]) -> None:
     """Check that a WELCOME without a positive interval, timeout or size limit is refused."""
     client = machine_in(CLIENT, CS.HELLO_SENT)
-    payload = pb.Welcome(client_id="c", **fields).SerializeToString()
+    welcome = pb.Welcome(client_id="c")
+    for name, value in fields.items():
+        setattr(welcome, name, value)
+    payload = welcome.SerializeToString()
     error = violation(client.receive_data(encode_frame(FrameType.WELCOME, payload), False))
     assert "WELCOME needs" in str(error)
 
@@ -562,3 +566,15 @@ def test_buffered_reports_a_partial_frame() -> None:
     assert client.buffered == 4
     assert client.receive_data(frame[4:], False) == [PongReceived(1)]
     assert client.buffered == 0
+
+
+def test_features_travel_in_hello_and_welcome() -> None:
+    """Check that HELLO and WELCOME carry features (field 6) and that a peer that sends none
+    (an older one) reads as no features."""
+    client, server = make(CLIENT), make(SERVER)
+    hello_bytes = client.send_hello("c", features=("lane",))
+    assert hello_bytes.hex(" ") == "10 00 00 00 0b 08 01 12 01 63 32 04 6c 61 6e 65"
+    [hello] = server.receive_data(hello_bytes, False)
+    assert isinstance(hello, HelloReceived) and hello.features == ("lane",)
+    [welcome] = client.receive_data(server.send_welcome("c", 15.0, 5.0, 1024, features=()), False)
+    assert isinstance(welcome, WelcomeReceived) and welcome.features == ()

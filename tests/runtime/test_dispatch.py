@@ -462,3 +462,37 @@ async def test_plain_function_failures_map_like_async_ones() -> None:
         assert "secret" not in info.value.message
     assert dispatcher.busy_workers == 0
     await dispatcher.close()
+
+
+async def test_post_reports_outcomes_refuses_when_full_and_wakes_room_waiters() -> None:
+    """Check that post() runs handlers without a waiting caller, reports each outcome once,
+    refuses (accepting nothing) when full, and wait_room() returns once a slot frees."""
+    dispatcher = Dispatcher(workers=1, queue_size=1)
+    gate = asyncio.Event()
+
+    async def slow(m: Message) -> bytes:
+        await gate.wait()
+        return m.payload
+
+    dispatcher.register_handler("slow", slow)
+    dispatcher.register_handler("bad", lambda m: 42)  # type: ignore[arg-type, return-value]
+    outcomes: list[bytes | RpcError] = []
+    assert dispatcher.post(message("nope"), outcomes.append)
+    assert dispatcher.post(message("bad"), outcomes.append)  # plain function: runs inline
+    codes = [o.code for o in outcomes if isinstance(o, RpcError)]
+    assert codes == [StatusCode.UNIMPLEMENTED, StatusCode.UNKNOWN]
+    outcomes.clear()
+    assert dispatcher.post(message("slow", b"1"), outcomes.append)
+    assert dispatcher.post(message("slow", b"2"), outcomes.append)
+    assert not dispatcher.has_room
+    assert not dispatcher.post(message("slow", b"3"), outcomes.append)
+    room = asyncio.ensure_future(dispatcher.wait_room())
+    await asyncio.sleep(0)
+    assert not room.done() and outcomes == []
+    gate.set()
+    await asyncio.wait_for(room, 1.0)
+    await until(lambda: len(outcomes) == 2)
+    assert outcomes == [b"1", b"2"] and dispatcher.has_room
+    await dispatcher.close()
+    assert dispatcher.post(message("slow"), outcomes.append)
+    assert isinstance(outcomes[-1], RpcError) and outcomes[-1].code is StatusCode.UNAVAILABLE

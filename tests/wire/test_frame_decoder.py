@@ -97,6 +97,7 @@ def test_frame_type_numbers_match_the_wire_protocol() -> None:
         "PING": 0x12,
         "PONG": 0x13,
         "GOAWAY": 0x14,
+        "MESSAGE": 0x20,
     }
 
 
@@ -245,12 +246,22 @@ def test_data_limit_is_inclusive() -> None:
         _decoder().feed(_header(FrameType.DATA, DATA_LIMIT + 1))
 
 
-@pytest.mark.parametrize("ftype", [t for t in FrameType if t is not FrameType.DATA])
+_MESSAGE_TYPES = (FrameType.DATA, FrameType.MESSAGE)
+
+
+@pytest.mark.parametrize("ftype", [t for t in FrameType if t not in _MESSAGE_TYPES])
 def test_control_limit_applies_to_every_non_data_frame(ftype: FrameType) -> None:
     """Check that each non-DATA frame is bounded by max_control_size, not by max_data_size."""
     assert _decoder().feed(_header(ftype, CONTROL_LIMIT)) == []
     with pytest.raises(FrameTooLarge, match=f"{ftype.name} frame of {CONTROL_LIMIT + 1} bytes"):
         _decoder().feed(_header(ftype, CONTROL_LIMIT + 1))
+
+
+def test_lane_message_is_bounded_by_the_message_limit() -> None:
+    """Check that a MESSAGE frame (a lane's one-way message) has DATA's limit."""
+    assert _decoder().feed(_header(FrameType.MESSAGE, DATA_LIMIT)) == []
+    with pytest.raises(FrameTooLarge, match=f"message of {DATA_LIMIT + 1} bytes exceeds"):
+        _decoder().feed(_header(FrameType.MESSAGE, DATA_LIMIT + 1))
 
 
 def test_data_and_control_limits_are_separate() -> None:

@@ -41,7 +41,7 @@ class CallTrailers(_message.Message):
     def __init__(self, status: _Optional[int] = ..., message: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., details: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "metadata", "labels", "heartbeat_interval_ms")
+    __slots__ = ("protocol_version", "client_id", "metadata", "labels", "heartbeat_interval_ms", "features")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -54,26 +54,30 @@ class Hello(_message.Message):
     METADATA_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: str
     metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
     labels: _containers.ScalarMap[str, str]
     heartbeat_interval_ms: int
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., heartbeat_interval_ms: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "heartbeat_interval_ms", "heartbeat_timeout_ms", "max_message_size")
+    __slots__ = ("protocol_version", "client_id", "heartbeat_interval_ms", "heartbeat_timeout_ms", "max_message_size", "features")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    FEATURES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: str
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     max_message_size: int
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., heartbeat_timeout_ms: _Optional[int] = ..., max_message_size: _Optional[int] = ...) -> None: ...
+    features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., heartbeat_timeout_ms: _Optional[int] = ..., max_message_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("sequence",)
@@ -96,12 +100,16 @@ class GoAway(_message.Message):
     def __init__(self, reason: _Optional[str] = ..., grace_ms: _Optional[int] = ...) -> None: ...
 
 class RawMessage(_message.Message):
-    __slots__ = ("type", "payload")
+    __slots__ = ("type", "payload", "metadata", "message_id")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    METADATA_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
     type: str
     payload: bytes
-    def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
+    metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
+    message_id: bytes
+    def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., message_id: _Optional[bytes] = ...) -> None: ...
 
 class RawAck(_message.Message):
     __slots__ = ("payload",)
