@@ -139,3 +139,51 @@ async def test_full_dispatcher_holds_back_the_lane_then_delivers_everything() ->
             await asyncio.sleep(0.01)
         assert ran == [b"%04d" % i for i in range(sent)]
         assert harness.server.get_metrics().handled[ROUTE].finished == {"OK": sent}
+
+
+async def test_on_qh3_an_overrun_lane_drops_and_counts_resource_exhausted() -> None:
+    """Check that where the engine grants credit by itself (qh3), a receiver holding more than
+    one window plus one message drops further messages and counts each RESOURCE_EXHAUSTED."""
+    engine = {"quic_engine": "qh3"}
+    harness = ClientFor(
+        [TestEcho()],
+        server_options={
+            **engine,
+            "dispatcher_workers": 1,
+            "dispatcher_queue_size": 1,
+            "stream_receive_window": 16 << 10,
+            "max_message_size": 8 << 10,
+        },
+        client_options=engine,
+    )
+    gate = asyncio.Event()
+    ran: list[bytes] = []
+
+    async def slow(message: Message) -> None:
+        await gate.wait()
+        ran.append(message.payload[:4])
+
+    harness.server.register_handler("slow", slow)
+    async with harness as client:
+        body = bytes(4096)
+        for i in range(50):
+            await client.send_message("slow", b"%04d" % i + body, wait_ack=False)
+
+        def dropped() -> int:
+            stats = harness.server.get_metrics().handled.get(ROUTE)
+            return 0 if stats is None else stats.finished.get("RESOURCE_EXHAUSTED", 0)
+
+        for _ in range(500):
+            if dropped() > 30:  # held at most (16 KiB + 8 KiB) / 4 KiB, the rest dropped
+                break
+            await asyncio.sleep(0.01)
+        assert dropped() > 30
+        gate.set()
+        for _ in range(500):
+            if len(ran) + dropped() == 50:
+                break
+            await asyncio.sleep(0.01)
+        assert len(ran) + dropped() == 50 and ran == sorted(ran)
+        stats = harness.server.get_metrics().handled[ROUTE]
+        assert stats.started == 50
+        assert stats.finished == {"OK": len(ran), "RESOURCE_EXHAUSTED": dropped()}
