@@ -130,9 +130,11 @@ class _Common:
     """Record metrics (`get_metrics`, the Prometheus endpoint); False saves their small
     per-call cost (docs/observability.md)."""
     header_timeout: float = 10.0
-    """Seconds a call stream the peer opened may go without complete HEADERS (counted from
-    its first bytes); then the call ends DEADLINE_EXCEEDED and the stream is stopped. Bounds
-    how long a peer that opens streams and sends nothing (slowloris) holds them."""
+    """Seconds a call stream the peer opened may go without complete HEADERS, and a unary or
+    server-streaming call without its complete request (message and FIN), counted from its
+    first bytes; then the call ends DEADLINE_EXCEEDED, the stream is stopped and no handler
+    runs. Bounds how long a peer that opens streams and sends nothing (slowloris) holds them.
+    Client-streaming and bidi calls may idle after their HEADERS (their deadline bounds them)."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -311,6 +313,16 @@ class ServerConfig(_Common):
     max_ping_rate: int = 100
     """PINGs a connection may send within one second; one more closes it with
     EXCESSIVE_LOAD ("ping flood"). A well-behaved client sends one per heartbeat interval."""
+    max_reset_rate: int = 2_000
+    """Calls per second a connection may reset (or cancel) before the server finished them,
+    on average: a leaky bucket holding one second's worth. Beyond it (rapid reset, CVE-2023-
+    44487's pattern) the connection is closed with EXCESSIVE_LOAD ("rapid reset"). 0: no
+    budget. A client cancelling 1,000 calls a second stays well within it (docs/limits.md)."""
+    max_connections: int = 20_000
+    """QUIC connections the server holds at once (handshaking, serving or closing); one more
+    is closed at once with REFUSED ("too many connections"), which clients report as
+    UNAVAILABLE and retry with backoff. Twice the 10,000 clients a server is sized for, so
+    reconnect storms fit (docs/limits.md)."""
     retry: bool = False
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
@@ -351,6 +363,8 @@ class ServerConfig(_Common):
         ):
             raise ConfigError("admin_token", "must be a string of at least 16 characters, or None")
         _int_range("max_ping_rate", self.max_ping_rate, 1, 1_000_000)
+        _int_range("max_reset_rate", self.max_reset_rate, 0, 10_000_000)
+        _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):

@@ -309,6 +309,10 @@ class MetricsSnapshot:
     A client: reconnect attempts scheduled after losing its connection."""
     heartbeat_timeouts: int
     """A server: sessions evicted for missing heartbeats. A client: pongs that never came."""
+    rapid_reset_closes: int
+    """A server: connections closed for resetting calls beyond ``max_reset_rate``."""
+    connections_refused: int
+    """A server: new connections refused at ``max_connections``."""
     handled: Mapping[str, MethodMetrics]
     """Calls this side answered, by method."""
     made: Mapping[str, MethodMetrics]
@@ -375,6 +379,8 @@ class Metrics:
         self.disconnects = 0
         self.reconnects = 0
         self.heartbeat_timeouts = 0
+        self.rapid_reset_closes = 0
+        self.connections_refused = 0
         self.broadcasts = 0
         self.broadcast_deliveries = {"delivered": 0, "failed": 0, "timed_out": 0}
         self.promises_resolved = 0
@@ -451,6 +457,8 @@ class Metrics:
             disconnects=self.disconnects,
             reconnects=self.reconnects,
             heartbeat_timeouts=self.heartbeat_timeouts,
+            rapid_reset_closes=self.rapid_reset_closes,
+            connections_refused=self.connections_refused,
             handled={s.method: s.snapshot() for s in self.handled.all()},
             made={s.method: s.snapshot() for s in self.made.all()},
             handled_latency=self.handled.latency().summary(),
@@ -488,6 +496,8 @@ def disabled_snapshot(
         disconnects=0,
         reconnects=0,
         heartbeat_timeouts=0,
+        rapid_reset_closes=0,
+        connections_refused=0,
         handled={},
         made={},
         handled_latency=empty,

@@ -126,6 +126,16 @@ class ServerCollector(Collector):
             "Sessions evicted for missing heartbeats.",
             value=metrics.heartbeat_timeouts,
         )
+        yield CounterMetricFamily(
+            "quicflow_rapid_reset_closes",
+            "Connections closed for resetting calls beyond max_reset_rate.",
+            value=metrics.rapid_reset_closes,
+        )
+        yield CounterMetricFamily(
+            "quicflow_connections_refused",
+            "New connections refused at max_connections.",
+            value=metrics.connections_refused,
+        )
         yield from _calls("quicflow_server", "clients made to the server", metrics.handled)
         yield from _calls("quicflow_push", "the server made to clients", metrics.made)
         yield CounterMetricFamily(

@@ -34,6 +34,7 @@ from .lane import LANE_FEATURE, ReceiveLane, SendLane
 from .messaging import MessagingService
 from .metadata import Metadata, MetadataLike
 from .metrics import MethodStats, Metrics, MetricsSnapshot, disabled_snapshot
+from .protocol.budget import ResetBudget
 from .protocol.call import CallProtocol, Role, SideState
 from .protocol.control import (
     ControlProtocol,
@@ -98,6 +99,7 @@ class Server:
         self._closed: asyncio.Event | None = None
         self._stopping = False
         self._connections: set[_ServerConnection] = set()
+        self._connections_refused = 0
         self.sessions = SessionRegistry()
         """Connected clients by id (see `list_clients` for snapshots)."""
         self.hooks = Hooks()
@@ -228,7 +230,23 @@ class Server:
 
     def _accept(self, conn: QuicFlowProtocol) -> None:
         if self._stopping:
-            conn.close(ErrorCode.REFUSED, "server is shutting down")
+            conn.refuse("server is shutting down")
+            return
+        if self._endpoint is not None and len(self._endpoint.connections) > (
+            self.config.max_connections
+        ):
+            # Over the cap (this one included): refuse before any work for it. The client
+            # sees UNAVAILABLE and retries with backoff; connections already here are untouched.
+            conn.refuse("too many connections")
+            self._connections_refused += 1
+            if self._metrics is not None:
+                self._metrics.connections_refused += 1
+            if self._connections_refused == 1 or self._connections_refused % 1000 == 0:
+                logger.warning(
+                    "refused a connection: max_connections (%d) reached (%d refused so far)",
+                    self.config.max_connections,
+                    self._connections_refused,
+                )
             return
         self._connections.add(_ServerConnection(self, conn))
 
@@ -415,6 +433,7 @@ class _ServerConnection:
         "lane_in",
         "ping_window",
         "pings",
+        "resets",
         "server",
         "session",
     )
@@ -433,9 +452,35 @@ class _ServerConnection:
             server.config.hello_timeout, self._hello_timeout
         )
         self.lane_in: ReceiveLane | bool = False  # True: we accept the client's lane
+        rate = server.config.max_reset_rate
+        self.resets = ResetBudget(rate, rate, loop.time()) if rate else None
+        if rate:
+            conn.on_peer_reset = self._on_peer_reset
         conn.on_new_stream = self.new_stream
         conn.on_new_uni_stream = self.new_lane
         conn.on_connection_lost.append(self.lost)
+
+    def _on_peer_reset(self) -> None:
+        # The peer reset a call we had not finished: spend from its budget (rapid reset).
+        assert self.resets is not None
+        if self.resets.spend(self.conn._loop.time()):
+            return
+        server = self.server
+        rate = server.config.max_reset_rate
+        session = self.session
+        client_id = session.client_id if session is not None else ""
+        addr = self.conn.peer_address
+        logger.warning(
+            "closing the connection of %s (%s): more than %d stream resets per second "
+            "(rapid reset)",
+            client_id or "a client without a session",
+            f"{addr[0]}:{addr[1]}" if addr else "?",
+            rate,
+            extra={"client_id": client_id, "reason": "rapid reset"},
+        )
+        if server._metrics is not None:
+            server._metrics.rapid_reset_closes += 1
+        self.conn.close(ErrorCode.EXCESSIVE_LOAD, "rapid reset")
 
     def new_stream(self, stream_id: int) -> _ServerCall | _ControlHandler | None:
         if self.server._stopping:
@@ -735,6 +780,7 @@ class _ServerCall(ServicerContext):
         "_sconn",
         "_server",
         "_sid",
+        "_start_timer",
         "_status",
         "_t0",
         "_task",
@@ -762,6 +808,7 @@ class _ServerCall(ServicerContext):
         self._task: asyncio.Task[None] | None = None
         self._handler: Handler | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
+        self._start_timer: asyncio.TimerHandle | None = None
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
         self._last_bytes = b""
@@ -803,22 +850,27 @@ class _ServerCall(ServicerContext):
                         StatusCode.INTERNAL, f"malformed request: {err}", ErrorCode.PROTOCOL_ERROR
                     )
                 return
-        if not self.method and self._deadline_handle is None and not self._cancelled:
-            # Opened, but no complete HEADERS yet (a legitimate caller sends them in its
-            # first write, so this is rare): give it header_timeout, not forever.
-            self._deadline_handle = self._loop.call_later(
-                self._server.config.header_timeout, self._on_header_timeout
-            )
+        if self._task is None and self._status is None and not self._cancelled:
+            if self._handler is not None and self._request_done:
+                self._start(self._handler)
+            elif self._start_timer is None:
+                # Opened, but no complete HEADERS yet, or (unary and server-streaming
+                # calls) no complete request: a legitimate caller sends both in its first
+                # write, so this is rare. Give it header_timeout, not forever.
+                self._start_timer = self._loop.call_later(
+                    self._server.config.header_timeout, self._on_header_timeout
+                )
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
     def _on_header_timeout(self) -> None:
-        self._deadline_handle = None
+        self._start_timer = None
         timeout = self._server.config.header_timeout
+        what = "complete request" if self.method else "call HEADERS"
         self._refuse(
             StatusCode.DEADLINE_EXCEEDED,
-            f"no call HEADERS within {timeout:g} s (header_timeout)",
+            f"no {what} within {timeout:g} s (header_timeout)",
             ErrorCode.DEADLINE_EXCEEDED,
         )
 
@@ -875,13 +927,19 @@ class _ServerCall(ServicerContext):
         self._handler = handler
         self._invocation_metadata = headers.metadata
         self._message_id = headers.message_id
-        if self._deadline_handle is not None:  # the header_timeout timer
-            self._deadline_handle.cancel()
-            self._deadline_handle = None
         if headers.timeout is not None:
             self._deadline = self._loop.time() + headers.timeout
             self._deadline_handle = self._loop.call_at(self._deadline, self._on_deadline)
-        server._calls.add(self)
+        if handler.method.cardinality in (_UNARY_UNARY, _UNARY_STREAM):
+            return  # started once the request is complete (`data_received`)
+        self._start(handler)
+
+    def _start(self, handler: Handler) -> None:
+        """Run the handler: a task, counted in the server's calls."""
+        if self._start_timer is not None:  # the header_timeout timer
+            self._start_timer.cancel()
+            self._start_timer = None
+        self._server._calls.add(self)
         self._task = self._loop.create_task(self._run(handler))
 
     def _refuse(self, code: StatusCode, message: str, stop_code: int = ErrorCode.NO_ERROR) -> None:
@@ -909,6 +967,8 @@ class _ServerCall(ServicerContext):
             task.cancel()
             task.add_done_callback(self._cancelled_task_done)
         elif task is None:
+            if status is not None:  # e.g. the deadline passed while the request was due
+                self._send_status(*status, ())
             self._end()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
@@ -979,6 +1039,9 @@ class _ServerCall(ServicerContext):
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
             self._deadline_handle = None
+        if self._start_timer is not None:
+            self._start_timer.cancel()
+            self._start_timer = None
         self._conn.release(self._sid)
         self._server._calls.discard(self)
         status = self._status or (StatusCode.UNKNOWN, "")
@@ -986,7 +1049,8 @@ class _ServerCall(ServicerContext):
         if stats is not None:
             self._mstats = None  # count each call once, however many ways it ends
             stats.finished(status[0], self._loop.time() - self._t0)
-        for interceptor in reversed(self._server._callee_interceptors) if self._handler else ():
+        started = self._handler is not None and self._task is not None  # on_start was due
+        for interceptor in reversed(self._server._callee_interceptors) if started else ():
             try:
                 interceptor.on_end(self, *status)
             except Exception:

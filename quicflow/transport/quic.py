@@ -29,6 +29,7 @@ from aioquic.quic.connection import (
     QuicConnection,
 )
 from aioquic.quic.packet import (
+    QuicErrorCode,
     QuicFrameType,
     QuicPacketType,
     encode_quic_retry,
@@ -361,6 +362,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self.message_lane: Any = None
         """This side's sending message lane (`quicflow.lane.SendLane`), once negotiated."""
         self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
+        self.on_peer_reset: Callable[[], None] | None = None
+        """Called when the peer resets a stream it opened before we finished our side (a
+        cancelled call: the server counts these against its rapid-reset budget)."""
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
         """The CONNECTION_CLOSE error code once the connection ended."""
@@ -665,6 +669,22 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         if close_event is not None and self.closed_error is None:
             self._terminated(close_event)  # calls still open end now, not after draining
 
+    def refuse(self, reason: str) -> None:
+        """Refuse a connection still in its handshake: CONNECTION_CLOSE with QUIC's own
+        CONNECTION_REFUSED (0x02). A transport error, unlike our application codes, keeps
+        its reason phrase in Initial packets (RFC 9000 §10.2.3), so the client sees why."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._quic.close(
+            error_code=QuicErrorCode.CONNECTION_REFUSED,
+            frame_type=QuicFrameType.PADDING,
+            reason_phrase=reason,
+        )
+        self.transmit()
+        close_event = self._quic._close_event
+        if close_event is not None and self.closed_error is None:
+            self._terminated(close_event)
+
     def abort(self, reason: str) -> None:
         """Give up on the connection now: fail every stream with UNAVAILABLE at once.
 
@@ -720,6 +740,17 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             handler.data_received(event.data, event.end_stream)
         elif type(event) is events.StreamReset:
             handler = handlers.get(event.stream_id)
+            if (
+                self.on_peer_reset is not None
+                and self.closed_error is None
+                and (event.stream_id & 1) == (self._peer_next_bidi & 1)  # the peer opened it
+                and (handler is not None or self._fq.sent_fin(event.stream_id) is False)
+            ):
+                # A call still open on our side (or one we never saw): a premature reset.
+                self.on_peer_reset()
+                if self.closed_error is not None:
+                    return  # that was one too many: the connection is closed
+                handler = handlers.get(event.stream_id)
             if handler is not None:
                 handler.stream_reset(event.error_code)
             else:

@@ -38,6 +38,11 @@ class Echo(EchoBase):
         self.says += 1
         return EchoReply(text=request.text)
 
+    async def collect(
+        self, requests: AsyncIterator[EchoRequest], context: ServicerContext
+    ) -> EchoReply:
+        return EchoReply(text="".join([r.text async for r in requests]))
+
     async def stream(
         self, request: EchoRequest, context: ServicerContext
     ) -> AsyncIterator[EchoReply]:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 from echo.echo_pb2 import EchoRequest
@@ -17,6 +21,7 @@ from .peer import HostilePeer
 # Figures for make chaos's table (it runs -m 'chaos or faults'); short versions run in make test.
 pytestmark = pytest.mark.faults
 
+REPO = str(Path(__file__).resolve().parents[2])
 SAY = "/echo.Echo/Say"
 CALL = encode_frame(
     FrameType.HEADERS, pb.CallHeaders(method=SAY).SerializeToString()
@@ -90,31 +95,105 @@ async def test_rapid_reset_leaves_nothing_behind(figures: Figures) -> None:
     await _rapid_reset_case(2_000, figures)
 
 
+async def test_rapid_reset_beyond_the_budget_closes_that_connection() -> None:
+    """Check that a connection resetting calls faster than max_reset_rate is closed with
+    EXCESSIVE_LOAD "rapid reset" (counted once in the metrics), without running a handler,
+    while a bystander's calls go on and the server's state returns to its baseline."""
+    service = Echo()
+    async with attack_setup(service, max_reset_rate=50) as (harness, bystander, peer):
+        await peer.hello("resetter")
+        says = service.says
+        bystander.start()
+        sent = 0
+        while not peer.closed and sent < 2_000:
+            if not peer.can_open_stream():
+                await peer.wait_stream_credit()
+                continue
+            sid = peer.open_stream()
+            peer.quic.send_stream_data(sid, CALL)
+            peer.reset(sid, ErrorCode.CANCELLED)
+            sent += 1
+            if sent % 16 == 0:
+                await asyncio.sleep(0)
+        assert await peer.wait_closed() == (ErrorCode.EXCESSIVE_LOAD, "rapid reset")
+        await bystander.stop()
+        assert 50 < sent < 2_000  # the bucket holds one second's worth, then it is closed
+        assert service.says - says == len(bystander.latencies["during"])  # bystander's only
+        assert harness.server.get_metrics().rapid_reset_closes == 1
+
+
 @pytest.mark.chaos
 async def test_rapid_reset_long(figures: Figures) -> None:
-    """The long version: 50,000 opened-and-reset streams on one connection."""
-    await _rapid_reset_case(50_000, figures)
-
-
-async def test_streams_left_without_headers_end_after_header_timeout() -> None:
-    """Check that streams opened with a partial frame and then left idle (slowloris) end with
-    DEADLINE_EXCEEDED and STOP_SENDING(DEADLINE_EXCEEDED) after header_timeout, while a call
-    that sent its HEADERS at once is not affected."""
-    async with attack_setup(header_timeout=0.3) as (_, bystander, peer):
-        await peer.hello("slow")
+    """The long version: 50,000 opened-and-reset streams from an attacker in a process of
+    its own (so it attacks at the rate the server takes, not at the rate it can share a
+    CPU with it), reconnecting whenever it is closed; with the default budget."""
+    service = Echo()
+    async with attack_setup(service) as (harness, bystander, peer):
+        await peer.aclose()
         bystander.start()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.hostile.attack",
+            str(harness.server.port),
+            str(harness.certs.ca_file),
+            "50000",
+            stdout=asyncio.subprocess.PIPE,
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join(["generated", "."])},
+        )
+        out, _ = await proc.communicate()
+        await bystander.stop()
+        assert proc.returncode == 0
+        result = json.loads(out)
+        bystander.report("rapid reset x50,000 (attacker process)", figures)
+        figures.add(
+            "rapid reset x50,000: seconds / connections used / closed for it",
+            f"{result['seconds']:.1f} / {result['connections']} / {result['closed']}",
+        )
+        assert result["streams"] == 50_000
+        assert all(tuple(c) == (ErrorCode.EXCESSIVE_LOAD, "rapid reset") for c in result["closes"])
+        assert harness.server.get_metrics().rapid_reset_closes == result["closed"]
+
+
+def _headers(method: str) -> bytes:
+    return encode_frame(FrameType.HEADERS, pb.CallHeaders(method=method).SerializeToString())
+
+
+async def test_streams_left_without_headers_or_request_end_after_header_timeout() -> None:
+    """Check that streams opened with a partial frame and then left idle (slowloris), and
+    unary / server-streaming calls whose request never completes, end with DEADLINE_EXCEEDED
+    and STOP_SENDING(DEADLINE_EXCEEDED) after header_timeout without running a handler;
+    a client-streaming call left idle after its HEADERS is legitimately kept."""
+    service = Echo()
+    async with attack_setup(service, header_timeout=0.3) as (_, bystander, peer):
+        await peer.hello("slow")
+        says = service.says
         one_byte = peer.send_new(b"\x01")
         half_headers = peer.send_new(CALL[:9])
-        logs = [await peer.wait_stream_end(s) for s in (one_byte, half_headers)]
-        await bystander.stop()
-        for log in logs:
+        headers_only = peer.send_new(_headers(SAY))
+        no_fin = peer.send_new(CALL)  # HEADERS and the request, but never FIN
+        stream_no_request = peer.send_new(_headers("/echo.Echo/Stream"))
+        upload = peer.send_new(_headers("/echo.Echo/Collect"))
+        no_headers = (one_byte, half_headers)
+        no_request = (headers_only, no_fin, stream_no_request)
+        logs = {s: await peer.wait_stream_end(s) for s in no_headers + no_request}
+        assert service.says == says  # no handler ran
+        await bystander.calls(3)  # other clients are served meanwhile
+        for sid, log in logs.items():
             trailers = log.trailers()
             assert trailers is not None
             assert trailers.status == StatusCode.DEADLINE_EXCEEDED
-            assert trailers.message == "no call HEADERS within 0.3 s (header_timeout)"
-        for sid in (one_byte, half_headers):
+            what = "call HEADERS" if sid in no_headers else "complete request"
+            assert trailers.message == f"no {what} within 0.3 s (header_timeout)"
             await peer.wait_for(lambda: peer.stream(sid).stop_code is not None)  # noqa: B023
             assert peer.stream(sid).stop_code == ErrorCode.DEADLINE_EXCEEDED
+        # The upload is still open (its client may legitimately pause); it completes.
+        assert not peer.stream(upload).ended
+        request = EchoRequest(text="up").SerializeToString()
+        peer.send(upload, encode_frame(FrameType.DATA, request), end_stream=True)
+        log = await peer.wait_stream_end(upload)
+        assert log.trailers() == pb.CallTrailers()
         assert not peer.closed
 
 
