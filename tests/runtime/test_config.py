@@ -158,6 +158,10 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("header_timeout", 3601.0),
     ("max_ping_rate", 0),
     ("max_ping_rate", 1.5),
+    ("max_reset_rate", -1),
+    ("max_reset_rate", 2.5),
+    ("max_connections", 0),
+    ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
 ]
