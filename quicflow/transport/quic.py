@@ -743,7 +743,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             if (
                 self.on_peer_reset is not None
                 and self.closed_error is None
-                and (event.stream_id & 1) == (self._peer_next_bidi & 1)  # the peer opened it
+                and (event.stream_id & 3) == (self._peer_next_bidi & 3)  # a peer-opened call
                 and (handler is not None or self._fq.sent_fin(event.stream_id) is False)
             ):
                 # A call still open on our side (or one we never saw): a premature reset.

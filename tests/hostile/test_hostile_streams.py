@@ -118,7 +118,8 @@ async def test_rapid_reset_beyond_the_budget_closes_that_connection() -> None:
         assert await peer.wait_closed() == (ErrorCode.EXCESSIVE_LOAD, "rapid reset")
         await bystander.stop()
         assert 50 < sent < 2_000  # the bucket holds one second's worth, then it is closed
-        assert service.says - says == len(bystander.latencies["during"])  # bystander's only
+        # Only the bystander's handlers ran (its last call may have been cut short by stop).
+        assert service.says - says - len(bystander.latencies["during"]) in (0, 1)
         assert harness.server.get_metrics().rapid_reset_closes == 1
 
 
