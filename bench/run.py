@@ -1,6 +1,6 @@
 """Run QuicFlow, grpc.aio and grpclib side by side and print one table.
 
-    PYTHONPATH=.:generated .venv/bin/python -m bench.run [--quick] [--no-write]
+    PYTHONPATH=.:generated .venv/bin/python -m bench.run [--quick | --smoke] [--no-write]
 
 Each system's server (bench/servers.py) and client worker (bench/clients.py)
 run in their own processes on 127.0.0.1, all with TLS from throwaway
@@ -97,6 +97,31 @@ QUICK = Plan(
     idle_settle=1.0,
     broadcasts=2,
 )
+
+SMOKE = Plan(
+    mode="smoke",
+    repeats=1,
+    latency_n=20,
+    latency_time=0.2,
+    rate_n=200,
+    rate_time=0.1,
+    stream_small_n=100,
+    stream_small_chunk=50,
+    stream_big_n=2,
+    stream_big_chunk=1,
+    stream_time=0.3,
+    connect_n=2,
+    connect_time=1.0,
+    oneway_n=100,
+    oneway_concurrency=4,
+    acked_n=50,
+    idle_clients=5,
+    idle_time=10.0,
+    idle_settle=0.1,
+    broadcasts=1,
+)
+"""Every measurement once, with tiny counts: that the bench runs, not what it measures
+(tests/bench/test_bench_smoke.py)."""
 
 FULL = Plan(
     mode="full",
@@ -575,6 +600,9 @@ def main() -> None:
     """Parse arguments and run the comparison."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="under a minute: fewer of all")
+    parser.add_argument(
+        "--smoke", action="store_true", help="seconds: every measurement once, tiny counts"
+    )
     parser.add_argument("--no-write", action="store_true", help="do not write bench/results/")
     parser.add_argument(
         "--plaintext-peers", action="store_true", help="run grpc.aio and grpclib without TLS"
@@ -588,7 +616,7 @@ def main() -> None:
     if args.no_variants:
         CHOSEN.systems = tuple(s for s in ALL_SYSTEMS if s not in VARIANTS)
         CHOSEN.quicflow = ("quicflow",)
-    plan = QUICK if args.quick else FULL
+    plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     sys.exit(asyncio.run(main_async(plan, not args.no_write, args.plaintext_peers)))
 
 

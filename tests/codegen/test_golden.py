@@ -115,9 +115,15 @@ def _check_root(tmp: Path) -> tuple[Path, list[Path]]:
     return roots, files
 
 
-def test_cases_pass_ruff(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def check_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """`_check_root` once for the ruff and the mypy test (they only read it)."""
+    return _check_root(tmp_path_factory.mktemp("check"))
+
+
+def test_cases_pass_ruff(check_root: tuple[Path, list[Path]]) -> None:
     """Check that every case's output passes ruff check and ruff format with the repo's config."""
-    _, files = _check_root(tmp_path)
+    _, files = check_root
     assert files
     ruff = str(BIN / "ruff")
     config = ["--config", str(ROOT / "pyproject.toml")]
@@ -127,9 +133,9 @@ def test_cases_pass_ruff(tmp_path: Path) -> None:
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
 
 
-def test_cases_pass_mypy_strict(tmp_path: Path) -> None:
+def test_cases_pass_mypy_strict(check_root: tuple[Path, list[Path]]) -> None:
     """Check that every case's output passes mypy --strict against real message stubs."""
-    roots, files = _check_root(tmp_path)
+    roots, files = check_root
     failures = []
     for name in CASE_NAMES:
         root = roots / name
