@@ -22,12 +22,27 @@ gen: $(STAMP)
 ## Run the whole test suite (installs what it needs first, Debian's chromium included),
 ## then docs/quickstart.md exactly as written (scripts/test-quickstart.sh), then the
 ## end-to-end tests once more on the qh3 engine.
+##
+## pytest runs on PYTEST_WORKERS pytest-xdist workers (default 2: most of the suite's wall
+## time is waiting on real loopback timers, not CPU), one test file per worker at a time
+## so module fixtures are built once. Tests that measure real-time bounds under faults or
+## load (markers `faults`, `serial`) run afterwards, one at a time, as before.
+## `make test PYTEST_WORKERS=0` (or plain `pytest`) runs everything serially.
+PYTEST_WORKERS ?= 2
+ifeq ($(PYTEST_WORKERS),0)
+pytest_all = $(1) $(PY) -m pytest -q $(2)
+else
+pytest_all = $(1) $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile \
+		-m 'not chaos and not faults and not serial' $(2) \
+	&& $(1) $(PY) -m pytest -q -m '(faults or serial) and not chaos' $(2)
+endif
+
 test: $(STAMP)
 	bash scripts/ensure-chromium.sh
-	$(PY) -m pytest -q
+	$(call pytest_all,,)
 	bash scripts/test-quickstart.sh
 	@# The end-to-end suite again on the qh3 QUIC engine (tests/e2e/conftest.py).
-	QUICFLOW_QUIC_ENGINE=qh3 $(PY) -m pytest -q tests/e2e
+	$(call pytest_all,QUICFLOW_QUIC_ENGINE=qh3,tests/e2e)
 	$(MAKE) --no-print-directory lint
 
 lint: $(STAMP)

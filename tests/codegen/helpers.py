@@ -16,6 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CASES = Path(__file__).resolve().parent / "cases"
 BIN = Path(sys.executable).parent
+_WORKER = "-" + os.environ["PYTEST_XDIST_WORKER"] if "PYTEST_XDIST_WORKER" in os.environ else ""
 
 
 def run(cmd: Sequence[str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -56,7 +57,8 @@ def mypy_strict(
         "follow_imports = silent\n"
         "follow_imports_for_stubs = True\n"
         f"mypy_path = {':'.join(map(str, [root, *extra_path, ROOT]))}\n"
-        f"cache_dir = {ROOT / '.mypy_cache' / 'codegen-tests'}\n"
+        # One cache per pytest-xdist worker: two mypy processes never share one.
+        f"cache_dir = {ROOT / '.mypy_cache' / ('codegen-tests' + _WORKER)}\n"
     )
     return run(
         [sys.executable, "-m", "mypy", "--config-file", str(config), *map(str, files)],

@@ -222,6 +222,7 @@ async def test_client_reconnects_after_server_dies_and_returns() -> None:
             await server2.stop()
 
 
+@pytest.mark.serial  # many clients / a real restart against real-time bounds
 async def test_fifty_clients_return_spread_out() -> None:
     """Check that 50 clients reconnect after a restart without all returning at the same
     instant, and measure how long until all are back."""

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
@@ -48,6 +49,7 @@ async def _start_server(port: int, certs: Path) -> asyncio.subprocess.Process:
     return proc
 
 
+@pytest.mark.serial  # many clients / a real restart against real-time bounds
 async def test_kill_9_and_restart_brings_the_client_back() -> None:
     """Check that after SIGKILL of the server process and a restart on the same port the
     client is CONNECTED again, and no call in between returned a false success."""

@@ -105,6 +105,7 @@ async def test_a_client_without_the_service_answers_unimplemented() -> None:
         assert info.value.code is StatusCode.UNIMPLEMENTED
 
 
+@pytest.mark.serial  # many clients / a real restart against real-time bounds
 async def test_broadcast_reports_each_client_exactly() -> None:
     """Check that a broadcast to 50 clients with 2 failing and 1 too slow reports exact
     per-client outcomes and counts, and honours label filters."""
