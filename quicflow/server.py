@@ -770,6 +770,7 @@ class _ServerCall(ServicerContext):
         "_cancel_status",
         "_conn",
         "_deadline_handle",
+        "_eager",
         "_handler",
         "_last_bytes",
         "_machine",
@@ -806,6 +807,7 @@ class _ServerCall(ServicerContext):
         self._request_done = False
         self._waiter: asyncio.Future[None] | None = None
         self._task: asyncio.Task[None] | None = None
+        self._eager = False
         self._handler: Handler | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._start_timer: asyncio.TimerHandle | None = None
@@ -863,6 +865,9 @@ class _ServerCall(ServicerContext):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+        if self._eager:
+            self._eager = False
+            _run_first_step(self._loop, self._task)
 
     def _on_header_timeout(self) -> None:
         self._start_timer = None
@@ -941,6 +946,7 @@ class _ServerCall(ServicerContext):
             self._start_timer = None
         self._server._calls.add(self)
         self._task = self._loop.create_task(self._run(handler))
+        self._eager = True  # run its first step once this data is parsed (data_received)
 
     def _refuse(self, code: StatusCode, message: str, stop_code: int = ErrorCode.NO_ERROR) -> None:
         """End the call from the transport side: status to the client, stop its sending."""
@@ -1196,6 +1202,29 @@ class _ServerCall(ServicerContext):
         # The answer is complete; if the client is still sending, tell it to stop.
         if self._machine.peer_state is not SideState.CLOSED and not self._request_done:
             self._conn.stop_reading(self._sid, ErrorCode.NO_ERROR)
+
+
+def _run_first_step(loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any] | None) -> None:
+    """Run a just-created task's first step now instead of at the next loop turn.
+
+    Python 3.11 has no eager tasks (3.12's ``eager_start``). A unary handler that
+    does not wait for anything finishes in its first step, so running that step
+    while the request's datagram is being handled puts the reply into the
+    datagram aioquic sends right after it, instead of a loop turn (and a
+    transmit) later. The task is a real task either way (``current_task()``,
+    cancellation, ``asyncio.timeout`` and contextvars behave as usual); only
+    where its first step runs moves. Done only when the step is still the last
+    callback queued on asyncio's own loop and no task is running (a task cannot
+    start inside another); otherwise the step runs when the loop reaches it.
+    """
+    ready = getattr(loop, "_ready", None)  # asyncio's queue of callbacks (uvloop has none)
+    if not ready or task is None or asyncio.current_task(loop) is not None:
+        return
+    handle = ready[-1]
+    if getattr(handle._callback, "__self__", None) is not task or handle._cancelled:
+        return
+    ready.pop()
+    handle._run()
 
 
 def _reply_key(message_id: bytes, method: str, request: bytes) -> bytes:
