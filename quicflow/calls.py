@@ -236,9 +236,12 @@ class _Call(Generic[Req, Resp]):
             conn = self._target.connection_for_call()
             if conn.can_open_stream():
                 break
-            left = None if budget is None else budget - (self._loop.time() - self._created)
+            if budget is None:
+                await conn.wait_stream_credit()  # no deadline: no timeout to arm
+                continue
+            left = budget - (self._loop.time() - self._created)
             try:
-                async with asyncio.timeout(None if left is None else max(left, 0.0)):
+                async with asyncio.timeout(max(left, 0.0)):
                     await conn.wait_stream_credit()
             except TimeoutError:
                 raise RpcError(
