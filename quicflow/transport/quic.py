@@ -361,6 +361,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._peer_unseen: set[int] = set()
         self._receiving = False
         self._wrote = False  # stream data queued since the last transmit
+        self._delivered = False  # the datagram being handled gave a handler data
         self.owns_transport = quic.configuration.is_client
         """A client connection has its own UDP socket, closed when the connection ends."""
         self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
@@ -625,6 +626,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         quic = self._quic
         active = self._fq.active_path()
         self._receiving = True
+        self._delivered = False
         try:
             quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
             self._process_events()
@@ -632,7 +634,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._receiving = False
         if active is not None and self._fq.active_path() is not active:
             self._path_changed()
-        self.transmit()
+        if self._wrote or not self._delivered:
+            self.transmit()
+        elif self._transmit_task is None:
+            # Data reached a handler that wrote nothing back yet: its answer (the next
+            # request, the reply of a task) comes at the next loop turn, and one
+            # transmit then carries it with whatever ACK is due now.
+            self._transmit_task = self._loop.call_soon(self.transmit)
         close_event = self._quic._close_event
         if close_event is not None and self.closed_error is None:
             # The peer closed: aioquic reports it only after its draining period
@@ -746,6 +754,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 if handler is None:
                     return
             handler.data_received(event.data, event.end_stream)
+            self._delivered = True
         elif type(event) is events.StreamReset:
             handler = handlers.get(event.stream_id)
             if (
