@@ -634,7 +634,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._receiving = False
         if active is not None and self._fq.active_path() is not active:
             self._path_changed()
-        if self._wrote or not self._delivered:
+        if self._wrote or not self._delivered or len(self._handlers) > FLUSH_STREAMS:
+            # With many calls in flight, datagrams arrive back to back and each
+            # deferred transmit would add a loop turn to every ACK and credit update:
+            # on qh3 that doubled CPU per call at c=128 (9,555 vs 16,987 calls/s).
             self.transmit()
         elif self._transmit_task is None:
             # Data reached a handler that wrote nothing back yet: its answer (the next
