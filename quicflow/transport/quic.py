@@ -495,7 +495,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         sending.add(stream_id)
         if len(sending) > self._scan_at:
             self._scan_sending()
-        if end_stream and not self._receiving and len(self._handlers) <= FLUSH_STREAMS:
+        if end_stream and not self._receiving and self._few_streams():
             pending = self._transmit_task
             if pending is not None:
                 pending.cancel()
@@ -503,6 +503,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         else:
             self._transmit_soon()
         return True
+
+    def _few_streams(self) -> bool:
+        """At most `FLUSH_STREAMS` live streams besides message lanes (the control
+        stream and one call): nothing else is likely to share a datagram."""
+        return len(self._handlers) - len(self._lanes) <= FLUSH_STREAMS
 
     def _scan_sending(self) -> int:
         """Bytes queued on all streams now; forgets streams that hold none."""
@@ -634,7 +639,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._receiving = False
         if active is not None and self._fq.active_path() is not active:
             self._path_changed()
-        if self._wrote or not self._delivered or len(self._handlers) > FLUSH_STREAMS:
+        if self._wrote or not self._delivered or not self._few_streams():
             # With many calls in flight, datagrams arrive back to back and each
             # deferred transmit would add a loop turn to every ACK and credit update:
             # on qh3 that doubled CPU per call at c=128 (9,555 vs 16,987 calls/s).
@@ -681,24 +686,24 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def close(self, error_code: int = ErrorCode.NO_ERROR, reason_phrase: str = "") -> None:
         """Close the connection (CONNECTION_CLOSE with an application error code)."""
-        if self._transport is None or self._transport.is_closing():
-            return
-        super().close(error_code=error_code, reason_phrase=reason_phrase)
-        close_event = self._quic._close_event
-        if close_event is not None and self.closed_error is None:
-            self._terminated(close_event)  # calls still open end now, not after draining
+        self._close_now(error_code=error_code, reason_phrase=reason_phrase)
 
     def refuse(self, reason: str) -> None:
         """Refuse a connection still in its handshake: CONNECTION_CLOSE with QUIC's own
         CONNECTION_REFUSED (0x02). A transport error, unlike our application codes, keeps
         its reason phrase in Initial packets (RFC 9000 §10.2.3), so the client sees why."""
-        if self._transport is None or self._transport.is_closing():
-            return
-        self._quic.close(
+        self._close_now(
             error_code=QuicErrorCode.CONNECTION_REFUSED,
             frame_type=QuicFrameType.PADDING,
             reason_phrase=reason,
         )
+
+    def _close_now(self, **close: Any) -> None:
+        """Send CONNECTION_CLOSE (``close``: `QuicConnection.close`'s arguments) and end
+        the calls still open now, not after the draining period."""
+        if self._transport is None or self._transport.is_closing():
+            return
+        self._quic.close(**close)
         self.transmit()
         close_event = self._quic._close_event
         if close_event is not None and self.closed_error is None:
