@@ -57,6 +57,7 @@ class Slot:
     id: str
     client: Client
     swapping: bool = False
+    swaps: int = 0  # forced reconnects begun; a push or broadcast spanning one may fail
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -73,12 +74,20 @@ class Soak:
         self.idle = asyncio.Event()
         self.rng = random.Random(42)
 
-    def failed(self, what: str, slot: Slot | None, exc: BaseException) -> None:
+    def failed(
+        self, what: str, slot: Slot | None, exc: BaseException, swaps: int | None = None
+    ) -> None:
+        """Count an error as expected only if it is UNAVAILABLE and the slot's client was
+        being replaced at some moment while the call ran (``swaps`` is the slot's count
+        when the call began)."""
         code = exc.code.name if isinstance(exc, RpcError) else type(exc).__name__
-        if slot is not None and slot.swapping and code in EXPECTED:
+        swapped = slot is not None and (
+            slot.swapping or (swaps is not None and slot.swaps != swaps)
+        )
+        if swapped and code in EXPECTED:
             self.expected[code] += 1
         else:
-            self.unexpected.append(f"{what}: {code}: {exc}")
+            self.unexpected.append(f"{what} at {time.time():.3f}: {code}: {exc}")
 
     def done(self) -> None:
         self.in_flight -= 1
@@ -88,6 +97,7 @@ class Soak:
     async def new_client(self, client_id: str) -> Client:
         client = Client(self.pair.config(client_id=client_id, connect_timeout=10.0))
         client.add_service(PushEcho(client_id))
+        self.pair.clients.append(client)  # closed by the pair even if the soak fails
         await client.connect()
         return client
 
@@ -148,6 +158,7 @@ class Soak:
             slot = self.rng.choice(self.slots)
             text = f"push{i}"
             i += 1
+            swaps = slot.swaps
             self.in_flight += 1
             try:
                 promise = server.async_send(slot.id, _say(text), timeout=20.0)
@@ -156,7 +167,7 @@ class Soak:
                     self.unexpected.append(f"push: wrong ack {reply.text!r}")
                 self.counts["pushes"] += 1
             except (RpcError, ClientNotConnected) as exc:
-                self.failed("push", slot, exc)
+                self.failed("push", slot, exc, swaps)
             finally:
                 self.done()
             await asyncio.sleep(0.05)
@@ -165,11 +176,14 @@ class Soak:
         server = self.pair.server
         while await self.gated():
             self.in_flight += 1
+            swaps_before = {s.id: s.swaps for s in self.slots}
             try:
                 result = await server.broadcast(
                     lambda ch: EchoStub(ch).say(EchoRequest(text="all")), client_timeout=20.0
                 )
-                swapping = {s.id for s in self.slots if s.swapping}
+                # A client replaced at any moment during the broadcast may fail it: its
+                # old connection closed under the call (UNAVAILABLE).
+                swapping = {s.id for s in self.slots if s.swapping or s.swaps != swaps_before[s.id]}
                 for client_id, d in result.deliveries.items():
                     if d.status is DeliveryStatus.DELIVERED:
                         if d.reply is None or d.reply.text != f"all@{client_id}":
@@ -177,7 +191,10 @@ class Soak:
                     elif client_id in swapping and d.code.name in EXPECTED:
                         self.expected[d.code.name] += 1
                     else:
-                        self.unexpected.append(f"broadcast to {client_id}: {d.status} {d.code}")
+                        self.unexpected.append(
+                            f"broadcast to {client_id} at {time.time():.3f}: {d.status.name} "
+                            f"{d.code.name}: {d.message}"
+                        )
                 self.counts["broadcasts"] += 1
             finally:
                 self.done()
@@ -210,6 +227,7 @@ class Soak:
                 continue
             slot = self.rng.choice(self.slots)
             slot.swapping = True
+            slot.swaps += 1
             self.in_flight += 1  # a quiet-moment sample waits for the swap to finish
             old = slot.client
             for task in slot.tasks:  # its loops end (a call in flight is cancelled)
@@ -264,18 +282,26 @@ async def test_soak_mixed_traffic_through_loss(figures: Figures) -> None:
             asyncio.ensure_future(soak.broadcasts()),
             asyncio.ensure_future(soak.churn(every=max(1.0, seconds / 60))),
         ]
-        soak.running.set()
-        await asyncio.sleep(min(30.0, seconds / 10))  # warm-up
-        before = await soak.quiesce()
-        soak.running.set()
-        began = time.perf_counter()
-        await asyncio.sleep(seconds)
-        ran = time.perf_counter() - began
-        after = await soak.quiesce()
-        soak.stop = True
-        soak.running.set()
-        await asyncio.gather(*others, *(t for s in soak.slots for t in s.tasks))
-        assert pair.proxy is not None
+        try:
+            soak.running.set()
+            await asyncio.sleep(min(30.0, seconds / 10))  # warm-up
+            before = await soak.quiesce()
+            soak.running.set()
+            began = time.perf_counter()
+            await asyncio.sleep(seconds)
+            ran = time.perf_counter() - began
+            after = await soak.quiesce()
+            soak.stop = True
+            soak.running.set()
+            await asyncio.gather(*others, *(t for s in soak.slots for t in s.tasks))
+            assert pair.proxy is not None
+        finally:  # a failed soak still ends its loops before the pair closes
+            soak.stop = True
+            soak.running.set()
+            loops = (*others, *(t for s in soak.slots for t in s.tasks))
+            for task in loops:
+                task.cancel()
+            await asyncio.gather(*loops, return_exceptions=True)
         stats = pair.proxy.stats
     assert soak.unexpected == []
     for key in ("tasks", "server streams", "client streams", "promises", "sessions"):
