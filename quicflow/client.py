@@ -68,6 +68,12 @@ _CLOSE_STATUS = {
 }
 
 
+NUDGES_PER_TIMEOUT = 5
+"""A waiting client that hears nothing for ``heartbeat_timeout / 5`` sends a QUIC PING
+(`QuicFlowProtocol.watch_quiet`): a NAT rebinding is then healed within that time, not
+at the next heartbeat."""
+
+
 class _Link:
     """One established connection: QUIC, its control stream, its heartbeat."""
 
@@ -113,7 +119,14 @@ class _Link:
 
     def start_heartbeat(self, interval: float, timeout: float) -> None:
         loop = self.conn._loop
-        self.heartbeat = HeartbeatSender(interval, timeout, loop.time())
+        hb = self.heartbeat = HeartbeatSender(interval, timeout, loop.time())
+        conn = self.conn
+        # Calls besides the control stream, or a pong awaited: speak up after a fifth of
+        # the pong timeout of silence (1 s by default; QuietWatch).
+        conn.watch_quiet(
+            timeout / NUDGES_PER_TIMEOUT,
+            lambda: conn.stream_count > 1 or hb.outstanding is not None,
+        )
         self._arm()
 
     def _arm(self) -> None:
@@ -132,6 +145,7 @@ class _Link:
             if type(event) is PingDue:
                 self.conn.write(self.control_sid, self.control.send_ping(event.sequence))
                 hb.ping_sent(event.sequence, now)
+                self.conn.expect_answer()
             elif type(event) is HeartbeatTimedOut:
                 client_id = self.client.client_id
                 logger.warning(

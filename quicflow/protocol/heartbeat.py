@@ -44,6 +44,19 @@ evicted exactly 45 s after its last ping; misses 1 and 2 are reported at the
 first checks at or after +15 s and +30 s. (The Go original counted a miss per
 5 s check and evicted after 25-30 s.)
 
+**Client side: `QuietWatch`**, the nudge. A client waiting for an answer (a
+call in flight, a pong outstanding) that has heard nothing from the server
+for ``after`` seconds sends a QUIC PING, and again every ``after`` seconds
+while the silence lasts. Only the client can heal a NAT rebinding: until its
+next datagram arrives from the new address the server keeps sending to the
+old one, and a client that only waits would wait there for its next
+heartbeat (up to an interval). The exact rule:
+
+- ``poll(now, last_heard, waiting)`` is True (send a PING now) when
+  ``waiting`` and ``now >= max(last_heard, last_nudge) + after``.
+- ``next_check(last_heard)`` is that moment; the runtime polls then and only
+  while it is waiting (a new call re-arms it).
+
 Example::
 
     sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
@@ -72,6 +85,7 @@ __all__ = [
     "HeartbeatSender",
     "HeartbeatTimedOut",
     "PingDue",
+    "QuietWatch",
     "SessionExpired",
     "negotiate_interval",
 ]
@@ -322,6 +336,45 @@ class HeartbeatSender:
             self._anchor = self._sent_at
         self.last_rtt = max(0.0, now - self._sent_at)
         self._outstanding = None
+
+
+class QuietWatch:
+    """When a client that waits for its server should speak up (a QUIC PING).
+
+    See the module docstring for the rule. With ``after=1.0``, a call sent at
+    0.0 whose server fell silent at 0.0 gets nudges at 1.0, 2.0, 3.0, ...; a
+    datagram arriving at 1.5 moves the next one to 2.5.
+
+    Example::
+
+        watch = QuietWatch(after=1.0)
+        if watch.poll(now, last_heard, waiting=calls_in_flight > 0):
+            quic.send_ping(0)
+        rearm(watch.next_check(last_heard))
+    """
+
+    __slots__ = ("_after", "_last_nudge")
+
+    def __init__(self, after: float) -> None:
+        """Raises ValueError if ``after`` is not a positive finite number."""
+        self._after = _positive("after", after)
+        self._last_nudge = -math.inf
+
+    @property
+    def after(self) -> float:
+        """Seconds of silence before a nudge (and between nudges)."""
+        return self._after
+
+    def next_check(self, last_heard: float) -> float:
+        """When the next nudge falls due if the silence since ``last_heard`` lasts."""
+        return max(last_heard, self._last_nudge) + self._after
+
+    def poll(self, now: float, last_heard: float, waiting: bool) -> bool:
+        """True if a nudge should be sent at ``now`` (it is then counted as sent)."""
+        if waiting and now + _EPSILON * max(1.0, abs(now)) >= self.next_check(last_heard):
+            self._last_nudge = float(now)
+            return True
+        return False
 
 
 class HeartbeatMonitor:

@@ -40,6 +40,7 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 
 from ..errors import ConfigError, ConnectionClosed
+from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
@@ -380,6 +381,11 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self.close_reason = ""
         self.cids: set[bytes] = set()
         """Connection ids routed to us by `QuicFlowServer` (so removal is O(own ids))."""
+        self.last_heard = self._loop.time()
+        """Loop time of the last datagram received from the peer."""
+        self._quiet: QuietWatch | None = None  # the client's nudge (see watch_quiet)
+        self._waiting: Callable[[], bool] | None = None
+        self._quiet_timer: asyncio.TimerHandle | None = None
 
     # -- introspection --
 
@@ -435,6 +441,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             raise self.closed_error
         stream_id = self._fq.reserve_stream()
         self._handlers[stream_id] = handler
+        if self._quiet is not None and self._quiet_timer is None:
+            self.expect_answer()
         return stream_id
 
     def open_uni_stream(self, handler: StreamHandler) -> int:
@@ -503,6 +511,41 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         else:
             self._transmit_soon()
         return True
+
+    # -- the client's nudge --
+
+    def watch_quiet(self, after: float, waiting: Callable[[], bool]) -> None:
+        """Send a QUIC PING whenever ``waiting()`` holds and the peer has been silent
+        for ``after`` seconds (`QuietWatch`); the client turns this on.
+
+        Only the client can heal a NAT rebinding: the server learns the new address
+        from the client's next datagram, and sends into the old one until then. A
+        client that only waits for a reply would stay silent until its next
+        heartbeat. Checks run only while something is awaited: `open_stream` and
+        `expect_answer` start them.
+        """
+        self._quiet = QuietWatch(after)
+        self._waiting = waiting
+        self.expect_answer()
+
+    def expect_answer(self) -> None:
+        """Something now awaits the peer (a ping sent): make sure the nudge is armed."""
+        quiet = self._quiet
+        if quiet is None or self._quiet_timer is not None or self.closed_error is not None:
+            return
+        self._quiet_timer = self._loop.call_at(quiet.next_check(self.last_heard), self._nudge)
+
+    def _nudge(self) -> None:
+        self._quiet_timer = None
+        quiet, waiting = self._quiet, self._waiting
+        if quiet is None or waiting is None or self.closed_error is not None:
+            return
+        if not waiting():
+            return  # idle now; the next call or ping re-arms
+        if quiet.poll(self._loop.time(), self.last_heard, True):
+            self._quic.send_ping(0)
+            self.transmit()
+        self._quiet_timer = self._loop.call_at(quiet.next_check(self.last_heard), self._nudge)
 
     def _few_streams(self) -> bool:
         """At most `FLUSH_STREAMS` live streams besides message lanes (the control
@@ -632,8 +675,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         active = self._fq.active_path()
         self._receiving = True
         self._delivered = False
+        self.last_heard = now = self._loop.time()
         try:
-            quic.receive_datagram(cast(bytes, data), addr, now=self._loop.time())
+            quic.receive_datagram(cast(bytes, data), addr, now=now)
             self._process_events()
         finally:
             self._receiving = False
@@ -829,6 +873,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self.reset(stream_id, ErrorCode.REFUSED)
             return None
         self._handlers[stream_id] = handler
+        if self._quiet is not None and self._quiet_timer is None:
+            self.expect_answer()  # a push: the rest of its request may be stuck on a path
         return handler
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
@@ -844,6 +890,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         handlers = list(self._handlers.values())
         self._handlers.clear()
         self._lanes.clear()
+        if self._quiet_timer is not None:
+            self._quiet_timer.cancel()
+            self._quiet_timer = None
         self._wake_idle()
         for waiter in self._drain_waiters.values():
             if not waiter.done():

@@ -15,6 +15,7 @@ from quicflow.protocol.heartbeat import (
     HeartbeatSender,
     HeartbeatTimedOut,
     PingDue,
+    QuietWatch,
     SessionExpired,
     negotiate_interval,
 )
@@ -457,3 +458,70 @@ def test_monitor_validates_its_arguments(kwargs: dict[str, float], name: str) ->
             args["max_missed"],  # type: ignore[arg-type]
             now=0.0,
         )
+
+
+# -- QuietWatch: the client's nudge ------------------------------------------------------
+
+
+def test_quiet_watch_nudges_every_after_seconds_of_silence_while_waiting() -> None:
+    """A call sent at 0.0 to a server silent since 0.0: nudges at exactly 1, 2, 3 s."""
+    watch = QuietWatch(after=1.0)
+    nudges = []
+    for _ in range(3):
+        now = watch.next_check(last_heard=0.0)
+        assert not watch.poll(now - 0.001, last_heard=0.0, waiting=True)
+        assert watch.poll(now, last_heard=0.0, waiting=True)
+        nudges.append(now)
+    assert nudges == [1.0, 2.0, 3.0]
+
+
+def test_quiet_watch_counts_silence_from_the_last_datagram_or_nudge() -> None:
+    watch = QuietWatch(after=1.0)
+    assert not watch.poll(0.999, last_heard=0.0, waiting=True)
+    assert watch.poll(1.0, last_heard=0.0, waiting=True)
+    assert watch.next_check(0.0) == 2.0
+    # A datagram at 1.5 moves the next nudge to 2.5, not 2.0.
+    assert watch.next_check(1.5) == 2.5
+    assert not watch.poll(2.0, last_heard=1.5, waiting=True)
+    assert not watch.poll(2.499, last_heard=1.5, waiting=True)
+    assert watch.poll(2.5, last_heard=1.5, waiting=True)
+
+
+def test_quiet_watch_never_nudges_when_nothing_is_awaited() -> None:
+    watch = QuietWatch(after=0.5)
+    assert not watch.poll(100.0, last_heard=0.0, waiting=False)
+    # ... and not waiting left no trace: the first poll while waiting nudges at once.
+    assert watch.poll(100.0, last_heard=0.0, waiting=True)
+
+
+def test_quiet_watch_drives_on_a_virtual_clock() -> None:
+    """The runtime's loop: arm at next_check, poll, re-arm only while waiting."""
+    clock = FakeClock()
+    watch = QuietWatch(after=0.2)
+    state = {"last_heard": 0.0, "waiting": True}
+    nudged: list[float] = []
+
+    def tick() -> None:
+        if not state["waiting"]:
+            return
+        if watch.poll(clock.time(), state["last_heard"], True):
+            nudged.append(round(clock.time(), 9))
+        clock.call_at(watch.next_check(state["last_heard"]), tick)
+
+    clock.call_at(watch.next_check(0.0), tick)
+    clock.advance(0.5)
+    assert nudged == [0.2, 0.4]
+    state["last_heard"] = 0.5  # the server answered at 0.5
+    clock.advance(0.15)  # 0.65: the armed check at 0.6 finds silence of only 0.1 s
+    assert nudged == [0.2, 0.4]
+    clock.advance(0.05)  # 0.7
+    assert nudged == [0.2, 0.4, 0.7]
+    state["waiting"] = False
+    clock.advance(5.0)
+    assert nudged == [0.2, 0.4, 0.7]
+
+
+@pytest.mark.parametrize("after", [0, -1.0, float("inf"), float("nan")])
+def test_quiet_watch_validates_after(after: float) -> None:
+    with pytest.raises(ValueError, match="after"):
+        QuietWatch(after)
