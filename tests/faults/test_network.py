@@ -368,13 +368,20 @@ async def test_nat_rebinding_mid_call_the_call_completes(figures: Figures) -> No
     figures.add("0.6 s call + 64-chunk stream across 3 rebinds took", took, "s")
 
 
-async def test_rebinding_while_the_client_waits_heals_at_its_nudge(figures: Figures) -> None:
+@pytest.mark.parametrize("engine", ["aioquic", "qh3"])
+async def test_rebinding_while_the_client_waits_heals_at_its_nudge(
+    figures: Figures, engine: str
+) -> None:
     """Check that a rebinding while the client only waits for a reply (so sends
     nothing) is healed by the client's nudge: after ``heartbeat_timeout / 5`` of
     silence it sends a QUIC PING from its new address, the server follows it there,
     and the reply arrives. The heartbeat interval is the default 15 s, so without the
     nudge the reply would wait for the next ping, past the call's 5 s deadline."""
-    async with ChaosPair(seed=7, client={"heartbeat_timeout": 1.0}) as pair:  # nudge: 0.2 s
+    async with ChaosPair(
+        seed=7,
+        server={"quic_engine": engine},
+        client={"heartbeat_timeout": 1.0, "quic_engine": engine},  # nudge: 0.2 s
+    ) as pair:
         client = await pair.connect(client_id="quiet")
         stub = EchoStub(client)
         assert pair.proxy is not None
