@@ -122,11 +122,20 @@ class _Link:
         hb = self.heartbeat = HeartbeatSender(interval, timeout, loop.time())
         conn = self.conn
         # Calls besides the control stream, or a pong awaited: speak up after a fifth of
-        # the pong timeout of silence (1 s by default; QuietWatch).
+        # the pong timeout of silence (1 s by default), backing off to the heartbeat
+        # interval while the server sends no data (QuietWatch).
         conn.watch_quiet(
             timeout / NUDGES_PER_TIMEOUT,
+            max(interval, timeout / NUDGES_PER_TIMEOUT),
             lambda: conn.stream_count > 1 or hb.outstanding is not None,
         )
+        metrics = self.client._metrics
+        if metrics is not None:
+
+            def counted() -> None:
+                metrics.nudges += 1
+
+            conn.on_nudge = counted
         self._arm()
 
     def _arm(self) -> None:

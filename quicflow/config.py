@@ -440,7 +440,8 @@ class ClientConfig(_Common):
     heartbeat_timeout: float = 5.0
     """Seconds to wait for a pong before the connection is declared dead. A fifth of it
     is also the nudge: a client awaiting a reply or pong that hears nothing that long
-    sends a QUIC PING, so the server learns a new address after a NAT rebinding."""
+    sends a QUIC PING (then at doubling gaps while no data comes), so the server learns
+    a new address after a NAT rebinding."""
     backoff_initial: float = 1.0
     """First reconnect delay in seconds."""
     backoff_multiplier: float = 2.0

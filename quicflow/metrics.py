@@ -311,6 +311,9 @@ class MetricsSnapshot:
     """A server: sessions evicted for missing heartbeats. A client: pongs that never came."""
     rapid_reset_closes: int
     """A server: connections closed for resetting calls beyond ``max_reset_rate``."""
+    nudges: int
+    """A client: QUIC PINGs sent because the server was silent while a reply or pong was
+    awaited (``heartbeat_timeout / 5``; each shows the server the client's address)."""
     connections_refused: int
     """A server: new connections refused at ``max_connections``."""
     handled: Mapping[str, MethodMetrics]
@@ -380,6 +383,7 @@ class Metrics:
         self.reconnects = 0
         self.heartbeat_timeouts = 0
         self.rapid_reset_closes = 0
+        self.nudges = 0
         self.connections_refused = 0
         self.broadcasts = 0
         self.broadcast_deliveries = {"delivered": 0, "failed": 0, "timed_out": 0}
@@ -458,6 +462,7 @@ class Metrics:
             reconnects=self.reconnects,
             heartbeat_timeouts=self.heartbeat_timeouts,
             rapid_reset_closes=self.rapid_reset_closes,
+            nudges=self.nudges,
             connections_refused=self.connections_refused,
             handled={s.method: s.snapshot() for s in self.handled.all()},
             made={s.method: s.snapshot() for s in self.made.all()},
@@ -497,6 +502,7 @@ def disabled_snapshot(
         reconnects=0,
         heartbeat_timeouts=0,
         rapid_reset_closes=0,
+        nudges=0,
         connections_refused=0,
         handled={},
         made={},

@@ -45,17 +45,23 @@ first checks at or after +15 s and +30 s. (The Go original counted a miss per
 5 s check and evicted after 25-30 s.)
 
 **Client side: `QuietWatch`**, the nudge. A client waiting for an answer (a
-call in flight, a pong outstanding) that has heard nothing from the server
-for ``after`` seconds sends a QUIC PING, and again every ``after`` seconds
-while the silence lasts. Only the client can heal a NAT rebinding: until its
-next datagram arrives from the new address the server keeps sending to the
-old one, and a client that only waits would wait there for its next
-heartbeat (up to an interval). The exact rule:
+call in flight, a pong outstanding) that has received no datagram from the
+server for ``after`` seconds sends a QUIC PING. Only the client can heal a
+NAT rebinding: until its next datagram arrives from the new address the
+server keeps sending to the old one, and a client that only waits would
+wait there for its next heartbeat (up to an interval). A server that is
+merely slow answers the PING with an ACK but no data, so while no stream
+data arrives the gaps double (``after``, twice that, four times, ... up to
+``longest``): a long wait costs a few PINGs, not one per ``after``. The
+exact rule:
 
-- ``poll(now, last_heard, waiting)`` is True (send a PING now) when
-  ``waiting`` and ``now >= max(last_heard, last_nudge) + after``.
-- ``next_check(last_heard)`` is that moment; the runtime polls then and only
-  while it is waiting (a new call re-arms it).
+- ``streak`` is the number of nudges sent since stream data last arrived
+  (``last_data``); ``gap = min(after * 2**streak, longest)``.
+- ``poll(now, last_heard, last_data, waiting)`` is True (send a PING now)
+  when ``waiting`` and ``now >= max(last_heard, last_nudge) + gap``.
+- ``next_check(last_heard, last_data)`` is that moment; the runtime polls
+  then and only while it is waiting (a new call re-arms it, and counts the
+  silence from that moment at the earliest).
 
 Example::
 
@@ -341,37 +347,52 @@ class HeartbeatSender:
 class QuietWatch:
     """When a client that waits for its server should speak up (a QUIC PING).
 
-    See the module docstring for the rule. With ``after=1.0``, a call sent at
-    0.0 whose server fell silent at 0.0 gets nudges at 1.0, 2.0, 3.0, ...; a
-    datagram arriving at 1.5 moves the next one to 2.5.
+    See the module docstring for the rule. With ``after=1.0`` and
+    ``longest=15.0``, a call whose server fell silent at 0.0 gets nudges at
+    1, 3, 7, 15, 30, 45, ... s; a datagram arriving at 1.5 (the ACK of the
+    first nudge) moves the next one to 3.5; stream data arriving starts the
+    series again at 1 s.
 
     Example::
 
-        watch = QuietWatch(after=1.0)
-        if watch.poll(now, last_heard, waiting=calls_in_flight > 0):
+        watch = QuietWatch(after=1.0, longest=15.0)
+        if watch.poll(now, last_heard, last_data, waiting=calls_in_flight > 0):
             quic.send_ping(0)
-        rearm(watch.next_check(last_heard))
+        rearm(watch.next_check(last_heard, last_data))
     """
 
-    __slots__ = ("_after", "_last_nudge")
+    __slots__ = ("_after", "_last_nudge", "_longest", "_streak")
 
-    def __init__(self, after: float) -> None:
-        """Raises ValueError if ``after`` is not a positive finite number."""
+    def __init__(self, after: float, longest: float | None = None) -> None:
+        """Raises ValueError if ``after`` or ``longest`` is not a positive finite number
+        or ``longest`` is shorter than ``after``."""
         self._after = _positive("after", after)
+        self._longest = self._after if longest is None else _positive("longest", longest)
+        if self._longest < self._after:
+            raise ValueError(f"longest ({longest!r}) must not be shorter than after ({after!r})")
         self._last_nudge = -math.inf
+        self._streak = 0  # nudges since stream data last arrived
 
     @property
     def after(self) -> float:
-        """Seconds of silence before a nudge (and between nudges)."""
+        """Seconds of silence before the first nudge."""
         return self._after
 
-    def next_check(self, last_heard: float) -> float:
-        """When the next nudge falls due if the silence since ``last_heard`` lasts."""
-        return max(last_heard, self._last_nudge) + self._after
+    def _streak_at(self, last_data: float) -> int:
+        return 0 if last_data > self._last_nudge else self._streak
 
-    def poll(self, now: float, last_heard: float, waiting: bool) -> bool:
+    def next_check(self, last_heard: float, last_data: float) -> float:
+        """When the next nudge falls due if the silence since ``last_heard`` lasts
+        (``last_data``: the last datagram that carried stream data)."""
+        gap = min(math.ldexp(self._after, self._streak_at(last_data)), self._longest)
+        return max(last_heard, self._last_nudge) + gap
+
+    def poll(self, now: float, last_heard: float, last_data: float, waiting: bool) -> bool:
         """True if a nudge should be sent at ``now`` (it is then counted as sent)."""
-        if waiting and now + _EPSILON * max(1.0, abs(now)) >= self.next_check(last_heard):
+        if waiting and now + _EPSILON * max(1.0, abs(now)) >= self.next_check(
+            last_heard, last_data
+        ):
+            self._streak = min(self._streak_at(last_data) + 1, 64)  # 2**64 * after > longest
             self._last_nudge = float(now)
             return True
         return False

@@ -381,11 +381,15 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self.close_reason = ""
         self.cids: set[bytes] = set()
         """Connection ids routed to us by `QuicFlowServer` (so removal is O(own ids))."""
-        self.last_heard = self._loop.time()
-        """Loop time of the last datagram received from the peer."""
+        self.last_heard = self.last_data = self._loop.time()
+        """Loop time of the last datagram received from the peer (``last_data``: the last
+        one that carried stream data to a handler)."""
+        self._wait_began = 0.0  # when the nudge was last armed from idle
         self._quiet: QuietWatch | None = None  # the client's nudge (see watch_quiet)
         self._waiting: Callable[[], bool] | None = None
         self._quiet_timer: asyncio.TimerHandle | None = None
+        self.on_nudge: Callable[[], None] | None = None
+        """Called after each nudge (the client counts them in its metrics)."""
 
     # -- introspection --
 
@@ -514,26 +518,33 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     # -- the client's nudge --
 
-    def watch_quiet(self, after: float, waiting: Callable[[], bool]) -> None:
+    def watch_quiet(self, after: float, longest: float, waiting: Callable[[], bool]) -> None:
         """Send a QUIC PING whenever ``waiting()`` holds and the peer has been silent
-        for ``after`` seconds (`QuietWatch`); the client turns this on.
+        for ``after`` seconds, backing off to ``longest`` while no data comes
+        (`QuietWatch`); the client turns this on.
 
         Only the client can heal a NAT rebinding: the server learns the new address
         from the client's next datagram, and sends into the old one until then. A
         client that only waits for a reply would stay silent until its next
         heartbeat. Checks run only while something is awaited: `open_stream` and
-        `expect_answer` start them.
+        `expect_answer` start them, and the silence counts from then at the earliest.
         """
-        self._quiet = QuietWatch(after)
+        self._quiet = QuietWatch(after, longest)
         self._waiting = waiting
         self.expect_answer()
 
+    def _quiet_since(self) -> float:
+        return max(self.last_heard, self._wait_began)
+
     def expect_answer(self) -> None:
-        """Something now awaits the peer (a ping sent): make sure the nudge is armed."""
+        """Something now awaits the peer (a call, a ping sent): make sure the nudge is
+        armed."""
         quiet = self._quiet
         if quiet is None or self._quiet_timer is not None or self.closed_error is not None:
             return
-        self._quiet_timer = self._loop.call_at(quiet.next_check(self.last_heard), self._nudge)
+        self._wait_began = self._loop.time()
+        when = quiet.next_check(self._quiet_since(), self.last_data)
+        self._quiet_timer = self._loop.call_at(when, self._nudge)
 
     def _nudge(self) -> None:
         self._quiet_timer = None
@@ -542,10 +553,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         if not waiting():
             return  # idle now; the next call or ping re-arms
-        if quiet.poll(self._loop.time(), self.last_heard, True):
+        if quiet.poll(self._loop.time(), self._quiet_since(), self.last_data, True):
             self._quic.send_ping(0)
             self.transmit()
-        self._quiet_timer = self._loop.call_at(quiet.next_check(self.last_heard), self._nudge)
+            if self.on_nudge is not None:
+                self.on_nudge()
+        when = quiet.next_check(self._quiet_since(), self.last_data)
+        self._quiet_timer = self._loop.call_at(when, self._nudge)
 
     def _few_streams(self) -> bool:
         """At most `FLUSH_STREAMS` live streams besides message lanes (the control
@@ -681,6 +695,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._process_events()
         finally:
             self._receiving = False
+        if self._delivered:
+            self.last_data = now
         if active is not None and self._fq.active_path() is not active:
             self._path_changed()
         if self._wrote or not self._delivered or not self._few_streams():

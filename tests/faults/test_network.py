@@ -386,6 +386,8 @@ async def test_rebinding_while_the_client_waits_heals_at_its_nudge(
         stub = EchoStub(client)
         assert pair.proxy is not None
         await stub.say(EchoRequest(text="warm"), timeout=5.0)
+        await asyncio.sleep(0.3)  # idle longer than the nudge: an idle client sends nothing
+        assert client.get_metrics().nudges == 0
         call = asyncio.ensure_future(stub.say(EchoRequest(text="q", delay_ms=500), timeout=5.0))
         await pair.service.wait_until(lambda: pair.service.calls["q"] == 1)
         await asyncio.sleep(0.1)  # the request's acks are through: the client is silent
@@ -396,8 +398,26 @@ async def test_rebinding_while_the_client_waits_heals_at_its_nudge(
         took = time.perf_counter() - began
         assert client.state is ClientState.CONNECTED
         assert pair.proxy.stats.client_to_server.received > sent_before  # it spoke up
+        nudges = client.get_metrics().nudges
+        assert nudges >= 1
     assert reply.text == "q"
     figures.add("reply after a rebind of a waiting client", took, "s (nudge after 0.2 s)")
+    figures.add("nudges the client sent", nudges)
+
+
+async def test_a_slow_handler_costs_the_waiting_client_few_nudges(figures: Figures) -> None:
+    """Check that a client waiting 1.6 s on a healthy but silent server nudges at
+    doubling gaps (0.2, 0.6, 1.4 s with a 0.2 s nudge): 3 PINGs, where a fixed
+    0.2 s period would send 8. Late timers under load only mean fewer."""
+    async with ChaosPair(seed=9, client={"heartbeat_timeout": 1.0}) as pair:  # nudge: 0.2 s
+        client = await pair.connect(client_id="patient")
+        stub = EchoStub(client)
+        await stub.say(EchoRequest(text="warm"), timeout=5.0)
+        reply = await stub.say(EchoRequest(text="slow", delay_ms=1600), timeout=5.0)
+        nudges = client.get_metrics().nudges
+    assert reply.text == "slow"
+    assert 1 <= nudges <= 4, nudges
+    figures.add("nudges during a 1.6 s silent wait", nudges, "(0.2 s nudge, doubling)")
 
 
 async def _drain(replies: AsyncIterator[Any]) -> str:

@@ -463,65 +463,83 @@ def test_monitor_validates_its_arguments(kwargs: dict[str, float], name: str) ->
 # -- QuietWatch: the client's nudge ------------------------------------------------------
 
 
-def test_quiet_watch_nudges_every_after_seconds_of_silence_while_waiting() -> None:
-    """A call sent at 0.0 to a server silent since 0.0: nudges at exactly 1, 2, 3 s."""
-    watch = QuietWatch(after=1.0)
+def test_quiet_watch_backs_off_while_the_server_sends_no_data() -> None:
+    """A call waiting since 0.0 on a server silent since 0.0: nudges at exactly 1, 3, 7,
+    15 s, then every 15 s (``longest``)."""
+    watch = QuietWatch(after=1.0, longest=15.0)
     nudges = []
-    for _ in range(3):
-        now = watch.next_check(last_heard=0.0)
-        assert not watch.poll(now - 0.001, last_heard=0.0, waiting=True)
-        assert watch.poll(now, last_heard=0.0, waiting=True)
+    for _ in range(6):
+        now = watch.next_check(last_heard=0.0, last_data=0.0)
+        assert not watch.poll(now - 0.001, last_heard=0.0, last_data=0.0, waiting=True)
+        assert watch.poll(now, last_heard=0.0, last_data=0.0, waiting=True)
         nudges.append(now)
-    assert nudges == [1.0, 2.0, 3.0]
+    assert nudges == [1.0, 3.0, 7.0, 15.0, 30.0, 45.0]
 
 
 def test_quiet_watch_counts_silence_from_the_last_datagram_or_nudge() -> None:
-    watch = QuietWatch(after=1.0)
-    assert not watch.poll(0.999, last_heard=0.0, waiting=True)
-    assert watch.poll(1.0, last_heard=0.0, waiting=True)
-    assert watch.next_check(0.0) == 2.0
-    # A datagram at 1.5 moves the next nudge to 2.5, not 2.0.
-    assert watch.next_check(1.5) == 2.5
-    assert not watch.poll(2.0, last_heard=1.5, waiting=True)
-    assert not watch.poll(2.499, last_heard=1.5, waiting=True)
-    assert watch.poll(2.5, last_heard=1.5, waiting=True)
+    watch = QuietWatch(after=1.0, longest=15.0)
+    assert not watch.poll(0.999, last_heard=0.0, last_data=0.0, waiting=True)
+    assert watch.poll(1.0, last_heard=0.0, last_data=0.0, waiting=True)
+    assert watch.next_check(0.0, 0.0) == 3.0
+    # The nudge's ACK at 1.5 (no data) moves the next one to 1.5 + 2.
+    assert watch.next_check(1.5, 0.0) == 3.5
+    assert not watch.poll(3.499, last_heard=1.5, last_data=0.0, waiting=True)
+    assert watch.poll(3.5, last_heard=1.5, last_data=0.0, waiting=True)
+    # Data at 4.0 ends the streak: the next nudge is 1 s after it.
+    assert watch.next_check(4.0, 4.0) == 5.0
+    assert watch.poll(5.0, last_heard=4.0, last_data=4.0, waiting=True)
+    assert watch.next_check(4.0, 4.0) == 7.0  # and the series starts again: 2 s
 
 
 def test_quiet_watch_never_nudges_when_nothing_is_awaited() -> None:
     watch = QuietWatch(after=0.5)
-    assert not watch.poll(100.0, last_heard=0.0, waiting=False)
+    assert not watch.poll(100.0, last_heard=0.0, last_data=0.0, waiting=False)
     # ... and not waiting left no trace: the first poll while waiting nudges at once.
-    assert watch.poll(100.0, last_heard=0.0, waiting=True)
+    assert watch.poll(100.0, last_heard=0.0, last_data=0.0, waiting=True)
 
 
 def test_quiet_watch_drives_on_a_virtual_clock() -> None:
     """The runtime's loop: arm at next_check, poll, re-arm only while waiting."""
     clock = FakeClock()
-    watch = QuietWatch(after=0.2)
-    state = {"last_heard": 0.0, "waiting": True}
+    watch = QuietWatch(after=0.2, longest=3.0)
+    state = {"heard": 0.0, "data": 0.0, "waiting": True}
     nudged: list[float] = []
 
     def tick() -> None:
         if not state["waiting"]:
             return
-        if watch.poll(clock.time(), state["last_heard"], True):
+        if watch.poll(clock.time(), state["heard"], state["data"], True):
             nudged.append(round(clock.time(), 9))
-        clock.call_at(watch.next_check(state["last_heard"]), tick)
+        clock.call_at(watch.next_check(state["heard"], state["data"]), tick)
 
-    clock.call_at(watch.next_check(0.0), tick)
-    clock.advance(0.5)
-    assert nudged == [0.2, 0.4]
-    state["last_heard"] = 0.5  # the server answered at 0.5
-    clock.advance(0.15)  # 0.65: the armed check at 0.6 finds silence of only 0.1 s
-    assert nudged == [0.2, 0.4]
-    clock.advance(0.05)  # 0.7
-    assert nudged == [0.2, 0.4, 0.7]
+    clock.call_at(watch.next_check(0.0, 0.0), tick)
+    clock.advance(0.7)
+    assert nudged == [0.2, 0.6]  # gaps 0.2, then 0.4 (no data)
+    state["heard"] = state["data"] = 0.7  # the server answered at 0.7
+    clock.advance(0.5)  # 1.2: the check armed for 1.4 has not fired yet
+    assert nudged == [0.2, 0.6]
+    clock.advance(0.25)  # its poll at 1.4 sees data after the last nudge: due at 0.9, sent
+    assert nudged == [0.2, 0.6, 1.4]
     state["waiting"] = False
     clock.advance(5.0)
-    assert nudged == [0.2, 0.4, 0.7]
+    assert nudged == [0.2, 0.6, 1.4]
 
 
-@pytest.mark.parametrize("after", [0, -1.0, float("inf"), float("nan")])
-def test_quiet_watch_validates_after(after: float) -> None:
-    with pytest.raises(ValueError, match="after"):
-        QuietWatch(after)
+@pytest.mark.parametrize(
+    ("after", "longest"),
+    [(0, None), (-1.0, None), (float("inf"), None), (float("nan"), None), (1.0, 0.5)],
+)
+def test_quiet_watch_validates_its_arguments(after: float, longest: float | None) -> None:
+    with pytest.raises(ValueError, match=r"after|longest"):
+        QuietWatch(after, longest)
+
+
+def test_quiet_watch_a_wait_of_days_keeps_the_longest_gap() -> None:
+    """Thousands of nudges without data (a quiet subscription): the gap stays ``longest``."""
+    watch = QuietWatch(after=1.0, longest=15.0)
+    heard = 0.0  # each nudge's ACK arrives at once: no data
+    for _ in range(5_000):
+        now = watch.next_check(last_heard=heard, last_data=0.0)
+        assert watch.poll(now, last_heard=heard, last_data=0.0, waiting=True)
+        heard = now
+    assert watch.next_check(last_heard=heard, last_data=0.0) == heard + 15.0
