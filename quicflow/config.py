@@ -268,9 +268,18 @@ class ServerConfig(_Common):
     certificate sent must verify against ``client_ca_file``) or "required" (a client
     without a valid one fails the handshake). Needs ``client_ca_file`` unless "none"."""
     client_crl_file: str | None = None
-    """PEM (one or more CRLs) or DER (one CRL) revocation lists for client certificates; each
-    must be signed by a CA in ``client_ca_file``. Re-read when the file changes; a client whose
-    issuer has no current CRL in it is refused (fail closed; docs/security.md "Revocation")."""
+    """PEM (one or more CRLs) or DER (one CRL) revocation lists for client certificates; one
+    whose issuer is a CA in ``client_ca_file`` must be signed by it (an intermediate's CRL is
+    checked against the intermediate at the handshake). Re-read when the file changes; a client
+    whose issuer has no current CRL in it is refused (fail closed; docs/security.md
+    "Revocation")."""
+    client_crl_check: str = "leaf"
+    """Which client certificates ``client_crl_file`` is checked for: "leaf" (the client's
+    own certificate, against its issuer's CRL) or "chain" (every certificate of the verified
+    chain except the trust anchor, i.e. also each intermediate CA, each against a CRL from its
+    own issuer, fail closed like the leaf; OpenSSL's CRL_CHECK_ALL). A CRL of an intermediate
+    that is not in ``client_ca_file`` has its signature checked at the handshake against the
+    intermediate the client sends. "chain" needs ``client_crl_file``."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
     heartbeat_interval: float = 15.0
@@ -385,6 +394,11 @@ class ServerConfig(_Common):
                 "(otherwise client certificates would silently not be checked)",
             )
         _optional_path("client_crl_file", self.client_crl_file)
+        _choice("client_crl_check", self.client_crl_check, ("leaf", "chain"))
+        if self.client_crl_check == "chain" and self.client_crl_file is None:
+            raise ConfigError(
+                "client_crl_check", "'chain' needs client_crl_file (the CRLs to check against)"
+            )
         if self.client_crl_file is not None:
             if self.client_ca_file is None:
                 raise ConfigError(

@@ -159,6 +159,7 @@ class Server:
             client_ca_file=config.client_ca_file,
             client_cert_mode=config.client_cert_mode,
             client_crl_file=config.client_crl_file,
+            client_crl_check=config.client_crl_check,
         )
         self._closed = asyncio.Event()
         self._endpoint = await serve(

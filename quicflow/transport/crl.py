@@ -1,22 +1,41 @@
 """Certificate revocation lists for client certificates (docs/security.md "Revocation").
 
 `load_crls` reads ``client_crl_file`` (PEM with one or more ``X509 CRL`` blocks, or one
-DER CRL) and checks that every CRL is signed by a CA in ``client_ca_file``.
-`RevocationChecker` answers, for a client certificate whose chain already
-verified, whether the CRL of its issuer revokes it; it re-reads the file when
-the file changes (an ``os.stat`` per handshake), so a new CRL takes effect
-without a restart.
+DER CRL) and checks the signature of every CRL whose issuer is a CA in
+``client_ca_file``. `RevocationChecker` answers, for a client certificate whose
+chain already verified, whether the CRL of its issuer revokes it; it re-reads
+the file when the file changes (an ``os.stat`` per handshake), so a new CRL
+takes effect without a restart.
 
-Policy (fail closed): with a CRL file configured, a client certificate is
-refused when no CRL in the file comes from its issuer (or none of them is
-signed by the issuer's key), and when that CRL's ``nextUpdate`` has passed.
-A stale CRL may lack the newest revocations, and an expired CRL that quietly
-stopped counting would turn revocation off exactly when the process that
-refreshes it has failed; refusing makes the failure visible at once.
+Policy (fail closed): with a CRL file configured, a certificate is refused
+when no CRL in the file comes from its issuer (or none of them is signed by
+the issuer's key), and when that CRL's ``nextUpdate`` has passed. A stale CRL
+may lack the newest revocations, and an expired CRL that quietly stopped
+counting would turn revocation off exactly when the process that refreshes it
+has failed; refusing makes the failure visible at once.
 
-Only the leaf is checked (the issuer of the client certificate); intermediate
-CAs are not checked for revocation. Delta and indirect CRLs are refused at
-load time.
+Scope (``client_crl_check``): "leaf" checks only the client certificate, against
+the CRL of its issuer. "chain" (like OpenSSL's ``CRL_CHECK_ALL``) checks every
+certificate of the verified chain except the trust anchor: the leaf and each
+intermediate CA, each against a CRL from its own issuer, with the same policy
+(`RevocationChecker.check_chain`). The chain is the one `cryptography`'s path
+validation built, so only certificates that chain to ``client_ca_file`` are
+ever used as CRL signers.
+
+CRLs of intermediate CAs: an intermediate that only arrives in the client's
+handshake is not in ``client_ca_file``, so its CRL cannot be verified at load
+time. We defer that check instead of requiring every intermediate in the CA
+file (which would also make it a trust anchor, exempt from the chain check):
+a CRL whose issuer *name* is a CA in ``client_ca_file`` must be signed by that
+CA at load time (a ConfigError otherwise, as before); a CRL from any other
+issuer is loaded unverified and used at a handshake only if the key of the
+issuing certificate in the verified chain signed it (`RevocationList.signed_by`,
+which every check calls). A forged or misnamed CRL therefore never counts; it
+only fails closed ("no CRL from its issuer"). The price is that a CRL from an
+unknown issuer (say, a wrong file) is no longer caught when the server starts;
+it is logged (INFO) at each load instead.
+
+Delta and indirect CRLs are refused at load time.
 """
 
 from __future__ import annotations
@@ -121,12 +140,16 @@ def _check_supported(crl: x509.CertificateRevocationList, number: int) -> None:
 
 
 def load_crls(path: str, ca_certificates: Sequence[x509.Certificate]) -> list[RevocationList]:
-    """Load every CRL in ``path`` and check each is signed by one of ``ca_certificates``.
+    """Load every CRL in ``path``; one whose issuer is in ``ca_certificates`` must be signed by it.
+
+    A CRL from an issuer that is not in ``ca_certificates`` (an intermediate CA the
+    client sends) is loaded with its signature unchecked; `RevocationChecker` uses it
+    only if the issuer certificate of the verified chain signed it (module docstring).
 
     Raises:
         ConfigError: naming ``client_crl_file``: the file cannot be read, holds no CRL or
-            a malformed one, a CRL is not signed by a CA in ``client_ca_file``, or uses a
-            feature QuicFlow does not support (delta or indirect CRLs).
+            a malformed one, a CRL naming a CA in ``client_ca_file`` is not signed by it,
+            or a CRL uses a feature QuicFlow does not support (delta or indirect CRLs).
     """
     try:
         with open(path, "rb") as fh:
@@ -143,7 +166,16 @@ def load_crls(path: str, ca_certificates: Sequence[x509.Certificate]) -> list[Re
             this_update=crl.last_update_utc,
             next_update=crl.next_update_utc,
         )
-        if not any(ca.subject == crl.issuer and entry.signed_by(ca) for ca in ca_certificates):
+        named = [ca for ca in ca_certificates if ca.subject == crl.issuer]
+        if not named:
+            logger.info(
+                "%s: CRL #%d (issuer %s) names no CA in client_ca_file; its signature is "
+                "checked against the intermediate CA of each client chain it applies to",
+                CRL_FIELD,
+                number,
+                crl.issuer.rfc4514_string(),
+            )
+        elif not any(entry.signed_by(ca) for ca in named):
             raise ConfigError(
                 CRL_FIELD,
                 f"CRL #{number} (issuer {crl.issuer.rfc4514_string()}) is not signed by "
@@ -220,33 +252,73 @@ class RevocationChecker:
             self._failed_stamp = stamp
 
     def check(
-        self, leaf: x509.Certificate, issuer: x509.Certificate, now: datetime.datetime
+        self,
+        leaf: x509.Certificate,
+        issuer: x509.Certificate,
+        now: datetime.datetime,
+        *,
+        what: str = "client certificate",
     ) -> None:
         """Refuse ``leaf`` (issued by ``issuer``) if revoked or not checkable at ``now``.
+
+        ``what`` names the certificate in the reason ("client certificate", or the
+        intermediate CA `check_chain` is checking).
 
         Raises:
             CertificateRevoked: with a one-line reason.
         """
         self._refresh()
+        self._check(leaf, issuer, now, what)
+
+    def check_chain(self, chain: Sequence[x509.Certificate], now: datetime.datetime) -> None:
+        """Refuse a verified ``chain`` (leaf first, trust anchor last) if any certificate
+        but the anchor is revoked or not checkable at ``now``.
+
+        Each ``chain[i]`` is checked against the CRL of ``chain[i + 1]``, leaf first, so
+        the reason names the first certificate that fails. A chain of one certificate
+        (a leaf that is itself in ``client_ca_file``) is checked like `check` does.
+
+        Raises:
+            CertificateRevoked: with a one-line reason naming the certificate.
+        """
+        self._refresh()
+        if len(chain) < 2:
+            self._check(chain[0], chain[0], now, "client certificate")
+            return
+        for position in range(len(chain) - 1):
+            cert = chain[position]
+            what = (
+                "client certificate"
+                if position == 0
+                else f"intermediate CA certificate ({cert.subject.rfc4514_string()})"
+            )
+            self._check(cert, chain[position + 1], now, what)
+
+    def _check(
+        self,
+        cert: x509.Certificate,
+        issuer: x509.Certificate,
+        now: datetime.datetime,
+        what: str,
+    ) -> None:
         name = issuer.subject.rfc4514_string()
         usable = [e for e in self.crls if e.issuer == issuer.subject and e.signed_by(issuer)]
         if not usable:
             raise CertificateRevoked(
-                f"client certificate revocation unknown: no CRL from its issuer ({name}) "
-                f"in {CRL_FIELD}",
+                f"{what} revocation unknown: no CRL from its issuer ({name}) in {CRL_FIELD}",
                 revoked=False,
             )
         newest = max(usable, key=lambda e: e.this_update)
         if newest.next_update is not None and newest.next_update < now:
             raise CertificateRevoked(
-                f"client certificate revocation unknown: the CRL of {name} expired at "
+                f"{what} revocation unknown: the CRL of {name} expired at "
                 f"{newest.next_update:%Y-%m-%d %H:%M:%S} UTC",
                 revoked=False,
             )
-        if leaf.serial_number in newest.serials:
-            revoked = newest.crl.get_revoked_certificate_by_serial_number(leaf.serial_number)
+        if cert.serial_number in newest.serials:
+            revoked = newest.crl.get_revoked_certificate_by_serial_number(cert.serial_number)
             when = f" at {revoked.revocation_date_utc:%Y-%m-%d %H:%M:%S} UTC" if revoked else ""
             raise CertificateRevoked(
-                f"client certificate revoked{when} (serial {leaf.serial_number:x}, CRL of {name})",
+                f"{what} revoked{when} (serial {cert.serial_number:x}, CRL of {name})",
                 revoked=True,
             )

@@ -11,8 +11,9 @@ X.509 path validation (chain to the configured CA, validity period, the
 clientAuth extended key usage); the transport runs it inside the handshake
 (`quicflow.transport.quic`), so a bad certificate fails the handshake with a
 TLS alert. With ``client_crl_file`` it also checks the leaf against the CRL of its
-issuer (`quicflow.transport.crl`). `certificate_client_id` maps a verified
-certificate to a client id.
+issuer, or with ``client_crl_check="chain"`` every certificate of the verified chain
+but the trust anchor against the CRL of its own issuer (`quicflow.transport.crl`).
+`certificate_client_id` maps a verified certificate to a client id.
 """
 
 from __future__ import annotations
@@ -106,7 +107,9 @@ class ClientCertificateVerifier:
     certificate must be within its validity period, the leaf must allow
     clientAuth, carry a subjectAltName and an authorityKeyIdentifier).
     ``revocation``: also refuse a leaf the CRL of its issuer revokes, or whose
-    issuer has no current CRL (`RevocationChecker`, fail closed).
+    issuer has no current CRL (`RevocationChecker`, fail closed). ``crl_check``
+    "chain" applies that to every certificate of the verified chain except the
+    trust anchor (the leaf and each intermediate CA), "leaf" to the leaf only.
     """
 
     def __init__(
@@ -115,20 +118,32 @@ class ClientCertificateVerifier:
         *,
         required: bool,
         revocation: RevocationChecker | None = None,
+        crl_check: str = "leaf",
     ) -> None:
         if not ca_certificates:
             raise ValueError("ClientCertificateVerifier needs at least one CA certificate")
+        if crl_check not in ("leaf", "chain"):
+            raise ValueError(f"crl_check must be 'leaf' or 'chain', got {crl_check!r}")
         self._store = Store(list(ca_certificates))
         self.required = required
         """True: a client must present a certificate."""
         self.revocation = revocation
         """The CRLs checked after the chain (None: no revocation check)."""
+        self.crl_check = crl_check
+        """"leaf": only the leaf is checked against ``revocation``; "chain": every
+        certificate of the verified chain but the trust anchor."""
 
     @classmethod
     def from_file(
-        cls, ca_file: str, *, required: bool, crl_file: str | None = None
+        cls,
+        ca_file: str,
+        *,
+        required: bool,
+        crl_file: str | None = None,
+        crl_check: str = "leaf",
     ) -> ClientCertificateVerifier:
-        """Load the CA bundle (PEM, one or more certificates) and the CRLs of ``crl_file``.
+        """Load the CA bundle (PEM, one or more certificates) and the CRLs of ``crl_file``
+        (checked for the leaf or, with ``crl_check="chain"``, the whole chain).
 
         Raises:
             ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate,
@@ -136,7 +151,7 @@ class ClientCertificateVerifier:
         """
         cas = load_ca_file(ca_file)
         revocation = RevocationChecker(crl_file, cas) if crl_file is not None else None
-        return cls(cas, required=required, revocation=revocation)
+        return cls(cas, required=required, revocation=revocation, crl_check=crl_check)
 
     def verify(
         self,
@@ -168,8 +183,12 @@ class ClientCertificateVerifier:
             raise CertificateRejected(f"client certificate not trusted: {_short(exc)}") from None
         if self.revocation is not None:
             try:
-                # chain[0] is the leaf, chain[1] the certificate that issued it.
-                self.revocation.check(leaf, chain[1] if len(chain) > 1 else chain[0], when)
+                if self.crl_check == "chain":
+                    # The chain cryptography verified: leaf first, trust anchor last.
+                    self.revocation.check_chain(chain, when)
+                else:
+                    # chain[0] is the leaf, chain[1] the certificate that issued it.
+                    self.revocation.check(leaf, chain[1] if len(chain) > 1 else chain[0], when)
             except CertificateRevoked as exc:
                 raise CertificateRejected(exc.reason, revoked=exc.revoked) from None
         return VerifiedClientCertificate(
@@ -253,12 +272,14 @@ def server_configuration(
     client_ca_file: str | None = None,
     client_cert_mode: str = "none",
     client_crl_file: str | None = None,
+    client_crl_check: str = "leaf",
 ) -> ServerQuicConfiguration:
     """Build an aioquic server configuration presenting ``cert_file``.
 
     With ``client_cert_mode`` "optional" or "required" the server asks every
     client for a certificate and verifies it against ``client_ca_file``, and
-    against the CRLs in ``client_crl_file`` when given.
+    against the CRLs in ``client_crl_file`` when given (the leaf only, or with
+    ``client_crl_check="chain"`` every certificate of the chain but the trust anchor).
 
     Raises:
         ConfigError: naming the field whose file cannot be loaded.
@@ -269,6 +290,9 @@ def server_configuration(
         if client_ca_file is None:
             raise ConfigError("client_ca_file", f"needed for client_cert_mode={client_cert_mode!r}")
         config.client_verifier = ClientCertificateVerifier.from_file(
-            client_ca_file, required=client_cert_mode == "required", crl_file=client_crl_file
+            client_ca_file,
+            required=client_cert_mode == "required",
+            crl_file=client_crl_file,
+            crl_check=client_crl_check,
         )
     return config

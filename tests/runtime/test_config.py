@@ -122,6 +122,10 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("client_crl_file", ""),
     ("client_crl_file", 3),
     ("client_crl_file", "crl.pem"),
+    # client_crl_check: leaf|chain, "chain" only with client_crl_file (more: test_crl.py)
+    ("client_crl_check", "all"),
+    ("client_crl_check", None),
+    ("client_crl_check", "chain"),
     ("heartbeat_interval", 0),
     ("heartbeat_interval", math.inf),
     ("heartbeat_check_interval", 0),

@@ -1,6 +1,7 @@
 """Sans-IO certificate revocation (docs/security.md "Revocation"): loading ``client_crl_file``,
 the verifier's CRL check (revoked, not revoked, wrong issuer, expired, bad signature), reload
-when the file changes, and the CRLs `quicflow certs --revoke` writes."""
+when the file changes, the CRLs `quicflow certs --revoke` writes, and client_crl_check="chain"
+(intermediate CAs checked against their issuer's CRL, deferred CRL signature check)."""
 
 from __future__ import annotations
 
@@ -80,18 +81,19 @@ class Ca:
         return builder.sign(signer or self.key, hashes.SHA256())
 
 
-def _ca(name: str) -> Ca:
+def _ca(name: str, *, issuer: Ca | None = None, path_length: int = 0) -> Ca:
+    """A self-signed CA, or with ``issuer`` an intermediate CA it signs."""
     key = ec.generate_private_key(ec.SECP256R1())
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(subject)
-        .issuer_name(subject)
+        .issuer_name(issuer.cert.subject if issuer else subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(NOW - DAY)
         .not_valid_after(NOW + 10 * DAY)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=path_length), critical=True)
         .add_extension(
             x509.KeyUsage(
                 digital_signature=False,
@@ -107,9 +109,12 @@ def _ca(name: str) -> Ca:
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
-        .sign(key, hashes.SHA256())
     )
-    return Ca(cert, key)
+    if issuer is not None:
+        builder = builder.add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer.key.public_key()), False
+        )
+    return Ca(builder.sign(issuer.key if issuer else key, hashes.SHA256()), key)
 
 
 @pytest.fixture(scope="module")
@@ -131,10 +136,10 @@ def _write(path: Path, *crls: x509.CertificateRevocationList, der: bool = False)
     return str(path)
 
 
-def _verifier(crl_file: str, *cas: Ca) -> ClientCertificateVerifier:
+def _verifier(crl_file: str, *cas: Ca, crl_check: str = "leaf") -> ClientCertificateVerifier:
     certs = [c.cert for c in cas]
     return ClientCertificateVerifier(
-        certs, required=True, revocation=RevocationChecker(crl_file, certs)
+        certs, required=True, revocation=RevocationChecker(crl_file, certs), crl_check=crl_check
     )
 
 
@@ -306,3 +311,120 @@ def test_certs_cli_revoke(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     err = capsys.readouterr().err
     assert err.startswith("quicflow certs: cannot revoke: no client certificate for client id")
     assert len(err.strip().splitlines()) == 1
+
+
+# -- client_crl_check="chain": the leaf and every intermediate CA --
+
+
+@dataclass
+class Pki:
+    root: Ca
+    mid: Ca
+    """An intermediate CA under ``root``; only ``root`` is trusted (client_ca_file)."""
+
+
+@pytest.fixture(scope="module")
+def pki() -> Pki:
+    root = _ca("Chain root", path_length=1)
+    return Pki(root, _ca("Chain intermediate", issuer=root))
+
+
+def _both(path: Path, *crls: x509.CertificateRevocationList, pki: Pki) -> dict[str, Any]:
+    crl_file = _write(path, *crls)
+    return {mode: _verifier(crl_file, pki.root, crl_check=mode) for mode in ("leaf", "chain")}
+
+
+def test_chain_check_refuses_a_revoked_intermediate(pki: Pki, tmp_path: Path) -> None:
+    """Check that an intermediate CA the root's CRL lists is refused with "chain" (the reason
+    names the intermediate) but not with "leaf"; that a good chain passes with both; and that
+    "chain" still refuses a revoked leaf under the intermediate."""
+    root, mid = pki.root, pki.mid
+    leaf, bad_leaf = mid.issue(31), mid.issue(32)
+    revoked = _both(tmp_path / "a.pem", root.crl(mid.cert.serial_number), mid.crl(32), pki=pki)
+    assert revoked["leaf"].verify(leaf, [mid.cert], now=NOW).client_id == "c31"
+    with pytest.raises(CertificateRejected) as refused:
+        revoked["chain"].verify(leaf, [mid.cert], now=NOW)
+    assert refused.value.revoked
+    assert refused.value.reason.startswith(
+        "intermediate CA certificate (CN=Chain intermediate) revoked at "
+    )
+    assert "CRL of CN=Chain root" in refused.value.reason
+    good = _both(tmp_path / "b.pem", root.crl(7), mid.crl(32), pki=pki)
+    for mode in ("leaf", "chain"):
+        assert good[mode].verify(leaf, [mid.cert], now=NOW).client_id == "c31"
+        with pytest.raises(
+            CertificateRejected, match=r"^client certificate revoked at .*serial 20"
+        ):
+            good[mode].verify(bad_leaf, [mid.cert], now=NOW)
+
+
+def test_chain_check_fails_closed_for_an_intermediate(pki: Pki, tmp_path: Path) -> None:
+    """Check the fail-closed policy for the intermediate: with no CRL from the root, or an
+    expired one, "chain" refuses (revocation unknown) what "leaf" accepts."""
+    root, mid = pki.root, pki.mid
+    leaf = mid.issue(41)
+    missing = _both(tmp_path / "a.pem", mid.crl(), pki=pki)
+    assert missing["leaf"].verify(leaf, [mid.cert], now=NOW).client_id == "c41"
+    with pytest.raises(CertificateRejected) as refused:
+        missing["chain"].verify(leaf, [mid.cert], now=NOW)
+    assert not refused.value.revoked
+    assert refused.value.reason == (
+        "intermediate CA certificate (CN=Chain intermediate) revocation unknown: "
+        "no CRL from its issuer (CN=Chain root) in client_crl_file"
+    )
+    stale = root.crl(this_update=NOW - 3 * DAY, next_update=NOW - DAY / 2)
+    expired = _both(tmp_path / "b.pem", stale, mid.crl(), pki=pki)
+    assert expired["leaf"].verify(leaf, [mid.cert], now=NOW).client_id == "c41"
+    with pytest.raises(CertificateRejected, match=r"revocation unknown: the CRL of CN=Chain root"):
+        expired["chain"].verify(leaf, [mid.cert], now=NOW)
+    # The leaf's own CRL (from the intermediate) is still needed in both modes.
+    no_mid_crl = _both(tmp_path / "c.pem", root.crl(), pki=pki)
+    for mode in ("leaf", "chain"):
+        with pytest.raises(
+            CertificateRejected, match=r"^client certificate revocation unknown: no CRL from"
+        ):
+            no_mid_crl[mode].verify(leaf, [mid.cert], now=NOW)
+
+
+def test_intermediate_crl_signature_is_checked_at_the_handshake(
+    pki: Pki, other: Ca, tmp_path: Path
+) -> None:
+    """Check the deferred signature check: a CRL naming the intermediate (not in
+    client_ca_file) loads, but counts only if the intermediate of the verified chain signed
+    it; one signed by another key is ignored (fail closed), in both modes."""
+    root, mid = pki.root, pki.mid
+    leaf = mid.issue(51)
+    forged = mid.crl(signer=other.key)
+    assert [e.issuer for e in load_crls(_write(tmp_path / "f.pem", forged), [root.cert])] == [
+        mid.cert.subject
+    ]
+    verifiers = _both(tmp_path / "a.pem", root.crl(), forged, pki=pki)
+    for mode in ("leaf", "chain"):
+        with pytest.raises(
+            CertificateRejected, match=r"no CRL from its issuer \(CN=Chain intermediate\)"
+        ):
+            verifiers[mode].verify(leaf, [mid.cert], now=NOW)
+    # A CRL naming a CA of client_ca_file must still be signed by it at load time.
+    with pytest.raises(ConfigError, match=r"client_crl_file: CRL #1 .*not signed by a CA"):
+        load_crls(_write(tmp_path / "r.pem", root.crl(signer=other.key)), [root.cert])
+
+
+def test_server_config_validates_client_crl_check(tmp_path: Path) -> None:
+    """Check ServerConfig.client_crl_check: "leaf" is the default, "chain" is accepted with a
+    CRL file, a bad value and "chain" without client_crl_file are ConfigErrors naming it."""
+    certs = write_dev_certs(tmp_path)
+    crl, _ = revoke_client_certificates(tmp_path)
+    mtls: dict[str, Any] = {
+        "port": 0,
+        "cert_file": str(certs.cert_file),
+        "key_file": str(certs.key_file),
+        "client_ca_file": str(certs.ca_file),
+        "client_cert_mode": "required",
+    }
+    assert ServerConfig(**mtls, client_crl_file=str(crl)).client_crl_check == "leaf"
+    config = ServerConfig(**mtls, client_crl_file=str(crl), client_crl_check="chain")
+    assert config.client_crl_check == "chain"
+    with pytest.raises(ConfigError, match=r"client_crl_check: must be one of 'leaf', 'chain'"):
+        ServerConfig(**mtls, client_crl_file=str(crl), client_crl_check="all")
+    with pytest.raises(ConfigError, match="client_crl_check: 'chain' needs client_crl_file"):
+        ServerConfig(**mtls, client_crl_check="chain")
