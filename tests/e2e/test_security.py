@@ -688,3 +688,64 @@ async def test_revoked_client_is_refused_and_others_are_not(tmp_path: Path) -> N
             assert (await EchoStub(alice).say(EchoRequest(text="still"))).text == "still"
         finally:
             await alice.close()
+
+
+def _root_crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, *revoked: int) -> bytes:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(now - datetime.timedelta(minutes=5))
+        .next_update(now + datetime.timedelta(days=1))
+    )
+    for serial in revoked:
+        builder = builder.add_revoked_certificate(
+            x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+        )
+    return builder.sign(key, hashes.SHA256()).public_bytes(Encoding.PEM)
+
+
+async def test_chain_crl_check_refuses_a_revoked_intermediate(
+    pki: DevCerts, tmp_path: Path
+) -> None:
+    """Check client_crl_check="chain" over real QUIC/TLS: a client whose chain runs through an
+    intermediate CA (sent in its handshake, only the root trusted) connects while the root's
+    CRL does not list the intermediate, and once the CRL file is replaced by one that does,
+    its next handshake fails naming the revoked intermediate."""
+    root_key, mid_key = (
+        ec.generate_private_key(ec.SECP256R1()),
+        ec.generate_private_key(ec.SECP256R1()),
+    )
+    root = _ca("Test root", root_key, None, 1)
+    mid = _ca("Test intermediate", mid_key, (root.subject, root_key), 0)
+    (tmp_path / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.pem").write_bytes(mid.public_bytes(Encoding.PEM))
+    (tmp_path / "ca.key").write_bytes(
+        mid_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
+    )
+    leaf_file, key_file = issue_client_certificate(tmp_path, "edge-9")
+    chain_file = tmp_path / "chain.pem"
+    chain_file.write_bytes(leaf_file.read_bytes() + mid.public_bytes(Encoding.PEM))
+    mid_crl, _ = revoke_client_certificates(tmp_path)  # the intermediate's own (empty) CRL
+    crl_file = tmp_path / "crls.pem"
+    crl_file.write_bytes(mid_crl.read_bytes() + _root_crl(root, root_key))
+    options = {
+        "client_ca_file": str(tmp_path / "root.pem"),
+        "client_cert_mode": "required",
+        "client_crl_file": str(crl_file),
+        "client_crl_check": "chain",
+        "authenticator": CertificateAuthenticator(),
+    }
+    async with _server(pki, **options) as server:
+        async with _client(
+            server, pki, cert_file=str(chain_file), key_file=str(key_file)
+        ) as client:
+            assert client.client_id == "edge-9"
+        replacement = tmp_path / "crls.new"
+        replacement.write_bytes(mid_crl.read_bytes() + _root_crl(root, root_key, mid.serial_number))
+        replacement.replace(crl_file)  # atomic, a new inode: the server re-reads it
+        with pytest.raises(
+            ConnectionClosed,
+            match=r"intermediate CA certificate \(CN=Test intermediate\) revoked at",
+        ):
+            await _client(server, pki, cert_file=str(chain_file), key_file=str(key_file)).connect()
