@@ -234,6 +234,7 @@ class Soak:
                 task.cancel()
             await asyncio.gather(*slot.tasks, return_exceptions=True)
             await old.close()
+            self.pair.clients.remove(old)  # closed: the pair need not keep it (RSS)
             slot.client = await self.new_client(slot.id)  # same id, new connection
             self.start_slot(slot)
             slot.swapping = False
