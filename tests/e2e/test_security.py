@@ -11,6 +11,7 @@ import asyncio
 import datetime
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -630,9 +631,20 @@ def _ca(
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-async def test_client_chain_through_an_intermediate_ca(pki: DevCerts, tmp_path: Path) -> None:
-    """Check that a client certificate signed by an intermediate CA verifies against the
-    root alone when the client sends the intermediate with it, and is refused without it."""
+@dataclass
+class _ChainPKI:
+    root: x509.Certificate
+    root_key: ec.EllipticCurvePrivateKey
+    mid: x509.Certificate
+    leaf_file: Path
+    key_file: Path
+    chain_file: Path
+    """The leaf followed by the intermediate, as a client sends them."""
+
+
+def _intermediate_pki(tmp_path: Path, client_id: str) -> _ChainPKI:
+    """A root CA (root.pem), an intermediate that issues client certificates (ca.pem/ca.key)
+    and a client certificate for ``client_id`` with its chain file (leaf + intermediate)."""
     root_key, mid_key = (
         ec.generate_private_key(ec.SECP256R1()),
         ec.generate_private_key(ec.SECP256R1()),
@@ -644,9 +656,17 @@ async def test_client_chain_through_an_intermediate_ca(pki: DevCerts, tmp_path: 
     (tmp_path / "ca.key").write_bytes(
         mid_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
     )
-    leaf_file, key_file = issue_client_certificate(tmp_path, "edge-7")
+    leaf_file, key_file = issue_client_certificate(tmp_path, client_id)
     chain_file = tmp_path / "chain.pem"
     chain_file.write_bytes(leaf_file.read_bytes() + mid.public_bytes(Encoding.PEM))
+    return _ChainPKI(root, root_key, mid, leaf_file, key_file, chain_file)
+
+
+async def test_client_chain_through_an_intermediate_ca(pki: DevCerts, tmp_path: Path) -> None:
+    """Check that a client certificate signed by an intermediate CA verifies against the
+    root alone when the client sends the intermediate with it, and is refused without it."""
+    chain = _intermediate_pki(tmp_path, "edge-7")
+    leaf_file, key_file, chain_file = chain.leaf_file, chain.key_file, chain.chain_file
     options = {
         "client_ca_file": str(tmp_path / "root.pem"),
         "client_cert_mode": "required",
@@ -712,20 +732,9 @@ async def test_chain_crl_check_refuses_a_revoked_intermediate(
     intermediate CA (sent in its handshake, only the root trusted) connects while the root's
     CRL does not list the intermediate, and once the CRL file is replaced by one that does,
     its next handshake fails naming the revoked intermediate."""
-    root_key, mid_key = (
-        ec.generate_private_key(ec.SECP256R1()),
-        ec.generate_private_key(ec.SECP256R1()),
-    )
-    root = _ca("Test root", root_key, None, 1)
-    mid = _ca("Test intermediate", mid_key, (root.subject, root_key), 0)
-    (tmp_path / "root.pem").write_bytes(root.public_bytes(Encoding.PEM))
-    (tmp_path / "ca.pem").write_bytes(mid.public_bytes(Encoding.PEM))
-    (tmp_path / "ca.key").write_bytes(
-        mid_key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    )
-    leaf_file, key_file = issue_client_certificate(tmp_path, "edge-9")
-    chain_file = tmp_path / "chain.pem"
-    chain_file.write_bytes(leaf_file.read_bytes() + mid.public_bytes(Encoding.PEM))
+    chain = _intermediate_pki(tmp_path, "edge-9")
+    root, root_key, mid = chain.root, chain.root_key, chain.mid
+    key_file, chain_file = chain.key_file, chain.chain_file
     mid_crl, _ = revoke_client_certificates(tmp_path)  # the intermediate's own (empty) CRL
     crl_file = tmp_path / "crls.pem"
     crl_file.write_bytes(mid_crl.read_bytes() + _root_crl(root, root_key))
