@@ -58,6 +58,11 @@ class Slot:
     client: Client
     swapping: bool = False
     swaps: int = 0  # forced reconnects begun; a push or broadcast spanning one may fail
+
+    def replaced_since(self, swaps: int | None) -> bool:
+        """Being replaced now, or replaced since the slot's count was ``swaps``."""
+        return self.swapping or (swaps is not None and self.swaps != swaps)
+
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
 
@@ -81,9 +86,7 @@ class Soak:
         being replaced at some moment while the call ran (``swaps`` is the slot's count
         when the call began)."""
         code = exc.code.name if isinstance(exc, RpcError) else type(exc).__name__
-        swapped = slot is not None and (
-            slot.swapping or (swaps is not None and slot.swaps != swaps)
-        )
+        swapped = slot is not None and slot.replaced_since(swaps)
         if swapped and code in EXPECTED:
             self.expected[code] += 1
         else:
@@ -183,7 +186,7 @@ class Soak:
                 )
                 # A client replaced at any moment during the broadcast may fail it: its
                 # old connection closed under the call (UNAVAILABLE).
-                swapping = {s.id for s in self.slots if s.swapping or s.swaps != swaps_before[s.id]}
+                swapping = {s.id for s in self.slots if s.replaced_since(swaps_before[s.id])}
                 for client_id, d in result.deliveries.items():
                     if d.status is DeliveryStatus.DELIVERED:
                         if d.reply is None or d.reply.text != f"all@{client_id}":
