@@ -40,8 +40,10 @@ from aioquic.quic.retry import QuicRetryTokenHandler
 from aioquic.quic.stream import QuicStream
 
 from ..errors import ConfigError, ConnectionClosed
+from ..protocol.budget import ByteBudget
 from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
+from .inflow import FrameWatch
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
 __all__ = [
@@ -110,6 +112,13 @@ class TransportSettings:
     """Unacknowledged bytes over all streams above which `drain_connection` waits."""
     quic_engine: str = "auto"
     """"aioquic", "qh3", or "auto" (`resolve_engine`)."""
+    connection_receive_limit: int = 16 << 20
+    """Bytes of unfinished frames larger than half the stream window that one connection
+    may hold at once (each reserves its whole size; `quicflow.protocol.budget`)."""
+    receive_limit: int = 256 << 20
+    """The same over all connections of a server."""
+    frame_timeout: float = 30.0
+    """Seconds a frame may stay unfinished (from its first byte, or from its reservation)."""
 
     def apply(self, config: QuicConfiguration) -> None:
         """Copy these settings into an aioquic configuration."""
@@ -157,6 +166,8 @@ class _FlowConnection(QuicConnection):
     def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, StreamHandler] = {}
+        self.flow_withheld: dict[int, int] = {}
+        """Bytes of an unfinished frame per stream that count as unread (`FrameWatch`)."""
         self.flow_window = window
         self.flow_step = window >> 2  # raise in steps of a quarter window, not per byte
         self.client_certificate: VerifiedClientCertificate | None = None
@@ -233,14 +244,15 @@ class _FlowConnection(QuicConnection):
         if space is not None and space.ack_at is not None and space.ack_at > now:
             space.ack_at = now
 
-    def credit_due(self, stream_id: int) -> bool:
-        """True if consumption on this stream warrants sending MAX_STREAM_DATA now."""
+    def credit_due(self, stream_id: int, step: int = 0) -> bool:
+        """True if consumption on this stream warrants sending MAX_STREAM_DATA now (the
+        limit would rise by ``step`` bytes; 0: half a window)."""
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return False
         target = self.flow_target(stream)
         return target is not None and target - stream.max_stream_data_local_sent >= (
-            self.flow_window >> 1
+            step or self.flow_window >> 1
         )
 
     def flow_target(self, stream: QuicStream) -> int | None:
@@ -248,6 +260,14 @@ class _FlowConnection(QuicConnection):
         handler = self.flow_handlers.get(cast(int, stream.stream_id))
         if handler is None:
             return None
+        withheld = self.flow_withheld
+        if withheld:
+            return (
+                stream.receiver._buffer_start
+                - handler.unread_bytes
+                - withheld.get(cast(int, stream.stream_id), 0)
+                + self.flow_window
+            )
         return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
@@ -270,6 +290,8 @@ class _FlowConnection(QuicConnection):
             return
         local = stream.max_stream_data_local
         target = receiver._buffer_start - handler.unread_bytes + self.flow_window
+        if self.flow_withheld:
+            target -= self.flow_withheld.get(stream.stream_id, 0)  # type: ignore[arg-type]
         if target - local >= self.flow_step:
             stream.max_stream_data_local = local = target
         if stream.max_stream_data_local_sent != local:
@@ -390,6 +412,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._quiet_timer: asyncio.TimerHandle | None = None
         self.on_nudge: Callable[[], None] | None = None
         """Called after each nudge (the client counts them in its metrics)."""
+        self.receive_budget = ByteBudget(settings.connection_receive_limit)
+        """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
+        server makes its own budget the parent."""
+        self._watches: dict[int, FrameWatch] = {}
 
     # -- introspection --
 
@@ -623,9 +649,44 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 self._quic.stop_stream(stream_id, error_code)
             self._transmit_soon()
 
+    def watch_frames(self, stream_id: int, on_timeout: Callable[[], None]) -> FrameWatch:
+        """The `FrameWatch` of an incoming stream whose frames arrive in pieces: frames
+        over half the stream window reserve their size from `receive_budget` before they
+        get credit beyond it, and ``on_timeout`` runs when one stays unfinished for
+        ``frame_timeout``. Closed by `release` (and when the connection ends)."""
+        watch = self._watches.get(stream_id)
+        if watch is None:
+            settings = self.settings
+            watch = self._watches[stream_id] = FrameWatch(
+                self._loop,
+                self.receive_budget,
+                threshold=settings.stream_receive_window >> 1,
+                timeout=settings.frame_timeout,
+                on_timeout=on_timeout,
+                withhold=lambda n: self._withhold(stream_id, n),
+            )
+        return watch
+
+    def _withhold(self, stream_id: int, count: int) -> None:
+        withheld = self._fq.flow_withheld
+        if count:
+            withheld[stream_id] = count
+        elif (
+            withheld.pop(stream_id, None) is not None
+            and not self._receiving
+            and self._fq.credit_due(stream_id, self.settings.stream_receive_window >> 2)
+        ):
+            # A reservation came through (another stream's frame ended): the credit the
+            # frame was waiting for goes out now, not with the next unrelated packet.
+            self._transmit_soon()
+
     def release(self, stream_id: int) -> None:
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
         self._handlers.pop(stream_id, None)
+        if self._watches:
+            watch = self._watches.pop(stream_id, None)
+            if watch is not None:
+                watch.close()
         self._drain_waiters.pop(stream_id, None)
         self._lanes.discard(stream_id)
         if self._idle_waiters and len(self._handlers) <= len(self._lanes):
@@ -906,6 +967,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         handlers = list(self._handlers.values())
         self._handlers.clear()
         self._lanes.clear()
+        watches = list(self._watches.values())
+        self._watches.clear()
+        for watch in watches:
+            watch.close()  # give the server's budget back
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
             self._quiet_timer = None
@@ -1130,6 +1195,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         retry: bool = False,
     ) -> None:
         self._retry = QuicRetryTokenHandler() if retry else None
+        self.receive_budget = ByteBudget(settings.receive_limit)
+        """Bytes of large unfinished frames all connections may hold (each connection's
+        `QuicFlowProtocol.receive_budget` has this one as its parent)."""
         self.retries_sent = 0
         """Retry packets sent (address validations asked for)."""
         self._configuration = configuration
@@ -1229,6 +1297,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             retry_source_connection_id=retry_cid,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol.receive_budget.parent = self.receive_budget
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
         protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
         protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)

@@ -168,6 +168,14 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
+    ("frame_timeout", 0),
+    ("frame_timeout", math.inf),
+    ("frame_timeout", 3601.0),
+    ("connection_receive_limit", (64 << 10) - 1),
+    ("connection_receive_limit", 1.5),
+    ("connection_receive_limit", True),
+    ("receive_limit", (16 << 20) - 1),  # below the default connection_receive_limit
+    ("receive_limit", "lots"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
