@@ -97,6 +97,8 @@ class _Link:
             if cls is PongReceived:
                 if self.heartbeat is not None:
                     self.heartbeat.pong_received(event.sequence, self.conn._loop.time())  # type: ignore[union-attr]
+                    # A pong after the next PING fell due releases it now (§9.3).
+                    self._rearm()
             elif cls is WelcomeReceived:
                 if not self.welcome.done():
                     self.welcome.set_result(event)  # type: ignore[arg-type]
@@ -136,6 +138,12 @@ class _Link:
                 metrics.nudges += 1
 
             conn.on_nudge = counted
+        self._arm()
+
+    def _rearm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._arm()
 
     def _arm(self) -> None:
