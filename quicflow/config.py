@@ -458,9 +458,11 @@ class ClientConfig(_Common):
     labels: Mapping[str, str] = field(default_factory=dict)
     """Labels sent in HELLO (the server can filter broadcasts by them)."""
     heartbeat_interval: float = 15.0
-    """The ping interval to ask for; the server's announced interval wins if it is shorter."""
+    """The ping interval to ask for in HELLO; the client pings at the interval the server
+    announces in WELCOME (the request clamped to the server's range)."""
     heartbeat_timeout: float = 5.0
-    """Seconds to wait for a pong before the connection is declared dead. A fifth of it
+    """Seconds to wait for a pong before the connection is declared dead; a shorter
+    ``heartbeat_timeout`` announced in WELCOME wins (wire-protocol.md §9.2). A fifth of it
     is also the nudge: a client awaiting a reply or pong that hears nothing that long
     sends a QUIC PING (then at doubling gaps while no data comes), so the server learns
     a new address after a NAT rebinding."""
