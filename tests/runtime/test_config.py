@@ -176,6 +176,7 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("connection_receive_limit", True),
     ("receive_limit", (16 << 20) - 1),  # below the default connection_receive_limit
     ("receive_limit", "lots"),
+    ("reflection", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
