@@ -356,16 +356,6 @@ class ServerConfig(_Common):
     """The same reservations over all connections together; at least
     ``connection_receive_limit``."""
 
-    def transport_settings(self) -> Any:
-        """The QUIC settings these fields describe (a `TransportSettings`)."""
-        import dataclasses
-
-        return dataclasses.replace(
-            _Common.transport_settings(self),
-            frame_timeout=self.frame_timeout,
-            connection_receive_limit=self.connection_receive_limit,
-            receive_limit=self.receive_limit,
-        )
     cluster_nats_urls: Sequence[str] = ()
     """NATS servers of the cluster this node joins (``nats://host:port``; any members of
     one NATS cluster). Empty: no cluster, one node, no NATS (docs/cluster.md). Needs
@@ -394,6 +384,17 @@ class ServerConfig(_Common):
     so that losing one server loses nothing)."""
     cluster_advertise: str | None = None
     """``host:port`` clients use to reach this node, shown in the node list (None: host:port)."""
+
+    def transport_settings(self) -> Any:
+        """The QUIC settings these fields describe (a `TransportSettings`)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            _Common.transport_settings(self),
+            frame_timeout=self.frame_timeout,
+            connection_receive_limit=self.connection_receive_limit,
+            receive_limit=self.receive_limit,
+        )
 
     def __post_init__(self) -> None:
         self._validate_common()
