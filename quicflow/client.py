@@ -104,11 +104,15 @@ class _Link:
                     self.welcome.set_result(event)  # type: ignore[arg-type]
             elif cls is GoAwayReceived:
                 self.client._on_goaway(self, event)  # type: ignore[arg-type]
-            elif cls is ControlStreamEnded or cls is ProtocolViolation:
-                self.conn.abort(f"control stream: {getattr(event, 'error', 'ended')}")
+            # §9.1: the control stream lives as long as the connection; a FIN or a
+            # broken rule ends the connection, as the server does for ours.
+            elif cls is ControlStreamEnded:
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
+            elif isinstance(event, ProtocolViolation):
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
 
     def stream_reset(self, error_code: int) -> None:
-        self.conn.abort("control stream reset by the server")
+        self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream reset")
 
     def stop_sending(self, error_code: int) -> None:
         self.stream_reset(error_code)
@@ -233,6 +237,9 @@ class Client(ChannelMethods):
             config.backoff_jitter,
         )
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._addresses = config.addresses()
+        self._address = 0
+        """Index in ``_addresses`` of the server to connect to (reconnects rotate it)."""
         self._state_waiters: list[asyncio.Future[None]] = []
         self._draining: set[QuicFlowProtocol] = set()
         self.server_limits: WelcomeReceived | None = None
@@ -423,19 +430,25 @@ class Client(ChannelMethods):
                 self._metrics.stop()
             raise
 
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """The server this client connects (or last tried to connect) to: ``(host, port)``."""
+        return self._addresses[self._address]
+
     async def _establish(self) -> None:
         c = self.config
+        host, port = self.server_address
         loop = asyncio.get_running_loop()
         deadline = loop.time() + c.connect_timeout
         quic_config = client_configuration(
-            server_name=c.server_name or c.host,
+            server_name=c.server_name or host,
             ca_file=c.ca_file,
             insecure_skip_verify=c.insecure_skip_verify,
             cert_file=c.cert_file,
             key_file=c.key_file,
         )
         conn = await connect(
-            c.host, c.port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
+            host, port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
         )
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
         link = _Link(self, conn, control)
@@ -464,7 +477,7 @@ class Client(ChannelMethods):
                     welcome = await link.welcome
             except TimeoutError:
                 raise ConnectionClosed(
-                    message=f"no WELCOME from {c.host}:{c.port} within {c.connect_timeout} s"
+                    message=f"no WELCOME from {host}:{port} within {c.connect_timeout} s"
                 ) from None
             except ConnectionClosed as exc:
                 status = _CLOSE_STATUS.get(conn.close_code or 0)  # type: ignore[call-overload]
@@ -478,16 +491,19 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             conn.message_lane = SendLane(conn)
-        interval = min(c.heartbeat_interval, welcome.heartbeat_interval)
-        link.start_heartbeat(interval, c.heartbeat_timeout)
+        # §9.3: ping at the interval the server granted; wait for a pong no longer than
+        # either side's timeout (the server's is a suggestion, ours the user's bound).
+        link.start_heartbeat(
+            welcome.heartbeat_interval, min(c.heartbeat_timeout, welcome.heartbeat_timeout)
+        )
         conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
         self._link = link
         self._backoff.reset()
         self._fire(LifecycleEvent.CONNECTED)
         logger.info(
             "connected to %s:%d as %s",
-            c.host,
-            c.port,
+            host,
+            port,
             self.client_id,
             extra={"client_id": self.client_id},
         )
@@ -571,6 +587,8 @@ class Client(ChannelMethods):
             if self._lifecycle.state is not ClientState.RECONNECTING:
                 return
             self._fire(LifecycleEvent.CONNECT)
+            # With several servers (ClientConfig.servers), each attempt tries the next one.
+            self._address = (self._address + 1) % len(self._addresses)
             try:
                 await self._establish()
                 return
