@@ -245,7 +245,7 @@ class Client(ChannelMethods):
         self.server_limits: WelcomeReceived | None = None
         """What the server announced in its last WELCOME."""
         self._handlers: dict[str, Handler] = {}
-        self._callee_interceptors: tuple[ServerInterceptor, ...] = ()
+        self._callee_interceptors: tuple[ServerInterceptor, ...] = tuple(config.push_interceptors)
         self._calls: set[_ServerCall] = set()
         self._replies: ReplyCache | None = ReplyCache()
         self.dispatcher = Dispatcher(
@@ -467,7 +467,9 @@ class Client(ChannelMethods):
                     metadata,
                     c.labels,
                     c.heartbeat_interval,
-                    features=(LANE_FEATURE,),  # we accept the server's message lane
+                    # We accept the server's message lane, unless push interceptors must
+                    # see every call (lane messages bypass them).
+                    features=() if self._callee_interceptors else (LANE_FEATURE,),
                 ),
             )
             try:

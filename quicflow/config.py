@@ -27,7 +27,7 @@ _MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
-_CODE_ONLY = frozenset({"interceptors", "authenticator"})
+_CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator"})
 
 
 def _parse_env(name: str, raw: str, annotation: object) -> Any:
@@ -237,7 +237,15 @@ class _Common:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name not in ("interceptors", "authenticator", "labels", "token", "admin_token")
+            if f.name
+            not in (
+                "interceptors",
+                "push_interceptors",
+                "authenticator",
+                "labels",
+                "token",
+                "admin_token",
+            )
             and getattr(self, f.name) != f.default
         )
         return f"{type(self).__name__}({shown})"
@@ -282,6 +290,9 @@ class ServerConfig(_Common):
     intermediate the client sends. "chain" needs ``client_crl_file``."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
+    push_interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
+    """Client interceptors for the calls this server makes to clients (push), outermost
+    first."""
     heartbeat_interval: float = 15.0
     """Seconds between a client's pings, announced to clients in WELCOME."""
     heartbeat_check_interval: float = 5.0
@@ -482,6 +493,7 @@ class ServerConfig(_Common):
 
             load_crls(self.client_crl_file, load_ca_file(self.client_ca_file))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
 
     def _validate_cluster(self) -> None:
         urls = self.cluster_nats_urls
@@ -544,6 +556,10 @@ class ClientConfig(_Common):
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
     """Client interceptors, outermost first."""
+    push_interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
+    """Server interceptors for the calls the server makes to this client (push), outermost
+    first. With any, the client declines the server's message lane (docs/push.md), so they
+    see every call."""
     client_id: str | None = None
     """The id to claim in HELLO (None: the server assigns one at the first connect; it is
     kept across reconnects)."""
@@ -605,6 +621,7 @@ class ClientConfig(_Common):
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
         if self.client_id is not None:
             _text("client_id", self.client_id)
             if len(self.client_id) > 256:
