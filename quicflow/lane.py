@@ -244,7 +244,7 @@ async def send_one_way(
 
     Raises:
         PayloadTooLarge: the message is over the sender's ``max_message_size``.
-        ValueError: bad metadata.
+        ArgumentError: bad metadata.
         RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
             connection ends meanwhile.
     """
@@ -277,10 +277,12 @@ async def send_one_way(
                 while lane.over_limit():
                     await conn.drain(lane.stream_id)
                     if conn.message_lane is not lane:
-                        raise ConnectionClosed(message="message lane closed")
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
         except TimeoutError:
             error: RpcError = RpcError(
-                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for the message lane"
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
             )
             if stats is not None:
                 stats.finished(error.code, loop.time() - start)
