@@ -3,20 +3,19 @@
 A unary or server-streaming call starts its handler only once its request is
 complete (HEADERS, the one message, FIN); until then header_timeout, counted
 from the stream's first bytes, bounds it. The call object is driven directly
-with a `FakeClock` standing in for the event loop: it can time and schedule,
-but not create tasks, so a handler that started would fail the test.
+by a real `Endpoint` whose injected clock is a `FakeClock`, the way the
+runtime arms every timer; no event loop runs, so a handler that started would
+fail the test.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase
 
 from quicflow import ServerConfig, ServicerContext, StatusCode
-from quicflow.hooks import Hooks
-from quicflow.server import _ServerCall
+from quicflow.endpoint import Endpoint
+from quicflow.incoming import IncomingCall
 from quicflow.testing import FakeClock
 from quicflow.wire import ErrorCode, FrameDecoder, FrameType, encode_frame
 from quicflow.wire.v1 import frames_pb2 as pb
@@ -27,24 +26,10 @@ class _Echo(EchoBase):
         raise AssertionError("the handler must not run")
 
 
-class _Host:
-    """What a call needs of its server (`CalleeHost`)."""
-
-    def __init__(self, header_timeout: float) -> None:
-        self.config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout)
-        self._handlers = dict(_Echo().__quicflow_handlers__())
-        self._callee_interceptors = ()
-        self._calls: set[Any] = set()
-        self.hooks = Hooks()
-        self._metrics = None
-        self._replies = None
-
-
 class _Conn:
     """The transport side of one stream, recording what the call did to it."""
 
-    def __init__(self, clock: FakeClock) -> None:
-        self._loop = clock
+    def __init__(self) -> None:
         self.sent = bytearray()
         self.fin = False
         self.stopped: int | None = None
@@ -82,10 +67,13 @@ class _Side:
         self.requires_session = False
 
 
-def _call(header_timeout: float = 10.0) -> tuple[_ServerCall, _Conn, FakeClock]:
+def _call(header_timeout: float = 10.0) -> tuple[IncomingCall, _Conn, FakeClock]:
     clock = FakeClock()
-    conn = _Conn(clock)
-    call = _ServerCall(_Host(header_timeout), _Side(conn), 4)  # type: ignore[arg-type]
+    config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout, metrics=False)
+    endpoint = Endpoint(config, interceptors=(), replies=None, clock=clock)
+    endpoint.add_handlers(_Echo().__quicflow_handlers__())
+    conn = _Conn()
+    call = endpoint.answer(_Side(conn), 4)  # type: ignore[arg-type]
     return call, conn, clock
 
 
