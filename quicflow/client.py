@@ -110,6 +110,9 @@ class _Link:
                 case PongReceived():
                     if self.heartbeat is not None:
                         self.heartbeat.pong_received(event.sequence, self.endpoint.clock.time())
+                        # A pong after the next PING fell due releases it now (§9.3).
+                        if self.timer is not None:
+                            self.timer.arm()
                 case WelcomeReceived():
                     if not self.welcome.done():
                         self.welcome.set_result(event)

@@ -185,6 +185,26 @@ async def test_silent_client_is_evicted_after_missed_heartbeats() -> None:
             await conn.aclose()
 
 
+async def test_client_at_the_servers_minimum_interval_is_not_evicted() -> None:
+    """Check that a client asking for a 1 s heartbeat from a default server (minimum 1 s,
+    3 misses) keeps its one session past 4 s, when a client that pinged only every
+    max(interval, pong timeout) = 5 s was evicted (wire-protocol.md §9.3)."""
+    harness = ClientFor([TestEcho()], client_options={"heartbeat_interval": 1.0})
+    server_events: list[str] = []
+    client_events: list[str] = []
+    harness.server.hooks.on_heartbeat_timeout(lambda info: server_events.append("timeout"))
+    harness.server.hooks.on_disconnect(lambda info, reason: server_events.append(reason))
+    async with harness as client:
+        client.hooks.on_disconnect(client_events.append)
+        [info] = harness.server.list_clients()
+        assert info.heartbeat_interval == 1.0
+        await asyncio.sleep(4.5)  # eviction would have been at 3 x 1 s after the first ping
+        assert server_events == [] and client_events == []
+        [now] = harness.server.list_clients()
+        assert now.connected_since == info.connected_since
+        assert client.state is ClientState.CONNECTED
+
+
 async def test_connection_without_hello_is_closed() -> None:
     """Check that a connection that never sends HELLO is closed after hello_timeout."""
     harness = ClientFor([TestEcho()], server_options=FAST_SERVER)
