@@ -118,15 +118,17 @@ class _Link:
                         self.welcome.set_result(event)
                 case GoAwayReceived():
                     self.client._on_goaway(self, event)
+                # §9.1: the control stream lives as long as the connection; a FIN or a
+                # broken rule ends the connection, as the server does for ours.
                 case ControlStreamEnded():
-                    self.conn.abort("control stream: ended")
+                    self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
                 case ProtocolViolation():
-                    self.conn.abort(f"control stream: {event.error}")
+                    self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
                 case HelloReceived() | PingReceived():  # the control machine refuses these
                     pass
 
     def stream_reset(self, error_code: int) -> None:
-        self.conn.abort("control stream reset by the server")
+        self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream reset")
 
     def stop_sending(self, error_code: int) -> None:
         self.stream_reset(error_code)
@@ -479,8 +481,11 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             conn.message_lane = SendLane(conn)
-        interval = min(c.heartbeat_interval, welcome.heartbeat_interval)
-        link.start_heartbeat(interval, c.heartbeat_timeout)
+        # §9.3: ping at the interval the server granted; wait for a pong no longer than
+        # either side's timeout (the server's is a suggestion, ours the user's bound).
+        link.start_heartbeat(
+            welcome.heartbeat_interval, min(c.heartbeat_timeout, welcome.heartbeat_timeout)
+        )
         conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
         self._link = link
         self._backoff.reset()

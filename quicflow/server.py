@@ -54,6 +54,7 @@ from .push import (
     PromiseManager,
     broadcast,
 )
+from .reflection import ReflectionService
 from .rpc import Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
@@ -108,6 +109,9 @@ class Server:
         self._endpoint.add_handlers(self.health.__quicflow_handlers__())
         admin = AdminService(self.list_clients, config.admin_token)
         self._endpoint.add_handlers(admin.__quicflow_handlers__())
+        if config.reflection:  # it reads the live route table: later services are listed too
+            handlers = self._endpoint.handlers
+            self._endpoint.add_handlers(ReflectionService(handlers).__quicflow_handlers__())
 
     @property
     def metrics(self) -> Metrics | None:
