@@ -25,6 +25,7 @@ from typing import Any, TypeVar
 from .admin import AdminService
 from .auth import HelloInfo, PeerInfo, allow_all
 from .clock import Clock, TimerHandleLike, wait_all
+from .cluster.node import ClusterNode
 from .config import ServerConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
@@ -112,6 +113,8 @@ class Server:
         if config.reflection:  # it reads the live route table: later services are listed too
             handlers = self._endpoint.handlers
             self._endpoint.add_handlers(ReflectionService(handlers).__quicflow_handlers__())
+        self.cluster: ClusterNode | None = None
+        """This node's membership in a cluster (None: no ``cluster_nats_urls``)."""
 
     @property
     def metrics(self) -> Metrics | None:
@@ -184,6 +187,10 @@ class Server:
                 self._listener.close()
                 self._listener = None
                 raise
+        if config.cluster_nats_urls:
+            from .cluster.node import join
+
+            self.cluster = await join(self)
         logger.info(
             "serving %d routes on %s:%d", len(self._endpoint.handlers), config.host, self.port
         )
@@ -302,8 +309,11 @@ class Server:
         ``await NotifyStub(server.client("id-42")).deliver(event)``.
 
         Calls through it fail at once with `ClientNotConnected` if no client is
-        connected under ``client_id``.
+        connected under ``client_id``. In a cluster, a client on another node is
+        reached through its node (unary calls; docs/cluster.md).
         """
+        if self.cluster is not None:
+            return self.cluster.channel(client_id)
         return ClientChannel(self, client_id)
 
     async def broadcast(
@@ -322,8 +332,18 @@ class Server:
         ``broadcast_max_in_flight``); each client gets ``client_timeout`` seconds
         (default ``push_timeout``). Never raises for a client's failure: each client's
         `Delivery` says delivered (with the reply), failed (with the status) or
-        timed out.
+        timed out. In a cluster every node's clients are reached, and the result
+        (a `ClusterBroadcastResult`) also says which nodes answered.
         """
+        if self.cluster is not None:
+            return await self.cluster.broadcast(
+                send,
+                labels=labels,
+                client_timeout=self.config.push_timeout
+                if client_timeout is None
+                else client_timeout,
+                max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+            )
         return await broadcast(
             self,
             send,
@@ -352,6 +372,8 @@ class Server:
             PromiseCapacityFull: ``max_pending_promises`` are outstanding; nothing was sent.
         """
         timeout = self.config.promise_timeout if timeout is None else timeout
+        if self.cluster is not None:
+            return self.cluster.async_send(client_id, send, timeout, callback)
         return self._promises.send(client_id, send, timeout, callback)
 
     def register_handler(self, message_type: str, handler: MessageHandler) -> None:
@@ -395,8 +417,12 @@ class Server:
     # -- clients --
 
     def list_clients(self) -> list[ClientInfo]:
-        """Snapshots of every connected client, sorted by client id."""
-        return sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        """Snapshots of every connected client, sorted by client id (in a cluster, of
+        every node; remote clients' snapshots come from the registry)."""
+        local = sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        if self.cluster is not None:
+            return self.cluster.list_clients(local)
+        return local
 
     def get_client_info(self, client_id: str) -> ClientInfo:
         """A snapshot of one connected client.
@@ -404,6 +430,8 @@ class Server:
         Raises:
             ClientNotConnected: no client is connected under that id.
         """
+        if self.cluster is not None and client_id not in self.sessions:
+            return self.cluster.client_info(client_id)
         return self.sessions.require(client_id).info()
 
     # -- stopping --
@@ -424,6 +452,8 @@ class Server:
             return
         self._stopping = True
         self.health.shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()  # unregister first: nobody routes here while we close
         await asyncio.sleep(0)  # health watchers send NOT_SERVING before the GOAWAY
         grace_s = grace or 0.0
         for sconn in list(self._connections):
