@@ -227,7 +227,12 @@ class Client(ChannelMethods):
         """Connect with ``config``; ``clock`` (tests: a `FakeClock`) arms every runtime
         timer (heartbeat, backoff, call deadlines, grace) instead of the event loop's."""
         self.config = config
-        self._endpoint = Endpoint(config, interceptors=(), replies=RecentReplies(), clock=clock)
+        self._endpoint = Endpoint(
+            config,
+            interceptors=tuple(config.push_interceptors),
+            replies=RecentReplies(),
+            clock=clock,
+        )
         self.client_id = config.client_id or ""
         """The id this client claims ("" lets the server assign one); after WELCOME, the one
         the server accepted, which later reconnects claim again."""
@@ -468,7 +473,9 @@ class Client(ChannelMethods):
                     metadata,
                     c.labels,
                     c.heartbeat_interval,
-                    features=(LANE_FEATURE,),  # we accept the server's message lane
+                    # We accept the server's message lane, unless push interceptors must
+                    # see every call (lane messages bypass them).
+                    features=() if endpoint.interceptors else (LANE_FEATURE,),
                 ),
             )
             try:

@@ -48,6 +48,7 @@ from .rpc import Cardinality, Handler
 from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol
+from .transport.inflow import FrameWatch
 from .wire.codec import ErrorCode
 
 __all__ = ["Answerer", "CallerLink", "IncomingCall"]
@@ -135,6 +136,7 @@ class IncomingCall(ServicerContext):
         "_deadline_handle",
         "_eager",
         "_endpoint",
+        "_frames",
         "_handler",
         "_last_bytes",
         "_link",
@@ -174,6 +176,7 @@ class IncomingCall(ServicerContext):
         self._handler: Handler | None = None
         self._deadline_handle: TimerHandleLike | None = None
         self._start_timer: TimerHandleLike | None = None
+        self._frames: FrameWatch | None = None  # once a frame arrived in pieces
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
         self._last_bytes = b""
@@ -205,7 +208,8 @@ class IncomingCall(ServicerContext):
         session = self._link.session
         if session is not None:
             session.bytes_in += len(data)
-        for event in self._machine.receive_data(data, end_stream):
+        events = self._machine.receive_data(data, end_stream)
+        for event in events:
             match event:
                 case MessageReceived(data=payload):
                     self._messages.append(payload)
@@ -224,6 +228,13 @@ class IncomingCall(ServicerContext):
                     return
                 case TrailersReceived():  # the call machine refuses trailers from a caller
                     pass
+        buffered, length = self._machine.partial_frame
+        if (buffered or length or self._frames is not None) and self._status is None:
+            # A frame arrived in pieces: bound its credit and its time (docs/limits.md).
+            frames = self._frames
+            if frames is None:
+                frames = self._frames = self._conn.watch_frames(self._sid, self._on_frame_timeout)
+            frames.update(buffered, length, bool(events))
         if self._task is None and self._status is None and not self._cancelled:
             if self._handler is not None and self._request_done:
                 self._start(self._handler)
@@ -249,6 +260,14 @@ class IncomingCall(ServicerContext):
         self._refuse(
             StatusCode.DEADLINE_EXCEEDED,
             f"no {what} within {timeout:g} s (header_timeout)",
+            ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    def _on_frame_timeout(self) -> None:
+        assert self._frames is not None
+        self._refuse(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"a frame stayed unfinished for {self._frames.frame.timeout:g} s (frame_timeout)",
             ErrorCode.DEADLINE_EXCEEDED,
         )
 
