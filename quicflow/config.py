@@ -353,6 +353,20 @@ class ServerConfig(_Common):
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
     addresses; see docs/wire-protocol.md §2."""
+    frame_timeout: float = 30.0
+    """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
+    byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
+    the stream is stopped. Bounds how long a peer can pin buffers with frames it never finishes
+    (docs/limits.md). Raise it if clients send large messages over slow links."""
+    connection_receive_limit: int = 16 * _MIB
+    """Bytes of unfinished frames larger than half ``stream_receive_window`` one connection may
+    hold at once: each such frame reserves its whole size (all of this, alone, if it is larger)
+    before it gets receive credit past that; the others wait their turn (their bytes so far
+    stay within the stream window; docs/limits.md)."""
+    receive_limit: int = 256 * _MIB
+    """The same reservations over all connections together; at least
+    ``connection_receive_limit``."""
+
     cluster_nats_urls: Sequence[str] = ()
     """NATS servers of the cluster this node joins (``nats://host:port``; any members of
     one NATS cluster). Empty: no cluster, one node, no NATS (docs/cluster.md). Needs
@@ -381,6 +395,17 @@ class ServerConfig(_Common):
     so that losing one server loses nothing)."""
     cluster_advertise: str | None = None
     """``host:port`` clients use to reach this node, shown in the node list (None: host:port)."""
+
+    def transport_settings(self) -> Any:
+        """The QUIC settings these fields describe (a `TransportSettings`)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            _Common.transport_settings(self),
+            frame_timeout=self.frame_timeout,
+            connection_receive_limit=self.connection_receive_limit,
+            receive_limit=self.receive_limit,
+        )
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -422,6 +447,16 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
+        _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
+        _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
+        limit = self.receive_limit
+        if type(limit) is int and limit < self.connection_receive_limit:
+            raise ConfigError(
+                "receive_limit",
+                f"must be at least connection_receive_limit ({self.connection_receive_limit}),"
+                f" got {limit}",
+            )
+        _int_range("receive_limit", self.receive_limit, 64 << 10, 1 << 44)
         if not isinstance(self.reflection, bool):
             raise ConfigError("reflection", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):

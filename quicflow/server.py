@@ -63,6 +63,7 @@ from .rpc import Cardinality, Handler, Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
+from .transport.inflow import FrameWatch
 from .transport.tls import server_configuration
 from .wire.codec import ErrorCode
 
@@ -805,6 +806,7 @@ class _ServerCall(ServicerContext):
         "_conn",
         "_deadline_handle",
         "_eager",
+        "_frames",
         "_handler",
         "_last_bytes",
         "_machine",
@@ -845,6 +847,7 @@ class _ServerCall(ServicerContext):
         self._handler: Handler | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._start_timer: asyncio.TimerHandle | None = None
+        self._frames: FrameWatch | None = None  # once a frame arrived in pieces
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
         self._last_bytes = b""
@@ -867,7 +870,8 @@ class _ServerCall(ServicerContext):
         session = self._sconn.session
         if session is not None:
             session.bytes_in += len(data)
-        for event in self._machine.receive_data(data, end_stream):
+        events = self._machine.receive_data(data, end_stream)
+        for event in events:
             cls = type(event)
             if cls is MessageReceived:
                 payload = event.data  # type: ignore[union-attr]
@@ -886,6 +890,13 @@ class _ServerCall(ServicerContext):
                         StatusCode.INTERNAL, f"malformed request: {err}", ErrorCode.PROTOCOL_ERROR
                     )
                 return
+        buffered, length = self._machine.partial_frame
+        if (buffered or length or self._frames is not None) and self._status is None:
+            # A frame arrived in pieces: bound its credit and its time (docs/limits.md).
+            frames = self._frames
+            if frames is None:
+                frames = self._frames = self._conn.watch_frames(self._sid, self._on_frame_timeout)
+            frames.update(buffered, length, bool(events))
         if self._task is None and self._status is None and not self._cancelled:
             if self._handler is not None and self._request_done:
                 self._start(self._handler)
@@ -910,6 +921,14 @@ class _ServerCall(ServicerContext):
         self._refuse(
             StatusCode.DEADLINE_EXCEEDED,
             f"no {what} within {timeout:g} s (header_timeout)",
+            ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    def _on_frame_timeout(self) -> None:
+        assert self._frames is not None
+        self._refuse(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"a frame stayed unfinished for {self._frames.frame.timeout:g} s (frame_timeout)",
             ErrorCode.DEADLINE_EXCEEDED,
         )
 

@@ -123,6 +123,13 @@ class CallProtocol:
         """Bytes of a partial incoming frame held by the decoder."""
         return self._decoder.buffered
 
+    @property
+    def partial_frame(self) -> tuple[int, int]:
+        """The incoming frame not yet complete: (bytes held, its payload length; 0 until
+        its length prefix is complete). (0, 0) at a frame boundary."""
+        decoder = self._decoder
+        return decoder.buffered, decoder.frame_length
+
     # -- sending (each returns the bytes to write; see wire-protocol.md §5) --
 
     def _advance_local(self, key: _Key) -> None:

@@ -120,6 +120,11 @@ class FrameDecoder:
         return len(self._buf)
 
     @property
+    def frame_length(self) -> int:
+        """Payload length of the frame being collected; 0 until its prefix is complete."""
+        return self._need if self._type >= 0 else 0
+
+    @property
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a FIN here is a clean end)."""
         return not self._buf and self._type < 0
