@@ -7,7 +7,9 @@
     quicflow certs DIR --revoke ID              list that client in DIR/crl.pem (a CRL)
     quicflow gen PROTO... --out DIR             protoc with the QuicFlow plugin (needs [gen])
     quicflow serve module:Service... [--config server.toml]
-    quicflow call pkg.Service/Method '{"json": 1}' --proto x.proto | --descriptor-set x.pb
+    quicflow call pkg.Service/Method '{"json": 1}' [--proto x.proto | --descriptor-set x.pb]
+    quicflow list [pkg.Service]                 services (or methods), by server reflection
+    quicflow describe [SYMBOL...]               .proto-like text of services, messages, ...
     quicflow clients [--json]                   connected clients (admin token required)
     quicflow health [--service NAME] [--watch]  grpc.health.v1 Check / Watch (--list: List)
 
@@ -257,6 +259,8 @@ def _serve(args: argparse.Namespace) -> int:
         value = getattr(args, name)
         if value is not None:
             overrides[name] = value
+    # The development runner serves reflection, so `quicflow list/describe/call` need no .proto.
+    overrides["reflection"] = not args.no_reflection
     services = [_load_service(spec) for spec in args.services]
     config = ServerConfig.load(args.config, **overrides)
     configure_logging()
@@ -463,19 +467,16 @@ def _to_json(message: Any) -> str:
     return json.dumps(json_format.MessageToDict(message), ensure_ascii=False)
 
 
-def _call(args: argparse.Namespace) -> int:
+def _call_spec(args: argparse.Namespace, pool: Any, file_set: Any) -> tuple[Any, list[Any]]:
+    """The method ``args.method`` names in ``pool`` as a `Method`, and its parsed requests."""
     from google.protobuf import message_factory
 
     from .rpc import Cardinality, Method
 
-    if bool(args.proto) == bool(args.descriptor_set):
-        _fail("give the method's schema with --proto FILE or --descriptor-set FILE (one of them)")
-    pool, file_set = _descriptor_pool(args)
     method = _find_method(pool, file_set, args.method)
     request_cls = message_factory.GetMessageClass(method.input_type)
     response_cls = message_factory.GetMessageClass(method.output_type)
     requests = _parse_requests(method, args.data, request_cls)
-    metadata = _parse_metadata(args.metadata)
     kind = {
         (False, False): Cardinality.UNARY_UNARY,
         (False, True): Cardinality.UNARY_STREAM,
@@ -491,11 +492,27 @@ def _call(args: argparse.Namespace) -> int:
         lambda m: m.SerializeToString(),
         response_cls.FromString,
     )
+    return spec, requests
 
+
+def _call(args: argparse.Namespace) -> int:
+    from .rpc import Cardinality
+
+    if args.proto and args.descriptor_set:
+        _fail("give the method's schema with --proto FILE or --descriptor-set FILE, not both")
+    # Without a schema, the server's reflection service gives it (after connecting).
+    prepared = (
+        _call_spec(args, *_descriptor_pool(args)) if args.proto or args.descriptor_set else None
+    )
+    metadata = _parse_metadata(args.metadata)
     config = _client_config(args)
 
     async def run() -> None:
         async with _connected(args, config) as client:
+            spec, requests = prepared or _call_spec(
+                args, *await _reflected_schema(client, args, _service_name(args.method))
+            )
+            kind = spec.cardinality
             options: dict[str, Any] = {"timeout": args.deadline, "metadata": metadata}
             if kind is Cardinality.UNARY_UNARY:
                 print(_to_json(await client.unary_unary(spec, requests[0], **options)))
@@ -512,6 +529,110 @@ def _call(args: argparse.Namespace) -> int:
 
     run_loop(run(), event_loop=config.event_loop)
     return 0
+
+
+# -- reflection: call without a schema, list, describe -------------------------------
+
+
+def _service_name(method: str) -> str:
+    """``pkg.Service`` from ``pkg.Service/Method`` or ``pkg.Service.Method``."""
+    text = method.lstrip("/")
+    service, sep, _ = text.partition("/")
+    return service if sep else text.rpartition(".")[0]
+
+
+async def _reflection_pool(reflection: Any, symbol: str, what: str, hint: str = "") -> Any:
+    """The pool holding ``symbol``'s file and its imports; clear lines for a server without
+    reflection (UNIMPLEMENTED) and for an unknown symbol (NOT_FOUND, with the services)."""
+    from .status import StatusCode
+
+    try:
+        return await reflection.pool_for_symbol(symbol)
+    except RpcError as exc:
+        if exc.code is StatusCode.UNIMPLEMENTED:
+            _fail(
+                "the server does not serve reflection (it needs ServerConfig.reflection = true)"
+                + hint
+            )
+        if exc.code is not StatusCode.NOT_FOUND:
+            raise
+        known = ", ".join(await reflection.list_services()) or "none"
+        _fail(f"unknown {what} {symbol!r} (services: {known}; the server says: {exc.message})")
+
+
+async def _reflected_schema(client: Any, args: argparse.Namespace, service: str) -> tuple[Any, Any]:
+    """(pool, file set) holding ``service``'s file and its imports, from reflection."""
+    from .reflection import ReflectionClient
+
+    hint = "; or give the schema with --proto FILE or --descriptor-set FILE"
+    async with ReflectionClient(client, timeout=args.deadline) as reflection:
+        pool = await _reflection_pool(reflection, service, "service", hint)
+        return pool, reflection.files
+
+
+async def _reflected_services(reflection: Any) -> list[str]:
+    from .status import StatusCode
+
+    try:
+        services: list[str] = await reflection.list_services()
+    except RpcError as exc:
+        if exc.code is StatusCode.UNIMPLEMENTED:
+            _fail("the server does not serve reflection (it needs ServerConfig.reflection = true)")
+        raise
+    return services
+
+
+def _list(args: argparse.Namespace) -> int:
+    from google.protobuf.descriptor import ServiceDescriptor
+
+    from .reflection import ReflectionClient
+    from .reflection.describe import find_symbol
+
+    config = _client_config(args)
+
+    async def run() -> int:
+        async with (
+            _connected(args, config) as client,
+            ReflectionClient(client, timeout=args.deadline) as reflection,
+        ):
+            if not args.service:
+                for name in await _reflected_services(reflection):
+                    print(name)
+                return 0
+            pool = await _reflection_pool(reflection, args.service, "service")
+            service = find_symbol(pool, args.service)
+            if not isinstance(service, ServiceDescriptor):
+                _fail(f"{args.service} is not a service")
+            for method in service.methods:
+                print(method.full_name)
+            return 0
+
+    return run_loop(run(), event_loop=config.event_loop)
+
+
+def _describe(args: argparse.Namespace) -> int:
+    from .reflection import ReflectionClient
+    from .reflection.describe import describe, find_symbol
+
+    config = _client_config(args)
+
+    async def run() -> int:
+        async with (
+            _connected(args, config) as client,
+            ReflectionClient(client, timeout=args.deadline) as reflection,
+        ):
+            names = args.symbols or await _reflected_services(reflection)
+            texts = []
+            for name in names:
+                pool = await _reflection_pool(reflection, name, "symbol")
+                symbol = find_symbol(pool, name)
+                if symbol is None:  # its file came, but it is e.g. an enum value
+                    _fail(f"{name!r} is not a service, method, message, enum or field")
+                texts.append(describe(symbol))
+            print("\n\n".join(texts))
+            return 0
+
+    return run_loop(run(), event_loop=config.event_loop)
 
 
 def _admin_token(args: argparse.Namespace) -> str:
@@ -748,6 +869,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--grace", type=float, default=5.0, help="seconds calls get to finish at stop (default 5)"
     )
+    serve.add_argument(
+        "--no-reflection",
+        action="store_true",
+        help="do not serve gRPC server reflection (on by default here; ServerConfig.reflection)",
+    )
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser("call", help="call a method with JSON, print JSON")
@@ -758,7 +884,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="{}",
         help="request as JSON (default {}; '-' reads stdin; a JSON array for client streaming)",
     )
-    call.add_argument("--proto", action="append", default=[], help=".proto file (repeatable)")
+    call.add_argument(
+        "--proto",
+        action="append",
+        default=[],
+        help=".proto file (repeatable; without it or --descriptor-set, the server's reflection "
+        "service gives the schema)",
+    )
     call.add_argument(
         "-I", "--include", action="append", default=[], help="import root for --proto"
     )
@@ -768,6 +900,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _connection_options(call)
     call.set_defaults(func=_call)
+
+    listing = sub.add_parser(
+        "list", help="the server's services, or a service's methods (server reflection)"
+    )
+    listing.add_argument("service", nargs="?", help="list this service's methods")
+    _connection_options(listing)
+    listing.set_defaults(func=_list)
+
+    describe = sub.add_parser(
+        "describe", help="print services, methods, messages as .proto text (server reflection)"
+    )
+    describe.add_argument(
+        "symbols",
+        nargs="*",
+        metavar="SYMBOL",
+        help="pkg.Service, pkg.Service.Method, pkg.Message, ... (default: every service)",
+    )
+    _connection_options(describe)
+    describe.set_defaults(func=_describe)
 
     clients = sub.add_parser("clients", help="list a server's connected clients")
     clients.add_argument("--json", action="store_true", help="one JSON object per client")

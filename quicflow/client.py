@@ -97,16 +97,22 @@ class _Link:
             if cls is PongReceived:
                 if self.heartbeat is not None:
                     self.heartbeat.pong_received(event.sequence, self.conn._loop.time())  # type: ignore[union-attr]
+                    # A pong after the next PING fell due releases it now (§9.3).
+                    self._rearm()
             elif cls is WelcomeReceived:
                 if not self.welcome.done():
                     self.welcome.set_result(event)  # type: ignore[arg-type]
             elif cls is GoAwayReceived:
                 self.client._on_goaway(self, event)  # type: ignore[arg-type]
-            elif cls is ControlStreamEnded or cls is ProtocolViolation:
-                self.conn.abort(f"control stream: {getattr(event, 'error', 'ended')}")
+            # §9.1: the control stream lives as long as the connection; a FIN or a
+            # broken rule ends the connection, as the server does for ours.
+            elif cls is ControlStreamEnded:
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
+            elif isinstance(event, ProtocolViolation):
+                self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
 
     def stream_reset(self, error_code: int) -> None:
-        self.conn.abort("control stream reset by the server")
+        self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream reset")
 
     def stop_sending(self, error_code: int) -> None:
         self.stream_reset(error_code)
@@ -136,6 +142,12 @@ class _Link:
                 metrics.nudges += 1
 
             conn.on_nudge = counted
+        self._arm()
+
+    def _rearm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
         self._arm()
 
     def _arm(self) -> None:
@@ -468,8 +480,11 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             conn.message_lane = SendLane(conn)
-        interval = min(c.heartbeat_interval, welcome.heartbeat_interval)
-        link.start_heartbeat(interval, c.heartbeat_timeout)
+        # §9.3: ping at the interval the server granted; wait for a pong no longer than
+        # either side's timeout (the server's is a suggestion, ours the user's bound).
+        link.start_heartbeat(
+            welcome.heartbeat_interval, min(c.heartbeat_timeout, welcome.heartbeat_timeout)
+        )
         conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
         self._link = link
         self._backoff.reset()

@@ -319,6 +319,12 @@ class ServerConfig(_Common):
     admin_token: str | None = None
     """Token a caller must send (``admin-token`` metadata) to use the built-in admin service
     (``quicflow clients``); at least 16 characters. None: the admin service refuses everyone."""
+    reflection: bool = False
+    """Serve gRPC server reflection (``grpc.reflection.v1`` and ``v1alpha``): tools such as
+    ``quicflow list``, ``describe`` and ``call`` without a ``.proto`` learn the served
+    services' schemas from it (docs/reflection.md). Off unless the server opts in, as in
+    gRPC: it tells any client that may connect every served message type. ``quicflow serve``
+    turns it on (``--no-reflection`` keeps it off)."""
     max_ping_rate: int = 100
     """PINGs a connection may send within one second; one more closes it with
     EXCESSIVE_LOAD ("ping flood"). A well-behaved client sends one per heartbeat interval."""
@@ -376,6 +382,8 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
+        if not isinstance(self.reflection, bool):
+            raise ConfigError("reflection", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:
@@ -450,9 +458,11 @@ class ClientConfig(_Common):
     labels: Mapping[str, str] = field(default_factory=dict)
     """Labels sent in HELLO (the server can filter broadcasts by them)."""
     heartbeat_interval: float = 15.0
-    """The ping interval to ask for; the server's announced interval wins if it is shorter."""
+    """The ping interval to ask for in HELLO; the client pings at the interval the server
+    announces in WELCOME (the request clamped to the server's range)."""
     heartbeat_timeout: float = 5.0
-    """Seconds to wait for a pong before the connection is declared dead. A fifth of it
+    """Seconds to wait for a pong before the connection is declared dead; a shorter
+    ``heartbeat_timeout`` announced in WELCOME wins (wire-protocol.md §9.2). A fifth of it
     is also the nudge: a client awaiting a reply or pong that hears nothing that long
     sends a QUIC PING (then at doubling gaps while no data comes), so the server learns
     a new address after a NAT rebinding."""

@@ -57,6 +57,7 @@ from .push import (
     ReplyCache,
     broadcast,
 )
+from .reflection import ReflectionService
 from .rpc import Cardinality, Handler, Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
@@ -119,6 +120,8 @@ class Server:
         self._handlers.update(self.health.__quicflow_handlers__())
         admin = AdminService(self.list_clients, config.admin_token)
         self._handlers.update(admin.__quicflow_handlers__())
+        if config.reflection:  # it reads the live route table: later services are listed too
+            self._handlers.update(ReflectionService(self._handlers).__quicflow_handlers__())
 
     # -- setup --
 

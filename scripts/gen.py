@@ -3,7 +3,8 @@
 1. The runtime's own message classes (`BUILTIN`): the wire protocol's
    (``quicflow/wire/v1/frames_pb2.py`` and ``.pyi`` from
    ``proto/quicflow/wire/v1/frames.proto``), the health service's
-   (``proto/grpc_health/v1/health.proto``) and the admin service's.
+   (``proto/grpc_health/v1/health.proto``), the admin service's and the
+   reflection service's (``proto/grpc/reflection/v1/reflection.proto``).
 2. ``generated/``: every other ``.proto`` under ``proto/``, protobuf flavour:
    ``foo/bar_pb2.py``, ``foo/bar_pb2.pyi`` and ``foo/bar_quicflow.py``.
 3. ``generated/betterproto_flavour/``: the same protos, betterproto flavour:
@@ -33,9 +34,10 @@ BUILTIN = {
     "quicflow/wire/v1/frames.proto": "quicflow/wire/v1/frames",
     "grpc_health/v1/health.proto": "quicflow/health/health",
     "quicflow/admin/v1/admin.proto": "quicflow/admin/admin",
+    "grpc/reflection/v1/reflection.proto": "quicflow/reflection/reflection",
 }
 """The runtime's own protos. Each lives in the package the runtime imports it from;
-the health proto keeps gRPC's file name so its descriptor is gRPC's."""
+the health and reflection protos keep gRPC's file names so their descriptors are gRPC's."""
 BUILTIN_OUTPUTS = tuple(f"{dest}_pb2{ext}" for dest in BUILTIN.values() for ext in (".py", ".pyi"))
 GENERATED = "generated"
 BETTERPROTO_DIR = "betterproto_flavour"

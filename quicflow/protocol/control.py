@@ -66,7 +66,8 @@ __all__ = [
 ]
 
 PROTOCOL_VERSION: Final = 1
-"""The protocol version a HELLO and a WELCOME carry by default."""
+"""The protocol version a HELLO and a WELCOME carry (wire-protocol.md §10.1). A HELLO or
+WELCOME with any other value, 0 (absent) included, is a protocol error."""
 
 
 class ControlState(enum.Enum):
@@ -455,11 +456,20 @@ class ControlProtocol:
             raise MalformedFrame(f"cannot {_key_name(key)} in {self.state.name} as {self._side}")
         self.state = nxt
 
+    def _check_version(self, version: int) -> None:
+        """Refuse a HELLO or WELCOME of another protocol version (wire-protocol.md §10.1)."""
+        if version != PROTOCOL_VERSION:
+            raise MalformedFrame(
+                f"unsupported protocol_version {version}: this "
+                f"{self._side.lower()} speaks {PROTOCOL_VERSION}"
+            )
+
     def _on_frame(self, ftype: FrameType, payload: bytes) -> ControlEvent:
         self._advance_peer((_R, ftype))
         try:
             if ftype is FrameType.HELLO:
                 h = pb.Hello.FromString(payload)
+                self._check_version(h.protocol_version)
                 return HelloReceived(
                     protocol_version=h.protocol_version,
                     client_id=h.client_id,
@@ -472,10 +482,11 @@ class ControlProtocol:
                 )
             if ftype is FrameType.WELCOME:
                 w = pb.Welcome.FromString(payload)
-                if not w.heartbeat_interval_ms or not w.heartbeat_timeout_ms:
-                    raise MalformedFrame("WELCOME needs a positive heartbeat interval and timeout")
-                if not w.max_message_size:
-                    raise MalformedFrame("WELCOME needs a positive max_message_size")
+                self._check_version(w.protocol_version)
+                # §9.2: fields 3-5 are required; there are no defaults to fall back on.
+                for name in ("heartbeat_interval_ms", "heartbeat_timeout_ms", "max_message_size"):
+                    if not getattr(w, name):
+                        raise MalformedFrame(f"WELCOME needs a positive {name}")
                 return WelcomeReceived(
                     protocol_version=w.protocol_version,
                     client_id=w.client_id,

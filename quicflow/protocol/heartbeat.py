@@ -14,7 +14,18 @@ events named as facts and the runtime acts on them.
   writes the PING and calls ``ping_sent(sequence, now)``. Sequences start at
   1 and increase by one.
 - At most one ping is outstanding. If the next ping falls due before the
-  pong arrives, it waits: the sender only watches the pong deadline.
+  pong arrives, it waits for the pong (or the timeout) and goes out as soon
+  as the pong is in.
+- ``get_timer()`` is right after every ``poll`` and every input (aioquic's
+  contract: re-arm after both). While a pong is outstanding it is the next
+  ping's due time while that is still ahead and earlier than the pong
+  deadline, else the pong deadline. So a prompt pong never moves the timer
+  earlier: a runtime that only re-arms after ``poll`` still pings exactly one
+  interval after each ping (the server evicts after ``max_missed`` intervals
+  without one, §9.3, so this matters whenever the interval is shorter than
+  the pong timeout). Only a pong that comes after the next ping fell due
+  moves the timer earlier (to that due time, now past), which is why the
+  runtime re-arms after ``pong_received`` too.
 - A pong that has not arrived ``timeout`` seconds after its ping was sent
   yields ``HeartbeatTimedOut(sequence, sent_at)`` exactly once. The sender is
   then dead: ``poll`` returns ``[]`` and ``get_timer()`` returns None. The
@@ -222,6 +233,7 @@ class HeartbeatSender:
         "_interval",
         "_next_sequence",
         "_outstanding",
+        "_polled",
         "_sent_at",
         "_timeout",
         "last_rtt",
@@ -240,6 +252,7 @@ class HeartbeatSender:
         self._announced: int | None = None  # PingDue returned, ping_sent not yet called
         self._outstanding: int | None = None  # sent (or announced), pong not yet received
         self._sent_at = 0.0
+        self._polled = -math.inf  # the last time poll() ran
         self._dead = False
         self.last_rtt: float | None = None
         """Seconds between the last answered ping and its pong; None before the first."""
@@ -281,13 +294,24 @@ class HeartbeatSender:
         self._interval = _positive("interval", interval)
 
     def get_timer(self) -> float | None:
-        """The next time `poll` has something to do, or None when dead."""
+        """The next time `poll` has something to do, or None when dead.
+
+        Re-arm after every `poll` and every `pong_received`. While a pong is
+        outstanding this is the next ping's due time if `poll` has not yet
+        passed it and it comes before the pong deadline, else the deadline:
+        a pong that arrives in time finds the timer already set for the next
+        ping (wire-protocol.md §9.3: one interval after each PING).
+        """
         if self._dead:
             return None
-        if self._outstanding is not None:
-            # At most one ping in flight: only its deadline matters now.
-            return self._sent_at + self._timeout
-        return self._anchor + self._interval
+        due = self._anchor + self._interval
+        if self._outstanding is None:
+            return due
+        deadline = self._sent_at + self._timeout
+        if self._polled < due < deadline:
+            # The pong will most likely be back by then: wake for the ping.
+            return due
+        return deadline
 
     def poll(self, now: float) -> list[HeartbeatEvent]:
         """Return what is due at ``now``: a `PingDue`, a `HeartbeatTimedOut`, or nothing.
@@ -298,6 +322,7 @@ class HeartbeatSender:
         """
         if self._dead:
             return []
+        self._polled = max(self._polled, float(now))
         if self._outstanding is not None:
             if now >= self._sent_at + self._timeout:
                 self._dead = True

@@ -9,14 +9,14 @@ keep a reader per stream forever and report a dead connection as EOF.
 
 Flow control both ways, because aioquic has neither:
 
-* receive: `_FlowConnection` grants a stream more credit only as the runtime
+* receive: `AioquicFlowConnection` grants a stream more credit only as the runtime
   consumes what it has (``StreamHandler.unread_bytes``), instead of aioquic's
   "double the window when half is used";
 * send: `QuicFlowProtocol.drain` waits until a stream's unacknowledged bytes
   fall under ``send_buffer_limit``.
 
 Engines: the QUIC state machine is aioquic's `QuicConnection` (our
-`_FlowConnection`) or, with ``quic_engine="qh3"``, qh3's (`engine_qh3`); both
+`AioquicFlowConnection`) or, with ``quic_engine="qh3"``, qh3's (`engine_qh3`); both
 answer the same few questions the protocol asks (stream credit, bytes queued,
 the active path, ...), so everything above is engine-blind. On a uvloop loop
 aioquic connections get a pacer that respects its 1 ms clock.
@@ -24,16 +24,26 @@ aioquic connections get a pacer that respects its 1 ms clock.
 `QuicFlowServer` is the UDP endpoint for many connections; it keeps each
 connection's connection ids in its own set, so closing one is O(its ids),
 not a scan of every connection (aioquic's QuicServer is O(N) per close).
+
+Modules, one concern each:
+
+- `settings`: ALPN, datagram sizes, `TransportSettings`, socket buffers;
+- `streams`: `StreamHandler`, what the runtime registers per stream;
+- `quic`: `QuicFlowProtocol`, the protocol adapter (one connection);
+- `client_connect`: `connect`, the client side;
+- `server_endpoint`: `QuicFlowServer` and `serve`, the server side (Retry,
+  connection-id routing);
+- `engine`: which engine a connection runs (`resolve_engine`, `make_connection`);
+- `engine_aioquic`, `engine_qh3`: the two engines;
+- `pacer`: `BytePacer`, aioquic's pacer charging packets by size;
+- `tls`, `crl`: configurations and client-certificate verification.
 """
 
-from .quic import (
-    QuicFlowProtocol,
-    QuicFlowServer,
-    StreamHandler,
-    TransportSettings,
-    connect,
-    serve,
-)
+from .client_connect import connect
+from .quic import QuicFlowProtocol
+from .server_endpoint import QuicFlowServer, serve
+from .settings import TransportSettings
+from .streams import StreamHandler
 
 __all__ = [
     "QuicFlowProtocol",

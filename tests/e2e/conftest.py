@@ -16,7 +16,7 @@ import pytest
 from pluggy import Result
 
 from quicflow.errors import ConfigError
-from quicflow.transport.quic import resolve_engine
+from quicflow.transport.engine import resolve_engine
 
 ENGINE = resolve_engine("auto")
 

@@ -245,9 +245,12 @@ def test_call_non_ok_status_and_deadline_print_one_error_line(served: Served) ->
         (["echo.Echo/Shout", "{}", "--proto", ECHO_PROTO], "has no method 'Shout'"),
         (["nope.Svc/M", "{}", "--proto", ECHO_PROTO], "unknown service 'nope.Svc'"),
         (["echo.Echo/Say", "{}", "--descriptor-set", ECHO_PROTO], "not a protobuf descriptor set"),
-        (["echo.Echo/Say", "{}"], "--proto FILE or --descriptor-set FILE"),
+        (
+            ["echo.Echo/Say", "{}", "--proto", ECHO_PROTO, "--descriptor-set", ECHO_PROTO],
+            "--proto FILE or --descriptor-set FILE, not both",
+        ),
     ],
-    ids=["json", "field", "method", "service", "descriptor-set", "no-schema"],
+    ids=["json", "field", "method", "service", "descriptor-set", "both-schemas"],
 )
 def test_call_bad_input_fails_with_one_line(served: Served, args: list[str], expected: str) -> None:
     """Check that each kind of bad `call` input gives one clear line and a non-zero exit."""

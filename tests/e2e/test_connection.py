@@ -7,6 +7,7 @@ import asyncio
 import logging
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aioquic.asyncio.client import connect as aioquic_connect
@@ -345,3 +346,57 @@ async def test_garbage_on_the_control_stream_closes_only_that_connection() -> No
             assert (await EchoStub(client).say(EchoRequest(text="ok"))).text == "ok"
         finally:
             await conn.aclose()
+
+
+async def test_hello_of_another_protocol_version_is_refused() -> None:
+    """Check that a HELLO with protocol_version 2 gets no WELCOME but CONNECTION_CLOSE
+    PROTOCOL_ERROR naming both versions, and no session (wire-protocol.md §10.1)."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        conn = await _raw_connection(harness)
+        try:
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, control.protocol.send_hello("future", protocol_version=2))
+            await asyncio.wait_for(conn.wait_closed(), 3.0)
+            assert conn.close_code == ErrorCode.PROTOCOL_ERROR
+            assert conn.close_reason == (
+                "control stream: unsupported protocol_version 2: this server speaks 1"
+            )
+            assert not control.welcomed.is_set()
+            assert "future" not in [c.client_id for c in harness.server.list_clients()]
+        finally:
+            await conn.aclose()
+
+
+async def test_client_closes_with_protocol_error_on_a_welcome_of_another_version(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that a client whose server answers WELCOME with protocol_version 2 closes the
+    connection with PROTOCOL_ERROR and the cause (§9.1, §10.1), and connect() fails."""
+    harness = ClientFor([TestEcho()])
+    reasons: list[str] = []
+    closed: list[QuicFlowProtocol] = []
+    welcome = ControlProtocol.send_welcome
+
+    def send_welcome_v2(self: ControlProtocol, *args: Any, **kwargs: Any) -> bytes:
+        return welcome(self, *args, **{**kwargs, "protocol_version": 2})
+
+    async with harness:
+        before = set(harness.server.connections)
+        harness.server.hooks.on_connect(
+            lambda info: closed.extend(set(harness.server.connections) - before)
+        )
+        harness.server.hooks.on_disconnect(lambda info, reason: reasons.append(reason))
+        monkeypatch.setattr(ControlProtocol, "send_welcome", send_welcome_v2)
+        client = Client(harness.client_config(client_id="v1-only"))
+        with pytest.raises(ConnectionClosed) as info:
+            await client.connect()
+        expected = "control stream: unsupported protocol_version 2: this client speaks 1"
+        assert info.value.message == f"connection closed: {expected}"
+        [server_side] = closed
+        await asyncio.wait_for(server_side.wait_closed(), 3.0)
+        assert server_side.close_code == ErrorCode.PROTOCOL_ERROR
+        assert server_side.close_reason == expected
+        await harness.server.hooks.drain()
+        assert reasons == [expected]

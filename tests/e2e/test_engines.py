@@ -10,8 +10,9 @@ from echo.echo_quicflow import EchoStub
 
 from quicflow import ConfigError
 from quicflow.testing import ClientFor, dev_certs
+from quicflow.transport.engine import resolve_engine
+from quicflow.transport.engine_aioquic import AioquicFlowConnection
 from quicflow.transport.engine_qh3 import Qh3FlowConnection, qh3_configuration
-from quicflow.transport.quic import _FlowConnection, resolve_engine
 from quicflow.transport.tls import server_configuration
 
 from .service import TestEcho
@@ -33,7 +34,7 @@ async def test_qh3_and_aioquic_talk_to_each_other(client_engine: str, server_eng
         server_options={**options, "quic_engine": server_engine},
         client_options={**options, "quic_engine": client_engine},
     )
-    kinds = {"qh3": Qh3FlowConnection, "aioquic": _FlowConnection}
+    kinds = {"qh3": Qh3FlowConnection, "aioquic": AioquicFlowConnection}
     async with harness as client:
         conn = client.connection
         assert conn is not None

@@ -498,7 +498,7 @@ def test_garbage_to_the_server_is_one_violation(
 
 def test_bad_metadata_in_hello_is_a_violation() -> None:
     """Check that a HELLO metadata key that is not lower-case ASCII is refused."""
-    msg = pb.Hello(client_id="c")
+    msg = pb.Hello(protocol_version=1, client_id="c")
     msg.metadata.add(key="Bad Key", value=b"v")
     error = violation(
         make(SERVER).receive_data(encode_frame(FrameType.HELLO, msg.SerializeToString()), False)
@@ -515,14 +515,40 @@ def test_bad_metadata_in_hello_is_a_violation() -> None:
     ],
 )
 def test_welcome_with_zero_parameters_is_a_violation(fields: dict[str, int]) -> None:
-    """Check that a WELCOME without a positive interval, timeout or size limit is refused."""
+    """Check that a WELCOME without a positive interval, timeout or size limit is refused,
+    naming the missing field (wire-protocol.md §9.2: fields 3-5 are required)."""
     client = machine_in(CLIENT, CS.HELLO_SENT)
-    welcome = pb.Welcome(client_id="c")
+    welcome = pb.Welcome(protocol_version=1, client_id="c")
     for name, value in fields.items():
         setattr(welcome, name, value)
     payload = welcome.SerializeToString()
     error = violation(client.receive_data(encode_frame(FrameType.WELCOME, payload), False))
-    assert "WELCOME needs" in str(error)
+    [missing] = [name for name, value in fields.items() if value == 0]
+    assert str(error) == f"WELCOME needs a positive {missing}"
+    assert client.state is CS.ERROR
+
+
+@pytest.mark.parametrize("version", [0, 2, 0xFFFF_FFFF])
+def test_other_protocol_versions_are_violations(version: int) -> None:
+    """Check that a HELLO or WELCOME whose protocol_version is not 1 (absent, 0, included)
+    is refused with a reason naming both versions (wire-protocol.md §10.1)."""
+    server = make(SERVER)
+    hello = pb.Hello(protocol_version=version, client_id="c").SerializeToString()
+    error = violation(server.receive_data(encode_frame(FrameType.HELLO, hello), False))
+    assert isinstance(error, MalformedFrame)
+    assert str(error) == f"unsupported protocol_version {version}: this server speaks 1"
+    assert server.state is CS.ERROR
+    client = machine_in(CLIENT, CS.HELLO_SENT)
+    welcome = pb.Welcome(
+        protocol_version=version,
+        client_id="c",
+        heartbeat_interval_ms=15000,
+        heartbeat_timeout_ms=5000,
+        max_message_size=1024,
+    ).SerializeToString()
+    error = violation(client.receive_data(encode_frame(FrameType.WELCOME, welcome), False))
+    assert str(error) == f"unsupported protocol_version {version}: this client speaks 1"
+    assert client.state is CS.ERROR
 
 
 def test_random_garbage_never_raises() -> None:

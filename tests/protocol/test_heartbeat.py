@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import pytest
 
-from quicflow.clock import FakeClock
+from quicflow.clock import FakeClock, FakeTimerHandle
 from quicflow.errors import LocalProtocolError
 from quicflow.protocol.heartbeat import (
     HeartbeatEvent,
@@ -140,17 +141,135 @@ def test_sender_waits_for_the_pong_deadline_when_a_ping_is_due_while_one_is_outs
     sender = HeartbeatSender(interval=2.0, timeout=5.0, now=0.0)
     assert sender.poll(2.0) == [PingDue(1)]
     sender.ping_sent(1, 2.0)
-    assert sender.get_timer() == 7.0  # not 4.0: ping 1 is still outstanding
-    assert sender.poll(4.0) == []
+    assert sender.get_timer() == 4.0  # the next ping's time: the pong is likely back by then
+    assert sender.poll(4.0) == []  # ping 1 is still outstanding: ping 2 waits
+    assert sender.get_timer() == 7.0  # now only ping 1's deadline matters
     assert sender.poll(6.0) == []
     sender.pong_received(1, 6.0)
     assert sender.last_rtt == 4.0
     assert sender.get_timer() == 4.0  # overdue since 4.0: poll at once
     assert sender.poll(6.0) == [PingDue(2)]
     sender.ping_sent(2, 6.0)
-    assert sender.get_timer() == 11.0
+    assert sender.get_timer() == 8.0
     sender.pong_received(2, 6.5)
     assert sender.get_timer() == 8.0
+
+
+def test_sender_timer_while_a_pong_is_outstanding_is_the_next_ping_then_the_deadline() -> None:
+    """Check that with an interval shorter than the timeout the timer is the next ping's time
+    while a pong is outstanding, and the deadline once a poll has passed that time."""
+    sender = HeartbeatSender(interval=1.0, timeout=5.0, now=0.0)
+    assert timer(sender) == 1.0
+    assert sender.poll(1.0) == [PingDue(1)]
+    assert timer(sender) == 6.0  # announced, not yet sent: only its deadline
+    sender.ping_sent(1, 1.0)
+    assert timer(sender) == 2.0
+    assert sender.poll(1.5) == []
+    assert timer(sender) == 2.0
+    sender.pong_received(1, 1.02)  # a prompt pong leaves the timer where it was
+    assert timer(sender) == 2.0
+    assert sender.poll(2.0) == [PingDue(2)]
+    sender.ping_sent(2, 2.0)
+    assert sender.poll(3.0) == []  # pong 2 is late
+    assert timer(sender) == 7.0
+    assert sender.poll(7.0) == [HeartbeatTimedOut(2, 2.0)]
+
+
+def test_sender_timer_with_an_interval_past_the_timeout_is_the_deadline() -> None:
+    """Check that with an interval longer than the timeout an outstanding ping's timer is its
+    deadline, and the next ping comes one interval after the last one."""
+    sender = HeartbeatSender(interval=15.0, timeout=5.0, now=0.0)
+    assert sender.poll(15.0) == [PingDue(1)]
+    sender.ping_sent(1, 15.0)
+    assert timer(sender) == 20.0
+    sender.pong_received(1, 15.1)
+    assert timer(sender) == 30.0
+
+
+def _granted_intervals() -> list[float]:
+    """Every interval a default server grants in 50 ms steps, from what clients may ask."""
+    asked = [0.001, 0.5, 0.999] + [1.0 + step * 0.05 for step in range(281)] + [15.001, 60.0]
+    return sorted({negotiate_interval(request, 15.0, 1.0) for request in asked})
+
+
+def _pings_and_evictions(
+    interval: float, timeout: float, rtt: float, until: float, *, rearm_on_pong: bool
+) -> tuple[list[float], list[tuple[float, HeartbeatEvent]]]:
+    """Run a client's `HeartbeatSender` against a server's `HeartbeatMonitor` on one
+    `FakeClock` over a link with ``rtt``: the server starts the session at 0.0 as it sends
+    WELCOME, which reaches the client at rtt / 2; each PING reaches the server after
+    rtt / 2 and its PONG is back after rtt. The client's runtime re-arms its one timer
+    after each poll and, when ``rearm_on_pong``, after each pong; the server as the Python
+    server does (default ServerConfig: checks every min(5 s, interval), 3 misses).
+
+    Returns the times pings were sent and every event the server's monitor reported.
+    """
+    clock = FakeClock()
+    sender = HeartbeatSender(interval=interval, timeout=timeout, now=rtt / 2)
+    monitor = HeartbeatMonitor(interval, min(5.0, interval), 3, now=0.0)
+    server_events: list[tuple[float, HeartbeatEvent]] = []
+    run_monitor_on_clock(monitor, clock, server_events)
+    pings: list[float] = []
+    handle: list[FakeTimerHandle] = []
+
+    def arm() -> None:
+        for old in handle:
+            old.cancel()
+        handle.clear()
+        when = sender.get_timer()
+        if when is not None:
+            handle.append(clock.call_at(when, fire))
+
+    def pong(sequence: int) -> None:
+        sender.pong_received(sequence, clock.time())
+        if rearm_on_pong:
+            arm()
+
+    def fire() -> None:
+        now = clock.time()
+        for event in sender.poll(now):
+            assert isinstance(event, PingDue), (now, event)
+            sender.ping_sent(event.sequence, now)
+            pings.append(now)
+            clock.call_at(now + rtt / 2, lambda: monitor.ping_received(clock.time()))
+            clock.call_at(now + rtt, functools.partial(pong, event.sequence))
+        arm()
+
+    arm()
+    clock.advance(until)
+    return pings, server_events
+
+
+@pytest.mark.parametrize("rearm_on_pong", [False, True], ids=["rearm-after-poll", "and-pong"])
+def test_client_is_never_evicted_at_any_interval_the_server_grants(rearm_on_pong: bool) -> None:
+    """Check that for every interval a default server grants (1 s to 15 s) a client with the
+    default 5 s pong timeout pings exactly one interval after each ping (§9.3) and the
+    server never counts two misses in a row, whether its runtime re-arms after pongs or only
+    after polls. (The Python client once pinged only every max(interval, timeout), and a
+    default server evicted it 4 s after connecting at a 1 s interval.)"""
+    intervals = _granted_intervals()
+    assert intervals[0] == 1.0 and intervals[-1] == 15.0 and len(intervals) == 281
+    for interval in intervals:
+        until = 12 * interval
+        pings, server_events = _pings_and_evictions(
+            interval, 5.0, 0.02, until, rearm_on_pong=rearm_on_pong
+        )
+        expected = [0.01 + interval]
+        while expected[-1] + interval <= until:
+            expected.append(expected[-1] + interval)
+        assert pings == expected, interval
+        # The first PING lands one interval + one RTT after WELCOME left: a check at
+        # exactly one interval may count that one miss, never a second.
+        assert all(event == HeartbeatMissed(1, 0.0) for _, event in server_events), interval
+
+
+def test_a_late_pong_releases_the_overdue_ping_at_once() -> None:
+    """Check that when pongs take longer than the interval each ping goes out the moment the
+    previous pong arrives (§9.3: a due PING waits for the answer) and the server, with
+    1.5 s between pings at a 1 s interval, counts misses but never evicts."""
+    pings, server_events = _pings_and_evictions(1.0, 5.0, 1.5, 10.0, rearm_on_pong=True)
+    assert pings == [1.75, 3.25, 4.75, 6.25, 7.75, 9.25]
+    assert not any(isinstance(event, SessionExpired) for _, event in server_events)
 
 
 def test_sender_ignores_stale_and_unknown_pongs() -> None:

@@ -270,7 +270,8 @@ def _control_events(role: Role, chunks: list[bytes], fin: bool, prime: bool) -> 
             machine.receive_data(server.send_welcome("c", 15.0, 5.0, 1 << 20), False)
             assert machine.state is ControlState.READY
         else:
-            machine.receive_data(encode_frame(FrameType.HELLO, b""), False)
+            hello = ControlProtocol(Role.CALLER, max_frame_size=MAX_CONTROL).send_hello("c")
+            machine.receive_data(hello, False)
             machine.send_welcome("c", 15.0, 5.0, 1 << 20)
     events: list[Any] = []
     violated = False

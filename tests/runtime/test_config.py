@@ -168,6 +168,7 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
+    ("reflection", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [

@@ -6,7 +6,7 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow.testing import ClientFor
-from quicflow.transport.quic import (
+from quicflow.transport.settings import (
     LOOPBACK_DATAGRAM_SIZE,
     PATH_DATAGRAM_SIZE,
     datagram_size_for,

@@ -11,7 +11,7 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow.testing import ClientFor
-from quicflow.transport.quic import _BytePacer, clock_resolution
+from quicflow.transport.pacer import BytePacer, clock_resolution
 from tests.e2e.service import TestEcho
 
 
@@ -30,7 +30,7 @@ def test_coarse_pacer_wakes_a_clock_step_later_and_banks_a_step_of_sending() -> 
     woken microseconds later, which a 1 ms clock cannot honour, while the coarse pacer
     asks for at least one clock step and lets a whole step's packets go in one burst."""
     plain = QuicPacketPacer(max_datagram_size=1200)
-    coarse = _BytePacer(max_datagram_size=1200, resolution=0.001)
+    coarse = BytePacer(max_datagram_size=1200, resolution=0.001)
     for pacer in (plain, coarse):
         pacer.update_rate(congestion_window=1_000_000, smoothed_rtt=0.001)
     assert plain.bucket_max < 0.001
@@ -49,7 +49,7 @@ def test_coarse_pacer_wakes_a_clock_step_later_and_banks_a_step_of_sending() -> 
 
 
 class _Building:
-    """What `_BytePacer` reads of aioquic's packet builder: a packet of ``size`` bytes."""
+    """What `BytePacer` reads of aioquic's packet builder: a packet of ``size`` bytes."""
 
     def __init__(self, size: int) -> None:
         self._packet_start = 100
@@ -72,7 +72,7 @@ def test_byte_pacer_charges_small_packets_by_size_and_full_ones_as_aioquic() -> 
         now = 10.0
         pacer.update_bucket(now=now - 1.0)
         pacer.update_bucket(now=now)  # a full bucket
-        if isinstance(pacer, _BytePacer):
+        if isinstance(pacer, BytePacer):
             pacer.builder = _Building(size)
         sent = 0
         while pacer.next_send_time(now=now) is None and sent < 100_000:
@@ -81,11 +81,11 @@ def test_byte_pacer_charges_small_packets_by_size_and_full_ones_as_aioquic() -> 
         return sent
 
     plain_small = sent_at_once(QuicPacketPacer(max_datagram_size=16384), 1484)
-    byte_small = sent_at_once(_BytePacer(max_datagram_size=16384), 1484)
+    byte_small = sent_at_once(BytePacer(max_datagram_size=16384), 1484)
     assert 0 < plain_small <= 17
     assert byte_small >= 10 * plain_small
     plain_full = sent_at_once(QuicPacketPacer(max_datagram_size=16384), 16384)
-    byte_full = sent_at_once(_BytePacer(max_datagram_size=16384), 16384)
+    byte_full = sent_at_once(BytePacer(max_datagram_size=16384), 16384)
     assert byte_full == plain_full
 
 
@@ -114,7 +114,7 @@ def test_a_call_under_uvloop_installs_the_coarse_pacer_and_completes() -> None:
             [server_conn] = harness.server.connections
             for end in (conn, server_conn):
                 pacer = end._quic._loss._pacer
-                assert isinstance(pacer, _BytePacer) and pacer.resolution == 0.001
+                assert isinstance(pacer, BytePacer) and pacer.resolution == 0.001
 
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
         runner.run(main())

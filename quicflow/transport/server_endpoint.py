@@ -1,0 +1,214 @@
+"""The server side: the UDP endpoint that accepts QUIC connections (`QuicFlowServer`,
+`serve`), with address validation by Retry and connection-id routing."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+from collections.abc import Callable
+from typing import cast
+
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.retry import QuicRetryTokenHandler
+
+from ..wire.codec import ErrorCode
+from .engine import make_connection, resolve_engine
+from .quic import QuicFlowProtocol
+from .settings import TransportSettings, datagram_size_for, grow_buffers
+
+__all__ = ["QuicFlowServer", "serve"]
+
+_SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: a client Initial is padded to at least this
+
+
+class QuicFlowServer(asyncio.DatagramProtocol):
+    """The UDP endpoint that demultiplexes datagrams to many connections.
+
+    Each new connection is a `QuicFlowProtocol`; ``on_connection`` sees it
+    before its first stream arrives. With ``retry``, a client's first Initial
+    is answered with a stateless Retry carrying an address-bound token, and
+    only an Initial that returns a valid token creates a connection (RFC 9000
+    §8.1.2): a flood from spoofed addresses costs one datagram each, no state.
+    """
+
+    def __init__(
+        self,
+        configuration: QuicConfiguration,
+        settings: TransportSettings,
+        on_connection: Callable[[QuicFlowProtocol], None],
+        *,
+        retry: bool = False,
+    ) -> None:
+        self._retry = QuicRetryTokenHandler() if retry else None
+        self.retries_sent = 0
+        """Retry packets sent (address validations asked for)."""
+        self._configuration = configuration
+        self._settings = settings
+        self._on_connection = on_connection
+        self._protocols: dict[bytes, QuicFlowProtocol] = {}
+        self._sized: dict[int, QuicConfiguration] = {}
+        self._transport: asyncio.DatagramTransport | None = None
+        self.connections: set[QuicFlowProtocol] = set()
+
+    @property
+    def port(self) -> int:
+        """The bound UDP port."""
+        assert self._transport is not None
+        return int(self._transport.get_extra_info("sockname")[1])
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return
+        protocol = self._protocols.get(header.destination_cid)
+        if protocol is None:
+            if (
+                header.packet_type != QuicPacketType.INITIAL
+                or len(data) < _SMALLEST_INITIAL
+                or header.version not in self._configuration.supported_versions
+            ):
+                return  # not a connection attempt we take (no version negotiation in v1)
+            original_cid = header.destination_cid
+            retry_cid: bytes | None = None
+            if self._retry is not None:
+                if not header.token:
+                    self._send_retry(header.version, header.source_cid, original_cid, addr)
+                    return
+                try:
+                    original_cid = self._retry.validate_token(
+                        address=addr,
+                        destination_cid=header.destination_cid,
+                        token=header.token,
+                        now=asyncio.get_running_loop().time(),
+                    )
+                except ValueError:
+                    return  # forged, expired or from another address: no state for it
+                retry_cid = header.destination_cid
+            protocol = self._accept(header.destination_cid, addr, original_cid, retry_cid)
+            protocol.datagram_received(data, addr)
+            # Only now does the connection know its peer's address, so only now may
+            # the runtime look at it (and, say, close it at once).
+            self._on_connection(protocol)
+            return
+        protocol.datagram_received(data, addr)
+
+    def _send_retry(
+        self, version: int, client_cid: bytes, original_cid: bytes, addr: NetworkAddress
+    ) -> None:
+        assert self._retry is not None and self._transport is not None
+        new_cid = os.urandom(8)
+        token = self._retry.create_token(
+            address=addr,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=new_cid,
+            now=asyncio.get_running_loop().time(),
+        )
+        self._transport.sendto(
+            encode_quic_retry(
+                version=version,
+                source_cid=new_cid,
+                destination_cid=client_cid,
+                original_destination_cid=original_cid,
+                retry_token=token,
+            ),
+            addr,
+        )
+        self.retries_sent += 1
+
+    def _accept(
+        self,
+        first_cid: bytes,
+        addr: NetworkAddress,
+        original_cid: bytes,
+        retry_cid: bytes | None = None,
+    ) -> QuicFlowProtocol:
+        configuration = self._configuration
+        size = datagram_size_for(addr[0], self._settings.max_datagram_size)
+        if size != configuration.max_datagram_size:
+            configuration = self._loopback_configuration(size)
+        connection = make_connection(
+            configuration,
+            self._settings,
+            original_destination_connection_id=original_cid,
+            retry_source_connection_id=retry_cid,
+        )
+        protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
+        protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
+        protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
+        protocol._connection_terminated_handler = lambda: self._forget(protocol)
+        self._add_cid(protocol, first_cid)
+        self._add_cid(protocol, connection.host_cid)
+        self.connections.add(protocol)
+        return protocol
+
+    def _loopback_configuration(self, size: int) -> QuicConfiguration:
+        # One copy per size, shared by every connection that uses it.
+        cached = self._sized.get(size)
+        if cached is None:
+            cached = self._sized[size] = dataclasses.replace(
+                self._configuration, max_datagram_size=size
+            )
+        return cached
+
+    def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+        self._protocols[cid] = protocol
+        protocol.cids.add(cid)
+
+    def _remove_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+        protocol.cids.discard(cid)
+        if self._protocols.get(cid) is protocol:
+            del self._protocols[cid]
+
+    def _forget(self, protocol: QuicFlowProtocol) -> None:
+        for cid in protocol.cids:
+            if self._protocols.get(cid) is protocol:
+                del self._protocols[cid]
+        protocol.cids.clear()
+        self.connections.discard(protocol)
+
+    def close(self) -> None:
+        """Stop listening; connections still open are closed abruptly."""
+        for protocol in list(self.connections):
+            protocol.close(ErrorCode.NO_ERROR, "server closed")
+        if self._transport is not None:
+            self._transport.close()
+
+
+async def serve(
+    host: str,
+    port: int,
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    on_connection: Callable[[QuicFlowProtocol], None],
+    *,
+    retry: bool = False,
+) -> QuicFlowServer:
+    """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
+    addresses with a QUIC Retry first; see `QuicFlowServer`)."""
+    loop = asyncio.get_running_loop()
+    settings.apply(configuration)
+    if resolve_engine(settings.quic_engine) == "qh3":
+        from .engine_qh3 import qh3_configuration
+
+        qh3_configuration(configuration)  # refuse what qh3 cannot do now, not per connection
+    _, proto = await loop.create_datagram_endpoint(
+        lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
+        local_addr=(host, port),
+        reuse_port=None,
+    )
+    if proto._transport is not None:
+        sock = proto._transport.get_extra_info("socket")
+        if sock is not None:
+            grow_buffers(sock)
+    return proto

@@ -1,0 +1,36 @@
+"""Fixtures for cluster mode: real ``nats-server`` processes (quicflow/cluster/natsserver.py).
+
+``nats`` is one JetStream server on a free loopback port with a temporary
+store; ``nats_cluster`` is three routed servers (JetStream replicated) that a
+test may SIGKILL one of. Both are ended by their PIDs when the test ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from quicflow.cluster.natsserver import NatsCluster, NatsServer
+
+
+@pytest.fixture
+def nats_server() -> Iterator[NatsServer]:
+    """One nats-server with JetStream (temporary store, free port), stopped after the test."""
+    server = NatsServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def nats_cluster() -> Iterator[NatsCluster]:
+    """Three routed nats-servers with JetStream (a NATS cluster), stopped after the test."""
+    cluster = NatsCluster(3)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.close()
