@@ -27,6 +27,7 @@ from .context import ServicerContext
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .errors import ConnectionClosed, FrameTooLarge, RpcError, UsageError
+from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthService
 from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
@@ -117,7 +118,8 @@ class Server:
         self._http: Any = None  # the metrics endpoint (quicflow.http.MetricsEndpoint)
         self.health = HealthService()
         """The grpc.health.v1 statuses this server reports: ``server.health.set(name, status)``."""
-        self._handlers.update(self.health.__quicflow_handlers__())
+        if config.health:
+            self._handlers.update(self.health.__quicflow_handlers__())
         admin = AdminService(self.list_clients, config.admin_token)
         self._handlers.update(admin.__quicflow_handlers__())
         if config.reflection:  # it reads the live route table: later services are listed too
@@ -137,6 +139,11 @@ class Server:
         handlers: Mapping[str, Handler] = service.__quicflow_handlers__()
         for route in handlers:
             if route in self._handlers:
+                if self.config.health and route.startswith(f"/{HEALTH_SERVICE_NAME}/"):
+                    raise UsageError(
+                        f"route {route} is already served by the built-in health service "
+                        "(server.health); to serve your own, set ServerConfig(health=False)"
+                    )
                 raise UsageError(f"route {route} is already served")
         self._handlers.update(handlers)
 

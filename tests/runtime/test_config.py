@@ -169,6 +169,7 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("retry", 1),
     ("retry", "yes"),
     ("reflection", "yes"),
+    ("health", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
