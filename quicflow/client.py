@@ -237,12 +237,15 @@ class Client(ChannelMethods):
             config.backoff_jitter,
         )
         self._reconnect_task: asyncio.Task[None] | None = None
+        self._addresses = config.addresses()
+        self._address = 0
+        """Index in ``_addresses`` of the server to connect to (reconnects rotate it)."""
         self._state_waiters: list[asyncio.Future[None]] = []
         self._draining: set[QuicFlowProtocol] = set()
         self.server_limits: WelcomeReceived | None = None
         """What the server announced in its last WELCOME."""
         self._handlers: dict[str, Handler] = {}
-        self._callee_interceptors: tuple[ServerInterceptor, ...] = ()
+        self._callee_interceptors: tuple[ServerInterceptor, ...] = tuple(config.push_interceptors)
         self._calls: set[_ServerCall] = set()
         self._replies: ReplyCache | None = ReplyCache()
         self.dispatcher = Dispatcher(
@@ -427,19 +430,25 @@ class Client(ChannelMethods):
                 self._metrics.stop()
             raise
 
+    @property
+    def server_address(self) -> tuple[str, int]:
+        """The server this client connects (or last tried to connect) to: ``(host, port)``."""
+        return self._addresses[self._address]
+
     async def _establish(self) -> None:
         c = self.config
+        host, port = self.server_address
         loop = asyncio.get_running_loop()
         deadline = loop.time() + c.connect_timeout
         quic_config = client_configuration(
-            server_name=c.server_name or c.host,
+            server_name=c.server_name or host,
             ca_file=c.ca_file,
             insecure_skip_verify=c.insecure_skip_verify,
             cert_file=c.cert_file,
             key_file=c.key_file,
         )
         conn = await connect(
-            c.host, c.port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
+            host, port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
         )
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
         link = _Link(self, conn, control)
@@ -458,7 +467,9 @@ class Client(ChannelMethods):
                     metadata,
                     c.labels,
                     c.heartbeat_interval,
-                    features=(LANE_FEATURE,),  # we accept the server's message lane
+                    # We accept the server's message lane, unless push interceptors must
+                    # see every call (lane messages bypass them).
+                    features=() if self._callee_interceptors else (LANE_FEATURE,),
                 ),
             )
             try:
@@ -466,7 +477,7 @@ class Client(ChannelMethods):
                     welcome = await link.welcome
             except TimeoutError:
                 raise ConnectionClosed(
-                    message=f"no WELCOME from {c.host}:{c.port} within {c.connect_timeout} s"
+                    message=f"no WELCOME from {host}:{port} within {c.connect_timeout} s"
                 ) from None
             except ConnectionClosed as exc:
                 status = _CLOSE_STATUS.get(conn.close_code or 0)  # type: ignore[call-overload]
@@ -491,8 +502,8 @@ class Client(ChannelMethods):
         self._fire(LifecycleEvent.CONNECTED)
         logger.info(
             "connected to %s:%d as %s",
-            c.host,
-            c.port,
+            host,
+            port,
             self.client_id,
             extra={"client_id": self.client_id},
         )
@@ -576,6 +587,8 @@ class Client(ChannelMethods):
             if self._lifecycle.state is not ClientState.RECONNECTING:
                 return
             self._fire(LifecycleEvent.CONNECT)
+            # With several servers (ClientConfig.servers), each attempt tries the next one.
+            self._address = (self._address + 1) % len(self._addresses)
             try:
                 await self._establish()
                 return

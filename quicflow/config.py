@@ -27,7 +27,7 @@ _MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
-_CODE_ONLY = frozenset({"interceptors", "authenticator"})
+_CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator"})
 
 
 def _parse_env(name: str, raw: str, annotation: object) -> Any:
@@ -237,7 +237,15 @@ class _Common:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name not in ("interceptors", "authenticator", "labels", "token", "admin_token")
+            if f.name
+            not in (
+                "interceptors",
+                "push_interceptors",
+                "authenticator",
+                "labels",
+                "token",
+                "admin_token",
+            )
             and getattr(self, f.name) != f.default
         )
         return f"{type(self).__name__}({shown})"
@@ -282,6 +290,9 @@ class ServerConfig(_Common):
     intermediate the client sends. "chain" needs ``client_crl_file``."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
+    push_interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
+    """Client interceptors for the calls this server makes to clients (push), outermost
+    first."""
     heartbeat_interval: float = 15.0
     """Seconds between a client's pings, announced to clients in WELCOME."""
     heartbeat_check_interval: float = 5.0
@@ -346,9 +357,63 @@ class ServerConfig(_Common):
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
     addresses; see docs/wire-protocol.md §2."""
+    frame_timeout: float = 30.0
+    """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
+    byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
+    the stream is stopped. Bounds how long a peer can pin buffers with frames it never finishes
+    (docs/limits.md). Raise it if clients send large messages over slow links."""
+    connection_receive_limit: int = 16 * _MIB
+    """Bytes of unfinished frames larger than half ``stream_receive_window`` one connection may
+    hold at once: each such frame reserves its whole size (all of this, alone, if it is larger)
+    before it gets receive credit past that; the others wait their turn (their bytes so far
+    stay within the stream window; docs/limits.md)."""
+    receive_limit: int = 256 * _MIB
+    """The same reservations over all connections together; at least
+    ``connection_receive_limit``."""
+
+    cluster_nats_urls: Sequence[str] = ()
+    """NATS servers of the cluster this node joins (``nats://host:port``; any members of
+    one NATS cluster). Empty: no cluster, one node, no NATS (docs/cluster.md). Needs
+    ``pip install 'quicflow[cluster]'``. In the environment: comma-separated."""
+    cluster_name: str = "quicflow"
+    """Names the cluster's NATS subjects and buckets: nodes with the same name act as one
+    (1-32 of ``A-Z a-z 0-9 - _``)."""
+    cluster_node_id: str | None = None
+    """This node's id, unique in the cluster (None: ``<hostname>-<port>-<random>``)."""
+    cluster_node_refresh: float = 1.0
+    """Seconds between rewrites of this node's liveness record."""
+    cluster_node_ttl: float = 3.0
+    """A node not heard from for this long is dead: its clients leave every listing and route,
+    and broadcasts stop waiting for it. Must exceed ``cluster_node_refresh``."""
+    cluster_call_timeout: float = 30.0
+    """Deadline of a call routed to another node when neither the call nor ``push_timeout``
+    sets one."""
+    cluster_broadcast_grace: float = 1.0
+    """Seconds a broadcast waits for other nodes' answers beyond its per-client timeout;
+    a node silent by then is reported as not answering."""
+    cluster_max_in_flight: int = 1_000
+    """Routed calls in flight per target node (more wait within their deadline), and routed
+    calls this node serves at once (more are refused RESOURCE_EXHAUSTED)."""
+    cluster_replicas: int = 1
+    """JetStream replicas of the cluster's buckets and stream (3 on a three-server NATS cluster
+    so that losing one server loses nothing)."""
+    cluster_advertise: str | None = None
+    """``host:port`` clients use to reach this node, shown in the node list (None: host:port)."""
+
+    def transport_settings(self) -> Any:
+        """The QUIC settings these fields describe (a `TransportSettings`)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            _Common.transport_settings(self),
+            frame_timeout=self.frame_timeout,
+            connection_receive_limit=self.connection_receive_limit,
+            receive_limit=self.receive_limit,
+        )
 
     def __post_init__(self) -> None:
         self._validate_common()
+        self._validate_cluster()
         _text("host", self.host)
         _port("port", self.port)
         _positive("heartbeat_interval", self.heartbeat_interval, maximum=_MAX_HEARTBEAT)
@@ -386,6 +451,16 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
+        _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
+        _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
+        limit = self.receive_limit
+        if type(limit) is int and limit < self.connection_receive_limit:
+            raise ConfigError(
+                "receive_limit",
+                f"must be at least connection_receive_limit ({self.connection_receive_limit}),"
+                f" got {limit}",
+            )
+        _int_range("receive_limit", self.receive_limit, 64 << 10, 1 << 44)
         if not isinstance(self.reflection, bool):
             raise ConfigError("reflection", "must be True or False")
         if not isinstance(self.health, bool):
@@ -424,6 +499,37 @@ class ServerConfig(_Common):
 
             load_crls(self.client_crl_file, load_ca_file(self.client_ca_file))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
+
+    def _validate_cluster(self) -> None:
+        urls = self.cluster_nats_urls
+        if isinstance(urls, str):
+            urls = tuple(u.strip() for u in urls.split(",") if u.strip())
+        if not all(isinstance(u, str) and u for u in urls):
+            raise ConfigError("cluster_nats_urls", f"must be a list of NATS URLs, got {urls!r}")
+        object.__setattr__(self, "cluster_nats_urls", tuple(urls))
+        from .cluster.subjects import valid_cluster_name
+
+        if not isinstance(self.cluster_name, str) or not valid_cluster_name(self.cluster_name):
+            raise ConfigError(
+                "cluster_name", f"must be 1-32 of A-Z a-z 0-9 - _, got {self.cluster_name!r}"
+            )
+        if self.cluster_node_id is not None:
+            _text("cluster_node_id", self.cluster_node_id)
+        _positive("cluster_node_refresh", self.cluster_node_refresh, maximum=3600.0)
+        _positive("cluster_node_ttl", self.cluster_node_ttl, maximum=3600.0)
+        if self.cluster_node_ttl <= self.cluster_node_refresh:
+            raise ConfigError(
+                "cluster_node_ttl",
+                f"must exceed cluster_node_refresh ({self.cluster_node_refresh}), "
+                f"got {self.cluster_node_ttl}",
+            )
+        _positive("cluster_call_timeout", self.cluster_call_timeout, maximum=_MAX_DURATION)
+        _positive("cluster_broadcast_grace", self.cluster_broadcast_grace, maximum=3600.0)
+        _int_range("cluster_max_in_flight", self.cluster_max_in_flight, 1, 1_000_000)
+        _int_range("cluster_replicas", self.cluster_replicas, 1, 5)
+        if self.cluster_advertise is not None:
+            _text("cluster_advertise", self.cluster_advertise)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -456,6 +562,10 @@ class ClientConfig(_Common):
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
     """Client interceptors, outermost first."""
+    push_interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
+    """Server interceptors for the calls the server makes to this client (push), outermost
+    first. With any, the client declines the server's message lane (docs/push.md), so they
+    see every call."""
     client_id: str | None = None
     """The id to claim in HELLO (None: the server assigns one at the first connect; it is
     kept across reconnects)."""
@@ -484,11 +594,26 @@ class ClientConfig(_Common):
     """Reconnect by itself after losing an established connection."""
     wait_for_ready: bool = False
     """Default for calls made while not connected: wait (True) or fail UNAVAILABLE (False)."""
+    servers: Sequence[str] = ()
+    """More servers (``host:port``) of the same cluster: each reconnect attempt moves to the
+    next address of ``host:port`` followed by these, round robin, with the usual backoff, so
+    a node's death moves its clients to the others (docs/cluster.md). In the environment:
+    comma-separated."""
 
     def __post_init__(self) -> None:
         self._validate_common()
         _text("host", self.host)
         _int_range("port", self.port, 1, 65535)
+        servers = self.servers
+        if isinstance(servers, str):
+            servers = tuple(s.strip() for s in servers.split(",") if s.strip())
+        parsed = []
+        for entry in servers:
+            host, sep, port = entry.rpartition(":") if isinstance(entry, str) else ("", "", "")
+            if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ConfigError("servers", f"each entry must be 'host:port', got {entry!r}")
+            parsed.append(entry)
+        object.__setattr__(self, "servers", tuple(parsed))
         if self.server_name is not None:
             _text("server_name", self.server_name)
         _optional_path("ca_file", self.ca_file)
@@ -502,6 +627,7 @@ class ClientConfig(_Common):
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
         if self.client_id is not None:
             _text("client_id", self.client_id)
             if len(self.client_id) > 256:
@@ -529,3 +655,12 @@ class ClientConfig(_Common):
         for name in ("reconnect", "wait_for_ready"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, "must be True or False")
+
+    def addresses(self) -> tuple[tuple[str, int], ...]:
+        """Every server to try, in rotation order: ``(host, port)`` first, then ``servers``
+        (an IPv6 literal may be written in brackets, ``[::1]:4433``)."""
+        more = []
+        for entry in self.servers:
+            host, _, port = entry.rpartition(":")
+            more.append((host.strip("[]"), int(port)))
+        return ((self.host, self.port), *more)

@@ -140,7 +140,10 @@ class LaneDecoder:
     __slots__ = ("_failed", "_frames")
 
     def __init__(self, max_message_size: int, max_metadata_size: int) -> None:
-        self._frames = FrameDecoder(max_message_size, max_metadata_size)
+        # Only MESSAGE: any other type is a protocol error whatever its length.
+        self._frames = FrameDecoder(
+            max_message_size, max_metadata_size, allowed=(FrameType.MESSAGE,)
+        )
         self._failed = False
 
     def feed(self, data: bytes, end_stream: bool) -> tuple[list[LaneMessage], LaneError | None]:

@@ -90,7 +90,7 @@ class ClientChannel(ChannelMethods):
 
     @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
-        return ()
+        return tuple(self._server.config.push_interceptors)
 
     @property
     def wait_for_ready_default(self) -> bool:

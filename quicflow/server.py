@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 from .admin import AdminService
 from .auth import HelloInfo, PeerInfo, allow_all
 from .clock import LoopClock
+from .cluster.node import ClusterNode
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .dispatch import Dispatcher
@@ -63,6 +64,7 @@ from .rpc import Cardinality, Handler, Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
+from .transport.inflow import FrameWatch
 from .transport.tls import server_configuration
 from .wire.codec import ErrorCode
 
@@ -124,6 +126,8 @@ class Server:
         self._handlers.update(admin.__quicflow_handlers__())
         if config.reflection:  # it reads the live route table: later services are listed too
             self._handlers.update(ReflectionService(self._handlers).__quicflow_handlers__())
+        self.cluster: ClusterNode | None = None
+        """This node's membership in a cluster (None: no ``cluster_nats_urls``)."""
 
     # -- setup --
 
@@ -195,6 +199,10 @@ class Server:
                 self._endpoint.close()
                 self._endpoint = None
                 raise
+        if config.cluster_nats_urls:
+            from .cluster.node import join
+
+            self.cluster = await join(self)
         logger.info("serving %d routes on %s:%d", len(self._handlers), config.host, self.port)
 
     @property
@@ -268,8 +276,11 @@ class Server:
         ``await NotifyStub(server.client("id-42")).deliver(event)``.
 
         Calls through it fail at once with `ClientNotConnected` if no client is
-        connected under ``client_id``.
+        connected under ``client_id``. In a cluster, a client on another node is
+        reached through its node (unary calls; docs/cluster.md).
         """
+        if self.cluster is not None:
+            return self.cluster.channel(client_id)
         return ClientChannel(self, client_id)
 
     async def broadcast(
@@ -288,8 +299,18 @@ class Server:
         ``broadcast_max_in_flight``); each client gets ``client_timeout`` seconds
         (default ``push_timeout``). Never raises for a client's failure: each client's
         `Delivery` says delivered (with the reply), failed (with the status) or
-        timed out.
+        timed out. In a cluster every node's clients are reached, and the result
+        (a `ClusterBroadcastResult`) also says which nodes answered.
         """
+        if self.cluster is not None:
+            return await self.cluster.broadcast(
+                send,
+                labels=labels,
+                client_timeout=self.config.push_timeout
+                if client_timeout is None
+                else client_timeout,
+                max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+            )
         return await broadcast(
             self,
             send,
@@ -318,6 +339,8 @@ class Server:
             PromiseCapacityFull: ``max_pending_promises`` are outstanding; nothing was sent.
         """
         timeout = self.config.promise_timeout if timeout is None else timeout
+        if self.cluster is not None:
+            return self.cluster.async_send(client_id, send, timeout, callback)
         return self._promises.send(client_id, send, timeout, callback)
 
     def register_handler(self, message_type: str, handler: MessageHandler) -> None:
@@ -361,8 +384,12 @@ class Server:
     # -- clients --
 
     def list_clients(self) -> list[ClientInfo]:
-        """Snapshots of every connected client, sorted by client id."""
-        return sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        """Snapshots of every connected client, sorted by client id (in a cluster, of
+        every node; remote clients' snapshots come from the registry)."""
+        local = sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        if self.cluster is not None:
+            return self.cluster.list_clients(local)
+        return local
 
     def get_client_info(self, client_id: str) -> ClientInfo:
         """A snapshot of one connected client.
@@ -370,6 +397,8 @@ class Server:
         Raises:
             ClientNotConnected: no client is connected under that id.
         """
+        if self.cluster is not None and client_id not in self.sessions:
+            return self.cluster.client_info(client_id)
         return self.sessions.require(client_id).info()
 
     # -- stopping --
@@ -390,6 +419,8 @@ class Server:
             return
         self._stopping = True
         self.health.shutdown()
+        if self.cluster is not None:
+            await self.cluster.stop()  # unregister first: nobody routes here while we close
         await asyncio.sleep(0)  # health watchers send NOT_SERVING before the GOAWAY
         grace_s = grace or 0.0
         for sconn in list(self._connections):
@@ -782,6 +813,7 @@ class _ServerCall(ServicerContext):
         "_conn",
         "_deadline_handle",
         "_eager",
+        "_frames",
         "_handler",
         "_last_bytes",
         "_machine",
@@ -822,6 +854,7 @@ class _ServerCall(ServicerContext):
         self._handler: Handler | None = None
         self._deadline_handle: asyncio.TimerHandle | None = None
         self._start_timer: asyncio.TimerHandle | None = None
+        self._frames: FrameWatch | None = None  # once a frame arrived in pieces
         self._cancel_status: tuple[StatusCode, str] | None = None
         self._status: tuple[StatusCode, str] | None = None
         self._last_bytes = b""
@@ -844,7 +877,8 @@ class _ServerCall(ServicerContext):
         session = self._sconn.session
         if session is not None:
             session.bytes_in += len(data)
-        for event in self._machine.receive_data(data, end_stream):
+        events = self._machine.receive_data(data, end_stream)
+        for event in events:
             cls = type(event)
             if cls is MessageReceived:
                 payload = event.data  # type: ignore[union-attr]
@@ -863,6 +897,13 @@ class _ServerCall(ServicerContext):
                         StatusCode.INTERNAL, f"malformed request: {err}", ErrorCode.PROTOCOL_ERROR
                     )
                 return
+        buffered, length = self._machine.partial_frame
+        if (buffered or length or self._frames is not None) and self._status is None:
+            # A frame arrived in pieces: bound its credit and its time (docs/limits.md).
+            frames = self._frames
+            if frames is None:
+                frames = self._frames = self._conn.watch_frames(self._sid, self._on_frame_timeout)
+            frames.update(buffered, length, bool(events))
         if self._task is None and self._status is None and not self._cancelled:
             if self._handler is not None and self._request_done:
                 self._start(self._handler)
@@ -887,6 +928,14 @@ class _ServerCall(ServicerContext):
         self._refuse(
             StatusCode.DEADLINE_EXCEEDED,
             f"no {what} within {timeout:g} s (header_timeout)",
+            ErrorCode.DEADLINE_EXCEEDED,
+        )
+
+    def _on_frame_timeout(self) -> None:
+        assert self._frames is not None
+        self._refuse(
+            StatusCode.DEADLINE_EXCEEDED,
+            f"a frame stayed unfinished for {self._frames.frame.timeout:g} s (frame_timeout)",
             ErrorCode.DEADLINE_EXCEEDED,
         )
 

@@ -59,6 +59,8 @@ class ClientInfo:
     bytes_out: int
     labels: Mapping[str, str] = field(default_factory=dict)
     state: SessionState = SessionState.ACTIVE
+    node: str = ""
+    """In a cluster, the id of the node the client is connected to (empty otherwise)."""
 
 
 class Session:

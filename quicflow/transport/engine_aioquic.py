@@ -34,6 +34,8 @@ class AioquicFlowConnection(QuicConnection):
     def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, StreamHandler] = {}
+        self.flow_withheld: dict[int, int] = {}
+        """Bytes of an unfinished frame per stream that count as unread (`FrameWatch`)."""
         self.flow_window = window
         self.flow_step = window >> 2  # raise in steps of a quarter window, not per byte
         self.client_certificate: VerifiedClientCertificate | None = None
@@ -110,14 +112,15 @@ class AioquicFlowConnection(QuicConnection):
         if space is not None and space.ack_at is not None and space.ack_at > now:
             space.ack_at = now
 
-    def credit_due(self, stream_id: int) -> bool:
-        """True if consumption on this stream warrants sending MAX_STREAM_DATA now."""
+    def credit_due(self, stream_id: int, step: int = 0) -> bool:
+        """True if consumption on this stream warrants sending MAX_STREAM_DATA now (the
+        limit would rise by ``step`` bytes; 0: half a window)."""
         stream = self._streams.get(stream_id)
         if stream is None or not stream.max_stream_data_local:
             return False
         target = self.flow_target(stream)
         return target is not None and target - stream.max_stream_data_local_sent >= (
-            self.flow_window >> 1
+            step or self.flow_window >> 1
         )
 
     def flow_target(self, stream: QuicStream) -> int | None:
@@ -125,6 +128,14 @@ class AioquicFlowConnection(QuicConnection):
         handler = self.flow_handlers.get(cast(int, stream.stream_id))
         if handler is None:
             return None
+        withheld = self.flow_withheld
+        if withheld:
+            return (
+                stream.receiver._buffer_start
+                - handler.unread_bytes
+                - withheld.get(cast(int, stream.stream_id), 0)
+                + self.flow_window
+            )
         return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
@@ -147,6 +158,8 @@ class AioquicFlowConnection(QuicConnection):
             return
         local = stream.max_stream_data_local
         target = receiver._buffer_start - handler.unread_bytes + self.flow_window
+        if self.flow_withheld:
+            target -= self.flow_withheld.get(stream.stream_id, 0)  # type: ignore[arg-type]
         if target - local >= self.flow_step:
             stream.max_stream_data_local = local = target
         if stream.max_stream_data_local_sent != local:

@@ -96,6 +96,7 @@ class Qh3FlowConnection(Qh3Connection):
     def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, Any] = {}
+        self.flow_withheld: dict[int, int] = {}  # kept, unused: qh3 credits by itself
         self.flow_window = window
         self.client_certificate = None  # a qh3 server cannot ask for one
         self._peer_address: Any = None
@@ -138,7 +139,7 @@ class Qh3FlowConnection(Qh3Connection):
     def ack_with_data(self, now: float) -> None:
         """No-op: qh3 decides itself when an ACK rides along."""
 
-    def credit_due(self, stream_id: int) -> bool:
+    def credit_due(self, stream_id: int, step: int = 0) -> bool:
         """qh3 grants receive credit by itself: never."""
         return False
 

@@ -19,9 +19,11 @@ from aioquic.quic.connection import NetworkAddress, QuicConnection
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import ConnectionClosed
+from ..protocol.budget import ByteBudget
 from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
 from .engine_aioquic import AioquicFlowConnection
+from .inflow import FrameWatch
 from .settings import TransportSettings
 from .streams import StreamHandler
 from .tls import VerifiedClientCertificate
@@ -98,6 +100,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._quiet_timer: asyncio.TimerHandle | None = None
         self.on_nudge: Callable[[], None] | None = None
         """Called after each nudge (the client counts them in its metrics)."""
+        self.receive_budget = ByteBudget(settings.connection_receive_limit)
+        """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
+        server makes its own budget the parent."""
+        self._watches: dict[int, FrameWatch] = {}
 
     # -- introspection --
 
@@ -331,9 +337,44 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 self._quic.stop_stream(stream_id, error_code)
             self._transmit_soon()
 
+    def watch_frames(self, stream_id: int, on_timeout: Callable[[], None]) -> FrameWatch:
+        """The `FrameWatch` of an incoming stream whose frames arrive in pieces: frames
+        over half the stream window reserve their size from `receive_budget` before they
+        get credit beyond it, and ``on_timeout`` runs when one stays unfinished for
+        ``frame_timeout``. Closed by `release` (and when the connection ends)."""
+        watch = self._watches.get(stream_id)
+        if watch is None:
+            settings = self.settings
+            watch = self._watches[stream_id] = FrameWatch(
+                self._loop,
+                self.receive_budget,
+                threshold=settings.stream_receive_window >> 1,
+                timeout=settings.frame_timeout,
+                on_timeout=on_timeout,
+                withhold=lambda n: self._withhold(stream_id, n),
+            )
+        return watch
+
+    def _withhold(self, stream_id: int, count: int) -> None:
+        withheld = self._fq.flow_withheld
+        if count:
+            withheld[stream_id] = count
+        elif (
+            withheld.pop(stream_id, None) is not None
+            and not self._receiving
+            and self._fq.credit_due(stream_id, self.settings.stream_receive_window >> 2)
+        ):
+            # A reservation came through (another stream's frame ended): the credit the
+            # frame was waiting for goes out now, not with the next unrelated packet.
+            self._transmit_soon()
+
     def release(self, stream_id: int) -> None:
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
         self._handlers.pop(stream_id, None)
+        if self._watches:
+            watch = self._watches.pop(stream_id, None)
+            if watch is not None:
+                watch.close()
         self._drain_waiters.pop(stream_id, None)
         self._lanes.discard(stream_id)
         if self._idle_waiters and len(self._handlers) <= len(self._lanes):
@@ -614,6 +655,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         handlers = list(self._handlers.values())
         self._handlers.clear()
         self._lanes.clear()
+        watches = list(self._watches.values())
+        self._watches.clear()
+        for watch in watches:
+            watch.close()  # give the server's budget back
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
             self._quiet_timer = None

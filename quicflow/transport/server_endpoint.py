@@ -15,6 +15,7 @@ from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
@@ -44,6 +45,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         retry: bool = False,
     ) -> None:
         self._retry = QuicRetryTokenHandler() if retry else None
+        self.receive_budget = ByteBudget(settings.receive_limit)
+        """Bytes of large unfinished frames all connections may hold (each connection's
+        `QuicFlowProtocol.receive_budget` has this one as its parent)."""
         self.retries_sent = 0
         """Retry packets sent (address validations asked for)."""
         self._configuration = configuration
@@ -143,6 +147,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             retry_source_connection_id=retry_cid,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol.receive_budget.parent = self.receive_budget
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
         protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
         protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)

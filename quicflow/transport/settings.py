@@ -67,6 +67,13 @@ class TransportSettings:
     """Unacknowledged bytes over all streams above which `drain_connection` waits."""
     quic_engine: str = "auto"
     """"aioquic", "qh3", or "auto" (`resolve_engine`)."""
+    connection_receive_limit: int = 16 << 20
+    """Bytes of unfinished frames larger than half the stream window that one connection
+    may hold at once (each reserves its whole size; `quicflow.protocol.budget`)."""
+    receive_limit: int = 256 << 20
+    """The same over all connections of a server."""
+    frame_timeout: float = 30.0
+    """Seconds a frame may stay unfinished (from its first byte, or from its reservation)."""
 
     def apply(self, config: QuicConfiguration) -> None:
         """Copy these settings into an aioquic configuration."""

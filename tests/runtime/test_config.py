@@ -168,6 +168,28 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
+    ("frame_timeout", 0),
+    ("frame_timeout", math.inf),
+    ("frame_timeout", 3601.0),
+    ("connection_receive_limit", (64 << 10) - 1),
+    ("connection_receive_limit", 1.5),
+    ("connection_receive_limit", True),
+    ("receive_limit", (16 << 20) - 1),  # below the default connection_receive_limit
+    ("receive_limit", "lots"),
+    ("cluster_nats_urls", [""]),
+    ("cluster_nats_urls", [4222]),
+    ("cluster_name", "a.b"),
+    ("cluster_name", ""),
+    ("cluster_name", "x" * 33),
+    ("cluster_node_id", ""),
+    ("cluster_node_refresh", 0),
+    ("cluster_node_ttl", 0.5),  # not above cluster_node_refresh (1.0)
+    ("cluster_node_ttl", math.nan),
+    ("cluster_call_timeout", 0),
+    ("cluster_broadcast_grace", -1.0),
+    ("cluster_max_in_flight", 0),
+    ("cluster_replicas", 6),
+    ("cluster_advertise", ""),
     ("reflection", "yes"),
     ("health", "yes"),
 ]
@@ -220,6 +242,11 @@ CLIENT_BAD: list[tuple[str, object]] = [
     ("backoff_jitter", -0.1),
     ("reconnect", 1),
     ("wait_for_ready", "no"),
+    ("servers", ["nohost"]),
+    ("servers", ["h:0"]),
+    ("servers", ["h:65536"]),
+    ("servers", [":4433"]),
+    ("servers", [5]),
 ]
 
 
@@ -263,7 +290,7 @@ def test_every_validated_field_has_a_bad_value_case() -> None:
     common = {name for name, _ in COMMON_BAD}
     for cls, specific in ((ServerConfig, SERVER_BAD), (ClientConfig, CLIENT_BAD)):
         covered = common | {name for name, _ in specific}
-        fields = {f.name for f in dataclasses.fields(cls)} - {"interceptors"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"interceptors", "push_interceptors"}
         assert fields == covered, cls.__name__
 
 
@@ -399,3 +426,20 @@ def test_infinite_default_timeout_raises_config_error() -> None:
     """Check that default_timeout=inf is refused at start-up, naming the field."""
     with pytest.raises(ConfigError, match=r"^default_timeout: "):
         ClientConfig(default_timeout=math.inf)
+
+
+def test_cluster_urls_come_as_a_list_or_comma_separated() -> None:
+    """Check that NATS URLs given as one comma-separated string (env, CLI) become a tuple."""
+    config = build_server(cluster_nats_urls="nats://a:1, nats://b:2")
+    assert config.cluster_nats_urls == ("nats://a:1", "nats://b:2")
+    assert build_server(cluster_nats_urls=["nats://a:1"]).cluster_nats_urls == ("nats://a:1",)
+    assert build_server().cluster_nats_urls == ()
+
+
+def test_client_servers_rotate_after_host_and_port() -> None:
+    """Check that a client's addresses are host:port first, then `servers` in order, and
+    that a comma-separated string (env) and an IPv6 literal in brackets parse."""
+    config = build_client(host="a", port=1, servers="b:2, [::1]:3")
+    assert config.servers == ("b:2", "[::1]:3")
+    assert config.addresses() == (("a", 1), ("b", 2), ("::1", 3))
+    assert build_client().addresses() == (("127.0.0.1", 4433),)

@@ -1,0 +1,140 @@
+"""The seam between a cluster node and the engine that coordinates it.
+
+`ClusterBackend` is what `ClusterNode` (quicflow/cluster/node.py) needs from
+an engine: a registry with compare-and-set epochs, routing a call to
+whichever node holds a client, scatter-gather for broadcasts, a node inbox,
+and durable holding of sends for absent clients. `NatsBackend`
+(quicflow/cluster/nats_backend.py) is the one implementation; a Redis
+backend (registry hash + per-node channels + Lua for compare-and-set) would
+implement the same methods. The node never sees NATS types.
+
+Errors a backend raises:
+
+* `NotReachable`: nobody holds the client right now (NATS "no responders");
+* `BackendUnavailable` (an `RpcError` with UNAVAILABLE): the engine cannot
+  be reached; callers fail fast, nothing is queued;
+* `TimeoutError`: no answer by the deadline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+from ..errors import RpcError
+from ..status import StatusCode
+from .codec import BroadcastCall, CallOutcome, NodeAnswer, NodeRecord, Registration, RoutedCall
+from .view import ClusterView, Entry
+
+__all__ = ["BackendHandler", "BackendUnavailable", "ClusterBackend", "NotReachable"]
+
+
+class NotReachable(Exception):
+    """No node holds the client (it is not connected anywhere)."""
+
+
+class BackendUnavailable(RpcError):
+    """The cluster's engine cannot be reached: cluster operations fail fast."""
+
+    def __init__(self, message: str = "the cluster backend is unreachable") -> None:
+        super().__init__(StatusCode.UNAVAILABLE, message)
+
+
+class BackendHandler(Protocol):
+    """What a backend calls back into (the node)."""
+
+    async def routed_call(self, client_id: str, call: RoutedCall) -> CallOutcome:
+        """Run ``call`` on the local client ``client_id`` and say how it ended."""
+        ...
+
+    async def broadcast_call(self, call: BroadcastCall) -> NodeAnswer:
+        """Run a broadcast on this node's matching clients."""
+        ...
+
+    def node_message(self, data: bytes) -> None:
+        """A message arrived in this node's inbox (a kick, a held send's answer)."""
+        ...
+
+    def connection_changed(self, connected: bool) -> None:
+        """The engine was lost (False) or is back (True: re-register everything)."""
+        ...
+
+
+class ClusterBackend(Protocol):
+    """A cluster engine, seen from one node."""
+
+    view: ClusterView
+    """The mirrored registry (kept current by the backend's watches)."""
+
+    @property
+    def connected(self) -> bool:
+        """True while the engine is reachable."""
+        ...
+
+    def now(self) -> float:
+        """The clock `view` is fed with."""
+        ...
+
+    async def start(self, handler: BackendHandler) -> None:
+        """Connect (or keep trying in the background), set up buckets and subscriptions."""
+        ...
+
+    async def close(self) -> None:
+        """Withdraw this node (its record, its subscriptions) and disconnect."""
+        ...
+
+    async def register(
+        self, client_id: str, registration: Registration
+    ) -> tuple[int, Entry | None]:
+        """Make this node the owner of ``client_id`` (compare-and-set, retried on a race).
+
+        Returns the new epoch and the registration it replaced (None if none).
+        """
+        ...
+
+    async def unregister(self, client_id: str, epoch: int) -> bool:
+        """Delete the registration if it is still at ``epoch``; False if it moved on."""
+        ...
+
+    async def serve(self, client_id: str) -> None:
+        """Start receiving routed calls for ``client_id``."""
+        ...
+
+    async def unserve(self, client_id: str) -> None:
+        """Stop receiving routed calls for ``client_id``."""
+        ...
+
+    async def call(self, client_id: str, call: RoutedCall, timeout: float) -> CallOutcome:
+        """Route ``call`` to the node holding ``client_id`` and return its outcome."""
+        ...
+
+    async def broadcast(
+        self, call: BroadcastCall, expected: set[str], timeout: float
+    ) -> list[NodeAnswer]:
+        """Ask every other node; return the answers that came by ``timeout`` (or once
+        every node in ``expected`` answered)."""
+        ...
+
+    async def send_to_node(self, node_id: str, data: bytes) -> None:
+        """Deliver ``data`` to a node's inbox (fire and forget)."""
+        ...
+
+    async def refresh(self, record: NodeRecord) -> None:
+        """Rewrite this node's liveness record."""
+        ...
+
+    async def hold(self, client_id: str, call: RoutedCall, ttl: float) -> int:
+        """Keep ``call`` durably for ``ttl`` seconds; return its sequence number."""
+        ...
+
+    async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:
+        """Sends held for ``client_id``, oldest first."""
+        ...
+
+    async def drop_held(self, seq: int) -> None:
+        """Delete one held send (delivered)."""
+        ...
+
+
+NodeMessageCallback = Callable[[bytes], None]
+RoutedCallHandler = Callable[[str, RoutedCall], Awaitable[CallOutcome]]

@@ -1,0 +1,375 @@
+"""What nodes say to each other through NATS, and how it is encoded (sans-IO).
+
+The hot path (a routed call and its answer) uses a small binary layout, the
+registry records use JSON (readable with ``nats kv get``). Every message
+starts with a version byte, so a node can refuse what it does not know.
+
+Binary layout (integers big-endian; ``str`` = u16 length + UTF-8; ``blob`` =
+u32 length + bytes; ``md`` = u16 count, then per pair ``str`` key, u8 kind
+(0 text, 1 bytes) and ``blob`` value)::
+
+    RoutedCall  : u8 version=1, u8 flags (1 = may be held), u32 timeout_ms
+                  (0xFFFFFFFF = none), str route, str origin node, str reply_to,
+                  u8 len + message id, md metadata, blob payload
+    CallOutcome : u8 version=1, u8 code, u8 flags (1 = not here), str message,
+                  u8 len + message id, md trailing metadata, blob payload
+    BroadcastCall: u8 version=1, u32 max_in_flight, u8 len + broadcast id,
+                  md labels (text), RoutedCall
+    NodeAnswer  : u8 version=1, str node, u32 count, then per client:
+                  str client id, u8 delivery (0 delivered, 1 failed, 2 timed out),
+                  CallOutcome
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..metadata import Metadata
+from ..status import StatusCode
+
+__all__ = [
+    "BroadcastCall",
+    "CallOutcome",
+    "ClientOutcome",
+    "NodeAnswer",
+    "NodeRecord",
+    "Registration",
+    "RoutedCall",
+]
+
+VERSION = 1
+_NO_TIMEOUT = 0xFFFF_FFFF
+_DELIVERY = ("delivered", "failed", "timed_out")
+
+
+@dataclass(frozen=True, slots=True)
+class RoutedCall:
+    """A unary call for a client on another node (its request already serialized)."""
+
+    route: str
+    payload: bytes
+    metadata: Metadata = ()
+    timeout: float | None = None
+    """Seconds the client gets to answer, from when the owning node receives it."""
+    message_id: bytes = b""
+    """Sent in the call's HEADERS: the client answers a repeat from its reply cache."""
+    origin: str = ""
+    """The sending node's id."""
+    reply_to: str = ""
+    """For a held send: the subject the answer is published to when it is delivered."""
+    holdable: bool = False
+    """The sender holds it (JetStream) if the client is not connected anywhere."""
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION, 1 if self.holdable else 0))
+        timeout_ms = (
+            _NO_TIMEOUT
+            if self.timeout is None
+            else min(max(int(self.timeout * 1000), 0), _NO_TIMEOUT - 1)
+        )
+        out += struct.pack(">I", timeout_ms)
+        _put_str(out, self.route)
+        _put_str(out, self.origin)
+        _put_str(out, self.reply_to)
+        _put_short(out, self.message_id)
+        _put_md(out, self.metadata)
+        _put_blob(out, self.payload)
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> RoutedCall:
+        reader = _Reader(data)
+        call = cls._read(reader)
+        reader.end()
+        return call
+
+    @classmethod
+    def _read(cls, r: _Reader) -> RoutedCall:
+        r.version()
+        flags = r.u8()
+        timeout_ms = r.u32()
+        route = r.str()
+        origin = r.str()
+        reply_to = r.str()
+        message_id = r.short()
+        metadata = r.md()
+        payload = r.blob()
+        return cls(
+            route,
+            payload,
+            metadata,
+            None if timeout_ms == _NO_TIMEOUT else timeout_ms / 1000,
+            message_id,
+            origin,
+            reply_to,
+            bool(flags & 1),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CallOutcome:
+    """How a routed call ended: the client's status and reply (or why it did not run)."""
+
+    code: StatusCode
+    message: str = ""
+    payload: bytes = b""
+    trailing_metadata: Metadata = ()
+    not_here: bool = False
+    """The node holds no session for the client (a stale route): nothing was sent, retry."""
+    message_id: bytes = b""
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION, self.code.value, 1 if self.not_here else 0))
+        self._write(out)
+        return bytes(out)
+
+    def _write(self, out: bytearray) -> None:
+        _put_str(out, self.message)
+        _put_short(out, self.message_id)
+        _put_md(out, self.trailing_metadata)
+        _put_blob(out, self.payload)
+
+    @classmethod
+    def decode(cls, data: bytes) -> CallOutcome:
+        reader = _Reader(data)
+        outcome = cls._read(reader)
+        reader.end()
+        return outcome
+
+    @classmethod
+    def _read(cls, r: _Reader) -> CallOutcome:
+        r.version()
+        code = StatusCode.from_wire(r.u8())
+        flags = r.u8()
+        message = r.str()
+        message_id = r.short()
+        trailing = r.md()
+        payload = r.blob()
+        return cls(code, message, payload, trailing, bool(flags & 1), message_id)
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastCall:
+    """A broadcast: every node runs ``call`` on its own matching clients."""
+
+    call: RoutedCall
+    broadcast_id: bytes
+    labels: Mapping[str, str] = field(default_factory=dict)
+    max_in_flight: int = 100
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION,))
+        out += struct.pack(">I", self.max_in_flight)
+        _put_short(out, self.broadcast_id)
+        _put_md(out, tuple(self.labels.items()))
+        out += self.call.encode()
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> BroadcastCall:
+        r = _Reader(data)
+        r.version()
+        max_in_flight = r.u32()
+        broadcast_id = r.short()
+        labels = {k: v if isinstance(v, str) else v.decode() for k, v in r.md()}
+        call = RoutedCall._read(r)
+        r.end()
+        return cls(call, broadcast_id, labels, max_in_flight)
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOutcome:
+    """One client's result inside a node's broadcast answer."""
+
+    client_id: str
+    delivery: str
+    """``delivered``, ``failed`` or ``timed_out`` (`DeliveryStatus` values)."""
+    outcome: CallOutcome
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAnswer:
+    """One node's answer to a broadcast: its clients' results."""
+
+    node_id: str
+    results: tuple[ClientOutcome, ...] = ()
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION,))
+        _put_str(out, self.node_id)
+        out += struct.pack(">I", len(self.results))
+        for result in self.results:
+            _put_str(out, result.client_id)
+            out.append(_DELIVERY.index(result.delivery))
+            out += result.outcome.encode()
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeAnswer:
+        r = _Reader(data)
+        r.version()
+        node_id = r.str()
+        results = []
+        for _ in range(r.u32()):
+            client_id = r.str()
+            index = r.u8()
+            if index >= len(_DELIVERY):
+                raise ValueError(f"unknown delivery status {index}")
+            results.append(ClientOutcome(client_id, _DELIVERY[index], CallOutcome._read(r)))
+        r.end()
+        return cls(node_id, tuple(results))
+
+
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A client's entry in the clients bucket (the KV revision is its epoch)."""
+
+    node_id: str
+    connected_since: float
+    """Unix seconds."""
+    remote_address: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    heartbeat_interval: float = 0.0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "node": self.node_id,
+                "since": self.connected_since,
+                "addr": self.remote_address,
+                "labels": dict(self.labels),
+                "hb": self.heartbeat_interval,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> Registration:
+        obj = json.loads(data)
+        return cls(
+            str(obj["node"]),
+            float(obj["since"]),
+            str(obj.get("addr", "")),
+            {str(k): str(v) for k, v in obj.get("labels", {}).items()},
+            float(obj.get("hb", 0.0)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeRecord:
+    """A node's entry in the nodes bucket, rewritten every refresh."""
+
+    node_id: str
+    address: str
+    """``host:port`` its clients connect to."""
+    started: float
+    """Unix seconds."""
+    clients: int = 0
+
+    def encode(self) -> bytes:
+        return json.dumps(
+            {
+                "node": self.node_id,
+                "addr": self.address,
+                "started": self.started,
+                "clients": self.clients,
+            },
+            separators=(",", ":"),
+        ).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeRecord:
+        obj = json.loads(data)
+        return cls(
+            str(obj["node"]), str(obj["addr"]), float(obj["started"]), int(obj.get("clients", 0))
+        )
+
+
+# -- binary helpers --
+
+
+def _put_str(out: bytearray, text: str) -> None:
+    raw = text.encode("utf-8")
+    if len(raw) > 0xFFFF:
+        raise ValueError("string over 65535 bytes")
+    out += struct.pack(">H", len(raw))
+    out += raw
+
+
+def _put_short(out: bytearray, raw: bytes) -> None:
+    if len(raw) > 0xFF:
+        raise ValueError("id over 255 bytes")
+    out.append(len(raw))
+    out += raw
+
+
+def _put_blob(out: bytearray, raw: bytes) -> None:
+    out += struct.pack(">I", len(raw))
+    out += raw
+
+
+def _put_md(out: bytearray, metadata: Metadata) -> None:
+    out += struct.pack(">H", len(metadata))
+    for key, value in metadata:
+        _put_str(out, key)
+        if isinstance(value, str):
+            out.append(0)
+            _put_blob(out, value.encode("utf-8"))
+        else:
+            out.append(1)
+            _put_blob(out, bytes(value))
+
+
+class _Reader:
+    __slots__ = ("_data", "_pos")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def _take(self, n: int) -> memoryview:
+        end = self._pos + n
+        if end > len(self._data):
+            raise ValueError("truncated cluster message")
+        chunk = self._data[self._pos : end]
+        self._pos = end
+        return chunk
+
+    def version(self) -> None:
+        version = self.u8()
+        if version != VERSION:
+            raise ValueError(f"unknown cluster message version {version}")
+
+    def u8(self) -> int:
+        return self._take(1)[0]
+
+    def u32(self) -> int:
+        value: int = struct.unpack(">I", self._take(4))[0]
+        return value
+
+    def str(self) -> str:
+        (n,) = struct.unpack(">H", self._take(2))
+        return bytes(self._take(n)).decode("utf-8")
+
+    def short(self) -> bytes:
+        return bytes(self._take(self.u8()))
+
+    def blob(self) -> bytes:
+        return bytes(self._take(self.u32()))
+
+    def md(self) -> Metadata:
+        (count,) = struct.unpack(">H", self._take(2))
+        pairs: list[tuple[str, str | bytes]] = []
+        for _ in range(count):
+            key = self.str()
+            kind = self.u8()
+            value = self.blob()
+            pairs.append((key, value.decode("utf-8") if kind == 0 else value))
+        return tuple(pairs)
+
+    def end(self) -> None:
+        if self._pos != len(self._data):
+            raise ValueError("trailing bytes after a cluster message")

@@ -1,0 +1,559 @@
+"""`ClusterBackend` on NATS: core request/reply for routing, JetStream for the rest.
+
+* Routed calls: the owning node subscribes ``qf.{cluster}.c.{client}`` in a
+  queue group (so exactly one node answers even while a session moves) and
+  the sender makes a NATS request there. "No responders" (status 503) means
+  no node holds the client, at once, with no lookup.
+* Replies come back on this backend's *own* inbox subscription
+  (``_QF.{nuid}.*``), not nats-py's shared request inbox: that one has been
+  reported to stall after a slow-consumer event, and its pending limits are
+  not ours to choose. Ours has no message-count limit, which is safe because
+  what can arrive on it is bounded by the node's in-flight caps; its callback
+  only resolves a future, so it never falls behind.
+* Registry: KV ``qf_{cluster}_clients`` (revision = epoch) and KV
+  ``qf_{cluster}_nodes`` (a record per node, refreshed), both mirrored into
+  a `ClusterView` by watches that are rebuilt after a reconnect.
+* Held sends: stream ``qf_{cluster}_held`` with ``allow_msg_ttl`` (nats-server
+  2.11+): each held send expires at its own deadline; ``Nats-Msg-Id`` is the
+  send's message id, so a repeat within the duplicate window is not stored
+  twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.client import JetStreamContext
+from nats.js.kv import KeyValue
+from nats.nuid import NUID
+
+from .backend import BackendHandler, BackendUnavailable, NotReachable
+from .codec import (
+    BroadcastCall,
+    CallOutcome,
+    NodeAnswer,
+    NodeRecord,
+    Registration,
+    RoutedCall,
+)
+from .subjects import Names, decode_token, encode_token
+from .view import ClusterView, Entry
+
+__all__ = ["NatsBackend"]
+
+logger = logging.getLogger("quicflow.cluster")
+
+_QUEUE = "qf"
+_NO_RESPONDERS = "503"
+
+
+class NatsBackend:
+    """One node's connection to the cluster through NATS.
+
+    Example::
+
+        backend = NatsBackend(Names("prod"), "node-a", ["nats://127.0.0.1:4222"])
+        await backend.start(handler)     # a BackendHandler (the ClusterNode)
+    """
+
+    def __init__(
+        self,
+        names: Names,
+        node_id: str,
+        urls: list[str],
+        *,
+        node_ttl: float = 3.0,
+        replicas: int = 1,
+        connect_timeout: float = 2.0,
+        js_timeout: float = 2.0,
+        reconnect_wait: float = 0.25,
+        held_max_age: float = 3600.0,
+    ) -> None:
+        self.names = names
+        self.node_id = node_id
+        self.urls = urls
+        self.replicas = replicas
+        self.connect_timeout = connect_timeout
+        self.js_timeout = js_timeout
+        self.reconnect_wait = reconnect_wait
+        self.held_max_age = held_max_age
+        self.view = ClusterView(node_ttl)
+        self._nc: NatsClient | None = None
+        self._js: JetStreamContext | None = None
+        self._clients_kv: KeyValue | None = None
+        self._nodes_kv: KeyValue | None = None
+        self._handler: BackendHandler | None = None
+        self._inbox = ""
+        self._waiting: dict[str, Callable[[Msg], None]] = {}
+        self._next_token = 0
+        self._served: dict[str, Subscription] = {}
+        self._watchers: list[asyncio.Task[None]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._ready = False
+        self._closing = False
+        self._connector: asyncio.Task[None] | None = None
+        self.synced = asyncio.Event()
+        """Set once both watches delivered their initial contents (cleared while NATS is away)."""
+
+    # -- connection --
+
+    @property
+    def connected(self) -> bool:
+        nc = self._nc
+        return self._ready and nc is not None and nc.is_connected
+
+    def now(self) -> float:
+        return time.monotonic()
+
+    async def start(self, handler: BackendHandler) -> None:
+        """Connect and set up; if NATS is not reachable now, keep trying in the background."""
+        self._handler = handler
+        try:
+            await self._connect()
+        except Exception as exc:
+            logger.warning("cluster: NATS not reachable at start (%s); retrying", exc)
+            self._connector = asyncio.get_running_loop().create_task(self._keep_connecting())
+
+    async def _keep_connecting(self) -> None:
+        while not self._closing:
+            await asyncio.sleep(self.reconnect_wait)
+            try:
+                await self._connect()
+            except Exception as exc:
+                logger.debug("cluster: NATS still not reachable: %s", exc)
+                continue
+            assert self._handler is not None
+            self._handler.connection_changed(True)
+            return
+
+    async def _connect(self) -> None:
+        nc = await nats.connect(
+            servers=list(self.urls),
+            name=f"quicflow-{self.node_id}",
+            connect_timeout=max(1, int(self.connect_timeout)),
+            reconnect_time_wait=self.reconnect_wait,
+            max_reconnect_attempts=-1,
+            allow_reconnect=True,
+            ping_interval=2,
+            max_outstanding_pings=2,
+            disconnected_cb=self._on_disconnected,
+            reconnected_cb=self._on_reconnected,
+            error_cb=self._on_error,
+        )
+        try:
+            self._nc = nc
+            self._js = nc.jetstream(timeout=self.js_timeout)
+            await self._setup_jetstream()
+            self._inbox = f"_QF.{NUID().next().decode()}"
+            await nc.subscribe(
+                f"{self._inbox}.*", cb=self._on_reply, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+            await nc.subscribe(
+                self.names.node(self.node_id),
+                cb=self._on_node_message,
+                pending_msgs_limit=0,
+                pending_bytes_limit=0,
+            )
+            await nc.subscribe(
+                self.names.all, cb=self._on_broadcast, pending_msgs_limit=0, pending_bytes_limit=0
+            )
+            await nc.flush()
+            self._ready = True
+            await self._start_watches()
+        except BaseException:
+            self._nc = None
+            with contextlib.suppress(Exception):
+                await nc.close()
+            raise
+
+    async def _setup_jetstream(self) -> None:
+        js = self._js
+        assert js is not None
+        names = self.names
+        deadline = time.monotonic() + 15.0
+        while True:  # a fresh NATS cluster elects its JetStream leader first
+            try:
+                self._clients_kv = await js.create_key_value(
+                    KeyValueConfig(bucket=names.clients_bucket, history=1, replicas=self.replicas)
+                )
+                self._nodes_kv = await js.create_key_value(
+                    KeyValueConfig(
+                        bucket=names.nodes_bucket,
+                        history=1,
+                        replicas=self.replicas,
+                        ttl=max(self.view.node_ttl * 10, 30.0),
+                    )
+                )
+                await js.add_stream(
+                    StreamConfig(
+                        name=names.held_stream,
+                        subjects=[names.held_subjects],
+                        allow_msg_ttl=True,
+                        max_age=self.held_max_age,
+                        num_replicas=self.replicas,
+                        storage=StorageType.FILE,
+                        duplicate_window=120.0,
+                    )
+                )
+                return
+            except (nats.errors.TimeoutError, nats.js.errors.ServiceUnavailableError) as exc:
+                if time.monotonic() > deadline:
+                    raise
+                logger.debug("cluster: JetStream not ready yet (%s)", exc)
+                await asyncio.sleep(0.2)
+            except nats.js.errors.BadRequestError as exc:
+                # The bucket exists with other settings (another node made it): use it.
+                if exc.err_code != 10058:  # stream name already in use
+                    raise
+                self._clients_kv = await js.key_value(names.clients_bucket)
+                self._nodes_kv = await js.key_value(names.nodes_bucket)
+                return
+
+    async def _on_disconnected(self) -> None:
+        if self._closing or not self._ready:
+            return
+        logger.warning("cluster: lost NATS; cluster operations fail fast until it is back")
+        self.synced.clear()
+        if self._handler is not None:
+            self._handler.connection_changed(False)
+
+    async def _on_reconnected(self) -> None:
+        if self._closing:
+            return
+        logger.info("cluster: NATS is back; re-registering")
+        await self._start_watches()
+        if self._handler is not None:
+            self._handler.connection_changed(True)
+
+    async def _on_error(self, exc: Exception) -> None:
+        logger.debug("cluster: NATS error: %s", exc)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._connector is not None:
+            self._connector.cancel()
+        for task in self._watchers:
+            task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        nc = self._nc
+        if nc is not None and nc.is_connected and self._nodes_kv is not None:
+            with contextlib.suppress(Exception):
+                await self._nodes_kv.delete(encode_token(self.node_id))
+        if nc is not None:
+            with contextlib.suppress(Exception):
+                await nc.close()
+        self._ready = False
+
+    def _require(self) -> NatsClient:
+        nc = self._nc
+        if nc is None or not self._ready or not nc.is_connected:
+            raise BackendUnavailable()
+        return nc
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- watches --
+
+    async def _start_watches(self) -> None:
+        for task in self._watchers:
+            task.cancel()
+        self.view.clear()
+        self.synced.clear()
+        assert self._clients_kv is not None and self._nodes_kv is not None
+        clients = await self._clients_kv.watchall()
+        nodes = await self._nodes_kv.watchall()
+        both = [asyncio.Event(), asyncio.Event()]
+        loop = asyncio.get_running_loop()
+        self._watchers = [
+            loop.create_task(self._watch(clients, self._client_update, both[0])),
+            loop.create_task(self._watch(nodes, self._node_update, both[1])),
+        ]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.js_timeout):
+                await both[0].wait()
+                await both[1].wait()
+        self.synced.set()
+
+    async def _watch(
+        self,
+        watcher: KeyValue.KeyWatcher,
+        apply: Callable[[KeyValue.Entry], None],
+        synced: asyncio.Event,
+    ) -> None:
+        try:
+            async for entry in watcher:
+                if entry is None:
+                    synced.set()
+                    continue
+                try:
+                    apply(entry)
+                except Exception:
+                    logger.exception("cluster: bad registry entry %r", entry.key)
+                if entry.delta == 0:
+                    synced.set()
+        finally:
+            with contextlib.suppress(Exception):
+                await watcher.stop()  # type: ignore[no-untyped-call]
+
+    def _client_update(self, entry: KeyValue.Entry) -> None:
+        client_id = decode_token(entry.key)
+        revision = entry.revision or 0
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.view.client_deleted(client_id, revision)
+        else:
+            self.view.client_put(client_id, revision, Registration.decode(entry.value))
+
+    def _node_update(self, entry: KeyValue.Entry) -> None:
+        node_id = decode_token(entry.key)
+        if entry.operation in ("DEL", "PURGE") or not entry.value:
+            self.view.node_gone(node_id)
+        else:
+            self.view.node_seen(NodeRecord.decode(entry.value), self.now())
+
+    # -- registry --
+
+    async def register(
+        self, client_id: str, registration: Registration
+    ) -> tuple[int, Entry | None]:
+        self._require()
+        kv = self._clients_kv
+        assert kv is not None
+        key = encode_token(client_id)
+        value = registration.encode()
+        for _ in range(16):
+            previous: Entry | None = None
+            last = 0
+            try:
+                current = await kv.get(key)
+                last = current.revision or 0
+                if current.value:
+                    previous = Entry(client_id, last, Registration.decode(current.value))
+            except nats.js.errors.KeyDeletedError as exc:
+                last = exc.entry.revision or 0
+            except nats.js.errors.KeyNotFoundError:
+                last = 0
+            try:
+                epoch = await kv.update(key, value, last=last)
+            except nats.js.errors.KeyWrongLastSequenceError:
+                continue  # another node registered meanwhile: read again; the newest wins
+            self.view.client_put(client_id, epoch, registration)
+            return epoch, previous
+        raise BackendUnavailable(f"could not register {client_id!r}: the registry kept moving")
+
+    async def unregister(self, client_id: str, epoch: int) -> bool:
+        self._require()
+        kv = self._clients_kv
+        assert kv is not None
+        try:
+            await kv.delete(encode_token(client_id), last=epoch)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code in (10071, 10164):  # wrong last sequence: it moved on
+                return False
+            raise
+        self.view.client_deleted(client_id, epoch + 1)
+        return True
+
+    async def refresh(self, record: NodeRecord) -> None:
+        self._require()
+        assert self._nodes_kv is not None
+        await self._nodes_kv.put(encode_token(record.node_id), record.encode())
+
+    # -- routing --
+
+    async def serve(self, client_id: str) -> None:
+        nc = self._require()
+        if client_id in self._served:
+            return
+
+        async def on_call(msg: Msg) -> None:
+            self._spawn(self._answer_call(client_id, msg))
+
+        self._served[client_id] = await nc.subscribe(
+            self.names.client(client_id),
+            queue=_QUEUE,
+            cb=on_call,
+            pending_msgs_limit=0,
+            pending_bytes_limit=0,
+        )
+
+    async def unserve(self, client_id: str) -> None:
+        sub = self._served.pop(client_id, None)
+        if sub is not None and self.connected:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def served(self) -> set[str]:
+        """Client ids this node receives routed calls for."""
+        return set(self._served)
+
+    async def _answer_call(self, client_id: str, msg: Msg) -> None:
+        assert self._handler is not None
+        try:
+            call = RoutedCall.decode(msg.data)
+        except ValueError as exc:
+            logger.warning("cluster: undecodable routed call: %s", exc)
+            return
+        outcome = await self._handler.routed_call(client_id, call)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(outcome.encode())
+
+    async def _on_reply(self, msg: Msg) -> None:
+        token = msg.subject.rpartition(".")[2]
+        waiter = self._waiting.get(token)
+        if waiter is not None:
+            waiter(msg)
+
+    def _new_token(self) -> str:
+        self._next_token += 1
+        return str(self._next_token)
+
+    async def call(self, client_id: str, call: RoutedCall, timeout: float) -> CallOutcome:
+        nc = self._require()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if not future.done():
+                future.set_result(msg)
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(
+                self.names.client(client_id), call.encode(), reply=f"{self._inbox}.{token}"
+            )
+            async with asyncio.timeout(timeout):
+                msg = await future
+        finally:
+            self._waiting.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise NotReachable(client_id)
+        return CallOutcome.decode(msg.data)
+
+    async def broadcast(
+        self, call: BroadcastCall, expected: set[str], timeout: float
+    ) -> list[NodeAnswer]:
+        nc = self._require()
+        answers: dict[str, NodeAnswer] = {}
+        complete = asyncio.Event()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                complete.set()  # no other node is subscribed at all
+                return
+            try:
+                answer = NodeAnswer.decode(msg.data)
+            except ValueError as exc:
+                logger.warning("cluster: undecodable broadcast answer: %s", exc)
+                return
+            answers[answer.node_id] = answer
+            if expected <= answers.keys():
+                complete.set()
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(self.names.all, call.encode(), reply=f"{self._inbox}.{token}")
+            if expected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await complete.wait()
+        finally:
+            self._waiting.pop(token, None)
+        return list(answers.values())
+
+    async def _on_broadcast(self, msg: Msg) -> None:
+        self._spawn(self._answer_broadcast(msg))
+
+    async def _answer_broadcast(self, msg: Msg) -> None:
+        assert self._handler is not None
+        try:
+            call = BroadcastCall.decode(msg.data)
+        except ValueError as exc:
+            logger.warning("cluster: undecodable broadcast: %s", exc)
+            return
+        if call.call.origin == self.node_id:
+            return  # the origin runs its own share locally
+        answer = await self._handler.broadcast_call(call)
+        if msg.reply:
+            with contextlib.suppress(Exception):
+                await msg.respond(answer.encode())
+
+    async def send_to_node(self, node_id: str, data: bytes) -> None:
+        nc = self._require()
+        await nc.publish(self.names.node(node_id), data)
+
+    async def _on_node_message(self, msg: Msg) -> None:
+        if self._handler is not None:
+            self._handler.node_message(msg.data)
+
+    # -- held sends --
+
+    async def hold(self, client_id: str, call: RoutedCall, ttl: float) -> int:
+        self._require()
+        js = self._js
+        assert js is not None
+        headers = {"Nats-Msg-Id": call.message_id.hex()} if call.message_id else None
+        ack = await js.publish(
+            self.names.held(client_id),
+            call.encode(),
+            stream=self.names.held_stream,
+            headers=headers,
+            msg_ttl=max(ttl, 1.0),
+        )
+        return int(ack.seq)
+
+    async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:
+        self._require()
+        js = self._js
+        assert js is not None
+        subject = self.names.held(client_id)
+        try:
+            await js.get_last_msg(self.names.held_stream, subject)
+        except nats.js.errors.NotFoundError:
+            return []  # the common case: nothing held, one round trip
+        sub = await js.pull_subscribe(subject, stream=self.names.held_stream)
+        found: list[tuple[int, RoutedCall]] = []
+        try:
+            while True:
+                try:
+                    msgs = await sub.fetch(batch=256, timeout=0.2)
+                except nats.errors.TimeoutError:
+                    break
+                for m in msgs:
+                    with contextlib.suppress(Exception):
+                        await m.ack()
+                    try:
+                        found.append((m.metadata.sequence.stream, RoutedCall.decode(m.data)))
+                    except ValueError:
+                        continue
+                if len(msgs) < 256:
+                    break
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return found
+
+    async def drop_held(self, seq: int) -> None:
+        self._require()
+        js = self._js
+        assert js is not None
+        with contextlib.suppress(nats.js.errors.NotFoundError):
+            await js.delete_msg(self.names.held_stream, seq)

@@ -1,0 +1,93 @@
+"""In-process cluster nodes for tests: a `Server` per node on one NATS, clients with an Inbox."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from notify.notify_pb2 import Ack, Event
+from notify.notify_quicflow import NotifyBase
+
+from quicflow import Client, ClientConfig, Server, ServerConfig, ServicerContext, StatusCode
+from quicflow.testing import dev_certs
+
+
+class Inbox(NotifyBase):
+    """A client's Notify service: records events, answers with an Ack naming the client."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.events: list[Event] = []
+        self.message_ids: list[str | None] = []
+
+    async def deliver(self, request: Event, context: ServicerContext) -> Ack:
+        self.events.append(request)
+        self.message_ids.append(context.message_id)
+        if request.topic == "fail":
+            await context.abort(StatusCode.FAILED_PRECONDITION, f"{self.client_id} refuses")
+        if request.delay_ms:
+            await asyncio.sleep(request.delay_ms / 1000)
+        return Ack(client_id=self.client_id, seq=request.seq)
+
+
+def node_config(urls: tuple[str, ...], node_id: str, **overrides: Any) -> ServerConfig:
+    """A node's config: loopback, dev certificates, a fast liveness bound."""
+    certs = dev_certs()
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": 0,
+        "cert_file": str(certs.cert_file),
+        "key_file": str(certs.key_file),
+        "cluster_nats_urls": urls,
+        "cluster_name": "t",
+        "cluster_node_id": node_id,
+        "cluster_node_refresh": 0.2,
+        "cluster_node_ttl": 1.0,
+        "push_timeout": 5.0,
+    }
+    values.update(overrides)
+    return ServerConfig(**values)
+
+
+async def start_node(urls: tuple[str, ...], node_id: str, **overrides: Any) -> Server:
+    """Start one node and wait until its registry mirror is in sync."""
+    server = Server(node_config(urls, node_id, **overrides))
+    await server.start()
+    return server
+
+
+def client_config(port: int | list[int], client_id: str, **overrides: Any) -> ClientConfig:
+    """A client of the node(s) on ``port``, fast to notice a dead server."""
+    certs = dev_certs()
+    ports = [port] if isinstance(port, int) else port
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": ports[0],
+        "ca_file": str(certs.ca_file),
+        "server_name": "localhost",
+        "client_id": client_id,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+    }
+    values.update(overrides)
+    return ClientConfig(**values)
+
+
+async def connect(port: int, client_id: str, **overrides: Any) -> tuple[Client, Inbox]:
+    """Connect a client with an Inbox to the node on ``port``."""
+    inbox = Inbox(client_id)
+    client = Client(client_config(port, client_id, **overrides))
+    client.add_service(inbox)
+    await client.connect()
+    return client, inbox
+
+
+async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Wait (polling every 10 ms) until ``predicate()`` holds, or fail after ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not predicate():
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        await asyncio.sleep(0.01)

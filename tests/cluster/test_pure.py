@@ -1,0 +1,200 @@
+"""The sans-IO parts of cluster mode: token encoding, codec, the view's epoch and liveness rules."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from quicflow.cluster.codec import (
+    BroadcastCall,
+    CallOutcome,
+    ClientOutcome,
+    NodeAnswer,
+    NodeRecord,
+    Registration,
+    RoutedCall,
+)
+from quicflow.cluster.subjects import Names, decode_token, encode_token
+from quicflow.cluster.view import ClusterView, kick_applies
+from quicflow.status import StatusCode
+
+_TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+
+
+@pytest.mark.parametrize(
+    ("client_id", "token"),
+    [
+        ("sensor-1", "sensor-1"),
+        ("a.b c", "a=2Eb=20c"),
+        ("*", "=2A"),
+        (">", "=3E"),
+        ("=", "=3D"),
+        ("", "="),
+        ("é", "=C3=A9"),
+        ("tab\there", "tab=09here"),
+    ],
+)
+def test_encoding_of_known_ids(client_id: str, token: str) -> None:
+    """Check the exact token of ids with subject-special characters, and the way back."""
+    assert encode_token(client_id) == token
+    assert decode_token(token) == client_id
+
+
+@given(st.text())
+def test_any_id_encodes_to_one_safe_token_and_back(client_id: str) -> None:
+    """Check that every string becomes a token of safe characters that decodes to it."""
+    token = encode_token(client_id)
+    assert token and set(token) <= _TOKEN_CHARS
+    assert decode_token(token) == client_id
+
+
+@given(st.text(), st.text())
+def test_distinct_ids_get_distinct_tokens(one: str, two: str) -> None:
+    """Check that the encoding is injective: two ids never share a subject."""
+    if one != two:
+        assert encode_token(one) != encode_token(two)
+
+
+@pytest.mark.parametrize("token", ["=4", "=zz", "a.b", "=41", "=C3", "é"])
+def test_malformed_tokens_are_refused(token: str) -> None:
+    """Check that a token no id encodes to (bad escape, escaped plain char, bad UTF-8) fails."""
+    with pytest.raises(ValueError):
+        decode_token(token)
+
+
+def test_names_of_a_cluster() -> None:
+    """Check the subjects, buckets and stream of a cluster, and that a bad name is refused."""
+    names = Names("prod")
+    assert names.client("a.b") == "qf.prod.c.a=2Eb"
+    assert names.node("n 1") == "qf.prod.n.n=201"
+    assert names.all == "qf.prod.all"
+    assert names.held("x") == "qf.prod.h.x"
+    assert (names.clients_bucket, names.nodes_bucket, names.held_stream) == (
+        "qf_prod_clients",
+        "qf_prod_nodes",
+        "qf_prod_held",
+    )
+    with pytest.raises(ValueError):
+        Names("a.b")
+
+
+def test_routed_call_round_trip() -> None:
+    """Check that a routed call with metadata of both kinds survives encoding."""
+    call = RoutedCall(
+        "/notify.Notify/Deliver",
+        b"\x00payload",
+        (("k", "v"), ("bin-bin", b"\xff")),
+        1.5,
+        b"\x01" * 16,
+        "node-a",
+        "",
+        True,
+    )
+    assert RoutedCall.decode(call.encode()) == call
+    assert RoutedCall.decode(RoutedCall("/r", b"").encode()).timeout is None
+
+
+def test_outcomes_and_answers_round_trip() -> None:
+    """Check that call outcomes and a node's broadcast answer survive encoding."""
+    outcome = CallOutcome(StatusCode.NOT_FOUND, "no", b"x", (("t", "1"),), True, b"id")
+    assert CallOutcome.decode(outcome.encode()) == outcome
+    answer = NodeAnswer(
+        "b",
+        (
+            ClientOutcome("c1", "delivered", CallOutcome(StatusCode.OK, payload=b"r")),
+            ClientOutcome("c2", "timed_out", CallOutcome(StatusCode.DEADLINE_EXCEEDED, "late")),
+        ),
+    )
+    assert NodeAnswer.decode(answer.encode()) == answer
+    bcast = BroadcastCall(RoutedCall("/r", b"p", timeout=2.0), b"bid", {"zone": "x"}, 7)
+    assert BroadcastCall.decode(bcast.encode()) == bcast
+
+
+@pytest.mark.parametrize(
+    ("decode", "data"),
+    [
+        (CallOutcome.decode, b""),
+        (CallOutcome.decode, b"\x02\x00\x00"),
+        (RoutedCall.decode, RoutedCall("/r", b"p").encode()[:-1]),
+        (CallOutcome.decode, CallOutcome(StatusCode.OK).encode() + b"!"),
+        (NodeAnswer.decode, NodeAnswer("n", ()).encode()[:-2]),
+    ],
+)
+def test_truncated_or_foreign_messages_are_refused(
+    decode: Callable[[bytes], object], data: bytes
+) -> None:
+    """Check that an empty or truncated message, a wrong version or trailing bytes raise
+    ValueError, never a half-read message."""
+    with pytest.raises(ValueError):
+        decode(data)
+
+
+def test_registry_records_round_trip() -> None:
+    """Check that registrations and node records survive their JSON form."""
+    reg = Registration("a", 1700000000.5, "127.0.0.1:5", {"zone": "x"}, 15.0)
+    assert Registration.decode(reg.encode()) == reg
+    rec = NodeRecord("a", "127.0.0.1:4433", 1700000000.0, 12)
+    assert NodeRecord.decode(rec.encode()) == rec
+
+
+def _reg(node: str) -> Registration:
+    return Registration(node, 0.0)
+
+
+def test_node_liveness_on_exact_times() -> None:
+    """Check that a node is live for exactly node_ttl after its last record, then dead."""
+    view = ClusterView(node_ttl=3.0)
+    view.node_seen(NodeRecord("a", "h:1", 0.0), now=10.0)
+    assert view.is_live("a", 12.999)
+    assert not view.is_live("a", 13.0)
+    assert view.next_expiry(11.0) == 13.0
+    view.node_seen(NodeRecord("a", "h:1", 0.0), now=12.0)
+    assert view.is_live("a", 14.999) and not view.is_live("a", 15.0)
+    view.node_gone("a")
+    assert not view.is_live("a", 12.0)
+    assert view.next_expiry(12.0) is None
+
+
+def test_dead_nodes_clients_leave_listings_and_become_stale() -> None:
+    """Check that a dead node's registrations vanish from clients() and lookups, and are
+    offered for compare-and-delete with their epochs."""
+    view = ClusterView(node_ttl=1.0)
+    view.node_seen(NodeRecord("a", "", 0.0), now=0.0)
+    view.node_seen(NodeRecord("b", "", 0.0), now=0.5)
+    view.client_put("x", 4, _reg("a"))
+    view.client_put("y", 5, _reg("b"))
+    assert [e.client_id for e in view.clients(0.9)] == ["x", "y"]
+    assert view.clients_per_node(0.9) == {"a": 1, "b": 1}
+    assert [e.client_id for e in view.clients(1.0)] == ["y"]
+    assert view.lookup("x", 1.0) is None and view.lookup("y", 1.0) is not None
+    assert [(e.client_id, e.epoch) for e in view.stale_registrations(1.0)] == [("x", 4)]
+
+
+def test_epochs_order_registrations() -> None:
+    """Check that an older revision never overwrites a newer one, and a delete at an old
+    revision does not remove a newer registration."""
+    view = ClusterView(node_ttl=10.0)
+    view.node_seen(NodeRecord("a", "", 0.0), now=0.0)
+    view.node_seen(NodeRecord("b", "", 0.0), now=0.0)
+    view.client_put("x", 7, _reg("b"))
+    view.client_put("x", 6, _reg("a"))  # late, older
+    entry = view.lookup("x", 0.0)
+    assert entry is not None and (entry.epoch, entry.registration.node_id) == (7, "b")
+    view.client_deleted("x", 7)  # a delete marker is a newer revision than what it deletes
+    assert view.lookup("x", 0.0) is not None
+    view.client_deleted("x", 8)
+    assert view.lookup("x", 0.0) is None
+
+
+@pytest.mark.parametrize(
+    ("local", "superseded", "applies"),
+    [(None, 3, True), (3, 3, True), (2, 3, True), (4, 3, False)],
+)
+def test_kick_closes_only_the_superseded_session(
+    local: int | None, superseded: int, applies: bool
+) -> None:
+    """Check that a kick closes a session at or before the epoch it supersedes, never a newer."""
+    assert kick_applies(local, superseded) is applies
