@@ -31,6 +31,7 @@ from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .endpoint import Endpoint
 from .errors import ConnectionClosed, RpcError, UsageError
+from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthService
 from .hooks import Hooks
 from .incoming import IncomingCall
@@ -107,7 +108,8 @@ class Server:
         self._http: Any = None  # the metrics endpoint (quicflow.http.MetricsEndpoint)
         self.health = HealthService()
         """The grpc.health.v1 statuses this server reports: ``server.health.set(name, status)``."""
-        self._endpoint.add_handlers(self.health.__quicflow_handlers__())
+        if config.health:
+            self._endpoint.add_handlers(self.health.__quicflow_handlers__())
         admin = AdminService(self.list_clients, config.admin_token)
         self._endpoint.add_handlers(admin.__quicflow_handlers__())
         if config.reflection:  # it reads the live route table: later services are listed too
@@ -138,7 +140,17 @@ class Server:
         """
         if self._listener is not None:
             raise UsageError("add_service() must be called before start()")
-        self._endpoint.add_handlers(service.__quicflow_handlers__())
+        handlers = service.__quicflow_handlers__()
+        if self.config.health:
+            for route in handlers:
+                if route in self._endpoint.handlers and route.startswith(
+                    f"/{HEALTH_SERVICE_NAME}/"
+                ):
+                    raise UsageError(
+                        f"route {route} is already served by the built-in health service "
+                        "(server.health); to serve your own, set ServerConfig(health=False)"
+                    )
+        self._endpoint.add_handlers(handlers)
 
     @property
     def routes(self) -> list[str]:
