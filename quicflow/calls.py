@@ -21,6 +21,8 @@ from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
+from .clock import Clock, TimerHandleLike
+from .clock import timeout as clock_timeout
 from .errors import ArgumentError, PayloadTooLarge, RpcError
 from .hooks import Hooks, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
@@ -132,6 +134,11 @@ class CallTarget(Protocol):
         """Where calls are counted (None: metrics are off)."""
         ...
 
+    @property
+    def clock(self) -> Clock:
+        """Where deadlines are armed and call durations read."""
+        ...
+
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
@@ -161,6 +168,7 @@ class _Call(Generic[Req, Resp]):
         self._target = target
         self._method = method
         self._loop = asyncio.get_running_loop()
+        self._clock = target.clock
         self._timeout = timeout if timeout is not None else target.default_timeout
         self._metadata = normalize_metadata(metadata)
         self._conn: QuicFlowProtocol | None = None
@@ -177,7 +185,7 @@ class _Call(Generic[Req, Resp]):
         self._error: RpcError | None = None
         self._trailers_seen = False
         self._local_closed = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: TimerHandleLike | None = None
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
@@ -187,7 +195,7 @@ class _Call(Generic[Req, Resp]):
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
         )
-        self._created = self._loop.time()
+        self._created = self._clock.time()
         metrics = target.metrics
         stats: MethodStats | None = None
         if metrics is not None:
@@ -258,15 +266,15 @@ class _Call(Generic[Req, Resp]):
         if budget is None:
             await self._target.wait_ready()
             return None
-        left = budget - (self._loop.time() - self._created)
+        left = budget - (self._clock.time() - self._created)
         try:
-            async with asyncio.timeout(max(left, 0.0)):
+            async with clock_timeout(self._clock, max(left, 0.0)):
                 await self._target.wait_ready()
         except TimeoutError:
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
             ) from None
-        return budget - (self._loop.time() - self._created)
+        return budget - (self._clock.time() - self._created)
 
     async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
         """Wait until the connection may open one more stream, within the call's deadline
@@ -278,15 +286,15 @@ class _Call(Generic[Req, Resp]):
             if budget is None:
                 await conn.wait_stream_credit()  # no deadline: no timeout to arm
                 continue
-            left = budget - (self._loop.time() - self._created)
+            left = budget - (self._clock.time() - self._created)
             try:
-                async with asyncio.timeout(max(left, 0.0)):
+                async with clock_timeout(self._clock, max(left, 0.0)):
                     await conn.wait_stream_credit()
             except TimeoutError:
                 raise RpcError(
                     StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
                 ) from None
-        return None if budget is None else budget - (self._loop.time() - self._created)
+        return None if budget is None else budget - (self._clock.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         if self._ended:
@@ -318,7 +326,8 @@ class _Call(Generic[Req, Resp]):
             self._method.route, metadata, timeout=timeout, message_id=target.message_id
         )
         if timeout is not None:
-            self._deadline = self._loop.call_later(timeout, self._on_deadline)
+            clock = self._clock
+            self._deadline = clock.call_at(clock.time() + timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
             self._sender = self._loop.create_task(self._pump(self._input))
@@ -543,7 +552,7 @@ class _Call(Generic[Req, Resp]):
         if stats is not None:
             code = self._code
             stats.finished(
-                StatusCode.INTERNAL if code is None else code, self._loop.time() - self._created
+                StatusCode.INTERNAL if code is None else code, self._clock.time() - self._created
             )
         if self._deadline is not None:
             self._deadline.cancel()

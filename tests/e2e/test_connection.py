@@ -80,7 +80,7 @@ async def test_silent_peer_is_detected_by_idle_timeout() -> None:
         call = EchoStub(client).say(EchoRequest(text="s", delay_ms=10_000), timeout=30)
         fut = asyncio.ensure_future(_await(call))
         await asyncio.wait_for(service.probe.started.wait(), 2.0)
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None and endpoint._transport is not None
         endpoint._transport.abort()  # the socket goes; no CONNECTION_CLOSE is sent
         loop = asyncio.get_running_loop()
