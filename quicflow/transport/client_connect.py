@@ -48,20 +48,6 @@ class _ClientProtocol(QuicFlowProtocol):
             waiter.set_exception(exc)
 
 
-def _abandon(protocol: QuicFlowProtocol, transport: asyncio.BaseTransport, reason: str) -> None:
-    """End a failed connection attempt for good: CONNECTION_CLOSE (the server frees its
-    half-open connection now, not at its hello timeout), no aioquic timer or transmit left
-    armed (they would fire into the closed socket: "'NoneType' object has no attribute
-    'sendto'", and keep the connection alive until its idle timeout), the socket closed."""
-    protocol.abort(reason)
-    for handle in (protocol._timer, protocol._transmit_task):
-        if handle is not None:
-            handle.cancel()
-    protocol._timer = None
-    protocol._transmit_task = None
-    transport.close()
-
-
 # aioquic's hostname check names the certificate's identities as service_identity reprs:
 # "hostname 'x' doesn't match either of DNSPattern(pattern=b'localhost'),
 # IPAddressPattern(pattern=IPv4Address('127.0.0.1'))": the names are the quoted parts.
@@ -155,22 +141,22 @@ async def connect(
             async with asyncio.timeout(connect_timeout):
                 await protocol.wait_connected()
     except TimeoutError:
-        _abandon(protocol, transport, "connect timeout")
+        protocol.discard("connect timeout")
         raise ConnectionClosed(
             message=f"could not connect to {where}: no answer within {connect_timeout:.3g} s"
         ) from None
     except ConnectionError as exc:
         why = protocol.closed_error.message if protocol.closed_error else "handshake failed"
-        _abandon(protocol, transport, "connect failed")
+        protocol.discard("connect failed")
         if protocol.refused is None:
             server_name = configuration.server_name or host
             why = explain_handshake_failure(why, server_name=server_name)
             raise ConnectionClosed(message=f"could not connect to {where}: {why}") from exc
     except BaseException:
-        _abandon(protocol, transport, "connect cancelled")
+        protocol.discard("connect cancelled")
         raise
     if protocol.refused is not None:
-        _abandon(protocol, transport, "connect refused")
+        protocol.discard("connect refused")
         raise ConnectionClosed(
             message=f"nothing answers at {where} (no server listens on that UDP port)"
         ) from protocol.refused
