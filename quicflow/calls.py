@@ -14,14 +14,16 @@ awaiting task, or the connection's loss (UNAVAILABLE at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .clock import Clock, TimerHandleLike
 from .clock import timeout as clock_timeout
-from .errors import ConnectionClosed, PayloadTooLarge, RpcError
+from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
 from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
 from .metadata import Metadata, MetadataLike, normalize_metadata
@@ -45,11 +47,13 @@ if TYPE_CHECKING:
     from .transport import QuicFlowProtocol
 
 __all__ = [
+    "MAX_CALL_TIMEOUT",
     "Channel",
     "StreamStreamCall",
     "StreamUnaryCall",
     "UnaryStreamCall",
     "UnaryUnaryCall",
+    "check_timeout",
 ]
 
 logger = logging.getLogger("quicflow.client")
@@ -59,6 +63,35 @@ Resp = TypeVar("Resp")
 
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
+
+MAX_CALL_TIMEOUT = 315_360_000.0
+"""The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
+the configs. A longer one is a mistake (pass None for no deadline), and up to it the
+deadline travels exactly in the wire's microseconds (docs/limits.md)."""
+
+
+def check_timeout(timeout: float | None, argument: str = "timeout") -> float | None:
+    """Validate a per-call timeout (seconds) where the call is made; return it as a float.
+
+    None means no deadline. Zero and negative timeouts are allowed: the call
+    then fails DEADLINE_EXCEEDED without being sent (wire-protocol.md §6.2).
+
+    Raises:
+        ArgumentError: not a number, NaN, or over `MAX_CALL_TIMEOUT` (infinity included).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentError(argument, f"must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ArgumentError(argument, "must be a number of seconds, got nan")
+    if timeout > MAX_CALL_TIMEOUT:
+        raise ArgumentError(
+            argument,
+            f"{timeout!r} s is over the limit of {MAX_CALL_TIMEOUT:.0f} s (ten years); "
+            "pass None for no deadline",
+        )
+    return float(timeout)
 
 
 class CallTarget(Protocol):
@@ -132,6 +165,7 @@ class _Call(Generic[Req, Resp]):
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
+        timeout = check_timeout(timeout)  # before anything is counted or sent
         self._input: Any = request_or_requests
         """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
@@ -213,7 +247,7 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 await interceptor.on_start(info)
             metadata = normalize_metadata(info.metadata)
-            timeout = info.timeout
+            timeout = check_timeout(info.timeout)
             if self._wait_for_ready and not self._target.ready:
                 timeout = await self._wait_until_ready(timeout)
             timeout = await self._wait_for_stream_credit(timeout)
@@ -436,7 +470,8 @@ class _Call(Generic[Req, Resp]):
             self._complete()
             return
         code, message = reset_status(error_code)
-        self._finish(code, message)
+        # REFUSED: the server did not process the stream at all (wire-protocol.md §6.1).
+        self._finish(code, message, not_run=error_code == ErrorCode.REFUSED)
 
     def stop_sending(self, error_code: int) -> None:
         # The server needs no more requests (it has answered, or will shortly).
@@ -494,6 +529,7 @@ class _Call(Generic[Req, Resp]):
         trailing_metadata: Metadata = (),
         *,
         error: RpcError | None = None,
+        not_run: bool = False,
     ) -> None:
         if self._ended or (self._code is not None and self._trailers_seen):
             return
@@ -501,7 +537,14 @@ class _Call(Generic[Req, Resp]):
         self._details = message
         self._trailing_metadata = tuple(trailing_metadata)
         if code is not StatusCode.OK:
-            self._error = error if error is not None else RpcError(code, message, trailing_metadata)
+            if error is None:
+                error = RpcError(code, message, trailing_metadata)
+            if (not_run or self._sid < 0) and error.may_have_run:
+                # Never opened on the wire, or refused unprocessed: safe to retry. (A copy:
+                # one ConnectionClosed may be shared by every call of a connection.)
+                error = copy.copy(error)
+                error.may_have_run = False
+            self._error = error
         self._done()
 
     def _done(self) -> None:
@@ -754,7 +797,7 @@ async def send_one_way(
 
     Raises:
         PayloadTooLarge: the message is over the sender's ``max_message_size``.
-        ValueError: bad metadata.
+        ArgumentError: bad metadata.
         RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
             connection ends meanwhile.
     """
@@ -787,10 +830,12 @@ async def send_one_way(
                 while lane.over_limit():
                     await conn.drain(lane.stream_id)
                     if conn.message_lane is not lane:
-                        raise ConnectionClosed(message="message lane closed")
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
         except TimeoutError:
             error: RpcError = RpcError(
-                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for the message lane"
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
             )
             if stats is not None:
                 stats.finished(error.code, clock.time() - start)
@@ -942,6 +987,7 @@ class ChannelMethods:
         unseen): on the connection's message lane when both sides support it
         (quicflow/lane.py), else as a call whose reply is not awaited.
         """
+        timeout = check_timeout(timeout)
         target = self._as_target()
         if not wait_ack and await send_one_way(target, message_type, payload, metadata, timeout):
             return None  # on the connection's message lane (negotiated)

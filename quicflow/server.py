@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 from .admin import AdminService
 from .auth import HelloInfo, PeerInfo, allow_all
+from .calls import check_timeout
 from .clock import Clock, TimerHandleLike, wait_all
 from .cluster.node import ClusterNode
 from .config import ServerConfig
@@ -346,7 +347,11 @@ class Server:
         `Delivery` says delivered (with the reply), failed (with the status) or
         timed out. In a cluster every node's clients are reached, and the result
         (a `ClusterBroadcastResult`) also says which nodes answered.
+
+        Raises:
+            ArgumentError: ``client_timeout`` is NaN or over `MAX_CALL_TIMEOUT`.
         """
+        check_timeout(client_timeout, "client_timeout")
         if self.cluster is not None:
             return await self.cluster.broadcast(
                 send,
@@ -382,7 +387,9 @@ class Server:
         Raises:
             ClientNotConnected: no client is connected under ``client_id``.
             PromiseCapacityFull: ``max_pending_promises`` are outstanding; nothing was sent.
+            ArgumentError: ``timeout`` is NaN or over `MAX_CALL_TIMEOUT`.
         """
+        timeout = check_timeout(timeout)
         timeout = self.config.promise_timeout if timeout is None else timeout
         if self.cluster is not None:
             return self.cluster.async_send(client_id, send, timeout, callback)
