@@ -19,7 +19,7 @@ from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
-from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
 
 __all__ = ["QuicFlowServer", "serve"]
 
@@ -210,9 +210,12 @@ async def serve(
 
         # Refuse what qh3 cannot do now, not per connection.
         shared_qh3_configuration(configuration)
-    _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
-        local_addr=(host, port),
-        reuse_port=None,
-    )
+    try:
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
+            local_addr=(host, port),
+            reuse_port=None,
+        )
+    except OSError as exc:
+        raise bind_error(exc, "UDP", host, port) from exc
     return proto
