@@ -943,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Call a method with JSON, print each reply as one line of JSON. Replies "
         "use protobuf's canonical JSON mapping, as grpcurl does: lowerCamelCase field names "
         '(user_id prints as "userId"), 64-bit integers as strings ("123"), enums by name, '
-        "bytes as base64, and fields at their default value (0, \"\", false, empty) left "
+        'bytes as base64, and fields at their default value (0, "", false, empty) left '
         "out. --proto-names keeps the .proto's own field names. Requests may use either "
         "spelling.",
     )
