@@ -176,6 +176,7 @@ class Server:
             config.transport_settings(),
             self._accept,
             retry=config.retry,
+            retry_threshold=config.retry_threshold,
         )
         if self._metrics is not None:
             self._metrics.start(LoopClock())

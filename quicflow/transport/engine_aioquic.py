@@ -20,6 +20,55 @@ __all__ = ["AioquicFlowConnection"]
 
 logger = logging.getLogger("quicflow.transport")
 
+_NO_CRYPTO = Buffer(capacity=0)
+"""The crypto buffer of an epoch TLS writes no more to: shared, it holds nothing (a write
+would fail loudly rather than keep bytes)."""
+_ONE_RTT_CRYPTO = 1024
+"""Capacity of the 1-RTT crypto buffer: TLS writes only a NewSessionTicket there (the
+server's, about 100 bytes), not aioquic's 16 KiB."""
+
+# TLS states after which an epoch's crypto buffer is never written again (see
+# aioquic.tls.Context.handle_message): a server writes INITIAL and HANDSHAKE only while
+# it handles the ClientHello, and 1-RTT only on the client's Finished; a client writes
+# INITIAL until the ServerHello and HANDSHAKE until the server's Finished.
+_SERVER_PAST_HELLO = frozenset(
+    {
+        tls.State.SERVER_EXPECT_CERTIFICATE,
+        tls.State.SERVER_EXPECT_CERTIFICATE_VERIFY,
+        tls.State.SERVER_EXPECT_FINISHED,
+    }
+)
+_CLIENT_BEFORE_SERVER_HELLO = frozenset(
+    {tls.State.CLIENT_HANDSHAKE_START, tls.State.CLIENT_EXPECT_SERVER_HELLO}
+)
+_DONE = frozenset({tls.State.SERVER_POST_HANDSHAKE, tls.State.CLIENT_POST_HANDSHAKE})
+
+_frame_tables: dict[type, dict[int, tuple[Any, frozenset[tls.Epoch]]]] = {}
+
+
+class _FrameHandlers:
+    """aioquic's frame-handler table, shared by every connection of a class and bound to
+    this one on lookup.
+
+    aioquic builds the table in each connection's ``__init__``: 33 bound methods, tuples
+    and frozensets, about 7 KiB per connection (a handshake that never completes
+    included). Lookups (``table[frame_type]``, KeyError when unknown) are all it is
+    used for.
+    """
+
+    __slots__ = ("_connection", "_table")
+
+    def __init__(self, connection: QuicConnection, table: dict[int, Any]) -> None:
+        self._connection = connection
+        self._table = table
+
+    def __getitem__(self, frame_type: int) -> tuple[Any, frozenset[tls.Epoch]]:
+        function, epochs = self._table[frame_type]
+        return function.__get__(self._connection), epochs
+
+    def __contains__(self, frame_type: object) -> bool:
+        return frame_type in self._table
+
 
 class AioquicFlowConnection(QuicConnection):
     """A QuicConnection whose per-stream receive window follows consumption.
@@ -33,6 +82,7 @@ class AioquicFlowConnection(QuicConnection):
 
     def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self._share_frame_handlers()
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_withheld: dict[int, int] = {}
         """Bytes of an unfinished frame per stream that count as unread (`FrameWatch`)."""
@@ -42,9 +92,39 @@ class AioquicFlowConnection(QuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        self._crypto_buffers[tls.Epoch.ONE_RTT] = Buffer(capacity=_ONE_RTT_CRYPTO)
         verifier = getattr(self._configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+
+    # -- memory per connection (docs/limits.md "Handshake flood") --
+
+    def _share_frame_handlers(self) -> None:
+        attribute = "_QuicConnection__frame_handlers"
+        own = getattr(self, attribute, None)
+        if not isinstance(own, dict):
+            return  # another aioquic: leave it as it is
+        table = _frame_tables.get(type(self))
+        if table is None:
+            table = _frame_tables[type(self)] = {
+                frame_type: (handler.__func__, epochs)
+                for frame_type, (handler, epochs) in own.items()
+            }
+        setattr(self, attribute, _FrameHandlers(self, table))
+
+    def _push_crypto_data(self) -> None:
+        super()._push_crypto_data()
+        # Give back the 16 KiB buffers of the epochs TLS has finished writing: a server
+        # waiting for the client's second flight (a handshake flood) keeps 4 KiB, not 48.
+        state = self.tls.state
+        buffers = self._crypto_buffers
+        if state in _SERVER_PAST_HELLO:
+            buffers[tls.Epoch.INITIAL] = buffers[tls.Epoch.HANDSHAKE] = _NO_CRYPTO
+        elif state in _DONE:
+            for epoch in (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT):
+                buffers[epoch] = _NO_CRYPTO
+        elif self._is_client and state not in _CLIENT_BEFORE_SERVER_HELLO:
+            buffers[tls.Epoch.INITIAL] = _NO_CRYPTO
 
     engine = "aioquic"
 

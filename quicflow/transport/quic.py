@@ -100,6 +100,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._quiet_timer: asyncio.TimerHandle | None = None
         self.on_nudge: Callable[[], None] | None = None
         """Called after each nudge (the client counts them in its metrics)."""
+        self.on_handshake_done: Callable[[], None] | None = None
+        """Called once the TLS handshake completed (the server counts handshakes)."""
         self.receive_budget = ByteBudget(settings.connection_receive_limit)
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
@@ -602,6 +604,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 handler.stop_sending(event.error_code)
         elif type(event) is events.ConnectionTerminated:
             self._terminated(event)
+        elif type(event) is events.HandshakeCompleted and self.on_handshake_done is not None:
+            self.on_handshake_done()
 
     def _accept_stream(self, stream_id: int, *, offer: bool = True) -> StreamHandler | None:
         # Only bidirectional streams the peer opened, and only new ones: data
