@@ -19,6 +19,7 @@ from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .errors import (
+    ArgumentError,
     ClientNotConnected,
     ConfigError,
     ConnectionClosed,
@@ -88,6 +89,7 @@ __all__ = [
     "PromiseCapacityFull",
     "Timeout",
     "UsageError",
+    "ArgumentError",
     "ConfigError",
     # metrics
     "MetricsSnapshot",

@@ -14,12 +14,16 @@ awaiting task, or the connection's loss (UNAVAILABLE at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
-from .errors import PayloadTooLarge, RpcError
+from .clock import Clock, TimerHandleLike
+from .clock import timeout as clock_timeout
+from .errors import ArgumentError, PayloadTooLarge, RpcError
 from .hooks import Hooks, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
 from .lane import send_one_way
@@ -40,7 +44,14 @@ if TYPE_CHECKING:
     from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
-__all__ = ["StreamStreamCall", "StreamUnaryCall", "UnaryStreamCall", "UnaryUnaryCall"]
+__all__ = [
+    "MAX_CALL_TIMEOUT",
+    "StreamStreamCall",
+    "StreamUnaryCall",
+    "UnaryStreamCall",
+    "UnaryUnaryCall",
+    "check_timeout",
+]
 
 logger = logging.getLogger("quicflow.client")
 
@@ -49,6 +60,35 @@ Resp = TypeVar("Resp")
 
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
+
+MAX_CALL_TIMEOUT = 315_360_000.0
+"""The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
+the configs. A longer one is a mistake (pass None for no deadline), and up to it the
+deadline travels exactly in the wire's microseconds (docs/limits.md)."""
+
+
+def check_timeout(timeout: float | None, argument: str = "timeout") -> float | None:
+    """Validate a per-call timeout (seconds) where the call is made; return it as a float.
+
+    None means no deadline. Zero and negative timeouts are allowed: the call
+    then fails DEADLINE_EXCEEDED without being sent (wire-protocol.md §6.2).
+
+    Raises:
+        ArgumentError: not a number, NaN, or over `MAX_CALL_TIMEOUT` (infinity included).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentError(argument, f"must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ArgumentError(argument, "must be a number of seconds, got nan")
+    if timeout > MAX_CALL_TIMEOUT:
+        raise ArgumentError(
+            argument,
+            f"{timeout!r} s is over the limit of {MAX_CALL_TIMEOUT:.0f} s (ten years); "
+            "pass None for no deadline",
+        )
+    return float(timeout)
 
 
 class CallTarget(Protocol):
@@ -94,6 +134,11 @@ class CallTarget(Protocol):
         """Where calls are counted (None: metrics are off)."""
         ...
 
+    @property
+    def clock(self) -> Clock:
+        """Where deadlines are armed and call durations read."""
+        ...
+
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
@@ -117,11 +162,13 @@ class _Call(Generic[Req, Resp]):
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
+        timeout = check_timeout(timeout)  # before anything is counted or sent
         self._input: Any = request_or_requests
         """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
         self._method = method
         self._loop = asyncio.get_running_loop()
+        self._clock = target.clock
         self._timeout = timeout if timeout is not None else target.default_timeout
         self._metadata = normalize_metadata(metadata)
         self._conn: QuicFlowProtocol | None = None
@@ -138,7 +185,7 @@ class _Call(Generic[Req, Resp]):
         self._error: RpcError | None = None
         self._trailers_seen = False
         self._local_closed = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: TimerHandleLike | None = None
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
@@ -148,7 +195,7 @@ class _Call(Generic[Req, Resp]):
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
         )
-        self._created = self._loop.time()
+        self._created = self._clock.time()
         metrics = target.metrics
         stats: MethodStats | None = None
         if metrics is not None:
@@ -197,7 +244,7 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 await interceptor.on_start(info)
             metadata = normalize_metadata(info.metadata)
-            timeout = info.timeout
+            timeout = check_timeout(info.timeout)
             if self._wait_for_ready and not self._target.ready:
                 timeout = await self._wait_until_ready(timeout)
             timeout = await self._wait_for_stream_credit(timeout)
@@ -219,15 +266,15 @@ class _Call(Generic[Req, Resp]):
         if budget is None:
             await self._target.wait_ready()
             return None
-        left = budget - (self._loop.time() - self._created)
+        left = budget - (self._clock.time() - self._created)
         try:
-            async with asyncio.timeout(max(left, 0.0)):
+            async with clock_timeout(self._clock, max(left, 0.0)):
                 await self._target.wait_ready()
         except TimeoutError:
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
             ) from None
-        return budget - (self._loop.time() - self._created)
+        return budget - (self._clock.time() - self._created)
 
     async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
         """Wait until the connection may open one more stream, within the call's deadline
@@ -239,15 +286,15 @@ class _Call(Generic[Req, Resp]):
             if budget is None:
                 await conn.wait_stream_credit()  # no deadline: no timeout to arm
                 continue
-            left = budget - (self._loop.time() - self._created)
+            left = budget - (self._clock.time() - self._created)
             try:
-                async with asyncio.timeout(max(left, 0.0)):
+                async with clock_timeout(self._clock, max(left, 0.0)):
                     await conn.wait_stream_credit()
             except TimeoutError:
                 raise RpcError(
                     StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
                 ) from None
-        return None if budget is None else budget - (self._loop.time() - self._created)
+        return None if budget is None else budget - (self._clock.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         if self._ended:
@@ -279,7 +326,8 @@ class _Call(Generic[Req, Resp]):
             self._method.route, metadata, timeout=timeout, message_id=target.message_id
         )
         if timeout is not None:
-            self._deadline = self._loop.call_later(timeout, self._on_deadline)
+            clock = self._clock
+            self._deadline = clock.call_at(clock.time() + timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
             self._sender = self._loop.create_task(self._pump(self._input))
@@ -419,7 +467,8 @@ class _Call(Generic[Req, Resp]):
             self._complete()
             return
         code, message = reset_status(error_code)
-        self._finish(code, message)
+        # REFUSED: the server did not process the stream at all (wire-protocol.md §6.1).
+        self._finish(code, message, not_run=error_code == ErrorCode.REFUSED)
 
     def stop_sending(self, error_code: int) -> None:
         # The server needs no more requests (it has answered, or will shortly).
@@ -477,6 +526,7 @@ class _Call(Generic[Req, Resp]):
         trailing_metadata: Metadata = (),
         *,
         error: RpcError | None = None,
+        not_run: bool = False,
     ) -> None:
         if self._ended or (self._code is not None and self._trailers_seen):
             return
@@ -484,7 +534,14 @@ class _Call(Generic[Req, Resp]):
         self._details = message
         self._trailing_metadata = tuple(trailing_metadata)
         if code is not StatusCode.OK:
-            self._error = error if error is not None else RpcError(code, message, trailing_metadata)
+            if error is None:
+                error = RpcError(code, message, trailing_metadata)
+            if (not_run or self._sid < 0) and error.may_have_run:
+                # Never opened on the wire, or refused unprocessed: safe to retry. (A copy:
+                # one ConnectionClosed may be shared by every call of a connection.)
+                error = copy.copy(error)
+                error.may_have_run = False
+            self._error = error
         self._done()
 
     def _done(self) -> None:
@@ -495,7 +552,7 @@ class _Call(Generic[Req, Resp]):
         if stats is not None:
             code = self._code
             stats.finished(
-                StatusCode.INTERNAL if code is None else code, self._loop.time() - self._created
+                StatusCode.INTERNAL if code is None else code, self._clock.time() - self._created
             )
         if self._deadline is not None:
             self._deadline.cancel()
@@ -802,6 +859,7 @@ class ChannelMethods:
         unseen): on the connection's message lane when both sides support it
         (quicflow/lane.py), else as a call whose reply is not awaited.
         """
+        timeout = check_timeout(timeout)
         target = self._as_target()
         if not wait_ack and await send_one_way(target, message_type, payload, metadata, timeout):
             return None  # on the connection's message lane (negotiated)

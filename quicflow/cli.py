@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,8 +160,22 @@ def _certs(args: argparse.Namespace) -> int:
 # -- gen -----------------------------------------------------------------------
 
 
+_EDITION = re.compile(r'^\s*edition\s*=\s*"', re.MULTILINE)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def _editions_file(includes: Sequence[str], name: str) -> bool:
+    """True if the .proto ``name`` (under one of ``includes``) starts with ``edition = "..."``."""
+    for root in includes:
+        path = Path(root) / name
+        if path.is_file():
+            return bool(_EDITION.search(_COMMENT.sub("", path.read_text(errors="replace"))))
+    return False
+
+
 def _gen(args: argparse.Namespace) -> int:
     includes, names = _proto_files(args.protos, args.include)
+    editions: list[str] = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quicflow-gen-") as tmp:
@@ -173,6 +188,18 @@ def _gen(args: argparse.Namespace) -> int:
                     "the betterproto flavour needs betterproto's compiler: "
                     "pip install 'betterproto[compiler]==2.0.0b7'"
                 )
+            # betterproto 2.0.0b7 refuses editions files, and protoc would then fail the
+            # whole run: skip them, one line each, and generate the rest.
+            editions = [n for n in names if _editions_file(includes, n)]
+            for name in editions:
+                print(
+                    f"quicflow gen: skipped {name}: an editions file, which betterproto "
+                    "2.0.0b7 cannot generate (use --flavour protobuf)",
+                    file=sys.stderr,
+                )
+            names = [n for n in names if n not in editions]
+            if not names:
+                _fail("nothing left to generate in the betterproto flavour")
             betterproto = _tool("protoc-gen-python_betterproto", "betterproto.plugin", scratch)
             cmd += [
                 f"--plugin=protoc-gen-python_betterproto={betterproto}",
@@ -184,7 +211,7 @@ def _gen(args: argparse.Namespace) -> int:
         cmd += [f"--quicflow_out={out}", *names]
         _protoc(cmd, "generating code")
     print(f"generated {len(names)} .proto file(s) into {out} ({args.flavour} flavour)")
-    return 0
+    return 1 if editions else 0
 
 
 # -- serve ---------------------------------------------------------------------

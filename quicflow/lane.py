@@ -45,6 +45,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, NamedTuple
 
+from .clock import Clock
+from .clock import timeout as clock_timeout
 from .dispatch import Dispatcher, Message
 from .errors import ConnectionClosed, FrameTooLarge, PayloadTooLarge, ProtocolError, RpcError
 from .hooks import Hooks, MessageInfo
@@ -140,7 +142,10 @@ class LaneDecoder:
     __slots__ = ("_failed", "_frames")
 
     def __init__(self, max_message_size: int, max_metadata_size: int) -> None:
-        self._frames = FrameDecoder(max_message_size, max_metadata_size)
+        # Only MESSAGE: any other type is a protocol error whatever its length.
+        self._frames = FrameDecoder(
+            max_message_size, max_metadata_size, allowed=(FrameType.MESSAGE,)
+        )
         self._failed = False
 
     def feed(self, data: bytes, end_stream: bool) -> tuple[list[LaneMessage], LaneError | None]:
@@ -241,7 +246,7 @@ async def send_one_way(
 
     Raises:
         PayloadTooLarge: the message is over the sender's ``max_message_size``.
-        ValueError: bad metadata.
+        ArgumentError: bad metadata.
         RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
             connection ends meanwhile.
     """
@@ -266,32 +271,34 @@ async def send_one_way(
     stats = metrics.made.method(ROUTE) if metrics is not None else None
     if stats is not None:
         stats.started += 1
-    loop = conn._loop
-    start = loop.time()
+    clock = target.clock
+    start = clock.time()
     if lane.over_limit():
         try:
-            async with asyncio.timeout(timeout):
+            async with clock_timeout(clock, timeout):
                 while lane.over_limit():
                     await conn.drain(lane.stream_id)
                     if conn.message_lane is not lane:
-                        raise ConnectionClosed(message="message lane closed")
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
         except TimeoutError:
             error: RpcError = RpcError(
-                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for the message lane"
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
             )
             if stats is not None:
-                stats.finished(error.code, loop.time() - start)
+                stats.finished(error.code, clock.time() - start)
             raise error from None
         except RpcError as exc:
             if stats is not None:
-                stats.finished(exc.code, loop.time() - start)
+                stats.finished(exc.code, clock.time() - start)
             raise
     lane.write(frame)
     size = raw_size(len(message_type.encode()), len(payload))
     if stats is not None:
         stats.messages_sent += 1
         stats.bytes_sent += size
-        stats.finished(StatusCode.OK, loop.time() - start)
+        stats.finished(StatusCode.OK, clock.time() - start)
     hooks = target.hooks
     if hooks.wants("message_sent"):
         hooks.fire("message_sent", MessageInfo(target.peer_name, ROUTE, message_type, size))
@@ -302,6 +309,7 @@ class ReceiveLane:
     """The peer's lane on one connection: decodes it and feeds this side's dispatcher."""
 
     __slots__ = (
+        "_clock",
         "_decoder",
         "_dispatcher",
         "_dropped",
@@ -322,6 +330,7 @@ class ReceiveLane:
         stream_id: int,
         dispatcher: Dispatcher,
         *,
+        clock: Clock,
         sender: Callable[[], str],
         metrics: Metrics | None,
         hooks: Hooks,
@@ -334,6 +343,7 @@ class ReceiveLane:
         """Bytes of messages held back while the dispatcher is full (not yet credited)."""
         self._decoder = LaneDecoder(max_message_size, max_metadata_size)
         self._dispatcher = dispatcher
+        self._clock = clock
         self._sender = sender
         self._metrics = metrics
         self._hooks = hooks
@@ -364,7 +374,7 @@ class ReceiveLane:
         if error is not None:
             self._fail(error.code, error.reason)
         elif pending and self._waiting is None:
-            self._waiting = self.conn._loop.create_task(self._resume())
+            self._waiting = asyncio.get_running_loop().create_task(self._resume())
 
     def stream_reset(self, error_code: int) -> None:
         self._fail(
@@ -417,7 +427,7 @@ class ReceiveLane:
         if hooks.wants("message_received"):
             hooks.fire("message_received", MessageInfo(sender, ROUTE, m.type, size))
         message = Message(m.type, m.payload, m.metadata, m.message_id, sender)
-        if not dispatcher.post(message, self._outcome(stats, self.conn._loop.time())):
+        if not dispatcher.post(message, self._outcome(stats, self._clock.time())):
             # has_room said yes; only a worker that vanished meanwhile gets here
             if stats is not None:
                 stats.finished(StatusCode.RESOURCE_EXHAUSTED, 0.0)
@@ -443,11 +453,11 @@ class ReceiveLane:
     def _outcome(
         self, stats: MethodStats | None, start: float
     ) -> Callable[[bytes | RpcError], None]:
-        loop = self.conn._loop
+        clock = self._clock
 
         def done(outcome: bytes | RpcError) -> None:
             if stats is not None:
                 code = outcome.code if isinstance(outcome, RpcError) else StatusCode.OK
-                stats.finished(code, loop.time() - start)
+                stats.finished(code, clock.time() - start)
 
         return done

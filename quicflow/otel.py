@@ -68,7 +68,7 @@ from .status import StatusCode
 if TYPE_CHECKING:
     from .context import ServicerContext
 
-__all__ = ["OpenTelemetryClientInterceptor", "OpenTelemetryServerInterceptor"]
+__all__ = ["OpenTelemetryClientInterceptor", "OpenTelemetryServerInterceptor", "message_size"]
 
 _SCOPE = "quicflow"
 _RPC_SYSTEM = "quicflow"

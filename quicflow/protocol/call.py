@@ -25,6 +25,7 @@ from ..wire.codec import (
     FrameDecoder,
     FrameType,
     MalformedFrame,
+    UnexpectedFrame,
     decode_metadata,
     encode_frame,
 )
@@ -84,6 +85,12 @@ TRANSITIONS: Final[dict[Role, dict[SideState, dict[_Key, SideState]]]] = {
 }
 
 _OTHER = {Role.CALLER: Role.CALLEE, Role.CALLEE: Role.CALLER}
+# The frame types a sender's table admits in some state: any other known type is
+# refused at its header, whatever its length (wire-protocol.md §3.2).
+_SENDS: Final = {
+    role: frozenset(key for row in table.values() for key in row if isinstance(key, FrameType))
+    for role, table in TRANSITIONS.items()
+}
 _END_EVENT: Final = EndOfStream()
 _OK_TRAILERS: Final = encode_frame(FrameType.TRAILERS, b"")
 _MAX_TIMEOUT_US: Final = 2**64 - 1
@@ -116,7 +123,11 @@ class CallProtocol:
         self.peer_state = SideState.IDLE
         self._local_table = TRANSITIONS[role]
         self._peer_table = TRANSITIONS[_OTHER[role]]
-        self._decoder = FrameDecoder(max_message_size, max_metadata_size)
+        self._decoder = FrameDecoder(
+            max_message_size,
+            max_metadata_size,
+            allowed=_SENDS[_OTHER[role]],
+        )
 
     @property
     def buffered(self) -> int:
@@ -214,6 +225,9 @@ class CallProtocol:
                 for frame in frames:
                     events.append(self._on_frame(frame.type, frame.payload))
                 if decode_error is not None:
+                    if isinstance(decode_error, UnexpectedFrame):
+                        # No state admits it: say so with the state, like any illegal frame.
+                        self._advance_peer(decode_error.frame_type)
                     raise decode_error
             if end_stream:
                 if not self._decoder.at_boundary:

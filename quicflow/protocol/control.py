@@ -41,6 +41,7 @@ from ..wire.codec import (
     FrameDecoder,
     FrameType,
     MalformedFrame,
+    UnexpectedFrame,
     decode_metadata,
     encode_frame,
     encode_metadata,
@@ -285,9 +286,16 @@ class ControlProtocol:
         self._side = _SIDE[role]
         self.state = ControlState.IDLE
         self._table = TRANSITIONS[role]
-        # Every frame here is a control frame, so one limit covers all of them;
-        # DATA passes the decoder's size check only to be refused by the table.
-        self._decoder = FrameDecoder(max_frame_size, max_frame_size)
+        # Every frame here is a control frame, so one limit covers all of them. A type
+        # the peer may never send here is refused at its header, whatever its length.
+        received = (
+            what for row in self._table.values() for direction, what in row if direction is _R
+        )
+        self._decoder = FrameDecoder(
+            max_frame_size,
+            max_frame_size,
+            allowed=[what for what in received if isinstance(what, FrameType)],
+        )
 
     @property
     def buffered(self) -> int:
@@ -433,6 +441,8 @@ class ControlProtocol:
                 for frame in frames:
                     events.append(self._on_frame(frame.type, frame.payload))
                 if decode_error is not None:
+                    if isinstance(decode_error, UnexpectedFrame):
+                        self._advance_peer((_R, decode_error.frame_type))  # raises, with the state
                     raise decode_error
             if end_stream:
                 if not self._decoder.at_boundary:

@@ -83,6 +83,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            grow_buffers(sock)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         try:
@@ -196,17 +199,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
-        protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
-        protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
-        protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
-        protocol._connection_terminated_handler = lambda: self._forget(protocol)
+        self.connection_id_issued(protocol, first_cid)
+        self.connection_id_issued(protocol, connection.host_cid)
         protocol.on_handshake_done = lambda: self._handshake_over(protocol)
         protocol.on_connection_lost.append(lambda _exc: self._handshake_over(protocol))
         self._handshaking.add(protocol)
-        self._add_cid(protocol, first_cid)
-        self._add_cid(protocol, connection.host_cid)
         self.connections.add(protocol)
         return protocol
 
@@ -219,16 +219,18 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             )
         return cached
 
-    def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    # -- connection-id routing (`quic.ConnectionIdRouter`) --
+
+    def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         self._protocols[cid] = protocol
         protocol.cids.add(cid)
 
-    def _remove_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         protocol.cids.discard(cid)
         if self._protocols.get(cid) is protocol:
             del self._protocols[cid]
 
-    def _forget(self, protocol: QuicFlowProtocol) -> None:
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
             if self._protocols.get(cid) is protocol:
                 del self._protocols[cid]
@@ -265,9 +267,10 @@ async def serve(
     # prefers version 1 never moves them to 2).
     configuration.supported_versions = [QuicProtocolVersion.VERSION_1]
     if resolve_engine(settings.quic_engine) == "qh3":
-        from .engine_qh3 import qh3_configuration
+        from .engine_qh3 import shared_qh3_configuration
 
-        qh3_configuration(configuration)  # refuse what qh3 cannot do now, not per connection
+        # Refuse what qh3 cannot do now, not per connection.
+        shared_qh3_configuration(configuration)
     _, proto = await loop.create_datagram_endpoint(
         lambda: QuicFlowServer(
             configuration,
@@ -279,8 +282,4 @@ async def serve(
         local_addr=(host, port),
         reuse_port=None,
     )
-    if proto._transport is not None:
-        sock = proto._transport.get_extra_info("socket")
-        if sock is not None:
-            grow_buffers(sock)
     return proto

@@ -442,3 +442,17 @@ def test_serve_bad_config_file_names_the_field(tmp_path: Path) -> None:
         quicflow("serve", "examples.echo.service:Echo", "-p", "generated", "--config", str(config))
     )
     assert "max_missed_heartbeats: must be between 1 and 100, got 0" in line
+
+
+# -- reflection (tests/e2e/test_reflection.py has the rest) ---------------------
+
+
+def test_serve_answers_reflection_so_call_needs_no_proto(served: Served) -> None:
+    """Check that `quicflow serve` turns reflection on: `list` names the served service and
+    `call` works without --proto or --descriptor-set."""
+    listed = quicflow("list", *served.connection())
+    assert listed.returncode == 0, listed.stderr
+    assert "echo.Echo" in listed.stdout.splitlines()
+    called = quicflow("call", "echo.Echo/Say", '{"text": "no proto"}', *served.connection())
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"text": "no proto"}

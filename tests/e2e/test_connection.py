@@ -80,7 +80,7 @@ async def test_silent_peer_is_detected_by_idle_timeout() -> None:
         call = EchoStub(client).say(EchoRequest(text="s", delay_ms=10_000), timeout=30)
         fut = asyncio.ensure_future(_await(call))
         await asyncio.wait_for(service.probe.started.wait(), 2.0)
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None and endpoint._transport is not None
         endpoint._transport.abort()  # the socket goes; no CONNECTION_CLOSE is sent
         loop = asyncio.get_running_loop()
@@ -400,3 +400,37 @@ async def test_client_closes_with_protocol_error_on_a_welcome_of_another_version
         assert server_side.close_reason == expected
         await harness.server.hooks.drain()
         assert reasons == [expected]
+
+
+async def test_unavailable_tells_a_refused_call_from_one_that_may_have_run() -> None:
+    """Check that RpcError.may_have_run is False for a call the server refused unprocessed
+    (REFUSED reset) and for one made while not connected, both safe to retry, and True for
+    a call whose connection was lost while its handler ran (issue: all three were just
+    UNAVAILABLE)."""
+    service = TestEcho()
+    harness = ClientFor([service], client_options={"backoff_initial": 5.0})
+    async with harness as client:
+        stub = EchoStub(client)
+        [server_conn] = harness.server.connections
+        serve_calls = server_conn.on_new_stream
+        server_conn.on_new_stream = lambda stream_id: None  # refuse: RESET_STREAM(REFUSED)
+        with pytest.raises(RpcError) as refused:
+            await stub.say(EchoRequest(text="refused"), timeout=2.0)
+        assert refused.value.code is StatusCode.UNAVAILABLE
+        assert refused.value.message == "the peer refused the call; safe to retry"
+        assert refused.value.may_have_run is False
+        assert service.probe.active == 0
+        server_conn.on_new_stream = serve_calls
+        running = asyncio.ensure_future(stub.say(EchoRequest(text="s", delay_ms=10_000)))
+        await asyncio.wait_for(service.probe.started.wait(), 2.0)
+        server_conn.close(ErrorCode.INTERNAL_ERROR, "gone")
+        with pytest.raises(RpcError) as lost:
+            await asyncio.wait_for(running, 2.0)
+        assert lost.value.code is StatusCode.UNAVAILABLE
+        assert lost.value.message == "connection closed: gone"
+        assert lost.value.may_have_run is True
+        with pytest.raises(ConnectionClosed) as offline:
+            await stub.say(EchoRequest(text="while reconnecting"))
+        assert offline.value.code is StatusCode.UNAVAILABLE
+        assert offline.value.may_have_run is False
+        assert lost.value.may_have_run is True  # not changed by the later call's copy

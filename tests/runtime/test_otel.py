@@ -286,3 +286,17 @@ async def test_a_malformed_traceparent_starts_a_new_trace(telemetry: Telemetry) 
             assert reply.text == "ok"
     spans = telemetry.finished("echo.Echo/Say")
     assert [(s.kind, s.parent) for s in spans] == [(SpanKind.SERVER, None)] * 2
+
+
+def test_message_size_is_the_serialized_size_for_each_flavour() -> None:
+    """Check the sizes the metrics add up: protobuf's ByteSize, betterproto's bytes, raw
+    bytes, and 0 for an object that cannot be serialized."""
+    from betterproto_flavour.echo import EchoRequest as BetterEchoRequest
+
+    from quicflow.otel import message_size
+
+    request = EchoRequest(text="hello", repeat=3)
+    assert message_size(request) == len(request.SerializeToString()) == 9
+    assert message_size(BetterEchoRequest(text="hello", repeat=3)) == 9
+    assert message_size(b"\x00" * 7) == 7
+    assert message_size(object()) == 0
