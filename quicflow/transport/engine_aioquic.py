@@ -221,7 +221,7 @@ class AioquicFlowConnection(QuicConnection):
     def share_frame_handlers(self) -> None:
         """Replace aioquic's per-connection frame-handler table by the class's shared one
         (`FrameHandlers`)."""
-        own = self._QuicConnection__frame_handlers
+        own: object = self._QuicConnection__frame_handlers  # type: ignore[has-type]
         if not isinstance(own, dict):
             return  # already shared
         table = _frame_tables.get(type(self))

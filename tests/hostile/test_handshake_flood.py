@@ -111,7 +111,7 @@ async def test_retry_turns_itself_on_past_the_threshold(figures: Figures) -> Non
     async with attack_setup(hello_timeout=2.0, retry_threshold=40) as (harness, bystander, peer):
         code, _ = await peer.wait_closed()  # the peer's own connection never sends HELLO
         assert code == ErrorCode.HELLO_TIMEOUT
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None
         baseline = {**await settled_state(harness.server), "connections": 1}  # the bystander
         await wait_state(harness.server, baseline, timeout=10.0)
@@ -150,7 +150,7 @@ async def test_memory_per_half_open_connection_is_bounded(figures: Figures) -> N
     hello_timeout."""
     async with attack_setup(hello_timeout=3.0, retry_threshold=0) as (harness, _bystander, peer):
         await peer.hello("flooded")  # keep the attack_setup peer past hello_timeout
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None
         datagrams = _initials(100)
         before = len(harness.server.connections)
