@@ -23,10 +23,9 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .clock import Clock, TimerHandleLike
 from .clock import timeout as clock_timeout
-from .errors import ArgumentError, PayloadTooLarge, RpcError
-from .hooks import Hooks, message_info
+from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
+from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
-from .lane import send_one_way
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .protocol.call import CallProtocol, Role, reset_status
 from .protocol.events import (
@@ -36,16 +35,20 @@ from .protocol.events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .protocol.lane import ROUTE as LANE_ROUTE
+from .protocol.lane import encode_lane_message, raw_size
 from .rpc import Method
 from .status import StatusCode
 from .wire.codec import ErrorCode
 
 if TYPE_CHECKING:
+    from .lane import SendLane
     from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
 __all__ = [
     "MAX_CALL_TIMEOUT",
+    "Channel",
     "StreamStreamCall",
     "StreamUnaryCall",
     "UnaryStreamCall",
@@ -777,6 +780,131 @@ class StreamStreamCall(_StreamResponse[Any, Resp]):
     """Streams both ways: ``async for reply in call`` while your iterator feeds requests."""
 
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
+
+
+async def send_one_way(
+    target: CallTarget,
+    message_type: str,
+    payload: bytes,
+    metadata: MetadataLike | None,
+    timeout: float | None,
+) -> bool:
+    """Send one message on the target's lane; False (nothing done) when there is none.
+
+    Returns True once the frame is handed to QUIC. Waits first while the lane
+    holds more than ``send_buffer_limit`` unacknowledged bytes (the receiver is
+    behind), at most ``timeout`` (default: the target's default timeout).
+
+    Raises:
+        PayloadTooLarge: the message is over the sender's ``max_message_size``.
+        ArgumentError: bad metadata.
+        RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
+            connection ends meanwhile.
+    """
+    if target.interceptors or not target.ready:
+        return False
+    if timeout is None:
+        timeout = target.default_timeout
+    if timeout is not None and timeout <= 0:
+        return False  # the call path fails it exactly as before
+    conn = target.connection_for_call()
+    lane: SendLane | None = conn.message_lane
+    if lane is None:
+        return False
+    md = normalize_metadata(metadata) if metadata else ()
+    frame = encode_lane_message(message_type, payload, md, target.message_id)
+    limit = target.max_message_size
+    if len(frame) - 5 > limit:
+        raise PayloadTooLarge(
+            message=f"message of {len(frame) - 5} bytes exceeds max_message_size ({limit})"
+        )
+    metrics = target.metrics
+    stats = metrics.made.method(LANE_ROUTE) if metrics is not None else None
+    if stats is not None:
+        stats.started += 1
+    clock = target.clock
+    start = clock.time()
+    if lane.over_limit():
+        try:
+            async with clock_timeout(clock, timeout):
+                while lane.over_limit():
+                    await conn.drain(lane.stream_id)
+                    if conn.message_lane is not lane:
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
+        except TimeoutError:
+            error: RpcError = RpcError(
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
+            )
+            if stats is not None:
+                stats.finished(error.code, clock.time() - start)
+            raise error from None
+        except RpcError as exc:
+            if stats is not None:
+                stats.finished(exc.code, clock.time() - start)
+            raise
+    lane.write(frame)
+    size = raw_size(len(message_type.encode()), len(payload))
+    if stats is not None:
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        stats.finished(StatusCode.OK, clock.time() - start)
+    hooks = target.hooks
+    if hooks.wants("message_sent"):
+        hooks.fire("message_sent", MessageInfo(target.peer_name, LANE_ROUTE, message_type, size))
+    return True
+
+
+class Channel(Protocol):
+    """What a generated stub calls through.
+
+    Every method returns at once with a call object; the call starts on the
+    event loop right away. ``timeout`` is seconds from now (None: no
+    deadline); ``metadata`` is validated by `normalize_metadata`;
+    ``wait_for_ready`` (None: the channel's default) makes a call made while
+    disconnected wait for the connection instead of failing UNAVAILABLE.
+    """
+
+    def unary_unary(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryUnaryCall[Resp]: ...
+
+    def unary_stream(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryStreamCall[Resp]: ...
+
+    def stream_unary(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamUnaryCall[Resp]: ...
+
+    def stream_stream(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamStreamCall[Resp]: ...
 
 
 class ChannelMethods:

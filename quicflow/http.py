@@ -27,6 +27,7 @@ from importlib import resources
 from typing import Any
 
 from .prometheus import ObservedServer, exposition, registry_for
+from .transport.settings import bind_error
 
 __all__ = ["MAX_REQUEST_HEAD", "REQUEST_TIMEOUT", "MetricsEndpoint", "status_document"]
 
@@ -114,7 +115,10 @@ class MetricsEndpoint:
                 if task is not None:
                     endpoint._tasks.discard(task)
 
-        listener = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
+        try:
+            listener = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
+        except OSError as exc:
+            raise bind_error(exc, "the metrics endpoint (TCP)", host, port) from exc
         endpoint = cls(server, listener)
         holder.append(endpoint)
         return endpoint

@@ -32,10 +32,10 @@ import enum
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from ..calls import Channel
 from ..errors import RpcError
 from ..rpc import (
     Cardinality,
-    Channel,
     Handler,
     Method,
     Service,

@@ -629,6 +629,19 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._timer = None
         self._closed.set()
 
+    def discard(self, reason: str) -> None:
+        """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
+        the timer and transmit still armed (they would fire into the closed socket) and
+        close the socket if this connection owns it."""
+        self.abort(reason)
+        for handle in (self._timer, self._transmit_task):
+            if handle is not None:
+                handle.cancel()
+        self._timer = None
+        self._transmit_task = None
+        if self.owns_transport and self._transport is not None:
+            self._transport.close()
+
     async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close, wait (up to 1 s) for the close to complete, and release the socket if
         this connection owns it."""

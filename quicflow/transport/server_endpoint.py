@@ -25,7 +25,7 @@ from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
-from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -271,15 +271,18 @@ async def serve(
 
         # Refuse what qh3 cannot do now, not per connection.
         shared_qh3_configuration(configuration)
-    _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicFlowServer(
-            configuration,
-            settings,
-            on_connection,
-            retry=retry,
-            retry_threshold=retry_threshold,
-        ),
-        local_addr=(host, port),
-        reuse_port=None,
-    )
+    try:
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: QuicFlowServer(
+                configuration,
+                settings,
+                on_connection,
+                retry=retry,
+                retry_threshold=retry_threshold,
+            ),
+            local_addr=(host, port),
+            reuse_port=None,
+        )
+    except OSError as exc:
+        raise bind_error(exc, "UDP", host, port) from exc
     return proto
