@@ -63,7 +63,7 @@ logger = logging.getLogger("quicflow.client")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_CLOSE_STATUS = {
+_CLOSE_STATUS: dict[int, StatusCode] = {
     ErrorCode.UNAUTHENTICATED: StatusCode.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: StatusCode.PERMISSION_DENIED,
 }
@@ -486,7 +486,7 @@ class Client(ChannelMethods):
                     message=f"no WELCOME from {host}:{port} within {c.connect_timeout} s"
                 ) from None
             except ConnectionClosed as exc:
-                status = _CLOSE_STATUS.get(conn.close_code or 0)  # type: ignore[call-overload]
+                status = _CLOSE_STATUS.get(conn.close_code or 0)
                 if status is not None:
                     raise RpcError(status, conn.close_reason) from exc
                 raise

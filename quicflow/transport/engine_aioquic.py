@@ -37,6 +37,10 @@ __all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
 
+HANDSHAKE_DATAGRAM_SIZE = 1200
+"""Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
+Initial datagram is padded to): the handshake does not pay for a large datagram's padding."""
+
 _NO_CRYPTO = Buffer(capacity=0)
 """The crypto buffer of an epoch TLS writes no more to: shared, it holds nothing (a write
 would fail loudly rather than keep bytes)."""
@@ -153,6 +157,15 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         None,
         "the frame-handler table aioquic builds per connection: shared instead",
     ),
+    PrivateUse(
+        QuicConnection,
+        "_handle_padding_frame",
+        ("self", "context", "frame_type", "buf"),
+        "overridden: skip PADDING with one C call, not a Python loop per byte",
+    ),
+    PrivateUse(QuicConnection, "_max_datagram_size", None, "capped while Initial keys live"),
+    PrivateUse(QuicConnection, "_cryptos", None, "whether Initial keys are still in use"),
+    PrivateUse(QuicConnection, "_quic_logger", None, "a qlog trace: keep aioquic's own path"),
     # QuicPacketRecovery (QuicConnection._loss)
     PrivateUse(QuicPacketRecovery, "_pacer", None, "replaced by our BytePacer"),
     PrivateUse(QuicPacketRecovery, "_rtt_smoothed", None, "the smoothed RTT"),
@@ -344,6 +357,29 @@ class AioquicFlowConnection(QuicConnection):
         return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
     # -- overrides of aioquic's packet writing --
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        full = self._max_datagram_size
+        if full <= HANDSHAKE_DATAGRAM_SIZE or not self._cryptos[tls.Epoch.INITIAL].send.is_valid():
+            return super().datagrams_to_send(now)
+        # A datagram with an Initial packet is padded to the full datagram size, and a
+        # 1-RTT packet in it carries that padding inside (encrypted, then scanned by the
+        # peer): with 16 KiB loopback datagrams that was ~15 KB of AEAD and a per-byte
+        # loop at the peer per handshake flight. Handshake flights use 1,200 bytes.
+        self._max_datagram_size = HANDSHAKE_DATAGRAM_SIZE
+        try:
+            return super().datagrams_to_send(now)
+        finally:
+            self._max_datagram_size = full
+
+    def _handle_padding_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        # aioquic walks the padding byte by byte in Python; lstrip does it in C.
+        if self._quic_logger is not None:
+            super()._handle_padding_frame(context, frame_type, buf)
+            return
+        pos = buf.tell()
+        rest = buf.data_slice(pos, buf.capacity)
+        buf.seek(pos + len(rest) - len(rest.lstrip(b"\x00")))
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         pacer = self._loss._pacer
