@@ -214,6 +214,25 @@ def test_call_sends_metadata(served: Served) -> None:
     assert "clients" in json.loads(allowed.stdout)
 
 
+def test_call_prints_the_json_mapping_or_with_proto_names_the_proto_spelling(
+    served: Served,
+) -> None:
+    """Check that `call` prints protobuf's JSON mapping (lowerCamelCase names, 64-bit
+    integers as strings) and, with --proto-names, the .proto's own field names."""
+    base = ["call", "quicflow.admin.v1.Admin/ListClients", "--proto", ADMIN_PROTO]
+    base += ["-m", f"admin-token={ADMIN_TOKEN}", *served.connection()]
+    mapped = quicflow(*base)
+    assert mapped.returncode == 0, mapped.stderr
+    entry = json.loads(mapped.stdout)["clients"][0]  # the command's own connection, at least
+    assert {"clientId", "connectedSince", "bytesIn"} <= entry.keys()
+    assert isinstance(entry["bytesIn"], str) and int(entry["bytesIn"]) > 0
+    named = quicflow(*base, "--proto-names")
+    assert named.returncode == 0, named.stderr
+    entry = json.loads(named.stdout)["clients"][0]
+    assert {"client_id", "connected_since", "bytes_in"} <= entry.keys()
+    assert not any(any(c.isupper() for c in key) for key in entry)
+
+
 def test_call_non_ok_status_and_deadline_print_one_error_line(served: Served) -> None:
     """Check that a non-OK status prints `ERROR <CODE>: <details>` and the deadline applies."""
     aborted = quicflow(
