@@ -186,6 +186,7 @@ class Server:
             config.transport_settings(),
             self._accept,
             retry=config.retry,
+            retry_threshold=config.retry_threshold,
         )
         self._endpoint.start_metrics()
         if config.metrics_port is not None:

@@ -122,6 +122,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._quiet_timer: asyncio.TimerHandle | None = None
         self.on_nudge: Callable[[], None] | None = None
         """Called after each nudge (the client counts them in its metrics)."""
+        self.on_handshake_done: Callable[[], None] | None = None
+        """Called once the TLS handshake completed (the server counts handshakes)."""
         self.receive_budget = ByteBudget(settings.connection_receive_limit)
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
@@ -703,6 +705,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 handler.stop_sending(event.error_code)
         elif type(event) is events.ConnectionTerminated:
             self._terminated(event)
+        elif type(event) is events.HandshakeCompleted and self.on_handshake_done is not None:
+            self.on_handshake_done()
 
     def _accept_stream(self, stream_id: int, *, offer: bool = True) -> StreamHandler | None:
         # Only bidirectional streams the peer opened, and only new ones: data
