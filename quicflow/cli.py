@@ -75,8 +75,25 @@ def _protoc(args: list[str], what: str, hint: str = "") -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(codegen), env.get("PYTHONPATH")) if p)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        lines = _complaint(done.stderr + done.stdout)
         _fail("protoc failed: " + ("; ".join(lines) or f"exit status {done.returncode}"))
+
+
+_TRACEBACK_GLUE = (
+    "Traceback (most recent call last):",
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _complaint(output: str) -> list[str]:
+    """protoc's error lines, stripped; a crashed plugin's traceback keeps only its last line."""
+    lines: list[str] = []
+    for raw in output.splitlines():
+        if raw.startswith(" ") or raw.strip() in _TRACEBACK_GLUE or not raw.strip():
+            continue  # a traceback's frames and glue (protoc's own lines are not indented)
+        lines.append(raw.strip())
+    return lines
 
 
 def _tool(name: str, module: str, scratch: Path) -> Path:
