@@ -28,6 +28,7 @@ from quicflow.testing import ClientFor, FakeClock
 from quicflow.transport import QuicFlowProtocol, connect
 from quicflow.transport.tls import client_configuration
 from quicflow.wire import ErrorCode, FrameType, encode_frame
+from tests.transport.listeners import CallsTo
 
 from .service import TestEcho
 
@@ -400,15 +401,14 @@ async def test_unavailable_tells_a_refused_call_from_one_that_may_have_run() -> 
     async with harness as client:
         stub = EchoStub(client)
         [server_conn] = harness.server.connections
-        serve_calls = server_conn.on_new_stream
-        server_conn.on_new_stream = lambda stream_id: None  # refuse: RESET_STREAM(REFUSED)
+        refusing = CallsTo(server_conn, lambda stream_id: None)  # RESET_STREAM(REFUSED)
         with pytest.raises(RpcError) as refused:
             await stub.say(EchoRequest(text="refused"), timeout=2.0)
         assert refused.value.code is StatusCode.UNAVAILABLE
         assert refused.value.message == "the peer refused the call; safe to retry"
         assert refused.value.may_have_run is False
         assert service.probe.active == 0
-        server_conn.on_new_stream = serve_calls
+        refusing.restore()
         running = asyncio.ensure_future(stub.say(EchoRequest(text="s", delay_ms=10_000)))
         await asyncio.wait_for(service.probe.started.wait(), 2.0)
         server_conn.close(ErrorCode.INTERNAL_ERROR, "gone")
