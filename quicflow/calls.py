@@ -147,6 +147,11 @@ class CallTarget(Protocol):
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
 
+    def lane_for_call(self) -> SendLane | None:
+        """This side's message lane on the connection `connection_for_call` returns, once
+        negotiated (None: there is none; one-way messages then go as calls)."""
+        ...
+
     async def wait_ready(self) -> None:
         """Wait until `ready`; raise `RpcError` if that can no longer happen."""
         ...
@@ -822,8 +827,8 @@ async def send_one_way(
     if timeout is not None and timeout <= 0:
         return False  # the call path fails it exactly as before
     conn = target.connection_for_call()
-    lane: SendLane | None = conn.message_lane
-    if lane is None:
+    lane = target.lane_for_call()
+    if lane is None or lane.closed:
         return False
     md = normalize_metadata(metadata) if metadata else ()
     frame = encode_lane_message(message_type, payload, md, target.message_id)
@@ -843,7 +848,7 @@ async def send_one_way(
             async with clock_timeout(clock, timeout):
                 while lane.over_limit():
                     await conn.drain(lane.stream_id)
-                    if conn.message_lane is not lane:
+                    if lane.closed:
                         raise ConnectionClosed(message="message lane closed", may_have_run=False)
         except TimeoutError:
             error: RpcError = RpcError(

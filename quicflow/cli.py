@@ -191,6 +191,19 @@ def _editions_file(includes: Sequence[str], name: str) -> bool:
 
 
 def _gen(args: argparse.Namespace) -> int:
+    """`_generate`, except that a failed run leaves no output directory it created."""
+    out = Path(args.out)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    try:
+        return _generate(args)
+    except BaseException:
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only while empty: never what protoc did write
+        raise
+
+
+def _generate(args: argparse.Namespace) -> int:
     includes, names = _proto_files(args.protos, args.include)
     editions: list[str] = []
     out = Path(args.out)

@@ -154,9 +154,6 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 logger.info("handshakes in progress below retry_threshold: Retry off again")
         return busy
 
-    def _handshake_over(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
-
     def _send_retry(
         self, version: int, client_cid: bytes, original_cid: bytes, addr: NetworkAddress
     ) -> None:
@@ -204,8 +201,6 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
         self.connection_id_issued(protocol, first_cid)
         self.connection_id_issued(protocol, connection.host_cid)
-        protocol.on_handshake_done = lambda: self._handshake_over(protocol)
-        protocol.on_connection_lost.append(lambda _exc: self._handshake_over(protocol))
         self._handshaking.add(protocol)
         self.connections.add(protocol)
         return protocol
@@ -219,7 +214,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             )
         return cached
 
-    # -- connection-id routing (`quic.ConnectionIdRouter`) --
+    # -- what each connection reports (`quic.ConnectionRouter`) --
 
     def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         self._protocols[cid] = protocol
@@ -229,6 +224,12 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         protocol.cids.discard(cid)
         if self._protocols.get(cid) is protocol:
             del self._protocols[cid]
+
+    def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
+
+    def connection_closed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
 
     def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:

@@ -490,6 +490,19 @@ def test_gen_bad_input_fails_with_one_line(tmp_path: Path) -> None:
     assert broken.startswith("quicflow gen: protoc failed: ") and "bad.proto" in broken
 
 
+def test_gen_that_fails_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    """Check that a failed `gen` removes the (empty) output folders it created, and keeps one
+    that was there before."""
+    (tmp_path / "bad.proto").write_text('syntax = "proto3";\nservice {\n')
+    out = tmp_path / "new" / "gen"
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(out)))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(existing)))
+    assert existing.is_dir()
+
+
 def test_gen_without_grpcio_tools_says_which_extra_to_install(tmp_path: Path) -> None:
     """Check that `gen` names the missing `gen` extra when grpcio-tools cannot be imported."""
     result = without_grpc_tools("gen", str(ROOT / "proto" / "echo"), "--out", str(tmp_path))

@@ -29,7 +29,7 @@ from quicflow.client import ClientState
 from quicflow.protocol.call import Role
 from quicflow.protocol.control import ControlProtocol
 from quicflow.sessions import ClientInfo
-from quicflow.testing import ClientFor
+from quicflow.testing import ClientFor, FakeClock
 from quicflow.wire import ErrorCode
 
 from .service import TestEcho
@@ -90,10 +90,12 @@ async def _wait_state(client: Client, state: ClientState, within: float = 5.0) -
 async def test_session_registry_reports_connected_clients() -> None:
     """Check that list_clients/get_client_info describe a connected client and forget it when it
     leaves, firing connect and disconnect hooks."""
+    clock = FakeClock()
     harness = ClientFor(
         [TestEcho()],
         server_options=FAST_SERVER,
         client_options={**FAST_CLIENT, "client_id": "alpha", "labels": {"zone": "eu"}},
+        clock=clock,
     )
     events: list[str] = []
     harness.server.hooks.on_connect(lambda info: events.append(f"connect {info.client_id}"))
@@ -104,7 +106,11 @@ async def test_session_registry_reports_connected_clients() -> None:
         assert client.client_id == "alpha"
         assert client.state is ClientState.CONNECTED
         await EchoStub(client).say(EchoRequest(text="x"))
-        await asyncio.sleep(0.3)  # at least one heartbeat
+        assert harness.server.get_client_info("alpha").last_heartbeat is None
+        clock.advance(0.2)  # the first heartbeat is due: the client pings
+        async with asyncio.timeout(5):
+            while harness.server.get_client_info("alpha").last_heartbeat is None:  # noqa: ASYNC110
+                await asyncio.sleep(0.005)
         [info] = harness.server.list_clients()
         assert info == harness.server.get_client_info("alpha")
         assert info.client_id == "alpha"
