@@ -20,6 +20,7 @@ from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+from .tls import ServerTicketStore
 
 __all__ = ["QuicFlowServer", "serve"]
 
@@ -43,8 +44,11 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         on_connection: Callable[[QuicFlowProtocol], None],
         *,
         retry: bool = False,
+        tickets: ServerTicketStore | None = None,
     ) -> None:
         self._retry = QuicRetryTokenHandler() if retry else None
+        self.tickets = tickets
+        """Session tickets issued, for clients that resume (None: no resumption)."""
         self.receive_budget = ByteBudget(settings.receive_limit)
         """Bytes of large unfinished frames all connections may hold (each connection's
         `QuicFlowProtocol.receive_budget` has this one as its parent)."""
@@ -143,11 +147,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         size = datagram_size_for(addr[0], self._settings.max_datagram_size)
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
+        tickets = self.tickets
         connection = make_connection(
             configuration,
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
+            session_ticket_fetcher=tickets.pop if tickets is not None else None,
+            session_ticket_handler=tickets.add if tickets is not None else None,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
@@ -200,9 +207,11 @@ async def serve(
     on_connection: Callable[[QuicFlowProtocol], None],
     *,
     retry: bool = False,
+    tickets: ServerTicketStore | None = None,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
-    addresses with a QUIC Retry first; see `QuicFlowServer`)."""
+    addresses with a QUIC Retry first; ``tickets``: let clients resume TLS sessions; see
+    `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
     if resolve_engine(settings.quic_engine) == "qh3":
@@ -212,7 +221,9 @@ async def serve(
         shared_qh3_configuration(configuration)
     try:
         _, proto = await loop.create_datagram_endpoint(
-            lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
+            lambda: QuicFlowServer(
+                configuration, settings, on_connection, retry=retry, tickets=tickets
+            ),
             local_addr=(host, port),
             reuse_port=None,
         )
