@@ -17,7 +17,7 @@ from .auth import (
 from .calls import Channel, StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
-from .context import ServicerContext
+from .context import ServicerContext, current_call, detached
 from .errors import (
     ArgumentError,
     ClientNotConnected,
@@ -38,6 +38,7 @@ from .rpc import (
     Cardinality,
     Handler,
     Method,
+    RequestIterable,
     Service,
     stream_stream_handler,
     stream_unary_handler,
@@ -74,6 +75,8 @@ __all__ = [
     "Hooks",
     "ServicerContext",
     "ServerInterceptor",
+    "current_call",
+    "detached",
     # config
     "ClientConfig",
     "ServerConfig",
@@ -104,6 +107,7 @@ __all__ = [
     "Channel",
     "Handler",
     "Method",
+    "RequestIterable",
     "Service",
     "unary_unary_handler",
     "unary_stream_handler",
