@@ -14,11 +14,12 @@ from .auth import (
     TokenAuthenticator,
     allow_all,
 )
-from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
+from .calls import Channel, StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
-from .context import ServicerContext
+from .context import ServicerContext, current_call, detached
 from .errors import (
+    ArgumentError,
     ClientNotConnected,
     ConfigError,
     ConnectionClosed,
@@ -35,9 +36,9 @@ from .metadata import Metadata, MetadataLike, MetadataValue
 from .metrics import LatencySummary, MethodMetrics, MetricsSnapshot, Throughput
 from .rpc import (
     Cardinality,
-    Channel,
     Handler,
     Method,
+    RequestIterable,
     Service,
     stream_stream_handler,
     stream_unary_handler,
@@ -74,6 +75,8 @@ __all__ = [
     "Hooks",
     "ServicerContext",
     "ServerInterceptor",
+    "current_call",
+    "detached",
     # config
     "ClientConfig",
     "ServerConfig",
@@ -88,6 +91,7 @@ __all__ = [
     "PromiseCapacityFull",
     "Timeout",
     "UsageError",
+    "ArgumentError",
     "ConfigError",
     # metrics
     "MetricsSnapshot",
@@ -103,6 +107,7 @@ __all__ = [
     "Channel",
     "Handler",
     "Method",
+    "RequestIterable",
     "Service",
     "unary_unary_handler",
     "unary_stream_handler",

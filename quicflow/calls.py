@@ -14,15 +14,19 @@ awaiting task, or the connection's loss (UNAVAILABLE at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
-from .errors import PayloadTooLarge, RpcError
-from .hooks import Hooks, message_info
+from .clock import Clock, TimerHandleLike
+from .clock import timeout as clock_timeout
+from .context import ServicerContext, current_call
+from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
+from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
-from .lane import send_one_way
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .protocol.call import CallProtocol, Role, reset_status
 from .protocol.events import (
@@ -32,15 +36,26 @@ from .protocol.events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .protocol.lane import ROUTE as LANE_ROUTE
+from .protocol.lane import encode_lane_message, raw_size
 from .rpc import Method
 from .status import StatusCode
 from .wire.codec import ErrorCode
 
 if TYPE_CHECKING:
+    from .lane import SendLane
     from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
-__all__ = ["StreamStreamCall", "StreamUnaryCall", "UnaryStreamCall", "UnaryUnaryCall"]
+__all__ = [
+    "MAX_CALL_TIMEOUT",
+    "Channel",
+    "StreamStreamCall",
+    "StreamUnaryCall",
+    "UnaryStreamCall",
+    "UnaryUnaryCall",
+    "check_timeout",
+]
 
 logger = logging.getLogger("quicflow.client")
 
@@ -49,6 +64,35 @@ Resp = TypeVar("Resp")
 
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
+
+MAX_CALL_TIMEOUT = 315_360_000.0
+"""The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
+the configs. A longer one is a mistake (pass None for no deadline), and up to it the
+deadline travels exactly in the wire's microseconds (docs/limits.md)."""
+
+
+def check_timeout(timeout: float | None, argument: str = "timeout") -> float | None:
+    """Validate a per-call timeout (seconds) where the call is made; return it as a float.
+
+    None means no deadline. Zero and negative timeouts are allowed: the call
+    then fails DEADLINE_EXCEEDED without being sent (wire-protocol.md §6.2).
+
+    Raises:
+        ArgumentError: not a number, NaN, or over `MAX_CALL_TIMEOUT` (infinity included).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentError(argument, f"must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ArgumentError(argument, "must be a number of seconds, got nan")
+    if timeout > MAX_CALL_TIMEOUT:
+        raise ArgumentError(
+            argument,
+            f"{timeout!r} s is over the limit of {MAX_CALL_TIMEOUT:.0f} s (ten years); "
+            "pass None for no deadline",
+        )
+    return float(timeout)
 
 
 class CallTarget(Protocol):
@@ -94,8 +138,18 @@ class CallTarget(Protocol):
         """Where calls are counted (None: metrics are off)."""
         ...
 
+    @property
+    def clock(self) -> Clock:
+        """Where deadlines are armed and call durations read."""
+        ...
+
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
+        ...
+
+    def lane_for_call(self) -> SendLane | None:
+        """This side's message lane on the connection `connection_for_call` returns, once
+        negotiated (None: there is none; one-way messages then go as calls)."""
         ...
 
     async def wait_ready(self) -> None:
@@ -117,12 +171,21 @@ class _Call(Generic[Req, Resp]):
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
+        timeout = check_timeout(timeout)  # before anything is counted or sent
         self._input: Any = request_or_requests
         """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
         self._method = method
         self._loop = asyncio.get_running_loop()
-        self._timeout = timeout if timeout is not None else target.default_timeout
+        self._clock = target.clock
+        parent = current_call()  # made inside a handler: inherit (quicflow/context.py)
+        self._parent: ServicerContext | None = parent
+        if timeout is None:
+            timeout = target.default_timeout
+            inherited = parent.time_remaining() if parent is not None else None
+            if inherited is not None and (timeout is None or inherited < timeout):
+                timeout = inherited
+        self._timeout = timeout
         self._metadata = normalize_metadata(metadata)
         self._conn: QuicFlowProtocol | None = None
         self._sid = -1
@@ -138,7 +201,7 @@ class _Call(Generic[Req, Resp]):
         self._error: RpcError | None = None
         self._trailers_seen = False
         self._local_closed = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: TimerHandleLike | None = None
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
@@ -148,7 +211,7 @@ class _Call(Generic[Req, Resp]):
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
         )
-        self._created = self._loop.time()
+        self._created = self._clock.time()
         metrics = target.metrics
         stats: MethodStats | None = None
         if metrics is not None:
@@ -157,6 +220,10 @@ class _Call(Generic[Req, Resp]):
         self._mstats = stats
         interceptors = target.interceptors
         self._interceptors = interceptors
+        if parent is not None and not parent.attach_call(self):
+            self._parent = None
+            self.cancel()  # made by a handler already cancelled
+            return
         if not interceptors and (not self._wait_for_ready or target.ready):
             self._start(self._metadata, self._timeout)
 
@@ -197,7 +264,7 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 await interceptor.on_start(info)
             metadata = normalize_metadata(info.metadata)
-            timeout = info.timeout
+            timeout = check_timeout(info.timeout)
             if self._wait_for_ready and not self._target.ready:
                 timeout = await self._wait_until_ready(timeout)
             timeout = await self._wait_for_stream_credit(timeout)
@@ -219,15 +286,15 @@ class _Call(Generic[Req, Resp]):
         if budget is None:
             await self._target.wait_ready()
             return None
-        left = budget - (self._loop.time() - self._created)
+        left = budget - (self._clock.time() - self._created)
         try:
-            async with asyncio.timeout(max(left, 0.0)):
+            async with clock_timeout(self._clock, max(left, 0.0)):
                 await self._target.wait_ready()
         except TimeoutError:
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
             ) from None
-        return budget - (self._loop.time() - self._created)
+        return budget - (self._clock.time() - self._created)
 
     async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
         """Wait until the connection may open one more stream, within the call's deadline
@@ -239,15 +306,15 @@ class _Call(Generic[Req, Resp]):
             if budget is None:
                 await conn.wait_stream_credit()  # no deadline: no timeout to arm
                 continue
-            left = budget - (self._loop.time() - self._created)
+            left = budget - (self._clock.time() - self._created)
             try:
-                async with asyncio.timeout(max(left, 0.0)):
+                async with clock_timeout(self._clock, max(left, 0.0)):
                     await conn.wait_stream_credit()
             except TimeoutError:
                 raise RpcError(
                     StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
                 ) from None
-        return None if budget is None else budget - (self._loop.time() - self._created)
+        return None if budget is None else budget - (self._clock.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         if self._ended:
@@ -279,7 +346,8 @@ class _Call(Generic[Req, Resp]):
             self._method.route, metadata, timeout=timeout, message_id=target.message_id
         )
         if timeout is not None:
-            self._deadline = self._loop.call_later(timeout, self._on_deadline)
+            clock = self._clock
+            self._deadline = clock.call_at(clock.time() + timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
             self._sender = self._loop.create_task(self._pump(self._input))
@@ -384,31 +452,29 @@ class _Call(Generic[Req, Resp]):
         if machine is None or self._ended:
             return
         for event in machine.receive_data(data, end_stream):
-            cls = type(event)
-            if cls is MessageReceived:
-                payload = event.data  # type: ignore[union-attr]
-                self._messages.append(payload)
-                self.unread_bytes += len(payload)
-            elif cls is TrailersReceived:
-                self._trailers_seen = True
-                t: TrailersReceived = event  # type: ignore[assignment]
-                self._code = StatusCode.from_wire(t.status)  # final: resets after it are ignored
-                self._details = t.message
-                self._trailing_metadata = t.metadata
-            elif cls is EndOfStream:
-                self._complete()
-            elif cls is HeadersReceived:
-                self._initial_metadata = event.metadata  # type: ignore[union-attr]
-            elif cls is ProtocolViolation:
-                err = event.error  # type: ignore[union-attr]
-                error = RpcError(err.status, f"bad response from the server: {err}")
-                if self._trailers_seen:
-                    # Junk after complete trailers: the call's outcome stands as sent,
-                    # but the stream is done.
-                    self._abort_after_trailers(error, err.error_code)
-                else:
-                    self._abort(error, err.error_code)
-                return
+            match event:
+                case MessageReceived(data=payload):
+                    self._messages.append(payload)
+                    self.unread_bytes += len(payload)
+                case TrailersReceived():
+                    self._trailers_seen = True
+                    # final: resets after it are ignored
+                    self._code = StatusCode.from_wire(event.status)
+                    self._details = event.message
+                    self._trailing_metadata = event.metadata
+                case EndOfStream():
+                    self._complete()
+                case HeadersReceived():
+                    self._initial_metadata = event.metadata
+                case ProtocolViolation(error=err):
+                    error = RpcError(err.status, f"bad response from the server: {err}")
+                    if self._trailers_seen:
+                        # Junk after complete trailers: the call's outcome stands as sent,
+                        # but the stream is done.
+                        self._abort_after_trailers(error, err.error_code)
+                    else:
+                        self._abort(error, err.error_code)
+                    return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -419,7 +485,8 @@ class _Call(Generic[Req, Resp]):
             self._complete()
             return
         code, message = reset_status(error_code)
-        self._finish(code, message)
+        # REFUSED: the server did not process the stream at all (wire-protocol.md §6.1).
+        self._finish(code, message, not_run=error_code == ErrorCode.REFUSED)
 
     def stop_sending(self, error_code: int) -> None:
         # The server needs no more requests (it has answered, or will shortly).
@@ -477,6 +544,7 @@ class _Call(Generic[Req, Resp]):
         trailing_metadata: Metadata = (),
         *,
         error: RpcError | None = None,
+        not_run: bool = False,
     ) -> None:
         if self._ended or (self._code is not None and self._trailers_seen):
             return
@@ -484,18 +552,29 @@ class _Call(Generic[Req, Resp]):
         self._details = message
         self._trailing_metadata = tuple(trailing_metadata)
         if code is not StatusCode.OK:
-            self._error = error if error is not None else RpcError(code, message, trailing_metadata)
+            if error is None:
+                error = RpcError(code, message, trailing_metadata)
+            if (not_run or self._sid < 0) and error.may_have_run:
+                # Never opened on the wire, or refused unprocessed: safe to retry. (A copy:
+                # one ConnectionClosed may be shared by every call of a connection.)
+                error = copy.copy(error)
+                error.may_have_run = False
+            self._error = error
         self._done()
 
     def _done(self) -> None:
         if self._ended:
             return
         self._ended = True
+        parent = self._parent
+        if parent is not None:
+            self._parent = None
+            parent.detach_call(self)
         stats = self._mstats
         if stats is not None:
             code = self._code
             stats.finished(
-                StatusCode.INTERNAL if code is None else code, self._loop.time() - self._created
+                StatusCode.INTERNAL if code is None else code, self._clock.time() - self._created
             )
         if self._deadline is not None:
             self._deadline.cancel()
@@ -722,6 +801,131 @@ class StreamStreamCall(_StreamResponse[Any, Resp]):
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
 
 
+async def send_one_way(
+    target: CallTarget,
+    message_type: str,
+    payload: bytes,
+    metadata: MetadataLike | None,
+    timeout: float | None,
+) -> bool:
+    """Send one message on the target's lane; False (nothing done) when there is none.
+
+    Returns True once the frame is handed to QUIC. Waits first while the lane
+    holds more than ``send_buffer_limit`` unacknowledged bytes (the receiver is
+    behind), at most ``timeout`` (default: the target's default timeout).
+
+    Raises:
+        PayloadTooLarge: the message is over the sender's ``max_message_size``.
+        ArgumentError: bad metadata.
+        RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
+            connection ends meanwhile.
+    """
+    if target.interceptors or not target.ready:
+        return False
+    if timeout is None:
+        timeout = target.default_timeout
+    if timeout is not None and timeout <= 0:
+        return False  # the call path fails it exactly as before
+    conn = target.connection_for_call()
+    lane = target.lane_for_call()
+    if lane is None or lane.closed:
+        return False
+    md = normalize_metadata(metadata) if metadata else ()
+    frame = encode_lane_message(message_type, payload, md, target.message_id)
+    limit = target.max_message_size
+    if len(frame) - 5 > limit:
+        raise PayloadTooLarge(
+            message=f"message of {len(frame) - 5} bytes exceeds max_message_size ({limit})"
+        )
+    metrics = target.metrics
+    stats = metrics.made.method(LANE_ROUTE) if metrics is not None else None
+    if stats is not None:
+        stats.started += 1
+    clock = target.clock
+    start = clock.time()
+    if lane.over_limit():
+        try:
+            async with clock_timeout(clock, timeout):
+                while lane.over_limit():
+                    await conn.drain(lane.stream_id)
+                    if lane.closed:
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
+        except TimeoutError:
+            error: RpcError = RpcError(
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
+            )
+            if stats is not None:
+                stats.finished(error.code, clock.time() - start)
+            raise error from None
+        except RpcError as exc:
+            if stats is not None:
+                stats.finished(exc.code, clock.time() - start)
+            raise
+    lane.write(frame)
+    size = raw_size(len(message_type.encode()), len(payload))
+    if stats is not None:
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        stats.finished(StatusCode.OK, clock.time() - start)
+    hooks = target.hooks
+    if hooks.wants("message_sent"):
+        hooks.fire("message_sent", MessageInfo(target.peer_name, LANE_ROUTE, message_type, size))
+    return True
+
+
+class Channel(Protocol):
+    """What a generated stub calls through.
+
+    Every method returns at once with a call object; the call starts on the
+    event loop right away. ``timeout`` is seconds from now (None: no
+    deadline); ``metadata`` is validated by `normalize_metadata`;
+    ``wait_for_ready`` (None: the channel's default) makes a call made while
+    disconnected wait for the connection instead of failing UNAVAILABLE.
+    """
+
+    def unary_unary(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryUnaryCall[Resp]: ...
+
+    def unary_stream(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryStreamCall[Resp]: ...
+
+    def stream_unary(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamUnaryCall[Resp]: ...
+
+    def stream_stream(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamStreamCall[Resp]: ...
+
+
 class ChannelMethods:
     """The four `Channel` methods for any `CallTarget` (mixed into `Client` and the
     server's per-client channel)."""
@@ -802,6 +1006,7 @@ class ChannelMethods:
         unseen): on the connection's message lane when both sides support it
         (quicflow/lane.py), else as a call whose reply is not awaited.
         """
+        timeout = check_timeout(timeout)
         target = self._as_target()
         if not wait_ack and await send_one_way(target, message_type, payload, metadata, timeout):
             return None  # on the connection's message lane (negotiated)

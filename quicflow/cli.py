@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -74,8 +75,25 @@ def _protoc(args: list[str], what: str, hint: str = "") -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(codegen), env.get("PYTHONPATH")) if p)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        lines = _complaint(done.stderr + done.stdout)
         _fail("protoc failed: " + ("; ".join(lines) or f"exit status {done.returncode}"))
+
+
+_TRACEBACK_GLUE = (
+    "Traceback (most recent call last):",
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _complaint(output: str) -> list[str]:
+    """protoc's error lines, stripped; a crashed plugin's traceback keeps only its last line."""
+    lines: list[str] = []
+    for raw in output.splitlines():
+        if raw.startswith(" ") or raw.strip() in _TRACEBACK_GLUE or not raw.strip():
+            continue  # a traceback's frames and glue (protoc's own lines are not indented)
+        lines.append(raw.strip())
+    return lines
 
 
 def _tool(name: str, module: str, scratch: Path) -> Path:
@@ -159,8 +177,35 @@ def _certs(args: argparse.Namespace) -> int:
 # -- gen -----------------------------------------------------------------------
 
 
+_EDITION = re.compile(r'^\s*edition\s*=\s*"', re.MULTILINE)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def _editions_file(includes: Sequence[str], name: str) -> bool:
+    """True if the .proto ``name`` (under one of ``includes``) starts with ``edition = "..."``."""
+    for root in includes:
+        path = Path(root) / name
+        if path.is_file():
+            return bool(_EDITION.search(_COMMENT.sub("", path.read_text(errors="replace"))))
+    return False
+
+
 def _gen(args: argparse.Namespace) -> int:
+    """`_generate`, except that a failed run leaves no output directory it created."""
+    out = Path(args.out)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    try:
+        return _generate(args)
+    except BaseException:
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only while empty: never what protoc did write
+        raise
+
+
+def _generate(args: argparse.Namespace) -> int:
     includes, names = _proto_files(args.protos, args.include)
+    editions: list[str] = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quicflow-gen-") as tmp:
@@ -173,6 +218,18 @@ def _gen(args: argparse.Namespace) -> int:
                     "the betterproto flavour needs betterproto's compiler: "
                     "pip install 'betterproto[compiler]==2.0.0b7'"
                 )
+            # betterproto 2.0.0b7 refuses editions files, and protoc would then fail the
+            # whole run: skip them, one line each, and generate the rest.
+            editions = [n for n in names if _editions_file(includes, n)]
+            for name in editions:
+                print(
+                    f"quicflow gen: skipped {name}: an editions file, which betterproto "
+                    "2.0.0b7 cannot generate (use --flavour protobuf)",
+                    file=sys.stderr,
+                )
+            names = [n for n in names if n not in editions]
+            if not names:
+                _fail("nothing left to generate in the betterproto flavour")
             betterproto = _tool("protoc-gen-python_betterproto", "betterproto.plugin", scratch)
             cmd += [
                 f"--plugin=protoc-gen-python_betterproto={betterproto}",
@@ -184,7 +241,7 @@ def _gen(args: argparse.Namespace) -> int:
         cmd += [f"--quicflow_out={out}", *names]
         _protoc(cmd, "generating code")
     print(f"generated {len(names)} .proto file(s) into {out} ({args.flavour} flavour)")
-    return 0
+    return 1 if editions else 0
 
 
 # -- serve ---------------------------------------------------------------------
@@ -316,25 +373,75 @@ def _quiet_logging() -> None:
         logging.getLogger("quic").setLevel(logging.CRITICAL)  # aioquic repeats our error
 
 
+_WAIT_RETRY = 0.2
+"""Seconds between connect attempts under ``--wait``."""
+_SHORTEST_ATTEMPT = 0.05
+"""``--wait`` makes no attempt with less time left than this."""
+
+
+class _Once:
+    """A logging filter that lets each distinct message through once (a warning that every
+    connect attempt logs, such as insecure_skip_verify's, is said once per command)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def filter(self, record: Any) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 @contextlib.asynccontextmanager
 async def _connected(args: argparse.Namespace, config: Any) -> AsyncIterator[Any]:
+    """A client connected with ``config``: one attempt, bounded by ``connect_timeout`` and
+    by ``--deadline``; with ``--wait``, attempts until that many seconds have passed (and
+    never longer: the last attempt gets only the time left)."""
+    import dataclasses
+    import logging
+
     from .client import Client
     from .errors import ConnectionClosed
 
     _quiet_logging()
+    once = _Once()
+    logging.getLogger("quicflow.transport").addFilter(once)
     loop = asyncio.get_running_loop()
-    wait_until = loop.time() + (getattr(args, "wait", None) or 0.0)
-    while True:
-        client = Client(config)
-        try:
-            await client.connect()
-            break
-        except (ConnectionClosed, OSError) as exc:
-            if loop.time() < wait_until:  # --wait: the server may still be starting
-                await asyncio.sleep(0.2)
-                continue
-            reason = exc.message if isinstance(exc, ConnectionClosed) else exc.strerror or exc
-            _fail(f"cannot connect to {config.host}:{config.port}: {reason}")
+    wait = getattr(args, "wait", None) or 0.0
+    deadline = getattr(args, "deadline", None)
+    if deadline is not None and 0 < deadline < config.connect_timeout:
+        config = dataclasses.replace(config, connect_timeout=deadline)
+    wait_until = loop.time() + wait
+    where = f"{config.host}:{config.port}"
+    reason = ""
+    try:
+        while True:
+            attempt = config
+            left = wait_until - loop.time()
+            if wait and left < config.connect_timeout:  # --wait is the bound, not 5 s more
+                attempt = dataclasses.replace(config, connect_timeout=max(left, _SHORTEST_ATTEMPT))
+            client = Client(attempt)
+            began = loop.time()
+            try:
+                await client.connect()
+                break
+            except (ConnectionClosed, OSError) as exc:
+                await client.close()
+                cut_short = attempt is not config and loop.time() - began >= attempt.connect_timeout
+                if not cut_short or not reason:  # an attempt --wait cut short says little
+                    if isinstance(exc, ConnectionClosed):
+                        reason = exc.message
+                    else:
+                        reason = f"cannot connect to {where}: {exc.strerror or exc}"
+                left = wait_until - loop.time()
+                if left >= _SHORTEST_ATTEMPT:  # --wait: the server may still be starting
+                    await asyncio.sleep(min(_WAIT_RETRY, left - _SHORTEST_ATTEMPT))
+                    continue
+                _fail(reason + (f" (kept trying for --wait {wait:g} s)" if wait else ""))
+    finally:
+        logging.getLogger("quicflow.transport").removeFilter(once)
     try:
         yield client
     finally:
@@ -434,10 +541,14 @@ def _parse_requests(method: Any, text: str, cls: Any) -> list[Any]:
     return requests
 
 
-def _to_json(message: Any) -> str:
+def _to_json(message: Any, *, proto_names: bool = False) -> str:
+    """``message`` in protobuf's canonical JSON mapping (lowerCamelCase names, 64-bit
+    integers as strings, enums by name, bytes as base64, fields at their default value
+    left out); ``proto_names``: the field names as the .proto spells them."""
     from google.protobuf import json_format
 
-    return json.dumps(json_format.MessageToDict(message), ensure_ascii=False)
+    as_dict = json_format.MessageToDict(message, preserving_proto_field_name=proto_names)
+    return json.dumps(as_dict, ensure_ascii=False)
 
 
 def _call_spec(args: argparse.Namespace, pool: Any, file_set: Any) -> tuple[Any, list[Any]]:
@@ -487,10 +598,14 @@ def _call(args: argparse.Namespace) -> int:
             )
             kind = spec.cardinality
             options: dict[str, Any] = {"timeout": args.deadline, "metadata": metadata}
+
+            def to_json(message: Any) -> str:
+                return _to_json(message, proto_names=args.proto_names)
+
             if kind is Cardinality.UNARY_UNARY:
-                print(_to_json(await client.unary_unary(spec, requests[0], **options)))
+                print(to_json(await client.unary_unary(spec, requests[0], **options)))
             elif kind is Cardinality.STREAM_UNARY:
-                print(_to_json(await client.stream_unary(spec, requests, **options)))
+                print(to_json(await client.stream_unary(spec, requests, **options)))
             else:
                 call = (
                     client.unary_stream(spec, requests[0], **options)
@@ -498,7 +613,7 @@ def _call(args: argparse.Namespace) -> int:
                     else client.stream_stream(spec, requests, **options)
                 )
                 async for response in call:
-                    print(_to_json(response), flush=True)
+                    print(to_json(response), flush=True)
 
     run_loop(run(), event_loop=config.event_loop)
     return 0
@@ -764,7 +879,10 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="client TOML config (ClientConfig; flags win)"
     )
     group.add_argument(
-        "--deadline", type=float, metavar="SECONDS", help="deadline of the call (default none)"
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="deadline of the call (default none); connecting gives up after this long too",
     )
 
 
@@ -849,7 +967,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    call = sub.add_parser("call", help="call a method with JSON, print JSON")
+    call = sub.add_parser(
+        "call",
+        help="call a method with JSON, print JSON",
+        description="Call a method with JSON, print each reply as one line of JSON. Replies "
+        "use protobuf's canonical JSON mapping, as grpcurl does: lowerCamelCase field names "
+        '(user_id prints as "userId"), 64-bit integers as strings ("123"), enums by name, '
+        'bytes as base64, and fields at their default value (0, "", false, empty) left '
+        "out. --proto-names keeps the .proto's own field names. Requests may use either "
+        "spelling.",
+    )
     call.add_argument("method", help="pkg.Service/Method (or pkg.Service.Method)")
     call.add_argument(
         "data",
@@ -870,6 +997,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--descriptor-set", metavar="FILE", help="protoc --descriptor_set_out file")
     call.add_argument(
         "-m", "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    call.add_argument(
+        "--proto-names",
+        action="store_true",
+        help="print the .proto's field names (user_id), not JSON's lowerCamelCase (userId)",
     )
     _connection_options(call)
     call.set_defaults(func=_call)

@@ -27,7 +27,7 @@ _MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
-_CODE_ONLY = frozenset({"interceptors", "authenticator"})
+_CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator"})
 
 
 def _parse_env(name: str, raw: str, annotation: object) -> Any:
@@ -237,7 +237,15 @@ class _Common:
         shown = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in fields(self)
-            if f.name not in ("interceptors", "authenticator", "labels", "token", "admin_token")
+            if f.name
+            not in (
+                "interceptors",
+                "push_interceptors",
+                "authenticator",
+                "labels",
+                "token",
+                "admin_token",
+            )
             and getattr(self, f.name) != f.default
         )
         return f"{type(self).__name__}({shown})"
@@ -282,6 +290,9 @@ class ServerConfig(_Common):
     intermediate the client sends. "chain" needs ``client_crl_file``."""
     interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
     """Server interceptors, outermost first."""
+    push_interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
+    """Client interceptors for the calls this server makes to clients (push), outermost
+    first."""
     heartbeat_interval: float = 15.0
     """Seconds between a client's pings, announced to clients in WELCOME."""
     heartbeat_check_interval: float = 5.0
@@ -325,6 +336,10 @@ class ServerConfig(_Common):
     services' schemas from it (docs/reflection.md). Off unless the server opts in, as in
     gRPC: it tells any client that may connect every served message type. ``quicflow serve``
     turns it on (``--no-reflection`` keeps it off)."""
+    health: bool = True
+    """Serve the built-in ``grpc.health.v1`` health service (``server.health``). False leaves
+    its routes free for an application's own Health service (``add_service``); ``server.health``
+    then still exists but is not served."""
     max_ping_rate: int = 100
     """PINGs a connection may send within one second; one more closes it with
     EXCESSIVE_LOAD ("ping flood"). A well-behaved client sends one per heartbeat interval."""
@@ -342,6 +357,25 @@ class ServerConfig(_Common):
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
     addresses; see docs/wire-protocol.md §2."""
+    retry_threshold: int = 200
+    """With ``retry`` off: handshakes in progress from which new connections must pass a QUIC
+    Retry first anyway (until the count falls below it again), so a flood of Initials from
+    spoofed addresses holds at most this many half-open connections. 0: never
+    (docs/limits.md)."""
+    frame_timeout: float = 30.0
+    """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
+    byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
+    the stream is stopped. Bounds how long a peer can pin buffers with frames it never finishes
+    (docs/limits.md). Raise it if clients send large messages over slow links."""
+    connection_receive_limit: int = 16 * _MIB
+    """Bytes of unfinished frames larger than half ``stream_receive_window`` one connection may
+    hold at once: each such frame reserves its whole size (all of this, alone, if it is larger)
+    before it gets receive credit past that; the others wait their turn (their bytes so far
+    stay within the stream window; docs/limits.md)."""
+    receive_limit: int = 256 * _MIB
+    """The same reservations over all connections together; at least
+    ``connection_receive_limit``."""
+
     cluster_nats_urls: Sequence[str] = ()
     """NATS servers of the cluster this node joins (``nats://host:port``; any members of
     one NATS cluster). Empty: no cluster, one node, no NATS (docs/cluster.md). Needs
@@ -370,6 +404,17 @@ class ServerConfig(_Common):
     so that losing one server loses nothing)."""
     cluster_advertise: str | None = None
     """``host:port`` clients use to reach this node, shown in the node list (None: host:port)."""
+
+    def transport_settings(self) -> Any:
+        """The QUIC settings these fields describe (a `TransportSettings`)."""
+        import dataclasses
+
+        return dataclasses.replace(
+            _Common.transport_settings(self),
+            frame_timeout=self.frame_timeout,
+            connection_receive_limit=self.connection_receive_limit,
+            receive_limit=self.receive_limit,
+        )
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -411,8 +456,21 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
+        _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
+        _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
+        _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
+        limit = self.receive_limit
+        if type(limit) is int and limit < self.connection_receive_limit:
+            raise ConfigError(
+                "receive_limit",
+                f"must be at least connection_receive_limit ({self.connection_receive_limit}),"
+                f" got {limit}",
+            )
+        _int_range("receive_limit", self.receive_limit, 64 << 10, 1 << 44)
         if not isinstance(self.reflection, bool):
             raise ConfigError("reflection", "must be True or False")
+        if not isinstance(self.health, bool):
+            raise ConfigError("health", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:
@@ -447,6 +505,7 @@ class ServerConfig(_Common):
 
             load_crls(self.client_crl_file, load_ca_file(self.client_ca_file))
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
 
     def _validate_cluster(self) -> None:
         urls = self.cluster_nats_urls
@@ -509,6 +568,10 @@ class ClientConfig(_Common):
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)
     """Client interceptors, outermost first."""
+    push_interceptors: Sequence[ServerInterceptor] = field(default_factory=tuple)
+    """Server interceptors for the calls the server makes to this client (push), outermost
+    first. With any, the client declines the server's message lane (docs/push.md), so they
+    see every call."""
     client_id: str | None = None
     """The id to claim in HELLO (None: the server assigns one at the first connect; it is
     kept across reconnects)."""
@@ -570,6 +633,7 @@ class ClientConfig(_Common):
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)
         object.__setattr__(self, "interceptors", tuple(self.interceptors))
+        object.__setattr__(self, "push_interceptors", tuple(self.push_interceptors))
         if self.client_id is not None:
             _text("client_id", self.client_id)
             if len(self.client_id) > 256:

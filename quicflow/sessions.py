@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING
 from .errors import ClientNotConnected
 
 if TYPE_CHECKING:
-    import asyncio
-
+    from .clock import PolicyTimer
+    from .lane import SendLane
     from .protocol.heartbeat import HeartbeatMonitor
     from .transport import QuicFlowProtocol
 
@@ -77,6 +77,7 @@ class Session:
         "heartbeat_interval",
         "labels",
         "last_heartbeat",
+        "message_lane",
         "monitor",
         "state",
         "timer",
@@ -102,7 +103,21 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self.state = SessionState.ACTIVE
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: PolicyTimer | None = None
+        """Keeps the heartbeat monitor's checks armed while the session lives."""
+        self.message_lane: SendLane | None = None
+        """The server's message lane to this client, once negotiated (wire-protocol.md
+        §11.1)."""
+
+    def end(self) -> bool:
+        """Mark the session CLOSED and stop its heartbeat checks; False if it already was."""
+        if self.state is SessionState.CLOSED:
+            return False
+        self.state = SessionState.CLOSED
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        return True
 
     def info(self) -> ClientInfo:
         """A snapshot of this session."""

@@ -17,7 +17,7 @@ import enum
 import math
 from typing import Final
 
-from ..errors import LocalProtocolError, ProtocolError
+from ..errors import LocalProtocolError
 from ..metadata import MetadataValue
 from ..status import StatusCode
 from ..wire.codec import (
@@ -38,6 +38,7 @@ from .events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .stream import receive_frames
 
 __all__ = ["END", "TRANSITIONS", "CallProtocol", "Role", "SideState", "reset_status"]
 
@@ -84,6 +85,12 @@ TRANSITIONS: Final[dict[Role, dict[SideState, dict[_Key, SideState]]]] = {
 }
 
 _OTHER = {Role.CALLER: Role.CALLEE, Role.CALLEE: Role.CALLER}
+# The frame types a sender's table admits in some state: any other known type is
+# refused at its header, whatever its length (wire-protocol.md §3.2).
+_SENDS: Final = {
+    role: frozenset(key for row in table.values() for key in row if isinstance(key, FrameType))
+    for role, table in TRANSITIONS.items()
+}
 _END_EVENT: Final = EndOfStream()
 _OK_TRAILERS: Final = encode_frame(FrameType.TRAILERS, b"")
 _MAX_TIMEOUT_US: Final = 2**64 - 1
@@ -116,12 +123,23 @@ class CallProtocol:
         self.peer_state = SideState.IDLE
         self._local_table = TRANSITIONS[role]
         self._peer_table = TRANSITIONS[_OTHER[role]]
-        self._decoder = FrameDecoder(max_message_size, max_metadata_size)
+        self._decoder = FrameDecoder(
+            max_message_size,
+            max_metadata_size,
+            allowed=_SENDS[_OTHER[role]],
+        )
 
     @property
     def buffered(self) -> int:
         """Bytes of a partial incoming frame held by the decoder."""
         return self._decoder.buffered
+
+    @property
+    def partial_frame(self) -> tuple[int, int]:
+        """The incoming frame not yet complete: (bytes held, its payload length; 0 until
+        its length prefix is complete). (0, 0) at a frame boundary."""
+        decoder = self._decoder
+        return decoder.buffered, decoder.frame_length
 
     # -- sending (each returns the bytes to write; see wire-protocol.md §5) --
 
@@ -199,25 +217,23 @@ class CallProtocol:
         """
         if self.peer_state is SideState.ERROR:
             return []
-        events: list[Event] = []
-        try:
-            if data:
-                # Frames completed before a decoding error are reported first.
-                frames, decode_error = self._decoder.feed_until_error(data)
-                for frame in frames:
-                    events.append(self._on_frame(frame.type, frame.payload))
-                if decode_error is not None:
-                    raise decode_error
-            if end_stream:
-                if not self._decoder.at_boundary:
-                    raise MalformedFrame("stream ended inside a frame")
-                self._advance_peer(END)
-                events.append(_END_EVENT)
-            return events
-        except ProtocolError as exc:
+        events, error = receive_frames(
+            self._decoder,
+            data,
+            end_stream,
+            on_frame=self._on_frame,
+            on_unexpected=self._advance_peer,
+            on_end=self._on_end,
+            stream="stream",
+        )
+        if error is not None:
             self.peer_state = SideState.ERROR
-            events.append(ProtocolViolation(exc))
-            return events
+            events.append(ProtocolViolation(error))
+        return events
+
+    def _on_end(self) -> Event:
+        self._advance_peer(END)
+        return _END_EVENT
 
     def _advance_peer(self, key: _Key) -> None:
         nxt = _step(self._peer_table, self.peer_state, key)

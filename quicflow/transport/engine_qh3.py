@@ -52,7 +52,7 @@ from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
 
 from ..errors import ConfigError
 
-__all__ = ["Qh3FlowConnection", "qh3_configuration"]
+__all__ = ["Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
 
 
 def _convert(event: Any) -> Any:
@@ -96,6 +96,7 @@ class Qh3FlowConnection(Qh3Connection):
     def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, Any] = {}
+        self.flow_withheld: dict[int, int] = {}  # kept, unused: qh3 credits by itself
         self.flow_window = window
         self.client_certificate = None  # a qh3 server cannot ask for one
         self._peer_address: Any = None
@@ -110,7 +111,12 @@ class Qh3FlowConnection(Qh3Connection):
             if converted is not None:
                 return converted
 
-    # -- what QuicFlowProtocol asks of an engine --
+    # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
+
+    def close_event(self) -> aio_events.ConnectionTerminated | None:
+        """The connection's end once decided, before qh3 reports it after draining."""
+        event = self._close_event
+        return None if event is None else _convert(event)
 
     def reserve_stream(self) -> int:
         """Allocate the next bidirectional stream id now."""
@@ -138,7 +144,7 @@ class Qh3FlowConnection(Qh3Connection):
     def ack_with_data(self, now: float) -> None:
         """No-op: qh3 decides itself when an ACK rides along."""
 
-    def credit_due(self, stream_id: int) -> bool:
+    def credit_due(self, stream_id: int, step: int = 0) -> bool:
         """qh3 grants receive credit by itself: never."""
         return False
 
@@ -231,6 +237,16 @@ def _padding_start(data: bytes, cid_length: int) -> int | None:
             return None
         offset = end
     return None
+
+
+def shared_qh3_configuration(source: AioConfiguration) -> Any:
+    """`qh3_configuration` of ``source``, converted once and kept on it (a server's
+    connections all share one configuration)."""
+    converted = getattr(source, "_quicflow_qh3", None)
+    if converted is None:
+        converted = qh3_configuration(source)
+        source._quicflow_qh3 = converted  # type: ignore[attr-defined]
+    return converted
 
 
 def qh3_configuration(source: AioConfiguration) -> Any:

@@ -1,7 +1,10 @@
 """The protocol adapter: one QUIC connection carrying QuicFlow streams
-(`QuicFlowProtocol`), following aioquic's `QuicConnectionProtocol` loop.
+(`QuicFlowProtocol`).
 
-See the package docstring for the theory of operation.
+It runs aioquic's `QuicConnectionProtocol` loop itself (feed a datagram, drain
+the events, transmit, re-arm one timer) over an `engine.EngineConnection`, so
+it depends on no private state of aioquic's asyncio layer, and either engine
+fits without a cast. See the package docstring for the theory of operation.
 """
 
 from __future__ import annotations
@@ -11,22 +14,24 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import ConnectionClosed
+from ..protocol.budget import ByteBudget
 from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
-from .engine_aioquic import AioquicFlowConnection
+from .engine import EngineConnection
+from .inflow import FrameWatch
+from .listener import ConnectionListener, Unattached
 from .settings import TransportSettings
 from .streams import StreamHandler
 from .tls import VerifiedClientCertificate
 
-__all__ = ["FLUSH_STREAMS", "QuicFlowProtocol"]
+__all__ = ["FLUSH_STREAMS", "ConnectionRouter", "QuicFlowProtocol"]
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -36,26 +41,57 @@ connection has at most this many live streams: the control stream and one call.
 Nothing else is likely to share its datagram, and the loop turn is latency."""
 
 
-class QuicFlowProtocol(QuicConnectionProtocol):
+class ConnectionRouter(Protocol):
+    """The server endpoint a connection reports to: the connection ids it issues and
+    retires (`server_endpoint.QuicFlowServer` routes datagrams by them), its
+    handshake's end, and its own."""
+
+    def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
+
+    def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
+
+    def handshake_completed(self, protocol: QuicFlowProtocol) -> None: ...
+
+    def connection_closed(self, protocol: QuicFlowProtocol) -> None:
+        """The connection is over for its streams (closed either way, or aborted); its
+        ids still route until `connection_ended`."""
+        ...
+
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None:
+        """The engine reported the end (after the draining period): forget the ids."""
+        ...
+
+
+class QuicFlowProtocol(asyncio.DatagramProtocol):
     """One QUIC connection carrying QuicFlow streams.
 
     The runtime opens streams with `open_stream`, writes with `write`, and
     receives through the `StreamHandler` it registered. Peer-opened streams are
-    offered to ``on_new_stream``, which returns a handler or None to refuse.
+    offered to the `ConnectionListener` the runtime attached, which returns a
+    handler or None to refuse.
     Methods that only queue output schedule one transmit for the end of the
     current loop iteration, so many streams' frames share datagrams.
     """
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: EngineConnection,
         *,
         settings: TransportSettings,
+        router: ConnectionRouter | None = None,
     ) -> None:
-        super().__init__(quic)
+        self._loop = asyncio.get_running_loop()
+        self._quic = quic
+        self._router = router
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_task: asyncio.Handle | None = None
+        self._connected = False
+        self._connected_waiter: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
         self.settings = settings
-        self._fq = cast(AioquicFlowConnection, quic)
-        self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
+        self._handlers: dict[int, StreamHandler] = quic.flow_handlers
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
         # Connection-wide send budget: an upper bound of the bytes queued on all streams
         # (raised by each write, made exact by a scan only when it passes the limit) and
@@ -73,16 +109,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._delivered = False  # the datagram being handled gave a handler data
         self.owns_transport = quic.configuration.is_client
         """A client connection has its own UDP socket, closed when the connection ends."""
-        self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
-        self.on_new_uni_stream: Callable[[int], StreamHandler | None] | None = None
-        """Offered the peer's unidirectional streams (message lanes); None refuses them."""
+        self.listener: ConnectionListener = Unattached()
+        """Hears of the peer's new streams, premature resets, nudges and the end
+        (`attach`)."""
         self._lanes: set[int] = set()  # long-lived uni streams: not calls, never "idle"
-        self.message_lane: Any = None
-        """This side's sending message lane (`quicflow.lane.SendLane`), once negotiated."""
-        self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
-        self.on_peer_reset: Callable[[], None] | None = None
-        """Called when the peer resets a stream it opened before we finished our side (a
-        cancelled call: the server counts these against its rapid-reset budget)."""
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
         """The CONNECTION_CLOSE error code once the connection ended."""
@@ -96,8 +126,15 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         self._quiet: QuietWatch | None = None  # the client's nudge (see watch_quiet)
         self._waiting: Callable[[], bool] | None = None
         self._quiet_timer: asyncio.TimerHandle | None = None
-        self.on_nudge: Callable[[], None] | None = None
-        """Called after each nudge (the client counts them in its metrics)."""
+        self.receive_budget = ByteBudget(settings.connection_receive_limit)
+        """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
+        server makes its own budget the parent."""
+        self._watches: dict[int, FrameWatch] = {}
+
+    def attach(self, listener: ConnectionListener) -> None:
+        """Report the peer's streams, premature resets, nudges and the connection's end
+        to ``listener`` from now on (until then they are refused or ignored)."""
+        self.listener = listener
 
     # -- introspection --
 
@@ -114,7 +151,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def quic_stream_count(self) -> int:
         """Streams aioquic still holds state for (freed once both sides finish)."""
-        return self._fq.stream_state_count()
+        return self._quic.stream_state_count()
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
@@ -130,16 +167,16 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def rtt(self) -> float | None:
         """QUIC's smoothed round-trip time in seconds, once measured."""
-        return self._fq.smoothed_rtt()
+        return self._quic.smoothed_rtt()
 
     @property
     def client_certificate(self) -> VerifiedClientCertificate | None:
         """On the server: the client certificate verified during the handshake (mutual TLS)."""
-        return self._fq.client_certificate
+        return self._quic.client_certificate
 
     def peer_certificate_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), if it presented one."""
-        return self._fq.peer_certificate_der()
+        return self._quic.peer_certificate_der()
 
     # -- streams --
 
@@ -151,7 +188,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """
         if self.closed_error is not None:
             raise self.closed_error
-        stream_id = self._fq.reserve_stream()
+        stream_id = self._quic.reserve_stream()
         self._handlers[stream_id] = handler
         if self._quiet is not None and self._quiet_timer is None:
             self.expect_answer()
@@ -172,7 +209,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def can_open_stream(self) -> bool:
         """True if the peer's stream credit allows one more bidirectional stream now."""
-        return self._fq.free_bidi_slots() > 0
+        return self._quic.free_bidi_slots() > 0
 
     async def wait_stream_credit(self) -> None:
         """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
@@ -195,7 +232,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def _wake_credit(self) -> None:
         # Wake only as many waiters as there are free slots, oldest first: waking all
         # of them for a handful of slots is quadratic with thousands waiting.
-        slots = self._fq.free_bidi_slots()
+        slots = self._quic.free_bidi_slots()
         waiters = self._credit_waiters
         while slots > 0 and waiters:
             waiter = waiters.popleft()
@@ -264,8 +301,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         if quiet.poll(self._loop.time(), self._quiet_since(), self.last_data, True):
             self._quic.send_ping(0)
             self.transmit()
-            if self.on_nudge is not None:
-                self.on_nudge()
+            self.listener.nudged()
         when = quiet.next_check(self._quiet_since(), self.last_data)
         self._quiet_timer = self._loop.call_at(when, self._nudge)
 
@@ -277,7 +313,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def _scan_sending(self) -> int:
         """Bytes queued on all streams now; forgets streams that hold none."""
         total = 0
-        send_buffered = self._fq.send_buffered
+        send_buffered = self._quic.send_buffered
         for sid in list(self._sending):
             queued = send_buffered(sid)
             if queued:
@@ -318,7 +354,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         quic = self._quic
         with contextlib.suppress(RuntimeError, ValueError, AssertionError):
             quic.reset_stream(stream_id, error_code)
-        if stop and self._fq.receive_finished(stream_id) is not True:
+        if stop and self._quic.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 quic.stop_stream(stream_id, error_code)
         self._wake_drain(stream_id)
@@ -326,14 +362,49 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def stop_reading(self, stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
         """Tell the peer we will read no more from this stream (STOP_SENDING)."""
-        if self._fq.receive_finished(stream_id) is not True:
+        if self._quic.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 self._quic.stop_stream(stream_id, error_code)
+            self._transmit_soon()
+
+    def watch_frames(self, stream_id: int, on_timeout: Callable[[], None]) -> FrameWatch:
+        """The `FrameWatch` of an incoming stream whose frames arrive in pieces: frames
+        over half the stream window reserve their size from `receive_budget` before they
+        get credit beyond it, and ``on_timeout`` runs when one stays unfinished for
+        ``frame_timeout``. Closed by `release` (and when the connection ends)."""
+        watch = self._watches.get(stream_id)
+        if watch is None:
+            settings = self.settings
+            watch = self._watches[stream_id] = FrameWatch(
+                self._loop,
+                self.receive_budget,
+                threshold=settings.stream_receive_window >> 1,
+                timeout=settings.frame_timeout,
+                on_timeout=on_timeout,
+                withhold=lambda n: self._withhold(stream_id, n),
+            )
+        return watch
+
+    def _withhold(self, stream_id: int, count: int) -> None:
+        withheld = self._quic.flow_withheld
+        if count:
+            withheld[stream_id] = count
+        elif (
+            withheld.pop(stream_id, None) is not None
+            and not self._receiving
+            and self._quic.credit_due(stream_id, self.settings.stream_receive_window >> 2)
+        ):
+            # A reservation came through (another stream's frame ended): the credit the
+            # frame was waiting for goes out now, not with the next unrelated packet.
             self._transmit_soon()
 
     def release(self, stream_id: int) -> None:
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
         self._handlers.pop(stream_id, None)
+        if self._watches:
+            watch = self._watches.pop(stream_id, None)
+            if watch is not None:
+                watch.close()
         self._drain_waiters.pop(stream_id, None)
         self._lanes.discard(stream_id)
         if self._idle_waiters and len(self._handlers) <= len(self._lanes):
@@ -354,12 +425,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def credit_released(self, stream_id: int) -> None:
         """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
-        if self._fq.credit_due(stream_id):
+        if self._quic.credit_due(stream_id):
             self._transmit_soon()
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes written on a stream that the peer has not acknowledged yet."""
-        return self._fq.send_buffered(stream_id)
+        return self._quic.send_buffered(stream_id)
 
     async def drain(self, stream_id: int) -> None:
         """Wait until the stream's unacknowledged bytes are under ``send_buffer_limit``.
@@ -388,13 +459,68 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         for stream_id in [s for s in self._drain_waiters if self.send_buffered(s) <= limit]:
             self._wake_drain(stream_id)
 
-    # -- aioquic plumbing --
+    # -- the loop: feed a datagram, drain events, transmit, re-arm the timer --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connect(self, addr: NetworkAddress) -> None:
+        """Start the TLS handshake towards ``addr`` (a client, once)."""
+        self._quic.connect(addr, now=self._loop.time())
+        self.transmit()
+
+    async def wait_connected(self) -> None:
+        """Wait for the handshake to complete (`ConnectionError` if the connection ends)."""
+        if not self._connected:
+            if self._connected_waiter is None:
+                self._connected_waiter = self._loop.create_future()
+            await asyncio.shield(self._connected_waiter)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
+        await self._closed.wait()
+
+    def _handle_timer(self) -> None:
+        now = max(self._timer_at or 0.0, self._loop.time())
+        self._timer = None
+        self._timer_at = None
+        self._quic.handle_timer(now=now)
+        self._process_events()
+        self.transmit()
+
+    def _process_events(self) -> None:
+        quic = self._quic
+        router = self._router
+        event = quic.next_event()
+        while event is not None:
+            if isinstance(event, events.ConnectionIdIssued):
+                if router is not None:
+                    router.connection_id_issued(self, event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                if router is not None:
+                    router.connection_id_retired(self, event.connection_id)
+            elif isinstance(event, events.ConnectionTerminated):
+                if router is not None:
+                    router.connection_ended(self)
+                waiter, self._connected_waiter = self._connected_waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ConnectionError)
+                self._closed.set()
+            elif isinstance(event, events.HandshakeCompleted):
+                if router is not None:
+                    router.handshake_completed(self)
+                self._connected = True
+                waiter, self._connected_waiter = self._connected_waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            self.quic_event_received(event)
+            event = quic.next_event()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         # aioquic transmits right after processing a datagram, so writes made by
         # stream handlers meanwhile need no transmit of their own.
         quic = self._quic
-        active = self._fq.active_path()
+        active = self._quic.active_path()
         self._receiving = True
         self._delivered = False
         self.last_heard = now = self._loop.time()
@@ -405,7 +531,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._receiving = False
         if self._delivered:
             self.last_data = now
-        if active is not None and self._fq.active_path() is not active:
+        if active is not None and self._quic.active_path() is not active:
             self._path_changed()
         if self._wrote or not self._delivered or not self._few_streams():
             # With many calls in flight, datagrams arrive back to back and each
@@ -417,7 +543,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             # request, the reply of a task) comes at the next loop turn, and one
             # transmit then carries it with whatever ACK is due now.
             self._transmit_task = self._loop.call_soon(self.transmit)
-        close_event = self._quic._close_event
+        close_event = self._quic.close_event()
         if close_event is not None and self.closed_error is None:
             # The peer closed: aioquic reports it only after its draining period
             # (3 PTO), but every call on this connection is over now.
@@ -438,15 +564,28 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # sending into an address that is gone it is seconds long, so anything lost
         # on the new path (the path challenge, the first answers) waited for that
         # backed-off probe, 10 s and more. A new path starts with a fresh backoff.
-        self._fq.reset_probe_backoff()
+        self._quic.reset_probe_backoff()
 
     def transmit(self) -> None:
-        """Send what aioquic has queued; data written since the last transmit carries
-        any pending ACK (`AioquicFlowConnection.ack_with_data`)."""
+        """Send what the engine has queued and re-arm its timer; data written since the
+        last transmit carries any pending ACK (`AioquicFlowConnection.ack_with_data`)."""
+        self._transmit_task = None
+        quic = self._quic
+        now = self._loop.time()
         if self._wrote:
             self._wrote = False
-            self._fq.ack_with_data(self._loop.time())
-        super().transmit()
+            quic.ack_with_data(now)
+        transport = self._transport
+        if transport is not None:
+            for data, addr in quic.datagrams_to_send(now=now):
+                transport.sendto(data, addr)
+        timer_at = quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:
@@ -473,7 +612,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         self._quic.close(**close)
         self.transmit()
-        close_event = self._quic._close_event
+        close_event = self._quic.close_event()
         if close_event is not None and self.closed_error is None:
             self._terminated(close_event)
 
@@ -497,6 +636,19 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._timer.cancel()
             self._timer = None
         self._closed.set()
+
+    def discard(self, reason: str) -> None:
+        """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
+        the timer and transmit still armed (they would fire into the closed socket) and
+        close the socket if this connection owns it."""
+        self.abort(reason)
+        for handle in (self._timer, self._transmit_task):
+            if handle is not None:
+                handle.cancel()
+        self._timer = None
+        self._transmit_task = None
+        if self.owns_transport and self._transport is not None:
+            self._transport.close()
 
     async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close, wait (up to 1 s) for the close to complete, and release the socket if
@@ -534,13 +686,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         elif type(event) is events.StreamReset:
             handler = handlers.get(event.stream_id)
             if (
-                self.on_peer_reset is not None
-                and self.closed_error is None
+                self.closed_error is None
                 and (event.stream_id & 3) == (self._peer_next_bidi & 3)  # a peer-opened call
-                and (handler is not None or self._fq.sent_fin(event.stream_id) is False)
+                and (handler is not None or self._quic.sent_fin(event.stream_id) is False)
             ):
                 # A call still open on our side (or one we never saw): a premature reset.
-                self.on_peer_reset()
+                self.listener.call_reset()
                 if self.closed_error is not None:
                     return  # that was one too many: the connection is closed
                 handler = handlers.get(event.stream_id)
@@ -551,7 +702,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 # never finished our side, reset it as well so aioquic can free it. A
                 # side that sent FIN stays as it is (its trailers may still be in flight).
                 self._accept_stream(event.stream_id, offer=False)
-                if self._fq.sent_fin(event.stream_id) is False:
+                if self._quic.sent_fin(event.stream_id) is False:
                     with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                         self._quic.reset_stream(event.stream_id, event.error_code)
         elif type(event) is events.StopSendingReceived:
@@ -571,9 +722,8 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 # A peer's unidirectional stream: a message lane if the runtime takes it
                 # (wire-protocol.md §11.1), else refused.
                 is_peer_uni = (stream_id & 1) == (1 if self._quic.configuration.is_client else 0)
-                offer_uni = self.on_new_uni_stream
-                if offer and is_peer_uni and offer_uni is not None:
-                    uni_handler = offer_uni(stream_id)
+                if offer and is_peer_uni:
+                    uni_handler = self.listener.lane_opened(stream_id)
                     if uni_handler is not None:
                         self._handlers[stream_id] = uni_handler
                         self._lanes.add(stream_id)
@@ -592,7 +742,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._peer_next_bidi = stream_id + 4
         if not offer:
             return None
-        handler = self.on_new_stream(stream_id) if self.on_new_stream is not None else None
+        handler = self.listener.stream_opened(stream_id)
         if handler is None:
             self.reset(stream_id, ErrorCode.REFUSED)
             return None
@@ -614,6 +764,10 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         handlers = list(self._handlers.values())
         self._handlers.clear()
         self._lanes.clear()
+        watches = list(self._watches.values())
+        self._watches.clear()
+        for watch in watches:
+            watch.close()  # give the server's budget back
         if self._quiet_timer is not None:
             self._quiet_timer.cancel()
             self._quiet_timer = None
@@ -635,8 +789,9 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 handler.connection_lost(self.closed_error)
             except Exception:  # one broken handler must not stop the others
                 logger.exception("stream handler failed on connection loss")
-        for callback in self.on_connection_lost:
-            try:
-                callback(self.closed_error)
-            except Exception:
-                logger.exception("connection-lost callback failed")
+        try:
+            self.listener.connection_lost(self.closed_error)
+        except Exception:
+            logger.exception("connection listener failed on connection loss")
+        if self._router is not None:
+            self._router.connection_closed(self)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 from collections.abc import Callable
 from typing import cast
@@ -12,13 +13,21 @@ from typing import cast
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
-from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.packet import (
+    QuicPacketType,
+    QuicProtocolVersion,
+    encode_quic_retry,
+    pull_quic_header,
+)
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
-from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+
+logger = logging.getLogger("quicflow.transport")
 
 __all__ = ["QuicFlowServer", "serve"]
 
@@ -33,6 +42,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
     is answered with a stateless Retry carrying an address-bound token, and
     only an Initial that returns a valid token creates a connection (RFC 9000
     §8.1.2): a flood from spoofed addresses costs one datagram each, no state.
+    Without ``retry``, the same happens by itself while ``retry_threshold``
+    handshakes or more are in progress (0: never), as QUIC servers under load do.
     """
 
     def __init__(
@@ -42,8 +53,18 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         on_connection: Callable[[QuicFlowProtocol], None],
         *,
         retry: bool = False,
+        retry_threshold: int = 0,
     ) -> None:
+        self._always_retry = retry
+        self.retry_threshold = retry_threshold
+        """Handshakes in progress from which every new connection must pass a Retry."""
+        # The token key is made on first use (an RSA key: ~0.1 s of CPU).
         self._retry = QuicRetryTokenHandler() if retry else None
+        self._handshaking: set[QuicFlowProtocol] = set()
+        self._retrying = False  # the threshold was passed (logged once per episode)
+        self.receive_budget = ByteBudget(settings.receive_limit)
+        """Bytes of large unfinished frames all connections may hold (each connection's
+        `QuicFlowProtocol.receive_budget` has this one as its parent)."""
         self.retries_sent = 0
         """Retry packets sent (address validations asked for)."""
         self._configuration = configuration
@@ -62,6 +83,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            grow_buffers(sock)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         try:
@@ -80,10 +104,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 return  # not a connection attempt we take (no version negotiation in v1)
             original_cid = header.destination_cid
             retry_cid: bytes | None = None
-            if self._retry is not None:
-                if not header.token:
-                    self._send_retry(header.version, header.source_cid, original_cid, addr)
-                    return
+            validate = self._must_validate()
+            if header.token and self._retry is not None:
                 try:
                     original_cid = self._retry.validate_token(
                         address=addr,
@@ -91,9 +113,15 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                         token=header.token,
                         now=asyncio.get_running_loop().time(),
                     )
+                    retry_cid = header.destination_cid
                 except ValueError:
-                    return  # forged, expired or from another address: no state for it
-                retry_cid = header.destination_cid
+                    if validate:
+                        return  # forged, expired or from another address: no state for it
+            elif validate:
+                if header.token:
+                    return  # a token we never issued
+                self._send_retry(header.version, header.source_cid, original_cid, addr)
+                return
             protocol = self._accept(header.destination_cid, addr, original_cid, retry_cid)
             protocol.datagram_received(data, addr)
             # Only now does the connection know its peer's address, so only now may
@@ -102,10 +130,36 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             return
         protocol.datagram_received(data, addr)
 
+    @property
+    def handshakes(self) -> int:
+        """Connections whose handshake is in progress."""
+        return len(self._handshaking)
+
+    def _must_validate(self) -> bool:
+        """Whether a new connection must pass a Retry first: always with ``retry``, else
+        while ``retry_threshold`` handshakes or more are in progress."""
+        if self._always_retry:
+            return True
+        threshold = self.retry_threshold
+        busy = bool(threshold) and len(self._handshaking) >= threshold
+        if busy != self._retrying:
+            self._retrying = busy
+            if busy:
+                logger.warning(
+                    "%d handshakes in progress (retry_threshold): new connections must "
+                    "validate their address with a QUIC Retry first",
+                    len(self._handshaking),
+                )
+            else:
+                logger.info("handshakes in progress below retry_threshold: Retry off again")
+        return busy
+
     def _send_retry(
         self, version: int, client_cid: bytes, original_cid: bytes, addr: NetworkAddress
     ) -> None:
-        assert self._retry is not None and self._transport is not None
+        assert self._transport is not None
+        if self._retry is None:
+            self._retry = QuicRetryTokenHandler()
         new_cid = os.urandom(8)
         token = self._retry.create_token(
             address=addr,
@@ -142,13 +196,12 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
-        protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
+        protocol.receive_budget.parent = self.receive_budget
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
-        protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
-        protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
-        protocol._connection_terminated_handler = lambda: self._forget(protocol)
-        self._add_cid(protocol, first_cid)
-        self._add_cid(protocol, connection.host_cid)
+        self.connection_id_issued(protocol, first_cid)
+        self.connection_id_issued(protocol, connection.host_cid)
+        self._handshaking.add(protocol)
         self.connections.add(protocol)
         return protocol
 
@@ -161,21 +214,30 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             )
         return cached
 
-    def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    # -- what each connection reports (`quic.ConnectionRouter`) --
+
+    def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         self._protocols[cid] = protocol
         protocol.cids.add(cid)
 
-    def _remove_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         protocol.cids.discard(cid)
         if self._protocols.get(cid) is protocol:
             del self._protocols[cid]
 
-    def _forget(self, protocol: QuicFlowProtocol) -> None:
+    def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
+
+    def connection_closed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
+
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
             if self._protocols.get(cid) is protocol:
                 del self._protocols[cid]
         protocol.cids.clear()
         self.connections.discard(protocol)
+        self._handshaking.discard(protocol)
 
     def close(self) -> None:
         """Stop listening; connections still open are closed abruptly."""
@@ -193,22 +255,35 @@ async def serve(
     on_connection: Callable[[QuicFlowProtocol], None],
     *,
     retry: bool = False,
+    retry_threshold: int = 0,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
-    addresses with a QUIC Retry first; see `QuicFlowServer`)."""
+    addresses with a QUIC Retry first; ``retry_threshold``: do so while that many
+    handshakes are in progress; see `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
+    # QUIC version 1 only (docs/wire-protocol.md §2): aioquic's default list adds version
+    # 2, which costs every connection a second set of Initial keys (~8 KiB) for a version
+    # negotiation its clients never ask for (they start with version 1, and a server that
+    # prefers version 1 never moves them to 2).
+    configuration.supported_versions = [QuicProtocolVersion.VERSION_1]
     if resolve_engine(settings.quic_engine) == "qh3":
-        from .engine_qh3 import qh3_configuration
+        from .engine_qh3 import shared_qh3_configuration
 
-        qh3_configuration(configuration)  # refuse what qh3 cannot do now, not per connection
-    _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
-        local_addr=(host, port),
-        reuse_port=None,
-    )
-    if proto._transport is not None:
-        sock = proto._transport.get_extra_info("socket")
-        if sock is not None:
-            grow_buffers(sock)
+        # Refuse what qh3 cannot do now, not per connection.
+        shared_qh3_configuration(configuration)
+    try:
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: QuicFlowServer(
+                configuration,
+                settings,
+                on_connection,
+                retry=retry,
+                retry_threshold=retry_threshold,
+            ),
+            local_addr=(host, port),
+            reuse_port=None,
+        )
+    except OSError as exc:
+        raise bind_error(exc, "UDP", host, port) from exc
     return proto

@@ -19,6 +19,7 @@ __all__ = [
     "FrameDecoder",
     "FrameType",
     "MalformedFrame",
+    "UnexpectedFrame",
     "decode_metadata",
     "encode_frame",
     "encode_metadata",
@@ -72,6 +73,21 @@ class MalformedFrame(RemoteProtocolError):
     """The peer sent bytes that are not a valid frame (unknown type, bad payload)."""
 
 
+class UnexpectedFrame(MalformedFrame):
+    """A known frame type that this stream never carries from this peer.
+
+    `FrameDecoder` raises it at the frame's header when given ``allowed``,
+    before the length is checked: a frame that can never be legal here is a
+    protocol error whatever its size (wire-protocol.md §3.2), and the state
+    machine that owns the stream rephrases it with its state.
+    """
+
+    def __init__(self, frame_type: FrameType) -> None:
+        super().__init__(f"unexpected {frame_type.name} frame")
+        self.frame_type = frame_type
+        """The frame type that is not allowed."""
+
+
 @dataclass(frozen=True, slots=True)
 class Frame:
     """One decoded frame."""
@@ -95,7 +111,10 @@ class FrameDecoder:
     ``max_control_size`` bounds every other frame's payload. A length over its
     bound raises `FrameTooLarge` as soon as the 5-byte prefix is complete,
     before any of the payload is buffered. Unknown frame types raise
-    `MalformedFrame`. After an error the decoder refuses further input.
+    `MalformedFrame`, and, when ``allowed`` is given, known types outside it
+    raise `UnexpectedFrame`; both are checked before the length, so a frame
+    of a type that is wrong here is a protocol error whatever its size.
+    After an error the decoder refuses further input.
 
     Example::
 
@@ -104,11 +123,22 @@ class FrameDecoder:
             ...
     """
 
-    __slots__ = ("_buf", "_error", "_need", "_type", "max_control_size", "max_data_size")
+    __slots__ = (
+        "_allowed",
+        "_buf",
+        "_error",
+        "_need",
+        "_type",
+        "max_control_size",
+        "max_data_size",
+    )
 
-    def __init__(self, max_data_size: int, max_control_size: int) -> None:
+    def __init__(
+        self, max_data_size: int, max_control_size: int, *, allowed: Iterable[int] | None = None
+    ) -> None:
         self.max_data_size = max_data_size
         self.max_control_size = max_control_size
+        self._allowed = _KNOWN_TYPES if allowed is None else frozenset(allowed)
         self._buf = bytearray()
         self._type = -1  # type of the frame whose payload we are collecting; -1: none
         self._need = 0
@@ -118,6 +148,11 @@ class FrameDecoder:
     def buffered(self) -> int:
         """Bytes held for a frame not yet complete."""
         return len(self._buf)
+
+    @property
+    def frame_length(self) -> int:
+        """Payload length of the frame being collected; 0 until its prefix is complete."""
+        return self._need if self._type >= 0 else 0
 
     @property
     def at_boundary(self) -> bool:
@@ -132,6 +167,7 @@ class FrameDecoder:
 
         Raises:
             FrameTooLarge: a length prefix is over its limit.
+            UnexpectedFrame: a known frame type outside ``allowed``.
             MalformedFrame: an unknown frame type, or input after an error.
         """
         if self._error:
@@ -181,9 +217,11 @@ class FrameDecoder:
         return frames, None
 
     def _check(self, ftype: int, length: int) -> None:
-        if ftype not in _KNOWN_TYPES:
+        if ftype not in self._allowed:
             self._error = True
-            raise MalformedFrame(f"unknown frame type 0x{ftype:02x}")
+            if ftype not in _KNOWN_TYPES:
+                raise MalformedFrame(f"unknown frame type 0x{ftype:02x}")
+            raise UnexpectedFrame(FrameType(ftype))
         data = ftype == FrameType.DATA or ftype == FrameType.MESSAGE
         limit = self.max_data_size if data else self.max_control_size
         if length > limit:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -213,6 +214,25 @@ def test_call_sends_metadata(served: Served) -> None:
     assert "clients" in json.loads(allowed.stdout)
 
 
+def test_call_prints_the_json_mapping_or_with_proto_names_the_proto_spelling(
+    served: Served,
+) -> None:
+    """Check that `call` prints protobuf's JSON mapping (lowerCamelCase names, 64-bit
+    integers as strings) and, with --proto-names, the .proto's own field names."""
+    base = ["call", "quicflow.admin.v1.Admin/ListClients", "--proto", ADMIN_PROTO]
+    base += ["-m", f"admin-token={ADMIN_TOKEN}", *served.connection()]
+    mapped = quicflow(*base)
+    assert mapped.returncode == 0, mapped.stderr
+    entry = json.loads(mapped.stdout)["clients"][0]  # the command's own connection, at least
+    assert {"clientId", "connectedSince", "bytesIn"} <= entry.keys()
+    assert isinstance(entry["bytesIn"], str) and int(entry["bytesIn"]) > 0
+    named = quicflow(*base, "--proto-names")
+    assert named.returncode == 0, named.stderr
+    entry = json.loads(named.stdout)["clients"][0]
+    assert {"client_id", "connected_since", "bytes_in"} <= entry.keys()
+    assert not any(any(c.isupper() for c in key) for key in entry)
+
+
 def test_call_non_ok_status_and_deadline_print_one_error_line(served: Served) -> None:
     """Check that a non-OK status prints `ERROR <CODE>: <details>` and the deadline applies."""
     aborted = quicflow(
@@ -260,8 +280,8 @@ def test_call_bad_input_fails_with_one_line(served: Served, args: list[str], exp
 
 
 def test_call_bad_proto_and_unreachable_server(served: Served, tmp_path: Path) -> None:
-    """Check that a broken .proto reports protoc's complaint and a dead address times out
-    with one line."""
+    """Check that a broken .proto reports protoc's complaint and a dead address fails with
+    one line."""
     broken = tmp_path / "broken.proto"
     broken.write_text('syntax = "proto3";\nmessage {\n')
     line = one_error_line(quicflow("call", "x.Y/Z", "{}", "--proto", str(broken)))
@@ -271,7 +291,7 @@ def test_call_bad_proto_and_unreachable_server(served: Served, tmp_path: Path) -
         "call", "echo.Echo/Say", "{}", "--proto", ECHO_PROTO,
         "--address", "127.0.0.1:9", "--ca", str(served.certs.ca_file), "--connect-timeout", "0.3",
     )  # fmt: skip
-    assert one_error_line(dead).startswith("quicflow call: cannot connect to 127.0.0.1:9: ")
+    assert one_error_line(dead).startswith("quicflow call: nothing answers at 127.0.0.1:9 ")
     bad_address = quicflow("call", "echo.Echo/Say", "--proto", ECHO_PROTO, "--address", "nope")
     assert "--address must be HOST:PORT" in one_error_line(bad_address)
 
@@ -306,8 +326,62 @@ def test_health_of_a_server_with_a_certificate_we_do_not_trust(served: Served) -
     line naming the cause."""
     result = quicflow("health", "--address", f"127.0.0.1:{served.port}", "--connect-timeout", "2")
     line = one_error_line(result)
-    assert line.startswith(f"quicflow health: cannot connect to 127.0.0.1:{served.port}: ")
-    assert "certificate" in line
+    assert line.startswith(f"quicflow health: could not connect to 127.0.0.1:{served.port}: ")
+    assert "unable to get local issuer certificate" in line
+    assert "ca_file (--ca FILE)" in line  # what to do about it
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A UDP port with a socket on it that never answers (a server that hangs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def test_health_wait_bounds_the_whole_command(silent_port: int) -> None:
+    """Check that `health --wait 1` against a server that never answers gives up after
+    --wait (its last attempt gets what is left of it, not another 5 s connect_timeout) and
+    says so."""
+    address = f"127.0.0.1:{silent_port}"
+    line = one_error_line(quicflow("health", "--address", address, "--wait", "1"))
+    assert line == (
+        f"quicflow health: could not connect to {address}: no answer within 1 s "
+        "(kept trying for --wait 1 s)"
+    )
+
+
+def test_health_wait_retries_a_closed_port_quietly() -> None:
+    """Check that `health --wait` on asyncio's loop retries a port nobody listens on with no
+    traceback from a failed attempt, prints the insecure warning once, and ends with the
+    reason."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    result = quicflow(
+        "health", "--address", address, "--insecure", "--wait", "0.8",
+        env={"QUICFLOW_CLIENT_EVENT_LOOP": "asyncio"},
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 2, result.stderr
+    assert "TLS verification is OFF" in lines[0]
+    assert lines[1] == (
+        f"quicflow health: nothing answers at {address} (no server listens on that UDP port) "
+        "(kept trying for --wait 0.8 s)"
+    )
+
+
+def test_call_deadline_bounds_connecting(silent_port: int) -> None:
+    """Check that a call's --deadline shorter than connect_timeout also bounds connecting."""
+    address = f"127.0.0.1:{silent_port}"
+    result = quicflow(
+        "call", "echo.Echo/Say", "{}", "--proto", ECHO_PROTO, "--address", address,
+        "--deadline", "0.4",
+    )  # fmt: skip
+    assert one_error_line(result) == (
+        f"quicflow call: could not connect to {address}: no answer within 0.4 s"
+    )
 
 
 # -- clients -------------------------------------------------------------------
@@ -416,6 +490,19 @@ def test_gen_bad_input_fails_with_one_line(tmp_path: Path) -> None:
     assert broken.startswith("quicflow gen: protoc failed: ") and "bad.proto" in broken
 
 
+def test_gen_that_fails_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    """Check that a failed `gen` removes the (empty) output folders it created, and keeps one
+    that was there before."""
+    (tmp_path / "bad.proto").write_text('syntax = "proto3";\nservice {\n')
+    out = tmp_path / "new" / "gen"
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(out)))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(existing)))
+    assert existing.is_dir()
+
+
 def test_gen_without_grpcio_tools_says_which_extra_to_install(tmp_path: Path) -> None:
     """Check that `gen` names the missing `gen` extra when grpcio-tools cannot be imported."""
     result = without_grpc_tools("gen", str(ROOT / "proto" / "echo"), "--out", str(tmp_path))
@@ -442,3 +529,17 @@ def test_serve_bad_config_file_names_the_field(tmp_path: Path) -> None:
         quicflow("serve", "examples.echo.service:Echo", "-p", "generated", "--config", str(config))
     )
     assert "max_missed_heartbeats: must be between 1 and 100, got 0" in line
+
+
+# -- reflection (tests/e2e/test_reflection.py has the rest) ---------------------
+
+
+def test_serve_answers_reflection_so_call_needs_no_proto(served: Served) -> None:
+    """Check that `quicflow serve` turns reflection on: `list` names the served service and
+    `call` works without --proto or --descriptor-set."""
+    listed = quicflow("list", *served.connection())
+    assert listed.returncode == 0, listed.stderr
+    assert "echo.Echo" in listed.stdout.splitlines()
+    called = quicflow("call", "echo.Echo/Say", '{"text": "no proto"}', *served.connection())
+    assert called.returncode == 0, called.stderr
+    assert json.loads(called.stdout) == {"text": "no proto"}

@@ -136,6 +136,21 @@ CASES = {
         "HEADERS frame of 4294967295 bytes exceeds the limit of 65536",
         ErrorCode.EXCESSIVE_LOAD,
     ),
+    # A type no caller may send is a protocol error whatever its length (limits.md).
+    "HELLO length 4 GiB": (
+        _prefix(FrameType.HELLO, 0xFFFF_FFFF),
+        False,
+        StatusCode.INTERNAL,
+        "malformed request: unexpected HELLO frame in state IDLE",
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "TRAILERS length 4 GiB after HEADERS": (
+        _headers() + _prefix(FrameType.TRAILERS, 0xFFFF_FFFF),
+        False,
+        StatusCode.INTERNAL,
+        "malformed request: unexpected TRAILERS frame in state OPEN",
+        ErrorCode.PROTOCOL_ERROR,
+    ),
     "HEADERS one over the limit": (
         _prefix(FrameType.HEADERS, 65537),
         False,
@@ -248,7 +263,13 @@ CONTROL_CASES = {
         _prefix(FrameType.HELLO, 0xFFFF_FFFF),
         False,
         ErrorCode.PROTOCOL_ERROR,
-        "exceeds the limit",
+        "control stream: HELLO frame of 4294967295 bytes exceeds the limit of 65536 bytes",
+    ),
+    "DATA length 4 GiB": (
+        _prefix(FrameType.DATA, 0xFFFF_FFFF),
+        False,
+        ErrorCode.PROTOCOL_ERROR,
+        "control stream: unexpected DATA frame on the control stream",
     ),
     "FIN at once": (b"", True, ErrorCode.PROTOCOL_ERROR, "control stream closed"),
 }

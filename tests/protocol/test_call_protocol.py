@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import struct
 
 import pytest
 
@@ -407,6 +408,47 @@ def test_control_frames_on_a_call_stream_are_violations(
     error = violation(machine.receive_data(encode_frame(ftype, b""), False))
     state = "OPEN" if opened else "IDLE"
     assert f"unexpected {ftype.name} frame in state {state}" in str(error)
+
+
+@pytest.mark.parametrize("ftype", [*CONTROL_TYPES, FrameType.MESSAGE], ids=lambda t: t.name)
+@pytest.mark.parametrize("role", list(Role), ids=lambda r: r.name)
+def test_a_frame_never_legal_here_is_a_violation_whatever_its_length(
+    ftype: FrameType, role: Role
+) -> None:
+    """Check that a control or MESSAGE frame announcing 4 GiB on a call stream is refused
+    as an illegal frame (INTERNAL, PROTOCOL_ERROR) at its header, not as an oversized one
+    (RESOURCE_EXHAUSTED): the type is checked before the length (wire-protocol.md §3.2)."""
+    for chunk in CHUNKINGS:
+        machine = make(role)
+        events = transfer(machine, struct.pack(">BI", ftype, 0xFFFF_FFFF), chunk=chunk)
+        error = violation(events)
+        assert not isinstance(error, FrameTooLarge)
+        assert isinstance(error, MalformedFrame)
+        assert str(error) == f"unexpected {ftype.name} frame in state IDLE"
+        assert (error.error_code, error.status) == (ErrorCode.PROTOCOL_ERROR, StatusCode.INTERNAL)
+
+
+def test_trailers_from_the_caller_are_refused_whatever_their_length() -> None:
+    """Check that TRAILERS, which a caller never sends, announcing 4 GiB after HEADERS are
+    refused as illegal in state OPEN, not as too large."""
+    error = violation(
+        opened_callee().receive_data(struct.pack(">BI", FrameType.TRAILERS, 0xFFFF_FFFF), False)
+    )
+    assert str(error) == "unexpected TRAILERS frame in state OPEN"
+    assert error.status is StatusCode.INTERNAL
+
+
+def test_legal_types_over_their_limit_stay_resource_exhausted() -> None:
+    """Check that HEADERS and DATA (and TRAILERS from the callee) over their limits are
+    still FrameTooLarge, RESOURCE_EXHAUSTED."""
+    for role, ftype in [
+        (Role.CALLEE, FrameType.HEADERS),
+        (Role.CALLEE, FrameType.DATA),
+        (Role.CALLER, FrameType.TRAILERS),
+    ]:
+        error = violation(make(role).receive_data(struct.pack(">BI", ftype, 0xFFFF_FFFF), False))
+        assert isinstance(error, FrameTooLarge)
+        assert error.status is StatusCode.RESOURCE_EXHAUSTED
 
 
 @pytest.mark.parametrize("role", list(Role), ids=lambda r: r.name)

@@ -478,8 +478,11 @@ def test_events_before_an_error_in_the_same_read_are_delivered() -> None:
         (b"\x10\x00\x00\x00\x05ab", True, MalformedFrame, "ended inside a frame"),
         (b"\x10\x00", True, MalformedFrame, "ended inside a frame"),
         (b"\x10\x00\x01\x00\x00", False, FrameTooLarge, "exceeds the limit"),
-        (b"\x00\xff\xff\xff\xff", False, FrameTooLarge, "exceeds the limit"),
+        (b"\x10\xff\xff\xff\xff", False, FrameTooLarge, "exceeds the limit"),
         (raw(FrameType.DATA), False, MalformedFrame, "unexpected DATA frame on the control stream"),
+        # A type the client never sends here is refused whatever its length (§3.2).
+        (b"\x00\xff\xff\xff\xff", False, MalformedFrame, "unexpected DATA frame on the control"),
+        (b"\x11\xff\xff\xff\xff", False, MalformedFrame, "cannot recv WELCOME in IDLE as SERVER"),
     ],
 )
 def test_garbage_to_the_server_is_one_violation(

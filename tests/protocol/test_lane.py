@@ -57,10 +57,21 @@ def test_the_worked_example_is_byte_exact() -> None:
             "invalid metadata key",
         ),
         (b"\x20\0\0\x04\x01", False, ErrorCode.EXCESSIVE_LOAD, "of 1025 bytes exceeds the limit"),
+        (b"\x01\xff\xff\xff\xff", False, ErrorCode.PROTOCOL_ERROR, "unexpected HEADERS frame"),
         (b"", True, ErrorCode.PROTOCOL_ERROR, "ended its message lane"),
         (b"\x20\0", True, ErrorCode.PROTOCOL_ERROR, "ended its message lane"),
     ],
-    ids=["data", "unknown", "bad-payload", "no-type", "bad-key", "too-large", "fin", "fin-inside"],
+    ids=[
+        "data",
+        "unknown",
+        "bad-payload",
+        "no-type",
+        "bad-key",
+        "too-large",
+        "4GiB-headers",
+        "fin",
+        "fin-inside",
+    ],
 )
 def test_malformed_lane_is_one_error_after_the_good_messages(
     data: bytes, end: bool, code: int, reason: str

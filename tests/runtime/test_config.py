@@ -168,6 +168,16 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
+    ("retry_threshold", -1),
+    ("retry_threshold", 2.5),
+    ("frame_timeout", 0),
+    ("frame_timeout", math.inf),
+    ("frame_timeout", 3601.0),
+    ("connection_receive_limit", (64 << 10) - 1),
+    ("connection_receive_limit", 1.5),
+    ("connection_receive_limit", True),
+    ("receive_limit", (16 << 20) - 1),  # below the default connection_receive_limit
+    ("receive_limit", "lots"),
     ("cluster_nats_urls", [""]),
     ("cluster_nats_urls", [4222]),
     ("cluster_name", "a.b"),
@@ -183,6 +193,7 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("cluster_replicas", 6),
     ("cluster_advertise", ""),
     ("reflection", "yes"),
+    ("health", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
@@ -281,7 +292,7 @@ def test_every_validated_field_has_a_bad_value_case() -> None:
     common = {name for name, _ in COMMON_BAD}
     for cls, specific in ((ServerConfig, SERVER_BAD), (ClientConfig, CLIENT_BAD)):
         covered = common | {name for name, _ in specific}
-        fields = {f.name for f in dataclasses.fields(cls)} - {"interceptors"}
+        fields = {f.name for f in dataclasses.fields(cls)} - {"interceptors", "push_interceptors"}
         assert fields == covered, cls.__name__
 
 

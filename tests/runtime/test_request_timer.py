@@ -1,10 +1,12 @@
-"""The header_timeout bound on a call's start, on a virtual clock (no network).
+"""The header_timeout bound on a call's start, and frame_timeout on each unfinished frame,
+on a virtual clock (no network).
 
 A unary or server-streaming call starts its handler only once its request is
 complete (HEADERS, the one message, FIN); until then header_timeout, counted
 from the stream's first bytes, bounds it. The call object is driven directly
-with a `FakeClock` standing in for the event loop: it can time and schedule,
-but not create tasks, so a handler that started would fail the test.
+by a real `Endpoint` whose injected clock is a `FakeClock`, the way the
+runtime arms every timer; no event loop runs, so a handler that started would
+fail the test.
 """
 
 from __future__ import annotations
@@ -15,9 +17,11 @@ from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase
 
 from quicflow import ServerConfig, ServicerContext, StatusCode
-from quicflow.hooks import Hooks
-from quicflow.server import _ServerCall
+from quicflow.endpoint import Endpoint
+from quicflow.incoming import IncomingCall
+from quicflow.protocol.budget import ByteBudget
 from quicflow.testing import FakeClock
+from quicflow.transport.inflow import FrameWatch
 from quicflow.wire import ErrorCode, FrameDecoder, FrameType, encode_frame
 from quicflow.wire.v1 import frames_pb2 as pb
 
@@ -27,24 +31,25 @@ class _Echo(EchoBase):
         raise AssertionError("the handler must not run")
 
 
-class _Host:
-    """What a call needs of its server (`CalleeHost`)."""
-
-    def __init__(self, header_timeout: float) -> None:
-        self.config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout)
-        self._handlers = dict(_Echo().__quicflow_handlers__())
-        self._callee_interceptors = ()
-        self._calls: set[Any] = set()
-        self.hooks = Hooks()
-        self._metrics = None
-        self._replies = None
+def _endpoint(header_timeout: float, clock: FakeClock) -> Endpoint:
+    """A server's endpoint answering Echo, its timers on ``clock``."""
+    config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout, metrics=False)
+    endpoint = Endpoint(config, interceptors=(), replies=None, clock=clock)
+    endpoint.add_handlers(_Echo().__quicflow_handlers__())
+    return endpoint
 
 
 class _Conn:
     """The transport side of one stream, recording what the call did to it."""
 
-    def __init__(self, clock: FakeClock) -> None:
-        self._loop = clock
+    def __init__(
+        self, clock: FakeClock, frame_timeout: float = 30.0, budget: ByteBudget | None = None
+    ) -> None:
+        self.clock = clock
+        self.frame_timeout = frame_timeout
+        self.budget = budget or ByteBudget(16 << 20)
+        self.withheld: list[int] = []
+        self.watch: FrameWatch | None = None
         self.sent = bytearray()
         self.fin = False
         self.stopped: int | None = None
@@ -61,6 +66,22 @@ class _Conn:
 
     def release(self, stream_id: int) -> None:
         self.released = True
+        if self.watch is not None:
+            self.watch.close()
+
+    def watch_frames(self, stream_id: int, on_timeout: Any) -> FrameWatch:
+        """Like `QuicFlowProtocol.watch_frames` (a 1 MiB stream window), recording what
+        the transport is told to withhold from the stream's credit."""
+        assert self.watch is None
+        self.watch = FrameWatch(
+            self.clock,
+            self.budget,
+            threshold=512 << 10,
+            timeout=self.frame_timeout,
+            on_timeout=on_timeout,
+            withhold=self.withheld.append,
+        )
+        return self.watch
 
     def reset(self, stream_id: int, error_code: int, *, stop: bool = True) -> None:
         self.release(stream_id)
@@ -82,10 +103,10 @@ class _Side:
         self.requires_session = False
 
 
-def _call(header_timeout: float = 10.0) -> tuple[_ServerCall, _Conn, FakeClock]:
+def _call(header_timeout: float = 10.0) -> tuple[IncomingCall, _Conn, FakeClock]:
     clock = FakeClock()
     conn = _Conn(clock)
-    call = _ServerCall(_Host(header_timeout), _Side(conn), 4)  # type: ignore[arg-type]
+    call = _endpoint(header_timeout, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
     return call, conn, clock
 
 
@@ -156,3 +177,87 @@ def test_reset_before_the_request_completes_costs_no_handler_and_no_timer() -> N
     assert clock.pending == 1
     call.stream_reset(ErrorCode.CANCELLED)
     assert conn.released and clock.pending == 0
+
+
+# -- frame_timeout: how long one frame may stay unfinished -------------------------------
+
+
+def _data_prefix(length: int) -> bytes:
+    """A DATA frame's 5-byte prefix announcing ``length`` payload bytes (no payload)."""
+    return bytes([FrameType.DATA]) + length.to_bytes(4, "big")
+
+
+FRAME_TIMEOUT_STATUS = (
+    StatusCode.DEADLINE_EXCEEDED,
+    "a frame stayed unfinished for 30 s (frame_timeout)",
+)
+
+
+def test_frame_left_unfinished_ends_the_call_at_frame_timeout() -> None:
+    """Check that a DATA frame begun at 0 s and fed more bytes at 20 s (never finished)
+    ends the call at exactly 30 s: DEADLINE_EXCEEDED naming frame_timeout,
+    STOP_SENDING(DEADLINE_EXCEEDED), no timer left; its bytes were withheld from credit
+    (it is small: no reservation) and are given back."""
+    clock = FakeClock()
+    conn = _Conn(clock, frame_timeout=30.0)
+    call = _endpoint(1000.0, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
+    call.data_received(_headers() + _data_prefix(100) + b"x" * 10, False)
+    clock.advance(20.0)
+    call.data_received(b"x" * 50, False)
+    assert conn.withheld == [10, 60]
+    clock.advance(9.75)
+    assert not conn.fin
+    clock.advance(0.25)
+    trailers = conn.trailers()
+    assert trailers is not None
+    assert (trailers.status, trailers.message) == FRAME_TIMEOUT_STATUS
+    assert conn.fin and conn.stopped == ErrorCode.DEADLINE_EXCEEDED and conn.released
+    assert conn.withheld == [10, 60, 0] and clock.pending == 0
+
+
+def test_each_frame_has_its_own_frame_timeout() -> None:
+    """Check that the bound is per frame: HEADERS in pieces from 0 s, completed at 25 s
+    together with the start of a DATA frame, which then has until exactly 55 s."""
+    clock = FakeClock()
+    conn = _Conn(clock, frame_timeout=30.0)
+    call = _endpoint(1000.0, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
+    headers = _headers()
+    call.data_received(headers[:3], False)
+    clock.advance(25.0)
+    call.data_received(headers[3:] + _data_prefix(100), False)
+    assert call.method == "/echo.Echo/Say"
+    clock.advance(29.75)
+    assert not conn.fin
+    clock.advance(0.25)
+    trailers = conn.trailers()
+    assert trailers is not None and (trailers.status, trailers.message) == FRAME_TIMEOUT_STATUS
+    assert clock.pending == 0
+
+
+def test_a_large_frame_waits_for_its_reservation_and_its_time_starts_when_granted() -> None:
+    """Check with two calls sharing a 1 MiB budget: an 800 KiB frame reserves at 0 s; a
+    600 KiB frame begun at 5 s must wait (its bytes withheld from credit); when the first
+    completes at 12 s the second is granted (nothing withheld any more) and has until
+    exactly 42 s; the first call, its frame complete, is untouched."""
+    clock = FakeClock()
+    budget = ByteBudget(1 << 20)
+    conn_a = _Conn(clock, frame_timeout=30.0, budget=budget)
+    conn_b = _Conn(clock, frame_timeout=30.0, budget=budget)
+    call_a = _endpoint(1000.0, clock).answer(_Side(conn_a), 4)  # type: ignore[arg-type]
+    call_b = _endpoint(1000.0, clock).answer(_Side(conn_b), 8)  # type: ignore[arg-type]
+    big = 800 << 10
+    call_a.data_received(_headers() + _data_prefix(big) + b"a" * 1000, False)
+    assert budget.used == big and conn_a.withheld == []  # reserved: nothing withheld
+    clock.advance(5.0)
+    call_b.data_received(_headers() + _data_prefix(600 << 10) + b"b" * 2000, False)
+    assert conn_b.watch is not None and conn_b.watch.frame.waiting
+    assert conn_b.withheld == [2000] and budget.waiting == 1
+    clock.advance(7.0)
+    call_a.data_received(b"a" * (big - 1000), False)  # the frame completes at 12 s
+    assert conn_b.withheld == [2000, 0] and budget.used == 600 << 10
+    clock.advance(29.75)
+    assert not conn_b.fin
+    clock.advance(0.25)  # 42 s
+    trailers = conn_b.trailers()
+    assert trailers is not None and (trailers.status, trailers.message) == FRAME_TIMEOUT_STATUS
+    assert budget.used == 0 and not conn_a.fin

@@ -14,6 +14,7 @@ from quicflow.wire.codec import (
     FrameDecoder,
     FrameType,
     MalformedFrame,
+    UnexpectedFrame,
     encode_frame,
 )
 
@@ -22,8 +23,8 @@ CONTROL_LIMIT = 1 << 10
 LARGE = 200_000  # a DATA payload far over the control limit and over any sane chunk size
 
 
-def _decoder() -> FrameDecoder:
-    return FrameDecoder(max_data_size=DATA_LIMIT, max_control_size=CONTROL_LIMIT)
+def _decoder(allowed: tuple[FrameType, ...] | None = None) -> FrameDecoder:
+    return FrameDecoder(max_data_size=DATA_LIMIT, max_control_size=CONTROL_LIMIT, allowed=allowed)
 
 
 def _header(frame_type: int, length: int) -> bytes:
@@ -321,6 +322,28 @@ def test_unknown_frame_type_after_good_frames() -> None:
     decoder = _decoder()
     with pytest.raises(MalformedFrame):
         decoder.feed(encode_frame(FrameType.DATA, b"ok") + _header(0x99, 0))
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["whole", "byte-by-byte"])
+def test_a_type_outside_allowed_is_unexpected_whatever_its_length(chunked: bool) -> None:
+    """Check that with ``allowed`` a known type outside it raises UnexpectedFrame at its
+    header, before its length is checked (a 4 GiB HELLO on a call stream is a protocol
+    error, not an oversized frame), while allowed types keep their limits."""
+    header = _header(FrameType.HELLO, 0xFFFF_FFFF)
+    decoder = _decoder(allowed=(FrameType.HEADERS, FrameType.DATA))
+    with pytest.raises(UnexpectedFrame, match=r"^unexpected HELLO frame$") as info:
+        for piece in [header[i : i + 1] for i in range(len(header))] if chunked else [header]:
+            decoder.feed(piece)
+    assert info.value.frame_type is FrameType.HELLO
+    assert isinstance(info.value, MalformedFrame) and info.value.error_code == 0x05
+    assert decoder.buffered <= FRAME_HEADER_SIZE
+    allowed = _decoder(allowed=(FrameType.HEADERS, FrameType.DATA))
+    with pytest.raises(FrameTooLarge):
+        allowed.feed(_header(FrameType.DATA, DATA_LIMIT + 1))
+    unknown = _decoder(allowed=(FrameType.DATA,))
+    with pytest.raises(MalformedFrame, match="unknown frame type 0x99") as unknown_info:
+        unknown.feed(_header(0x99, 0xFFFF_FFFF))
+    assert not isinstance(unknown_info.value, UnexpectedFrame)
 
 
 @pytest.mark.parametrize(
