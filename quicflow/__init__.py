@@ -14,11 +14,12 @@ from .auth import (
     TokenAuthenticator,
     allow_all,
 )
-from .calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
+from .calls import Channel, StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
 from .context import ServicerContext
 from .errors import (
+    ArgumentError,
     ClientNotConnected,
     ConfigError,
     ConnectionClosed,
@@ -35,7 +36,6 @@ from .metadata import Metadata, MetadataLike, MetadataValue
 from .metrics import LatencySummary, MethodMetrics, MetricsSnapshot, Throughput
 from .rpc import (
     Cardinality,
-    Channel,
     Handler,
     Method,
     Service,
@@ -88,6 +88,7 @@ __all__ = [
     "PromiseCapacityFull",
     "Timeout",
     "UsageError",
+    "ArgumentError",
     "ConfigError",
     # metrics
     "MetricsSnapshot",

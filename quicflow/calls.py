@@ -14,15 +14,18 @@ awaiting task, or the connection's loss (UNAVAILABLE at once).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
+import math
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
-from .errors import PayloadTooLarge, RpcError
-from .hooks import Hooks, message_info
+from .clock import Clock, TimerHandleLike
+from .clock import timeout as clock_timeout
+from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
+from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
-from .lane import send_one_way
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .protocol.call import CallProtocol, Role, reset_status
 from .protocol.events import (
@@ -32,15 +35,26 @@ from .protocol.events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .protocol.lane import ROUTE as LANE_ROUTE
+from .protocol.lane import encode_lane_message, raw_size
 from .rpc import Method
 from .status import StatusCode
 from .wire.codec import ErrorCode
 
 if TYPE_CHECKING:
+    from .lane import SendLane
     from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
-__all__ = ["StreamStreamCall", "StreamUnaryCall", "UnaryStreamCall", "UnaryUnaryCall"]
+__all__ = [
+    "MAX_CALL_TIMEOUT",
+    "Channel",
+    "StreamStreamCall",
+    "StreamUnaryCall",
+    "UnaryStreamCall",
+    "UnaryUnaryCall",
+    "check_timeout",
+]
 
 logger = logging.getLogger("quicflow.client")
 
@@ -49,6 +63,35 @@ Resp = TypeVar("Resp")
 
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
+
+MAX_CALL_TIMEOUT = 315_360_000.0
+"""The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
+the configs. A longer one is a mistake (pass None for no deadline), and up to it the
+deadline travels exactly in the wire's microseconds (docs/limits.md)."""
+
+
+def check_timeout(timeout: float | None, argument: str = "timeout") -> float | None:
+    """Validate a per-call timeout (seconds) where the call is made; return it as a float.
+
+    None means no deadline. Zero and negative timeouts are allowed: the call
+    then fails DEADLINE_EXCEEDED without being sent (wire-protocol.md §6.2).
+
+    Raises:
+        ArgumentError: not a number, NaN, or over `MAX_CALL_TIMEOUT` (infinity included).
+    """
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise ArgumentError(argument, f"must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout):
+        raise ArgumentError(argument, "must be a number of seconds, got nan")
+    if timeout > MAX_CALL_TIMEOUT:
+        raise ArgumentError(
+            argument,
+            f"{timeout!r} s is over the limit of {MAX_CALL_TIMEOUT:.0f} s (ten years); "
+            "pass None for no deadline",
+        )
+    return float(timeout)
 
 
 class CallTarget(Protocol):
@@ -94,6 +137,11 @@ class CallTarget(Protocol):
         """Where calls are counted (None: metrics are off)."""
         ...
 
+    @property
+    def clock(self) -> Clock:
+        """Where deadlines are armed and call durations read."""
+        ...
+
     def connection_for_call(self) -> QuicFlowProtocol:
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
@@ -117,11 +165,13 @@ class _Call(Generic[Req, Resp]):
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
     ) -> None:
+        timeout = check_timeout(timeout)  # before anything is counted or sent
         self._input: Any = request_or_requests
         """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
         self._method = method
         self._loop = asyncio.get_running_loop()
+        self._clock = target.clock
         self._timeout = timeout if timeout is not None else target.default_timeout
         self._metadata = normalize_metadata(metadata)
         self._conn: QuicFlowProtocol | None = None
@@ -138,7 +188,7 @@ class _Call(Generic[Req, Resp]):
         self._error: RpcError | None = None
         self._trailers_seen = False
         self._local_closed = False
-        self._deadline: asyncio.TimerHandle | None = None
+        self._deadline: TimerHandleLike | None = None
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
@@ -148,7 +198,7 @@ class _Call(Generic[Req, Resp]):
         self._wait_for_ready = (
             target.wait_for_ready_default if wait_for_ready is None else wait_for_ready
         )
-        self._created = self._loop.time()
+        self._created = self._clock.time()
         metrics = target.metrics
         stats: MethodStats | None = None
         if metrics is not None:
@@ -197,7 +247,7 @@ class _Call(Generic[Req, Resp]):
             for interceptor in self._interceptors:
                 await interceptor.on_start(info)
             metadata = normalize_metadata(info.metadata)
-            timeout = info.timeout
+            timeout = check_timeout(info.timeout)
             if self._wait_for_ready and not self._target.ready:
                 timeout = await self._wait_until_ready(timeout)
             timeout = await self._wait_for_stream_credit(timeout)
@@ -219,15 +269,15 @@ class _Call(Generic[Req, Resp]):
         if budget is None:
             await self._target.wait_ready()
             return None
-        left = budget - (self._loop.time() - self._created)
+        left = budget - (self._clock.time() - self._created)
         try:
-            async with asyncio.timeout(max(left, 0.0)):
+            async with clock_timeout(self._clock, max(left, 0.0)):
                 await self._target.wait_ready()
         except TimeoutError:
             raise RpcError(
                 StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
             ) from None
-        return budget - (self._loop.time() - self._created)
+        return budget - (self._clock.time() - self._created)
 
     async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
         """Wait until the connection may open one more stream, within the call's deadline
@@ -239,15 +289,15 @@ class _Call(Generic[Req, Resp]):
             if budget is None:
                 await conn.wait_stream_credit()  # no deadline: no timeout to arm
                 continue
-            left = budget - (self._loop.time() - self._created)
+            left = budget - (self._clock.time() - self._created)
             try:
-                async with asyncio.timeout(max(left, 0.0)):
+                async with clock_timeout(self._clock, max(left, 0.0)):
                     await conn.wait_stream_credit()
             except TimeoutError:
                 raise RpcError(
                     StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
                 ) from None
-        return None if budget is None else budget - (self._loop.time() - self._created)
+        return None if budget is None else budget - (self._clock.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
         if self._ended:
@@ -279,7 +329,8 @@ class _Call(Generic[Req, Resp]):
             self._method.route, metadata, timeout=timeout, message_id=target.message_id
         )
         if timeout is not None:
-            self._deadline = self._loop.call_later(timeout, self._on_deadline)
+            clock = self._clock
+            self._deadline = clock.call_at(clock.time() + timeout, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
             self._sender = self._loop.create_task(self._pump(self._input))
@@ -419,7 +470,8 @@ class _Call(Generic[Req, Resp]):
             self._complete()
             return
         code, message = reset_status(error_code)
-        self._finish(code, message)
+        # REFUSED: the server did not process the stream at all (wire-protocol.md §6.1).
+        self._finish(code, message, not_run=error_code == ErrorCode.REFUSED)
 
     def stop_sending(self, error_code: int) -> None:
         # The server needs no more requests (it has answered, or will shortly).
@@ -477,6 +529,7 @@ class _Call(Generic[Req, Resp]):
         trailing_metadata: Metadata = (),
         *,
         error: RpcError | None = None,
+        not_run: bool = False,
     ) -> None:
         if self._ended or (self._code is not None and self._trailers_seen):
             return
@@ -484,7 +537,14 @@ class _Call(Generic[Req, Resp]):
         self._details = message
         self._trailing_metadata = tuple(trailing_metadata)
         if code is not StatusCode.OK:
-            self._error = error if error is not None else RpcError(code, message, trailing_metadata)
+            if error is None:
+                error = RpcError(code, message, trailing_metadata)
+            if (not_run or self._sid < 0) and error.may_have_run:
+                # Never opened on the wire, or refused unprocessed: safe to retry. (A copy:
+                # one ConnectionClosed may be shared by every call of a connection.)
+                error = copy.copy(error)
+                error.may_have_run = False
+            self._error = error
         self._done()
 
     def _done(self) -> None:
@@ -495,7 +555,7 @@ class _Call(Generic[Req, Resp]):
         if stats is not None:
             code = self._code
             stats.finished(
-                StatusCode.INTERNAL if code is None else code, self._loop.time() - self._created
+                StatusCode.INTERNAL if code is None else code, self._clock.time() - self._created
             )
         if self._deadline is not None:
             self._deadline.cancel()
@@ -722,6 +782,131 @@ class StreamStreamCall(_StreamResponse[Any, Resp]):
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
 
 
+async def send_one_way(
+    target: CallTarget,
+    message_type: str,
+    payload: bytes,
+    metadata: MetadataLike | None,
+    timeout: float | None,
+) -> bool:
+    """Send one message on the target's lane; False (nothing done) when there is none.
+
+    Returns True once the frame is handed to QUIC. Waits first while the lane
+    holds more than ``send_buffer_limit`` unacknowledged bytes (the receiver is
+    behind), at most ``timeout`` (default: the target's default timeout).
+
+    Raises:
+        PayloadTooLarge: the message is over the sender's ``max_message_size``.
+        ArgumentError: bad metadata.
+        RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
+            connection ends meanwhile.
+    """
+    if target.interceptors or not target.ready:
+        return False
+    if timeout is None:
+        timeout = target.default_timeout
+    if timeout is not None and timeout <= 0:
+        return False  # the call path fails it exactly as before
+    conn = target.connection_for_call()
+    lane: SendLane | None = conn.message_lane
+    if lane is None:
+        return False
+    md = normalize_metadata(metadata) if metadata else ()
+    frame = encode_lane_message(message_type, payload, md, target.message_id)
+    limit = target.max_message_size
+    if len(frame) - 5 > limit:
+        raise PayloadTooLarge(
+            message=f"message of {len(frame) - 5} bytes exceeds max_message_size ({limit})"
+        )
+    metrics = target.metrics
+    stats = metrics.made.method(LANE_ROUTE) if metrics is not None else None
+    if stats is not None:
+        stats.started += 1
+    clock = target.clock
+    start = clock.time()
+    if lane.over_limit():
+        try:
+            async with clock_timeout(clock, timeout):
+                while lane.over_limit():
+                    await conn.drain(lane.stream_id)
+                    if conn.message_lane is not lane:
+                        raise ConnectionClosed(message="message lane closed", may_have_run=False)
+        except TimeoutError:
+            error: RpcError = RpcError(
+                StatusCode.DEADLINE_EXCEEDED,
+                "deadline exceeded waiting for the message lane",
+                may_have_run=False,  # nothing was sent
+            )
+            if stats is not None:
+                stats.finished(error.code, clock.time() - start)
+            raise error from None
+        except RpcError as exc:
+            if stats is not None:
+                stats.finished(exc.code, clock.time() - start)
+            raise
+    lane.write(frame)
+    size = raw_size(len(message_type.encode()), len(payload))
+    if stats is not None:
+        stats.messages_sent += 1
+        stats.bytes_sent += size
+        stats.finished(StatusCode.OK, clock.time() - start)
+    hooks = target.hooks
+    if hooks.wants("message_sent"):
+        hooks.fire("message_sent", MessageInfo(target.peer_name, LANE_ROUTE, message_type, size))
+    return True
+
+
+class Channel(Protocol):
+    """What a generated stub calls through.
+
+    Every method returns at once with a call object; the call starts on the
+    event loop right away. ``timeout`` is seconds from now (None: no
+    deadline); ``metadata`` is validated by `normalize_metadata`;
+    ``wait_for_ready`` (None: the channel's default) makes a call made while
+    disconnected wait for the connection instead of failing UNAVAILABLE.
+    """
+
+    def unary_unary(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryUnaryCall[Resp]: ...
+
+    def unary_stream(
+        self,
+        method: Method[Req, Resp],
+        request: Req,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> UnaryStreamCall[Resp]: ...
+
+    def stream_unary(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamUnaryCall[Resp]: ...
+
+    def stream_stream(
+        self,
+        method: Method[Req, Resp],
+        requests: AsyncIterable[Req] | Iterable[Req],
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+    ) -> StreamStreamCall[Resp]: ...
+
+
 class ChannelMethods:
     """The four `Channel` methods for any `CallTarget` (mixed into `Client` and the
     server's per-client channel)."""
@@ -802,6 +987,7 @@ class ChannelMethods:
         unseen): on the connection's message lane when both sides support it
         (quicflow/lane.py), else as a call whose reply is not awaited.
         """
+        timeout = check_timeout(timeout)
         target = self._as_target()
         if not wait_ack and await send_one_way(target, message_type, payload, metadata, timeout):
             return None  # on the connection's message lane (negotiated)

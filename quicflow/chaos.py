@@ -297,11 +297,6 @@ class ChaosProxy:
         """The counters of both directions (live objects, not a copy)."""
         return ProxyStats(self.client_to_server.stats, self.server_to_client.stats)
 
-    @property
-    def upstream_ports(self) -> list[int]:
-        """The source ports the server currently sees, one per client."""
-        return [int(u.sock.getsockname()[1]) for u in self._upstreams.values()]
-
     # -- runtime controls --
 
     def _links(self, direction: Direction) -> list[Link]:

@@ -28,6 +28,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -159,8 +160,22 @@ def _certs(args: argparse.Namespace) -> int:
 # -- gen -----------------------------------------------------------------------
 
 
+_EDITION = re.compile(r'^\s*edition\s*=\s*"', re.MULTILINE)
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.DOTALL)
+
+
+def _editions_file(includes: Sequence[str], name: str) -> bool:
+    """True if the .proto ``name`` (under one of ``includes``) starts with ``edition = "..."``."""
+    for root in includes:
+        path = Path(root) / name
+        if path.is_file():
+            return bool(_EDITION.search(_COMMENT.sub("", path.read_text(errors="replace"))))
+    return False
+
+
 def _gen(args: argparse.Namespace) -> int:
     includes, names = _proto_files(args.protos, args.include)
+    editions: list[str] = []
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="quicflow-gen-") as tmp:
@@ -173,6 +188,18 @@ def _gen(args: argparse.Namespace) -> int:
                     "the betterproto flavour needs betterproto's compiler: "
                     "pip install 'betterproto[compiler]==2.0.0b7'"
                 )
+            # betterproto 2.0.0b7 refuses editions files, and protoc would then fail the
+            # whole run: skip them, one line each, and generate the rest.
+            editions = [n for n in names if _editions_file(includes, n)]
+            for name in editions:
+                print(
+                    f"quicflow gen: skipped {name}: an editions file, which betterproto "
+                    "2.0.0b7 cannot generate (use --flavour protobuf)",
+                    file=sys.stderr,
+                )
+            names = [n for n in names if n not in editions]
+            if not names:
+                _fail("nothing left to generate in the betterproto flavour")
             betterproto = _tool("protoc-gen-python_betterproto", "betterproto.plugin", scratch)
             cmd += [
                 f"--plugin=protoc-gen-python_betterproto={betterproto}",
@@ -184,7 +211,7 @@ def _gen(args: argparse.Namespace) -> int:
         cmd += [f"--quicflow_out={out}", *names]
         _protoc(cmd, "generating code")
     print(f"generated {len(names)} .proto file(s) into {out} ({args.flavour} flavour)")
-    return 0
+    return 1 if editions else 0
 
 
 # -- serve ---------------------------------------------------------------------
@@ -316,25 +343,75 @@ def _quiet_logging() -> None:
         logging.getLogger("quic").setLevel(logging.CRITICAL)  # aioquic repeats our error
 
 
+_WAIT_RETRY = 0.2
+"""Seconds between connect attempts under ``--wait``."""
+_SHORTEST_ATTEMPT = 0.05
+"""``--wait`` makes no attempt with less time left than this."""
+
+
+class _Once:
+    """A logging filter that lets each distinct message through once (a warning that every
+    connect attempt logs, such as insecure_skip_verify's, is said once per command)."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+
+    def filter(self, record: Any) -> bool:
+        text = record.getMessage()
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 @contextlib.asynccontextmanager
 async def _connected(args: argparse.Namespace, config: Any) -> AsyncIterator[Any]:
+    """A client connected with ``config``: one attempt, bounded by ``connect_timeout`` and
+    by ``--deadline``; with ``--wait``, attempts until that many seconds have passed (and
+    never longer: the last attempt gets only the time left)."""
+    import dataclasses
+    import logging
+
     from .client import Client
     from .errors import ConnectionClosed
 
     _quiet_logging()
+    once = _Once()
+    logging.getLogger("quicflow.transport").addFilter(once)
     loop = asyncio.get_running_loop()
-    wait_until = loop.time() + (getattr(args, "wait", None) or 0.0)
-    while True:
-        client = Client(config)
-        try:
-            await client.connect()
-            break
-        except (ConnectionClosed, OSError) as exc:
-            if loop.time() < wait_until:  # --wait: the server may still be starting
-                await asyncio.sleep(0.2)
-                continue
-            reason = exc.message if isinstance(exc, ConnectionClosed) else exc.strerror or exc
-            _fail(f"cannot connect to {config.host}:{config.port}: {reason}")
+    wait = getattr(args, "wait", None) or 0.0
+    deadline = getattr(args, "deadline", None)
+    if deadline is not None and 0 < deadline < config.connect_timeout:
+        config = dataclasses.replace(config, connect_timeout=deadline)
+    wait_until = loop.time() + wait
+    where = f"{config.host}:{config.port}"
+    reason = ""
+    try:
+        while True:
+            attempt = config
+            left = wait_until - loop.time()
+            if wait and left < config.connect_timeout:  # --wait is the bound, not 5 s more
+                attempt = dataclasses.replace(config, connect_timeout=max(left, _SHORTEST_ATTEMPT))
+            client = Client(attempt)
+            began = loop.time()
+            try:
+                await client.connect()
+                break
+            except (ConnectionClosed, OSError) as exc:
+                await client.close()
+                cut_short = attempt is not config and loop.time() - began >= attempt.connect_timeout
+                if not cut_short or not reason:  # an attempt --wait cut short says little
+                    if isinstance(exc, ConnectionClosed):
+                        reason = exc.message
+                    else:
+                        reason = f"cannot connect to {where}: {exc.strerror or exc}"
+                left = wait_until - loop.time()
+                if left >= _SHORTEST_ATTEMPT:  # --wait: the server may still be starting
+                    await asyncio.sleep(min(_WAIT_RETRY, left - _SHORTEST_ATTEMPT))
+                    continue
+                _fail(reason + (f" (kept trying for --wait {wait:g} s)" if wait else ""))
+    finally:
+        logging.getLogger("quicflow.transport").removeFilter(once)
     try:
         yield client
     finally:
@@ -764,7 +841,10 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
         "--config", metavar="FILE", help="client TOML config (ClientConfig; flags win)"
     )
     group.add_argument(
-        "--deadline", type=float, metavar="SECONDS", help="deadline of the call (default none)"
+        "--deadline",
+        type=float,
+        metavar="SECONDS",
+        help="deadline of the call (default none); connecting gives up after this long too",
     )
 
 

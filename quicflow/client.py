@@ -23,15 +23,15 @@ from collections.abc import AsyncIterator
 from typing import TypeVar
 
 from .calls import ChannelMethods
-from .clock import LoopClock
+from .clock import Clock, PolicyTimer, sleep, timeout
 from .config import ClientConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
+from .endpoint import Endpoint
 from .errors import ConfigError, ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
-from .interceptors import ClientInterceptor, ServerInterceptor
+from .interceptors import ClientInterceptor
 from .lane import LANE_FEATURE, ReceiveLane, SendLane
-from .messaging import MessagingService
 from .metadata import MetadataValue
 from .metrics import Metrics, MetricsSnapshot, disabled_snapshot
 from .protocol.backoff import Backoff
@@ -40,15 +40,16 @@ from .protocol.control import (
     ControlProtocol,
     ControlStreamEnded,
     GoAwayReceived,
+    HelloReceived,
+    PingReceived,
     PongReceived,
     WelcomeReceived,
 )
+from .protocol.dedup import RecentReplies
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatSender, HeartbeatTimedOut, PingDue
 from .protocol.lifecycle import ClientLifecycle, ClientState, LifecycleEvent
-from .push import ReplyCache
-from .rpc import Handler, Service
-from .server import _ServerCall
+from .rpc import Service
 from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
@@ -77,39 +78,54 @@ at the next heartbeat."""
 class _Link:
     """One established connection: QUIC, its control stream, its heartbeat."""
 
-    __slots__ = ("client", "conn", "control", "control_sid", "heartbeat", "timer", "welcome")
+    __slots__ = (
+        "client",
+        "conn",
+        "control",
+        "control_sid",
+        "endpoint",
+        "heartbeat",
+        "timer",
+        "welcome",
+    )
 
-    def __init__(self, client: Client, conn: QuicFlowProtocol, control: ControlProtocol) -> None:
+    def __init__(
+        self, client: Client, endpoint: Endpoint, conn: QuicFlowProtocol, control: ControlProtocol
+    ) -> None:
         self.client = client
+        self.endpoint = endpoint
         self.conn = conn
         self.control = control
         self.control_sid = -1
-        self.welcome: asyncio.Future[WelcomeReceived] = conn._loop.create_future()
+        self.welcome: asyncio.Future[WelcomeReceived] = asyncio.get_running_loop().create_future()
         self.heartbeat: HeartbeatSender | None = None
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: PolicyTimer | None = None
 
     # StreamHandler for the control stream
     unread_bytes = 0
 
     def data_received(self, data: bytes, end_stream: bool) -> None:
         for event in self.control.receive_data(data, end_stream):
-            cls = type(event)
-            if cls is PongReceived:
-                if self.heartbeat is not None:
-                    self.heartbeat.pong_received(event.sequence, self.conn._loop.time())  # type: ignore[union-attr]
-                    # A pong after the next PING fell due releases it now (§9.3).
-                    self._rearm()
-            elif cls is WelcomeReceived:
-                if not self.welcome.done():
-                    self.welcome.set_result(event)  # type: ignore[arg-type]
-            elif cls is GoAwayReceived:
-                self.client._on_goaway(self, event)  # type: ignore[arg-type]
-            # §9.1: the control stream lives as long as the connection; a FIN or a
-            # broken rule ends the connection, as the server does for ours.
-            elif cls is ControlStreamEnded:
-                self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
-            elif isinstance(event, ProtocolViolation):
-                self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
+            match event:
+                case PongReceived():
+                    if self.heartbeat is not None:
+                        self.heartbeat.pong_received(event.sequence, self.endpoint.clock.time())
+                        # A pong after the next PING fell due releases it now (§9.3).
+                        if self.timer is not None:
+                            self.timer.arm()
+                case WelcomeReceived():
+                    if not self.welcome.done():
+                        self.welcome.set_result(event)
+                case GoAwayReceived():
+                    self.client._on_goaway(self, event)
+                # §9.1: the control stream lives as long as the connection; a FIN or a
+                # broken rule ends the connection, as the server does for ours.
+                case ControlStreamEnded():
+                    self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream closed")
+                case ProtocolViolation():
+                    self.conn.close(ErrorCode.PROTOCOL_ERROR, f"control stream: {event.error}")
+                case HelloReceived() | PingReceived():  # the control machine refuses these
+                    pass
 
     def stream_reset(self, error_code: int) -> None:
         self.conn.close(ErrorCode.PROTOCOL_ERROR, "control stream reset")
@@ -124,8 +140,7 @@ class _Link:
     # heartbeat
 
     def start_heartbeat(self, interval: float, timeout: float) -> None:
-        loop = self.conn._loop
-        hb = self.heartbeat = HeartbeatSender(interval, timeout, loop.time())
+        hb = self.heartbeat = HeartbeatSender(interval, timeout, self.endpoint.clock.time())
         conn = self.conn
         # Calls besides the control stream, or a pong awaited: speak up after a fifth of
         # the pong timeout of silence (1 s by default), backing off to the heartbeat
@@ -135,58 +150,47 @@ class _Link:
             max(interval, timeout / NUDGES_PER_TIMEOUT),
             lambda: conn.stream_count > 1 or hb.outstanding is not None,
         )
-        metrics = self.client._metrics
+        metrics = self.endpoint.metrics
         if metrics is not None:
 
             def counted() -> None:
                 metrics.nudges += 1
 
             conn.on_nudge = counted
-        self._arm()
+        self.timer = self.endpoint.timer(hb.get_timer, self._tick)
+        self.timer.arm()
 
-    def _rearm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
-            self.timer = None
-        self._arm()
-
-    def _arm(self) -> None:
-        hb = self.heartbeat
-        when = hb.get_timer() if hb is not None else None
-        if when is not None and not self.conn.is_closed:
-            self.timer = self.conn._loop.call_at(when, self._tick)
-
-    def _tick(self) -> None:
-        self.timer = None
+    def _tick(self, now: float) -> None:
         hb = self.heartbeat
         if hb is None or self.conn.is_closed:
+            self.stop()
             return
-        now = self.conn._loop.time()
         for event in hb.poll(now):
-            if type(event) is PingDue:
-                self.conn.write(self.control_sid, self.control.send_ping(event.sequence))
-                hb.ping_sent(event.sequence, now)
-                self.conn.expect_answer()
-            elif type(event) is HeartbeatTimedOut:
-                client_id = self.client.client_id
-                logger.warning(
-                    "client %s: no pong within %.1f s: connection to %s presumed dead",
-                    client_id,
-                    hb.timeout,
-                    self.client.config.host,
-                    extra={"client_id": client_id, "reason": "heartbeat timeout"},
-                )
-                metrics = self.client._metrics
-                if metrics is not None:
-                    metrics.heartbeat_timeouts += 1
-                self.client.hooks.fire("heartbeat_timeout")
-                self.conn.abort("heartbeat timeout")
-                return
-        self._arm()
+            match event:
+                case PingDue():
+                    self.conn.write(self.control_sid, self.control.send_ping(event.sequence))
+                    hb.ping_sent(event.sequence, now)
+                    self.conn.expect_answer()
+                case HeartbeatTimedOut():
+                    self.stop()
+                    client_id = self.client.client_id
+                    logger.warning(
+                        "client %s: no pong within %.1f s: connection to %s presumed dead",
+                        client_id,
+                        hb.timeout,
+                        self.client.config.host,
+                        extra={"client_id": client_id, "reason": "heartbeat timeout"},
+                    )
+                    metrics = self.endpoint.metrics
+                    if metrics is not None:
+                        metrics.heartbeat_timeouts += 1
+                    self.endpoint.hooks.fire("heartbeat_timeout")
+                    self.conn.abort("heartbeat timeout")
+                    return
 
     def stop(self) -> None:
         if self.timer is not None:
-            self.timer.cancel()
+            self.timer.stop()
             self.timer = None
         self.heartbeat = None
 
@@ -219,12 +223,20 @@ class Client(ChannelMethods):
     fast with UNAVAILABLE, or wait with ``wait_for_ready=True``.
     """
 
-    def __init__(self, config: ClientConfig) -> None:
+    def __init__(self, config: ClientConfig, *, clock: Clock | None = None) -> None:
+        """Connect with ``config``; ``clock`` (tests: a `FakeClock`) arms every runtime
+        timer (heartbeat, backoff, call deadlines, grace) instead of the event loop's."""
         self.config = config
+        self._endpoint = Endpoint(
+            config,
+            interceptors=tuple(config.push_interceptors),
+            replies=RecentReplies(),
+            clock=clock,
+        )
         self.client_id = config.client_id or ""
         """The id this client claims ("" lets the server assign one); after WELCOME, the one
         the server accepted, which later reconnects claim again."""
-        self.hooks = Hooks()
+        self.hooks: Hooks = self._endpoint.hooks
         """Register ``connect``, ``disconnect``, ``heartbeat_timeout``, ``reconnect`` and
         ``state_change`` hooks here."""
         self._lifecycle = ClientLifecycle()
@@ -244,22 +256,19 @@ class Client(ChannelMethods):
         self._draining: set[QuicFlowProtocol] = set()
         self.server_limits: WelcomeReceived | None = None
         """What the server announced in its last WELCOME."""
-        self._handlers: dict[str, Handler] = {}
-        self._callee_interceptors: tuple[ServerInterceptor, ...] = tuple(config.push_interceptors)
-        self._calls: set[_ServerCall] = set()
-        self._replies: ReplyCache | None = ReplyCache()
-        self.dispatcher = Dispatcher(
-            config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
-        )
+        self.dispatcher: Dispatcher = self._endpoint.dispatcher
         """Runs handlers for untyped messages from the server (see `register_handler`)."""
-        self._handlers.update(MessagingService(self.dispatcher).__quicflow_handlers__())
-        self._metrics: Metrics | None = Metrics() if config.metrics else None
 
     @property
     def metrics(self) -> Metrics | None:
         """The live counters calls record into (None with ``ClientConfig.metrics=False``);
         read them with `get_metrics`."""
-        return self._metrics
+        return self._endpoint.metrics
+
+    @property
+    def clock(self) -> Clock:
+        """The clock the client's timers run on (the event loop's unless one was given)."""
+        return self._endpoint.clock
 
     def get_metrics(self) -> MetricsSnapshot:
         """A snapshot of this client's metrics: its calls (``made``), the server's calls to
@@ -273,9 +282,10 @@ class Client(ChannelMethods):
             "dispatcher_queue_depth": self.dispatcher.queue_depth,
             "dispatcher_busy_workers": self.dispatcher.busy_workers,
         }
-        if self._metrics is None:
+        metrics = self._endpoint.metrics
+        if metrics is None:
             return disabled_snapshot(**gauges)
-        return self._metrics.snapshot(**gauges)
+        return metrics.snapshot(**gauges)
 
     def register_handler(self, message_type: str, handler: MessageHandler) -> None:
         """Run ``handler(message)`` for untyped messages of ``message_type`` from the server.
@@ -298,11 +308,7 @@ class Client(ChannelMethods):
         Raises:
             UsageError: a route is already served.
         """
-        handlers = service.__quicflow_handlers__()
-        for route in handlers:
-            if route in self._handlers:
-                raise UsageError(f"route {route} is already served")
-        self._handlers.update(handlers)
+        self._endpoint.add_handlers(service.__quicflow_handlers__())
 
     # -- CallTarget --
 
@@ -418,16 +424,15 @@ class Client(ChannelMethods):
         if self._lifecycle.state is not ClientState.IDLE:
             raise UsageError(f"connect() needs an IDLE client; this one is {self.state.name}")
         self._fire(LifecycleEvent.CONNECT)
-        if self._metrics is not None:
-            self._metrics.start(LoopClock())
+        self._endpoint.bind_clock()
+        self._endpoint.start_metrics()
         try:
             await self._establish()
         except BaseException:
             if self._lifecycle.state in (ClientState.CONNECTING,):
                 self._fire(LifecycleEvent.CONNECT_FAILED)
             self._fire(LifecycleEvent.CLOSE)
-            if self._metrics is not None:
-                self._metrics.stop()
+            self._endpoint.stop_metrics()
             raise
 
     @property
@@ -451,9 +456,10 @@ class Client(ChannelMethods):
             host, port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
         )
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
-        link = _Link(self, conn, control)
+        endpoint = self._endpoint
+        link = _Link(self, endpoint, conn, control)
         side = _ClientSide(conn)
-        conn.on_new_stream = lambda stream_id: _ServerCall(self, side, stream_id)
+        conn.on_new_stream = lambda stream_id: endpoint.answer(side, stream_id)
         conn.on_new_uni_stream = lambda stream_id: self._new_lane(conn, stream_id)
         try:
             link.control_sid = conn.open_stream(link)
@@ -469,7 +475,7 @@ class Client(ChannelMethods):
                     c.heartbeat_interval,
                     # We accept the server's message lane, unless push interceptors must
                     # see every call (lane messages bypass them).
-                    features=() if self._callee_interceptors else (LANE_FEATURE,),
+                    features=() if endpoint.interceptors else (LANE_FEATURE,),
                 ),
             )
             try:
@@ -507,25 +513,15 @@ class Client(ChannelMethods):
             self.client_id,
             extra={"client_id": self.client_id},
         )
-        if self._metrics is not None:
-            self._metrics.connects += 1
+        if self.metrics is not None:
+            self.metrics.connects += 1
         self.hooks.fire("connect", self.client_id)
 
     def _new_lane(self, conn: QuicFlowProtocol, stream_id: int) -> ReceiveLane | None:
         """The server's message lane: its first unidirectional stream (we offered lanes)."""
         if stream_id != 3:
             return None
-        c = self.config
-        return ReceiveLane(
-            conn,
-            stream_id,
-            self.dispatcher,
-            sender=lambda: "server",
-            metrics=self._metrics,
-            hooks=self.hooks,
-            max_message_size=c.max_message_size,
-            max_metadata_size=c.max_metadata_size,
-        )
+        return self._endpoint.receive_lane(conn, stream_id, sender=lambda: "server")
 
     def _on_lost(self, link: _Link, exc: ConnectionClosed) -> None:
         link.stop()
@@ -541,8 +537,8 @@ class Client(ChannelMethods):
             reason,
             extra={"client_id": self.client_id, "reason": reason},
         )
-        if self._metrics is not None:
-            self._metrics.disconnects += 1
+        if self.metrics is not None:
+            self.metrics.disconnects += 1
         self.hooks.fire("disconnect", reason)
         if self._lifecycle.state is ClientState.CONNECTED:
             self._fire(LifecycleEvent.CONNECTION_LOST)
@@ -561,8 +557,8 @@ class Client(ChannelMethods):
         self._link = None
         link.stop()
         self._draining.add(link.conn)
-        if self._metrics is not None:
-            self._metrics.disconnects += 1
+        if self.metrics is not None:
+            self.metrics.disconnects += 1
         self.hooks.fire("disconnect", f"goaway: {goaway.reason}")
         if self._lifecycle.state is ClientState.CONNECTED:
             self._fire(LifecycleEvent.GOAWAY)
@@ -579,11 +575,11 @@ class Client(ChannelMethods):
         while self._lifecycle.state is ClientState.RECONNECTING:
             delay = self._backoff.next_delay()
             attempt = self._backoff.attempts
-            if self._metrics is not None:
-                self._metrics.reconnects += 1
+            if self.metrics is not None:
+                self.metrics.reconnects += 1
             self.hooks.fire("reconnect", attempt, delay)
             logger.debug("reconnect attempt %d in %.2f s", attempt, delay)
-            await asyncio.sleep(delay)
+            await sleep(self._endpoint.clock, delay)
             if self._lifecycle.state is not ClientState.RECONNECTING:
                 return
             self._fire(LifecycleEvent.CONNECT)
@@ -597,10 +593,6 @@ class Client(ChannelMethods):
                 logger.debug("reconnect attempt %d failed: %s", attempt, exc)
                 if self._lifecycle.state in (ClientState.CONNECTING,):
                     self._fire(LifecycleEvent.CONNECT_FAILED)
-
-    def reset_backoff(self) -> None:
-        """Forget past failures: the next reconnect attempt waits the initial delay."""
-        self._backoff.reset()
 
     async def close(self, grace: float | None = None) -> None:
         """Close: stop reconnecting, the heartbeat, and the connection. Idempotent.
@@ -624,17 +616,14 @@ class Client(ChannelMethods):
             link.stop()
         if grace:
             with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
+                async with timeout(self._endpoint.clock, grace):
                     for conn in conns:
                         await conn.wait_idle()
         self._link = None
         self._draining.clear()
         for conn in conns:
             await conn.aclose(ErrorCode.NO_ERROR, "client closed")
-        await self.dispatcher.close()
-        if self._metrics is not None:
-            self._metrics.stop()
-        await self.hooks.drain()
+        await self._endpoint.close()
 
     async def __aenter__(self) -> Client:
         await self.connect()

@@ -2,7 +2,9 @@
 
 The sans-IO core never reads a clock; it takes ``now`` and answers with the
 next deadline (``get_timer()``). The runtime reads ``now`` from a `Clock` and
-arms one timer per policy object with ``call_at``. Tests swap in `FakeClock`,
+arms one timer per policy object with ``call_at``, always through the one
+routine `PolicyTimer` (arm at the policy's ``get_timer()``, poll it when due,
+re-arm). Tests swap in `FakeClock`,
 whose time moves only when `FakeClock.advance` says so, firing due callbacks
 in time order, so a 45-second eviction schedule runs in microseconds and
 asserts exact times (docs/testing.md). Never sleep for real seconds and never
@@ -12,13 +14,24 @@ patch ``time.monotonic``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import math
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Protocol
 
-__all__ = ["Clock", "FakeClock", "FakeTimerHandle", "LoopClock", "TimerHandleLike"]
+__all__ = [
+    "Clock",
+    "FakeClock",
+    "FakeTimerHandle",
+    "LoopClock",
+    "PolicyTimer",
+    "TimerHandleLike",
+    "sleep",
+    "timeout",
+    "wait_all",
+]
 
 
 class TimerHandleLike(Protocol):
@@ -170,3 +183,145 @@ class FakeClock:
             self._now = max(self._now, when)
             handle._run()
         self._now = target
+
+
+class PolicyTimer:
+    """One clock timer kept at a sans-IO policy's next deadline: arm, poll when due, re-arm.
+
+    Every runtime timer that follows a core object (the heartbeat sender and
+    monitor, the pending-ack table) goes through this one routine:
+    ``next_deadline()`` is the object's ``get_timer()``, and ``on_due(now)``
+    polls it and acts on what it returns. After ``on_due`` the timer re-arms
+    at the new deadline, unless `stop` was called (from ``on_due`` too).
+
+    Example::
+
+        timer = PolicyTimer(clock, heartbeat.get_timer, on_due)
+        timer.arm()          # after every change that may move the deadline
+        ...
+        timer.stop()
+    """
+
+    __slots__ = ("_at", "_clock", "_handle", "_next_deadline", "_on_due", "_stopped")
+
+    def __init__(
+        self,
+        clock: Clock,
+        next_deadline: Callable[[], float | None],
+        on_due: Callable[[float], object],
+    ) -> None:
+        self._clock = clock
+        self._next_deadline = next_deadline
+        self._on_due = on_due
+        self._handle: TimerHandleLike | None = None
+        self._at: float | None = None
+        self._stopped = False
+
+    @property
+    def when(self) -> float | None:
+        """The time the timer is armed for (None: not armed)."""
+        return self._at
+
+    def arm(self) -> None:
+        """Arm (or move) the timer to ``next_deadline()``; None disarms it."""
+        if self._stopped:
+            return
+        when = self._next_deadline()
+        if when == self._at:
+            return
+        if self._handle is not None:
+            self._handle.cancel()
+        self._at = when
+        self._handle = None if when is None else self._clock.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._at = None
+        self._on_due(self._clock.time())
+        self.arm()
+
+    def stop(self) -> None:
+        """Disarm for good. Idempotent."""
+        self._stopped = True
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._at = None
+
+
+# -- awaiting on a clock: what asyncio.sleep, asyncio.timeout and asyncio.wait(timeout=) do
+# on the loop's clock, on any Clock (tests: a FakeClock, whose advance() ends the wait).
+
+
+async def sleep(clock: Clock, delay: float) -> None:
+    """Wait ``delay`` seconds of ``clock`` time."""
+    waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    handle = clock.call_at(clock.time() + delay, wake)
+    try:
+        await waiter
+    finally:
+        handle.cancel()
+
+
+@contextlib.asynccontextmanager
+async def timeout(clock: Clock, delay: float | None) -> AsyncIterator[None]:
+    """Like ``asyncio.timeout(delay)``, on ``clock``: past ``delay`` seconds the block is
+    cancelled and `TimeoutError` raised; None: no bound."""
+    if delay is None:
+        yield
+        return
+    task = asyncio.current_task()
+    assert task is not None, "timeout() needs a running task"
+    expired = False
+
+    def expire() -> None:
+        nonlocal expired
+        expired = True
+        task.cancel()
+
+    handle = clock.call_at(clock.time() + delay, expire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if expired and task.uncancel() == 0:
+            raise TimeoutError from None
+        raise
+    finally:
+        handle.cancel()
+
+
+async def wait_all(
+    clock: Clock, futures: Iterable[asyncio.Future[Any] | None], timeout: float
+) -> None:
+    """Wait until every future is done, at most ``timeout`` seconds of ``clock`` time.
+
+    None entries are skipped; nothing is cancelled or raised when time runs out.
+    """
+    pending = {f for f in futures if f is not None and not f.done()}
+    if not pending:
+        return
+    gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def open_gate(_: object = None) -> None:
+        if not gate.done():
+            gate.set_result(None)
+
+    def one_done(future: asyncio.Future[Any]) -> None:
+        pending.discard(future)
+        if not pending:
+            open_gate()
+
+    for future in pending:
+        future.add_done_callback(one_done)
+    handle = clock.call_at(clock.time() + timeout, open_gate)
+    try:
+        await gate
+    finally:
+        handle.cancel()
+        for future in list(pending):
+            future.remove_done_callback(one_done)

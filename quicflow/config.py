@@ -336,6 +336,10 @@ class ServerConfig(_Common):
     services' schemas from it (docs/reflection.md). Off unless the server opts in, as in
     gRPC: it tells any client that may connect every served message type. ``quicflow serve``
     turns it on (``--no-reflection`` keeps it off)."""
+    health: bool = True
+    """Serve the built-in ``grpc.health.v1`` health service (``server.health``). False leaves
+    its routes free for an application's own Health service (``add_service``); ``server.health``
+    then still exists but is not served."""
     max_ping_rate: int = 100
     """PINGs a connection may send within one second; one more closes it with
     EXCESSIVE_LOAD ("ping flood"). A well-behaved client sends one per heartbeat interval."""
@@ -459,6 +463,8 @@ class ServerConfig(_Common):
         _int_range("receive_limit", self.receive_limit, 64 << 10, 1 << 44)
         if not isinstance(self.reflection, bool):
             raise ConfigError("reflection", "must be True or False")
+        if not isinstance(self.health, bool):
+            raise ConfigError("health", "must be True or False")
         if self.authenticator is not None and not callable(self.authenticator):
             raise ConfigError("authenticator", "must be callable (hello, peer) -> client id")
         if not isinstance(self.cert_file, str) or not self.cert_file:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import NoReturn
 
+from .clock import Clock
 from .errors import RpcError, UsageError
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .status import StatusCode
@@ -28,21 +28,21 @@ class ServicerContext:
 
     __slots__ = (
         "_cancelled",
+        "_clock",
         "_deadline",
         "_done_callbacks",
         "_initial_metadata_sent",
         "_invocation_metadata",
-        "_loop",
         "_message_id",
         "_pending_initial_metadata",
         "_trailing_metadata",
         "method",
     )
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, clock: Clock) -> None:
         self.method = ""
         """The route being called, ``/package.Service/Method``."""
-        self._loop = loop
+        self._clock = clock
         self._message_id = b""
         self._invocation_metadata: Metadata = ()
         self._trailing_metadata: Metadata = ()
@@ -79,7 +79,7 @@ class ServicerContext:
         """Seconds left before the call's deadline (never negative); None without a deadline."""
         if self._deadline is None:
             return None
-        return max(0.0, self._deadline - self._loop.time())
+        return max(0.0, self._deadline - self._clock.time())
 
     def set_trailing_metadata(self, metadata: MetadataLike) -> None:
         """Set the metadata sent with the final status (replaces any set before).

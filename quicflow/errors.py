@@ -10,6 +10,7 @@
     │   ├── PromiseCapacityFull  RESOURCE_EXHAUSTED: too many acked sends pending
     │   └── Timeout              DEADLINE_EXCEEDED: the deadline or ack timeout passed
     ├── UsageError               the API was used in a way it does not allow (names the state)
+    │   └── ArgumentError (ValueError)  an argument's value is not allowed (names it)
     ├── ConfigError (ValueError) a config field is out of range (names the field)
     └── ProtocolError            the core found bytes that break docs/wire-protocol.md
         ├── LocalProtocolError   we were about to break the protocol (a bug or misuse)
@@ -19,16 +20,25 @@ Users see `RpcError`. Handlers raise it to choose a status (or call
 ``await context.abort(code, message)``, the grpc.aio spelling). The sans-IO
 core raises `ProtocolError` internally; the runtime turns it into a status or
 a stream reset, never a crash.
+
+A call that fails ``RpcError.may_have_run`` says whether the server may have
+run it: False only when QuicFlow knows it did not (the call never left the
+client, or the server refused its stream unprocessed), so retrying it cannot
+run the handler twice (docs/connections.md "Retrying a failed call").
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .metadata import Metadata, MetadataValue
 from .status import StatusCode
 
+# quicflow.metadata's aliases, spelled out: metadata.py raises ArgumentError, so it
+# imports this module and not the other way round.
+_Metadata = tuple[tuple[str, str | bytes], ...]
+
 __all__ = [
+    "ArgumentError",
     "ClientNotConnected",
     "ConfigError",
     "ConnectionClosed",
@@ -63,14 +73,23 @@ class RpcError(Exception):
         self,
         code: StatusCode | None = None,
         message: str = "",
-        trailing_metadata: Sequence[tuple[str, MetadataValue]] = (),
+        trailing_metadata: Sequence[tuple[str, str | bytes]] = (),
+        *,
+        may_have_run: bool = True,
     ) -> None:
         self.code: StatusCode = StatusCode(code) if code is not None else self.default_code
         """The status code (never OK)."""
         self.message: str = message
         """Human-readable detail from the side that ended the call."""
-        self.trailing_metadata: Metadata = tuple(trailing_metadata)
+        self.trailing_metadata: _Metadata = tuple(trailing_metadata)
         """Trailing metadata that came with the status."""
+        self.may_have_run: bool = may_have_run
+        """False only when the server certainly did not run the call: it never left this
+        side (not connected, its deadline passed before it was sent, an interceptor
+        refused it) or the server refused its stream unprocessed (UNAVAILABLE, "the peer
+        refused the call; safe to retry", e.g. while stopping). Such a call is safe to
+        retry even if it is not idempotent. True (the default) means it may have run: a
+        connection lost mid-call is UNAVAILABLE with ``may_have_run`` True."""
         super().__init__(code, message)
 
     def __str__(self) -> str:
@@ -112,6 +131,17 @@ class Timeout(RpcError):
 
 class UsageError(Exception):
     """The API was used in a state that does not allow it; the message names the state."""
+
+
+class ArgumentError(UsageError, ValueError):
+    """An argument's value is not allowed (bad metadata, a NaN or too long timeout);
+    ``argument`` names it. Raised where the call is made, before anything is sent. A
+    `UsageError`, and a `ValueError` as Python's own argument errors are."""
+
+    def __init__(self, argument: str, message: str) -> None:
+        self.argument = argument
+        """The argument's name, e.g. ``"timeout"`` or ``"metadata"``."""
+        super().__init__(f"{argument}: {message}")
 
 
 class ConfigError(ValueError):

@@ -24,12 +24,10 @@ import json
 import time
 from dataclasses import asdict
 from importlib import resources
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from .prometheus import exposition, registry_for
-
-if TYPE_CHECKING:
-    from .server import Server
+from .prometheus import ObservedServer, exposition, registry_for
+from .transport.settings import bind_error
 
 __all__ = ["MAX_REQUEST_HEAD", "REQUEST_TIMEOUT", "MetricsEndpoint", "status_document"]
 
@@ -53,7 +51,7 @@ def _status_page() -> bytes:
     return resources.files("quicflow").joinpath("web/status.html").read_bytes()
 
 
-def status_document(server: Server) -> dict[str, Any]:
+def status_document(server: ObservedServer) -> dict[str, Any]:
     """What ``/api/status`` returns: the server, its clients and its metrics (JSON-ready)."""
     clients = [
         {
@@ -89,7 +87,7 @@ def status_document(server: Server) -> dict[str, Any]:
 class MetricsEndpoint:
     """The running HTTP endpoint of one server (see the module docstring)."""
 
-    def __init__(self, server: Server, listener: asyncio.Server) -> None:
+    def __init__(self, server: ObservedServer, listener: asyncio.Server) -> None:
         self._server = server
         self._listener = listener
         self._registry = registry_for(server)
@@ -98,7 +96,7 @@ class MetricsEndpoint:
         """The bound TCP port."""
 
     @classmethod
-    async def start(cls, server: Server, host: str, port: int) -> MetricsEndpoint:
+    async def start(cls, server: ObservedServer, host: str, port: int) -> MetricsEndpoint:
         """Bind ``host:port`` (0: a free port) and serve.
 
         Raises:
@@ -117,7 +115,10 @@ class MetricsEndpoint:
                 if task is not None:
                     endpoint._tasks.discard(task)
 
-        listener = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
+        try:
+            listener = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
+        except OSError as exc:
+            raise bind_error(exc, "the metrics endpoint (TCP)", host, port) from exc
         endpoint = cls(server, listener)
         holder.append(endpoint)
         return endpoint

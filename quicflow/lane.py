@@ -30,11 +30,10 @@ Theory of operation:
   frame over ``max_message_size``, FIN or RESET_STREAM on it) closes the
   connection: PROTOCOL_ERROR, or EXCESSIVE_LOAD for a frame over the limit.
 
-Example (sans-IO)::
-
-    frame = encode_lane_message("alert", b"disk full", (("zone", "eu"),), b"")
-    decoder = LaneDecoder(max_message_size=4 << 20, max_metadata_size=64 << 10)
-    [message], error = decoder.feed(frame, False)    # LaneMessage("alert", ...), None
+The frame codec (`encode_lane_message`, `LaneDecoder`) is sans-IO and lives
+in quicflow/protocol/lane.py; the sender's side of a one-way message
+(`quicflow.calls.send_one_way`) with the other calls. This module holds the
+lanes on a live connection: `SendLane` and `ReceiveLane`.
 """
 
 from __future__ import annotations
@@ -43,149 +42,41 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Final, NamedTuple
+from typing import TYPE_CHECKING
 
+from .clock import Clock
 from .dispatch import Dispatcher, Message
-from .errors import ConnectionClosed, FrameTooLarge, PayloadTooLarge, ProtocolError, RpcError
+from .errors import ConnectionClosed, RpcError
 from .hooks import Hooks, MessageInfo
-from .metadata import Metadata, MetadataLike, normalize_metadata
-from .status import StatusCode
-from .wire.codec import (
-    ErrorCode,
-    FrameDecoder,
-    FrameType,
-    MalformedFrame,
-    decode_metadata,
-    encode_frame,
-    encode_metadata,
+from .protocol.lane import (
+    LANE_FEATURE,
+    ROUTE,
+    LaneDecoder,
+    LaneError,
+    LaneMessage,
+    encode_lane_message,
+    raw_size,
 )
-from .wire.v1 import frames_pb2 as pb
+from .status import StatusCode
+from .wire.codec import ErrorCode
 
 if TYPE_CHECKING:
-    from .calls import CallTarget
     from .metrics import MethodStats, Metrics
     from .transport import QuicFlowProtocol
 
 __all__ = [
     "LANE_FEATURE",
+    "ROUTE",
     "LaneDecoder",
     "LaneError",
     "LaneMessage",
     "ReceiveLane",
     "SendLane",
     "encode_lane_message",
-    "send_one_way",
+    "raw_size",
 ]
 
 logger = logging.getLogger("quicflow.lane")
-
-LANE_FEATURE: Final = "lane"
-"""The HELLO/WELCOME feature string that turns message lanes on (wire-protocol.md §10.3)."""
-
-ROUTE: Final = "/quicflow.wire.v1.Messaging/Deliver"
-"""Where lane messages count in metrics and hooks: the route they replaced."""
-
-
-def _varint_size(n: int) -> int:
-    size = 1
-    while n >= 0x80:
-        n >>= 7
-        size += 1
-    return size
-
-
-def raw_size(type_length: int, payload_length: int) -> int:
-    """Bytes of ``RawMessage{type, payload}`` (what the call path counted as the message)."""
-    size = 0
-    if type_length:
-        size += 1 + _varint_size(type_length) + type_length
-    if payload_length:
-        size += 1 + _varint_size(payload_length) + payload_length
-    return size
-
-
-def encode_lane_message(
-    message_type: str, payload: bytes, metadata: Metadata, message_id: bytes
-) -> bytes:
-    """One MESSAGE frame (5-byte prefix + `RawMessage` with fields 1-4)."""
-    msg = pb.RawMessage(type=message_type, payload=payload, message_id=message_id)
-    if metadata:
-        encode_metadata(msg, metadata)
-    return encode_frame(FrameType.MESSAGE, msg.SerializeToString())
-
-
-class LaneError(Exception):
-    """The peer broke its message lane; close the connection with ``code``."""
-
-    def __init__(self, code: ErrorCode, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-class LaneMessage(NamedTuple):
-    """One message decoded from a lane."""
-
-    type: str
-    payload: bytes
-    metadata: Metadata
-    message_id: bytes
-    size: int
-    """Bytes of the frame on the wire (prefix included): what it holds of the credit."""
-
-
-class LaneDecoder:
-    """Sans-IO receiver side of a lane: bytes in, `LaneMessage`s out, or `LaneError`."""
-
-    __slots__ = ("_failed", "_frames")
-
-    def __init__(self, max_message_size: int, max_metadata_size: int) -> None:
-        # Only MESSAGE: any other type is a protocol error whatever its length.
-        self._frames = FrameDecoder(
-            max_message_size, max_metadata_size, allowed=(FrameType.MESSAGE,)
-        )
-        self._failed = False
-
-    def feed(self, data: bytes, end_stream: bool) -> tuple[list[LaneMessage], LaneError | None]:
-        """Decode ``data``: the messages it completes, and the error that ends the lane.
-
-        Every frame must be a valid MESSAGE. The error is EXCESSIVE_LOAD for a
-        frame over the limit and PROTOCOL_ERROR for anything else that is
-        wrong, including FIN (a lane lasts as long as its connection); the
-        messages completed before it are still returned. After an error every
-        further input is an error too.
-        """
-        out: list[LaneMessage] = []
-        if self._failed:
-            return out, LaneError(ErrorCode.PROTOCOL_ERROR, "message lane: already failed")
-        try:
-            frames, error = self._frames.feed_until_error(data)
-            for frame in frames:
-                if frame.type is not FrameType.MESSAGE:
-                    raise MalformedFrame(f"unexpected {frame.type.name} frame")
-                try:
-                    msg = pb.RawMessage.FromString(frame.payload)
-                except Exception as exc:  # protobuf's DecodeError and friends
-                    raise MalformedFrame(f"malformed MESSAGE payload: {exc}") from None
-                if not msg.type:
-                    raise MalformedFrame("MESSAGE needs a type")
-                metadata = decode_metadata(msg.metadata) if msg.metadata else ()
-                out.append(
-                    LaneMessage(
-                        msg.type, msg.payload, metadata, msg.message_id, 5 + len(frame.payload)
-                    )
-                )
-            if error is not None:
-                raise error
-            if end_stream:
-                raise MalformedFrame("the peer ended its message lane")
-            return out, None
-        except FrameTooLarge as exc:
-            self._failed = True
-            return out, LaneError(ErrorCode.EXCESSIVE_LOAD, f"message lane: {exc}")
-        except ProtocolError as exc:
-            self._failed = True
-            return out, LaneError(ErrorCode.PROTOCOL_ERROR, f"message lane: {exc}")
 
 
 class SendLane:
@@ -229,82 +120,11 @@ class SendLane:
             self.conn.message_lane = None
 
 
-async def send_one_way(
-    target: CallTarget,
-    message_type: str,
-    payload: bytes,
-    metadata: MetadataLike | None,
-    timeout: float | None,
-) -> bool:
-    """Send one message on the target's lane; False (nothing done) when there is none.
-
-    Returns True once the frame is handed to QUIC. Waits first while the lane
-    holds more than ``send_buffer_limit`` unacknowledged bytes (the receiver is
-    behind), at most ``timeout`` (default: the target's default timeout).
-
-    Raises:
-        PayloadTooLarge: the message is over the sender's ``max_message_size``.
-        ValueError: bad metadata.
-        RpcError: DEADLINE_EXCEEDED while waiting; UNAVAILABLE when the
-            connection ends meanwhile.
-    """
-    if target.interceptors or not target.ready:
-        return False
-    if timeout is None:
-        timeout = target.default_timeout
-    if timeout is not None and timeout <= 0:
-        return False  # the call path fails it exactly as before
-    conn = target.connection_for_call()
-    lane: SendLane | None = conn.message_lane
-    if lane is None:
-        return False
-    md = normalize_metadata(metadata) if metadata else ()
-    frame = encode_lane_message(message_type, payload, md, target.message_id)
-    limit = target.max_message_size
-    if len(frame) - 5 > limit:
-        raise PayloadTooLarge(
-            message=f"message of {len(frame) - 5} bytes exceeds max_message_size ({limit})"
-        )
-    metrics = target.metrics
-    stats = metrics.made.method(ROUTE) if metrics is not None else None
-    if stats is not None:
-        stats.started += 1
-    loop = conn._loop
-    start = loop.time()
-    if lane.over_limit():
-        try:
-            async with asyncio.timeout(timeout):
-                while lane.over_limit():
-                    await conn.drain(lane.stream_id)
-                    if conn.message_lane is not lane:
-                        raise ConnectionClosed(message="message lane closed")
-        except TimeoutError:
-            error: RpcError = RpcError(
-                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded waiting for the message lane"
-            )
-            if stats is not None:
-                stats.finished(error.code, loop.time() - start)
-            raise error from None
-        except RpcError as exc:
-            if stats is not None:
-                stats.finished(exc.code, loop.time() - start)
-            raise
-    lane.write(frame)
-    size = raw_size(len(message_type.encode()), len(payload))
-    if stats is not None:
-        stats.messages_sent += 1
-        stats.bytes_sent += size
-        stats.finished(StatusCode.OK, loop.time() - start)
-    hooks = target.hooks
-    if hooks.wants("message_sent"):
-        hooks.fire("message_sent", MessageInfo(target.peer_name, ROUTE, message_type, size))
-    return True
-
-
 class ReceiveLane:
     """The peer's lane on one connection: decodes it and feeds this side's dispatcher."""
 
     __slots__ = (
+        "_clock",
         "_decoder",
         "_dispatcher",
         "_dropped",
@@ -325,6 +145,7 @@ class ReceiveLane:
         stream_id: int,
         dispatcher: Dispatcher,
         *,
+        clock: Clock,
         sender: Callable[[], str],
         metrics: Metrics | None,
         hooks: Hooks,
@@ -337,6 +158,7 @@ class ReceiveLane:
         """Bytes of messages held back while the dispatcher is full (not yet credited)."""
         self._decoder = LaneDecoder(max_message_size, max_metadata_size)
         self._dispatcher = dispatcher
+        self._clock = clock
         self._sender = sender
         self._metrics = metrics
         self._hooks = hooks
@@ -367,7 +189,7 @@ class ReceiveLane:
         if error is not None:
             self._fail(error.code, error.reason)
         elif pending and self._waiting is None:
-            self._waiting = self.conn._loop.create_task(self._resume())
+            self._waiting = asyncio.get_running_loop().create_task(self._resume())
 
     def stream_reset(self, error_code: int) -> None:
         self._fail(
@@ -420,7 +242,7 @@ class ReceiveLane:
         if hooks.wants("message_received"):
             hooks.fire("message_received", MessageInfo(sender, ROUTE, m.type, size))
         message = Message(m.type, m.payload, m.metadata, m.message_id, sender)
-        if not dispatcher.post(message, self._outcome(stats, self.conn._loop.time())):
+        if not dispatcher.post(message, self._outcome(stats, self._clock.time())):
             # has_room said yes; only a worker that vanished meanwhile gets here
             if stats is not None:
                 stats.finished(StatusCode.RESOURCE_EXHAUSTED, 0.0)
@@ -446,11 +268,11 @@ class ReceiveLane:
     def _outcome(
         self, stats: MethodStats | None, start: float
     ) -> Callable[[bytes | RpcError], None]:
-        loop = self.conn._loop
+        clock = self._clock
 
         def done(outcome: bytes | RpcError) -> None:
             if stats is not None:
                 code = outcome.code if isinstance(outcome, RpcError) else StatusCode.OK
-                stats.finished(code, loop.time() - start)
+                stats.finished(code, clock.time() - start)
 
         return done

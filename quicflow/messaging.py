@@ -19,6 +19,7 @@ RESOURCE_EXHAUSTED back to the sender at once) with a per-handler timeout.
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Final
 
@@ -56,10 +57,15 @@ class MessagingService(Service):
             type=request.type,
             payload=request.payload,
             metadata=context.invocation_metadata(),
-            message_id=context._message_id,
+            message_id=_message_id_bytes(context.message_id),
             sender=context.client_id,
         )
         return pb.RawAck(payload=await self.dispatcher.dispatch(message))
 
     def __quicflow_handlers__(self) -> Mapping[str, Handler]:
         return {ROUTE: unary_unary_handler(DELIVER, self.deliver)}
+
+
+def _message_id_bytes(message_id: str | None) -> bytes:
+    """The 16 bytes of a call's message id (`ServicerContext.message_id`), or b"" without."""
+    return uuid.UUID(message_id).bytes if message_id is not None else b""

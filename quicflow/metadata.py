@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import TypeAlias
 
+from .errors import ArgumentError
+
 __all__ = [
     "Metadata",
     "MetadataLike",
@@ -31,13 +33,14 @@ RESERVED_PREFIX = "quicflow-"
 
 def _check_key(key: object) -> str:
     if not isinstance(key, str) or not key:
-        raise ValueError(f"metadata key must be a non-empty str, got {key!r}")
+        raise ArgumentError("metadata", f"a key must be a non-empty str, got {key!r}")
     if not KEY_CHARS.issuperset(key):
-        raise ValueError(
-            f"metadata key {key!r} may only contain lower-case letters, digits, '-', '_' and '.'"
+        raise ArgumentError(
+            "metadata",
+            f"key {key!r} may only contain lower-case letters, digits, '-', '_' and '.'",
         )
     if key.startswith(RESERVED_PREFIX):
-        raise ValueError(f"metadata key {key!r} uses the reserved prefix {RESERVED_PREFIX!r}")
+        raise ArgumentError("metadata", f"key {key!r} uses the reserved prefix {RESERVED_PREFIX!r}")
     return key
 
 
@@ -45,25 +48,28 @@ def normalize_metadata(metadata: MetadataLike | None) -> Metadata:
     """Validate user metadata and return it as an immutable tuple.
 
     Raises:
-        ValueError: a key is malformed or reserved, or a value has the wrong
-            type for its key (``-bin`` keys take bytes, others take str).
+        ArgumentError: (a `UsageError` and a `ValueError`) a key is malformed or
+            reserved, or a value has the wrong type for its key (``-bin`` keys
+            take bytes, others take str) or holds control characters.
     """
     if not metadata:
         return ()
     out: list[tuple[str, MetadataValue]] = []
     for item in metadata:
         if not isinstance(item, (tuple, list)) or len(item) != 2:
-            raise ValueError(f"metadata items must be (key, value) pairs, got {item!r}")
+            raise ArgumentError("metadata", f"items must be (key, value) pairs, got {item!r}")
         key, value = item
         _check_key(key)
         if key.endswith("-bin"):
             if not isinstance(value, (bytes, bytearray, memoryview)):
-                raise ValueError(f"metadata key {key!r} ends in -bin and needs a bytes value")
+                raise ArgumentError("metadata", f"key {key!r} ends in -bin and needs a bytes value")
             value = bytes(value)
         elif not isinstance(value, str):
-            raise ValueError(f"metadata key {key!r} needs a str value (use a -bin key for bytes)")
+            raise ArgumentError(
+                "metadata", f"key {key!r} needs a str value (use a -bin key for bytes)"
+            )
         elif any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-            raise ValueError(f"metadata value for {key!r} contains control characters")
+            raise ArgumentError("metadata", f"the value for {key!r} contains control characters")
         out.append((key, value))
     return tuple(out)
 

@@ -167,11 +167,6 @@ class MethodStats:
         self.codes[code] += 1
         self.latency.observe(seconds)
 
-    @property
-    def finished_total(self) -> int:
-        """Calls of this method that have ended, whatever their status."""
-        return sum(self.codes)
-
     def snapshot(self) -> MethodMetrics:
         """A frozen copy."""
         return MethodMetrics(

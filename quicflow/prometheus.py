@@ -17,7 +17,7 @@ lists every name; a test compares that table with a real scrape.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
@@ -32,9 +32,46 @@ from .metrics import Histogram, RoleStats
 from .status import StatusCode
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .config import ServerConfig
+    from .dispatch import Dispatcher
+    from .metrics import Metrics, MetricsSnapshot
+    from .sessions import ClientInfo, SessionRegistry
 
-__all__ = ["ServerCollector", "exposition", "registry_for"]
+__all__ = ["ObservedServer", "ServerCollector", "exposition", "registry_for"]
+
+
+class ObservedServer(Protocol):
+    """What the operators' endpoint (this module and quicflow/http.py) reads of a `Server`:
+    public attributes only, so neither module imports server.py."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def sessions(self) -> SessionRegistry: ...
+
+    @property
+    def metrics(self) -> Metrics | None: ...
+
+    @property
+    def dispatcher(self) -> Dispatcher: ...
+
+    @property
+    def pending_promises(self) -> int: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def routes(self) -> list[str]: ...
+
+    @property
+    def active_calls(self) -> int: ...
+
+    def list_clients(self) -> list[ClientInfo]: ...
+
+    def get_metrics(self) -> MetricsSnapshot: ...
+
 
 _CODE_NAMES = [code.name for code in sorted(StatusCode)]
 
@@ -96,13 +133,13 @@ def _calls(prefix: str, what: str, role: RoleStats) -> Iterator[Metric]:
 class ServerCollector(Collector):
     """Reads one `Server`'s metrics at scrape time (register it on a per-server registry)."""
 
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: ObservedServer) -> None:
         self._server = server
 
     def collect(self) -> Iterator[Metric]:
         """Yield every QuicFlow metric family of the server (called by the registry)."""
         server = self._server
-        metrics = server._metrics
+        metrics = server.metrics
         if metrics is None:
             return
         yield GaugeMetricFamily(
@@ -152,7 +189,7 @@ class ServerCollector(Collector):
         yield GaugeMetricFamily(
             "quicflow_promises_pending",
             "Acked sends waiting for their ack.",
-            value=len(server._promises),
+            value=server.pending_promises,
         )
         settled = CounterMetricFamily(
             "quicflow_promises_settled",
@@ -175,7 +212,7 @@ class ServerCollector(Collector):
         )
 
 
-def registry_for(server: Server) -> CollectorRegistry:
+def registry_for(server: ObservedServer) -> CollectorRegistry:
     """A fresh registry holding only ``server``'s collector."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(ServerCollector(server))

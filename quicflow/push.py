@@ -30,12 +30,12 @@ import asyncio
 import enum
 import logging
 import uuid
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Generator, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .calls import ChannelMethods
+from .clock import Clock, PolicyTimer, timeout
 from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout
 from .hooks import Hooks
 from .interceptors import ClientInterceptor
@@ -43,8 +43,9 @@ from .protocol.pending import PendingTable
 from .status import StatusCode
 
 if TYPE_CHECKING:
+    from .config import ServerConfig
     from .metrics import Metrics
-    from .server import Server
+    from .sessions import SessionRegistry
     from .transport import QuicFlowProtocol
 
 __all__ = [
@@ -53,11 +54,33 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Promise",
+    "PushHost",
 ]
 
 logger = logging.getLogger("quicflow.push")
 
 T = TypeVar("T")
+
+
+class PushHost(Protocol):
+    """What push needs of the server (the `Server` is one): its settings, its sessions,
+    where to report, and the clock its timeouts run on. The seam push (and anything
+    built on sessions) reaches the server through; nothing here imports server.py."""
+
+    @property
+    def config(self) -> ServerConfig: ...
+
+    @property
+    def sessions(self) -> SessionRegistry: ...
+
+    @property
+    def hooks(self) -> Hooks: ...
+
+    @property
+    def metrics(self) -> Metrics | None: ...
+
+    @property
+    def clock(self) -> Clock: ...
 
 
 class ClientChannel(ChannelMethods):
@@ -68,7 +91,7 @@ class ClientChannel(ChannelMethods):
     reconnects, later calls go to its new connection.
     """
 
-    def __init__(self, server: Server, client_id: str, message_id: bytes = b"") -> None:
+    def __init__(self, server: PushHost, client_id: str, message_id: bytes = b"") -> None:
         self._server = server
         self.client_id = client_id
         self.message_id = message_id
@@ -106,7 +129,11 @@ class ClientChannel(ChannelMethods):
 
     @property
     def metrics(self) -> Metrics | None:
-        return self._server._metrics
+        return self._server.metrics
+
+    @property
+    def clock(self) -> Clock:
+        return self._server.clock
 
     @property
     def ready(self) -> bool:
@@ -182,7 +209,7 @@ class BroadcastResult(Generic[T]):
 
 
 async def broadcast(
-    server: Server,
+    server: PushHost,
     send: Callable[[ClientChannel], Awaitable[T]],
     *,
     labels: Mapping[str, str] | None = None,
@@ -202,7 +229,7 @@ async def broadcast(
     async def one(client_id: str) -> Delivery[T]:
         async with gate:
             try:
-                async with asyncio.timeout(client_timeout):
+                async with timeout(server.clock, client_timeout):
                     reply = await send(ClientChannel(server, client_id))
             except TimeoutError:
                 return Delivery(
@@ -220,7 +247,7 @@ async def broadcast(
                 return Delivery(client_id, DeliveryStatus.FAILED, None, exc.code, exc.message)
             return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
 
-    metrics = server._metrics
+    metrics = server.metrics
     if metrics is not None:
         metrics.broadcasts += 1
     outcomes = await asyncio.gather(*(one(cid) for cid in targets))
@@ -281,43 +308,14 @@ class Promise(Generic[T]):
         return f"<Promise {self.message_id} {state}>"
 
 
-class ReplyCache:
-    """Replies a callee already sent, by message id: a repeated message (its ack was lost
-    and the sender retried) gets the same reply without running the handler again."""
-
-    def __init__(self, max_size: int = 10_000, max_age: float = 600.0) -> None:
-        self._entries: OrderedDict[bytes, tuple[float, bytes]] = OrderedDict()
-        self.max_size = max_size
-        self.max_age = max_age
-
-    def get(self, message_id: bytes, now: float) -> bytes | None:
-        entry = self._entries.get(message_id)
-        if entry is None or now - entry[0] > self.max_age:
-            return None
-        return entry[1]
-
-    def put(self, message_id: bytes, reply: bytes, now: float) -> None:
-        entries = self._entries
-        entries[message_id] = (now, reply)
-        entries.move_to_end(message_id)
-        while len(entries) > self.max_size or (
-            entries and now - next(iter(entries.values()))[0] > self.max_age
-        ):
-            entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-
 class PromiseManager:
     """Tracks acked sends by message id with a capacity and one timer for all timeouts."""
 
-    def __init__(self, server: Server, capacity: int) -> None:
+    def __init__(self, server: PushHost, capacity: int) -> None:
         self._server = server
         self.table = PendingTable(capacity)
         self._tasks: dict[bytes, asyncio.Task[Any]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_at: float | None = None
+        self._timer: PolicyTimer | None = None
         self._held: dict[str, list[asyncio.Future[None]]] = {}
         self._reserved: dict[str, int] = {}
         self._timed_out: set[bytes] = set()
@@ -334,7 +332,8 @@ class PromiseManager:
     ) -> Promise[T]:
         loop = asyncio.get_running_loop()
         message_id = uuid.uuid4().bytes
-        self.table.add(message_id, loop.time(), timeout)  # PromiseCapacityFull: nothing sent
+        now = self._server.clock.time()
+        self.table.add(message_id, now, timeout)  # PromiseCapacityFull: nothing sent
         # A send to an absent client takes a hold slot now (so the next one over
         # hold_max_count fails at once), or fails at once when holding is off.
         reserved = False
@@ -418,7 +417,7 @@ class PromiseManager:
         try:
             if self._reachable(client_id):
                 return  # it came back between the failure and now
-            async with asyncio.timeout(config.hold_max_age):
+            async with timeout(self._server.clock, config.hold_max_age):
                 await waiter
         except TimeoutError:
             raise ClientNotConnected(
@@ -446,7 +445,7 @@ class PromiseManager:
         self, message_id: bytes, task: asyncio.Task[Any], future: asyncio.Future[Any]
     ) -> None:
         self._tasks.pop(message_id, None)
-        metrics = self._server._metrics
+        metrics = self._server.metrics
         if metrics is not None:
             if task.cancelled() and message_id in self._timed_out:
                 metrics.promises_timed_out += 1
@@ -483,30 +482,20 @@ class PromiseManager:
                 task.cancel()
 
     def _arm(self) -> None:
-        when = self.table.get_timer()
-        if when == self._timer_at:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-        self._timer_at = when
-        self._timer = (
-            None if when is None else asyncio.get_running_loop().call_at(when, self._expire)
-        )
+        if self._timer is None:
+            self._timer = PolicyTimer(self._server.clock, self.table.get_timer, self._expire)
+        self._timer.arm()
 
-    def _expire(self) -> None:
-        self._timer = None
-        self._timer_at = None
-        loop = asyncio.get_running_loop()
-        for expired in self.table.poll(loop.time()):
+    def _expire(self, now: float) -> None:
+        for expired in self.table.poll(now):
             task = self._tasks.get(expired.message_id)
             if task is not None:
                 self._timed_out.add(expired.message_id)
                 task.cancel()  # _settle turns this cancellation into Timeout
-        self._arm()
 
     def close(self) -> None:
         for task in list(self._tasks.values()):
             task.cancel()
         if self._timer is not None:
-            self._timer.cancel()
+            self._timer.stop()
             self._timer = None

@@ -5,8 +5,8 @@ Generated modules (``<file>_quicflow.py``) use only the names here:
 * `Method` describes one rpc: its route, cardinality and (de)serializers. The
   runtime never imports a message library; the generated code hands it the
   functions (DESIGN.md "Message classes").
-* `Channel` is what a stub calls through: a `Client` (calls to the server)
-  or, later, a server's view of one client (push).
+* `Channel` (in quicflow/calls.py, with the call objects it returns) is what
+  a stub calls through: a `Client`, or a server's view of one client (push).
 * `Service` is the base of every generated ``FooBase``; the four
   ``*_handler`` helpers bind a handler method to its `Method`.
 """
@@ -14,11 +14,10 @@ Generated modules (``<file>_quicflow.py``) use only the names here:
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypeVar
 
-from .metadata import MetadataLike
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -26,7 +25,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Cardinality",
-    "Channel",
     "Handler",
     "Method",
     "Service",
@@ -77,57 +75,6 @@ class Method(Generic[Req, Resp]):
     deserialize_request: Callable[[bytes], Req]
     serialize_response: Callable[[Resp], bytes]
     deserialize_response: Callable[[bytes], Resp]
-
-
-class Channel(Protocol):
-    """What a generated stub calls through.
-
-    Every method returns at once with a call object; the call starts on the
-    event loop right away. ``timeout`` is seconds from now (None: no
-    deadline); ``metadata`` is validated by `normalize_metadata`;
-    ``wait_for_ready`` (None: the channel's default) makes a call made while
-    disconnected wait for the connection instead of failing UNAVAILABLE.
-    """
-
-    def unary_unary(
-        self,
-        method: Method[Req, Resp],
-        request: Req,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> UnaryUnaryCall[Resp]: ...
-
-    def unary_stream(
-        self,
-        method: Method[Req, Resp],
-        request: Req,
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> UnaryStreamCall[Resp]: ...
-
-    def stream_unary(
-        self,
-        method: Method[Req, Resp],
-        requests: AsyncIterable[Req] | Iterable[Req],
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> StreamUnaryCall[Resp]: ...
-
-    def stream_stream(
-        self,
-        method: Method[Req, Resp],
-        requests: AsyncIterable[Req] | Iterable[Req],
-        *,
-        timeout: float | None = None,
-        metadata: MetadataLike | None = None,
-        wait_for_ready: bool | None = None,
-    ) -> StreamStreamCall[Resp]: ...
 
 
 # Handler side -------------------------------------------------------------
@@ -195,12 +142,3 @@ async def unimplemented_stream(route: str) -> AsyncIterator[Any]:
 
     raise RpcError(StatusCode.UNIMPLEMENTED, f"method {route} is not implemented")
     yield  # pragma: no cover  (makes this an async generator)
-
-
-if TYPE_CHECKING:
-    from .calls import (
-        StreamStreamCall,
-        StreamUnaryCall,
-        UnaryStreamCall,
-        UnaryUnaryCall,
-    )

@@ -21,8 +21,7 @@ from typing import TYPE_CHECKING
 from .errors import ClientNotConnected
 
 if TYPE_CHECKING:
-    import asyncio
-
+    from .clock import PolicyTimer
     from .protocol.heartbeat import HeartbeatMonitor
     from .transport import QuicFlowProtocol
 
@@ -102,7 +101,18 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self.state = SessionState.ACTIVE
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: PolicyTimer | None = None
+        """Keeps the heartbeat monitor's checks armed while the session lives."""
+
+    def end(self) -> bool:
+        """Mark the session CLOSED and stop its heartbeat checks; False if it already was."""
+        if self.state is SessionState.CLOSED:
+            return False
+        self.state = SessionState.CLOSED
+        if self.timer is not None:
+            self.timer.stop()
+            self.timer = None
+        return True
 
     def info(self) -> ClientInfo:
         """A snapshot of this session."""

@@ -3,7 +3,7 @@
 1. The runtime's own message classes (`BUILTIN`): the wire protocol's
    (``quicflow/wire/v1/frames_pb2.py`` and ``.pyi`` from
    ``proto/quicflow/wire/v1/frames.proto``), the health service's
-   (``proto/grpc_health/v1/health.proto``), the admin service's and the
+   (``proto/grpc/health/v1/health.proto``), the admin service's and the
    reflection service's (``proto/grpc/reflection/v1/reflection.proto``).
 2. ``generated/``: every other ``.proto`` under ``proto/``, protobuf flavour:
    ``foo/bar_pb2.py``, ``foo/bar_pb2.pyi`` and ``foo/bar_quicflow.py``.
@@ -32,12 +32,26 @@ PROTO = ROOT / "proto"
 BUILTIN = {
     # proto under proto/ -> where its _pb2.py / _pb2.pyi go in the repository
     "quicflow/wire/v1/frames.proto": "quicflow/wire/v1/frames",
-    "grpc_health/v1/health.proto": "quicflow/health/health",
+    "grpc/health/v1/health.proto": "quicflow/health/health",
     "quicflow/admin/v1/admin.proto": "quicflow/admin/admin",
     "grpc/reflection/v1/reflection.proto": "quicflow/reflection/reflection",
 }
 """The runtime's own protos. Each lives in the package the runtime imports it from;
 the health and reflection protos keep gRPC's file names so their descriptors are gRPC's."""
+PRIVATE_POOL = frozenset({"grpc/health/v1/health.proto"})
+"""Runtime protos whose classes go into a private descriptor pool, not the default one.
+
+gRPC's health file is registered by others under three different file names
+(grpcio-health-checking: ``grpc_health/v1/health.proto``, grpclib:
+``grpclib/health/v1/health.proto``, a user's protoc run: ``grpc/health/v1/health.proto``),
+and the default pool refuses the same symbols under a second name. In a pool of its own,
+QuicFlow's copy clashes with none of them, in any import order."""
+_DEFAULT_POOL_LINE = "DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile("
+_PRIVATE_POOL_LINES = (
+    "# QuicFlow (scripts/gen.py PRIVATE_POOL): a private pool, not the default one, so that\n"
+    "# other copies of this file registered under other file names can be imported too.\n"
+    "DESCRIPTOR = _descriptor_pool.DescriptorPool().AddSerializedFile("
+)
 BUILTIN_OUTPUTS = tuple(f"{dest}_pb2{ext}" for dest in BUILTIN.values() for ext in (".py", ".pyi"))
 GENERATED = "generated"
 BETTERPROTO_DIR = "betterproto_flavour"
@@ -152,7 +166,12 @@ def generate(out: Path) -> None:
             for ext in (".py", ".pyi"):
                 target = out / f"{dest}_pb2{ext}"
                 target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(wire / f"{proto.removesuffix('.proto')}_pb2{ext}", target)
+                text = (wire / f"{proto.removesuffix('.proto')}_pb2{ext}").read_text()
+                if proto in PRIVATE_POOL and ext == ".py":
+                    if text.count(_DEFAULT_POOL_LINE) != 1:
+                        raise SystemExit(f"protoc output for {proto} lacks {_DEFAULT_POOL_LINE}")
+                    text = text.replace(_DEFAULT_POOL_LINE, _PRIVATE_POOL_LINES)
+                target.write_text(text)
         target_gen = out / GENERATED
         if target_gen.exists():
             shutil.rmtree(target_gen)

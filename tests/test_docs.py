@@ -25,6 +25,23 @@ def test_state_diagrams_match_the_transition_tables() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_architecture_diagram_matches_the_imports() -> None:
+    """Check that the layer picture in docs/architecture.md equals the one drawn from the
+    imports of quicflow/ today (scripts/architecture.py)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "architecture.py"),
+            "--check",
+            str(ROOT / "docs" / "architecture.md"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def _doc_table(text: str, marker: str) -> list[list[str]]:
     """The rows (cells) of the Markdown table right after ``<!-- config-fields: marker -->``."""
     lines = text.split(f"<!-- config-fields: {marker} -->", 1)[1].strip().splitlines()

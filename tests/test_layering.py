@@ -149,3 +149,174 @@ def test_import_finder_resolves_relative_imports_in_packages() -> None:
     assert "quicflow.errors" in imported_modules(
         "from ..errors import ProtocolError", "quicflow.protocol", is_package=True
     )
+
+
+# -- the runtime ring: no cycles, no private reads across modules, time only via the Clock --
+
+ALL_FILES = _sources()
+MODULES = {_module_name(p): p for p in ALL_FILES}
+TRANSPORT = PACKAGE_ROOT / "transport"
+
+# Private names a runtime module may read on an object of another module, and why.
+PRIVATE_READS_ALLOWED = {
+    # asyncio's ready queue (a Handle's callback) for a new task's eager first step
+    # (quicflow/incoming.py `_run_first_step`); uvloop has none and the step then waits.
+    ("quicflow.incoming", "_callback"),
+}
+
+
+def import_graph() -> dict[str, set[str]]:
+    """Module -> the quicflow modules it imports (anywhere, TYPE_CHECKING included)."""
+    graph: dict[str, set[str]] = {}
+    for name, path in MODULES.items():
+        imports = _imports_of(path)
+        graph[name] = {m for m in imports if m in MODULES and m != name}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan), sorted."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(node: str) -> None:
+        index[node] = low[node] = len(index)
+        stack.append(node)
+        on_stack.add(node)
+        for succ in sorted(graph.get(node, ())):
+            if succ not in index:
+                visit(succ)
+                low[node] = min(low[node], low[succ])
+            elif succ in on_stack:
+                low[node] = min(low[node], index[succ])
+        if low[node] == index[node]:
+            component: list[str] = []
+            while True:
+                member = stack.pop()
+                on_stack.discard(member)
+                component.append(member)
+                if member == node:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for node in sorted(graph):
+        if node not in index:
+            visit(node)
+    return sorted(found)
+
+
+def test_cycle_finder_finds_a_cycle() -> None:
+    """Check that the cycle finder reports a three-module loop and nothing for a chain."""
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
+
+
+def test_no_import_cycle_in_quicflow() -> None:
+    """Check that no group of quicflow/ modules imports itself round in a circle, counting
+    imports inside functions and under TYPE_CHECKING (a seam is a Protocol, not a cycle)."""
+    assert import_cycles(import_graph()) == []
+
+
+def test_neither_face_imports_the_other() -> None:
+    """Check that client.py does not import server.py nor the reverse: what both need
+    lives in the Endpoint (quicflow/endpoint.py) and the answering side (incoming.py)."""
+    graph = import_graph()
+    assert "quicflow.server" not in graph["quicflow.client"]
+    assert "quicflow.client" not in graph["quicflow.server"]
+
+
+def _loop_reads(tree: ast.AST) -> list[int]:
+    """Lines reading ``<something other than self>._loop``."""
+    return [
+        node.lineno
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr == "_loop"
+        and not (isinstance(node.value, ast.Name) and node.value.id == "self")
+    ]
+
+
+def test_loop_read_finder_sees_a_connections_loop() -> None:
+    """Check that the finder flags ``conn._loop`` and leaves an object's own ``self._loop``."""
+    assert _loop_reads(ast.parse("conn._loop.call_at(1, f)\nself._loop.time()")) == [1]
+
+
+def test_no_loop_read_outside_the_transport() -> None:
+    """Check that above the transport nothing reads a connection's (or anyone's) private
+    event loop: runtime time and timers go through the injected Clock (quicflow/clock.py)."""
+    offenders = {
+        name: lines
+        for name, path in MODULES.items()
+        if TRANSPORT not in path.parents
+        and (lines := _loop_reads(ast.parse(path.read_text(encoding="utf-8"))))
+    }
+    assert offenders == {}
+
+
+def _own_names(tree: ast.AST) -> set[str]:
+    """Names a module defines for its own objects: functions, classes, module globals,
+    attributes set or read on ``self``/``cls``, and ``__slots__`` entries."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
+            if node.value.id in ("self", "cls"):
+                names.add(node.attr)
+        elif isinstance(node, ast.Assign):
+            for target in node.targets:
+                if isinstance(target, ast.Name):
+                    names.add(target.id)
+                    if target.id == "__slots__":
+                        names.update(
+                            c.value
+                            for c in ast.walk(node.value)
+                            if isinstance(c, ast.Constant) and isinstance(c.value, str)
+                        )
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return names
+
+
+def private_reads(source: str) -> set[str]:
+    """Private names (``_x``, not dunders) read on another object than ``self``/``cls``
+    that the module does not define itself: reads of another module's internals."""
+    tree = ast.parse(source)
+    own = _own_names(tree)
+    return {
+        node.attr
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute)
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+        and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+        and node.attr not in own
+    }
+
+
+def test_private_read_finder() -> None:
+    """Check that reading another module's private attribute is seen, and that a module's
+    own privates (on self, or on a sibling object of a class it defines) are not."""
+    source = (
+        "class A:\n"
+        "    __slots__ = ('_x',)\n"
+        "    def f(self, other, server):\n"
+        "        return other._x + server._metrics + self._y\n"
+    )
+    assert private_reads(source) == {"_metrics"}
+
+
+@pytest.mark.parametrize(
+    "module",
+    sorted(m for m, p in MODULES.items() if TRANSPORT not in p.parents and "_pb2" not in m),
+)
+def test_no_runtime_module_reads_another_modules_privates(module: str) -> None:
+    """Check that a module outside the transport (which adapts aioquic's internals by
+    design) reaches other modules' objects only through their public names."""
+    source = MODULES[module].read_text(encoding="utf-8")
+    allowed = {name for mod, name in PRIVATE_READS_ALLOWED if mod == module}
+    assert private_reads(source) - allowed == set()

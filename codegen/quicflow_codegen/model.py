@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-__all__ = ["Cardinality", "File", "Import", "Method", "Service", "TypeRef"]
+__all__ = ["Cardinality", "DynamicImport", "File", "Import", "Method", "Service", "TypeRef"]
 
 
 class Cardinality(enum.Enum):
@@ -57,13 +57,34 @@ class Import:
 
 
 @dataclass(frozen=True, slots=True)
+class DynamicImport:
+    """A message class that no ``import`` statement can name.
+
+    Its module path or its own name holds a Python keyword (``from/v1/s.proto``,
+    ``message None``), so, as protoc's own output does, the module is loaded
+    with ``importlib.import_module`` and the class reached by attribute access
+    (``getattr`` for a keyword): ``alias: Any = getattr(_FROM_V1_S_PB2, "None")``.
+    mypy cannot name such a class either, so it is ``Any`` in annotations.
+    """
+
+    module: str
+    """Absolute (``from.v1.s_pb2``) or relative (``..p.import``, to ``__package__``)."""
+    module_var: str
+    """The module-level name holding the imported module (``_FROM_V1_S_PB2``)."""
+    path: tuple[str, ...]
+    """The class's name in the module, outer classes first (``("None", "from")``)."""
+    alias: str
+    """The module-level name holding the class."""
+
+
+@dataclass(frozen=True, slots=True)
 class TypeRef:
     """A message type as the generated module spells it."""
 
     proto_name: str
     """Fully qualified, with the leading dot: ``.echo.EchoRequest``."""
     expr: str
-    """The Python expression for the class, e.g. ``EchoRequest`` or ``Outer.Inner``."""
+    """The class in annotations, e.g. ``EchoRequest``, ``Outer.Inner`` (``Any`` if dynamic)."""
     serialize: str
     """The function from a message to bytes (``EchoRequest.SerializeToString``)."""
     deserialize: str
@@ -87,6 +108,8 @@ class Method:
     output: TypeRef
     doc: str
     """The rpc's leading proto comment, dedented; empty if none."""
+    deprecated: bool = False
+    """``option deprecated = true`` on the rpc: its stub method warns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +125,8 @@ class Service:
     methods: tuple[Method, ...]
     doc: str
     """The service's leading proto comment, dedented; empty if none."""
+    deprecated: bool = False
+    """``option deprecated = true`` on the service: its stub warns when made."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +141,5 @@ class File:
     services: tuple[Service, ...]
     imports: tuple[Import, ...]
     """Message imports, in the order parse met them (render sorts them)."""
+    dynamic: tuple[DynamicImport, ...] = ()
+    """Message classes reached through ``importlib`` (keywords in their names)."""

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import builtins
 import keyword
-import posixpath
 import re
 from collections.abc import Iterable
 
@@ -28,12 +27,17 @@ from .options import Flavour
 
 __all__ = [
     "CLASS_RESERVED",
+    "MODULE_ONLY_RESERVED",
     "MODULE_RESERVED",
     "NamingError",
     "Namespace",
+    "attribute_chain",
     "base_name",
     "const_name",
+    "is_plain_module",
+    "is_plain_name",
     "message_import",
+    "module_parts",
     "output_path",
     "pb2_module",
     "python_method_name",
@@ -66,7 +70,10 @@ MODULE_RESERVED: frozenset[str] = frozenset(
         *keyword.softkwlist,
     }
 )
-"""Names no import alias, constant or class of a generated module may take."""
+"""Names no method, import alias, constant or class of a generated module may take."""
+
+MODULE_ONLY_RESERVED: frozenset[str] = frozenset({"Any", "importlib", "warnings"})
+"""Module names the generated code may use outside class bodies (a method may take them)."""
 
 CLASS_RESERVED: frozenset[str] = MODULE_RESERVED | {
     # quicflow.Service and the generated classes define these.
@@ -181,21 +188,47 @@ def serializers(flavour: Flavour, expr: str) -> tuple[str, str]:
     return f"{expr}.__bytes__", f"{expr}.FromString"
 
 
-def _module_base(proto_path: str) -> str:
-    stem = proto_path.removesuffix(".proto")
-    directory, _, name = stem.rpartition("/")
-    name = name.replace("-", "_")
-    return f"{directory}/{name}" if directory else name
+def module_parts(proto_path: str) -> list[str]:
+    """The dotted module path protoc's python generator derives from a ``.proto`` path.
+
+    protoc strips ``.proto``, turns ``-`` into ``_`` and ``/`` into ``.``, so a
+    dot in a file name is a package boundary too: ``users/user.service.proto``
+    is module ``users.user.service_pb2``, written to ``users/user/service_pb2.py``.
+    """
+    return proto_path.removesuffix(".proto").replace("-", "_").replace("/", ".").split(".")
 
 
 def pb2_module(proto_path: str) -> str:
     """The module protoc's python generator writes: ``foo/bar-baz.proto`` → ``foo.bar_baz_pb2``."""
-    return _module_base(proto_path).replace("/", ".") + "_pb2"
+    return ".".join(module_parts(proto_path)) + "_pb2"
 
 
 def output_path(proto_path: str) -> str:
-    """Where the plugin writes: ``foo/bar-baz.proto`` → ``foo/bar_baz_quicflow.py``."""
-    return _module_base(proto_path) + "_quicflow.py"
+    """Where the plugin writes: ``foo/bar-baz.proto`` → ``foo/bar_baz_quicflow.py``.
+
+    The same rule as protoc's ``_pb2`` module (`module_parts`), so the two are
+    always side by side: ``a/b.c.proto`` → ``a/b/c_quicflow.py``.
+    """
+    return "/".join(module_parts(proto_path)) + "_quicflow.py"
+
+
+def is_plain_name(name: str) -> bool:
+    """True if ``name`` can be written as it is in an import or attribute access."""
+    return name.isidentifier() and not keyword.iskeyword(name)
+
+
+def is_plain_module(module: str) -> bool:
+    """True if ``from <module> import x`` is valid Python (relative dots allowed)."""
+    parts = module.lstrip(".")
+    return not parts or all(is_plain_name(part) for part in parts.split("."))
+
+
+def attribute_chain(base: str, parts: Iterable[str]) -> str:
+    """``base.a.b``, with ``getattr(x, "kw")`` for a part that is a keyword (``None``, ``from``)."""
+    expr = base
+    for part in parts:
+        expr = f"{expr}.{part}" if is_plain_name(part) else f'getattr({expr}, "{part}")'
+    return expr
 
 
 def _relative_module(from_dir: list[str], to_package: list[str]) -> str:
@@ -214,21 +247,20 @@ def message_import(
     type_proto: str,
     type_package: str,
     type_path: tuple[str, ...],
-) -> tuple[str, str, str, str]:
+) -> tuple[str, tuple[str, ...], str]:
     """How the module for ``from_proto`` reaches a message.
 
     ``type_proto`` is the ``.proto`` that defines the message, ``type_package``
     its proto package and ``type_path`` its name within the package, outer
     messages first (``("Outer", "Inner")``).
 
-    Returns ``(module, name, rest, qualifier)``: import ``name`` from
-    ``module``, then append ``rest`` (``""`` or ``.Inner``) to get the class;
-    ``qualifier`` prefixes the alias if ``name`` is taken.
+    Returns ``(module, path, qualifier)``: the class is ``path`` within
+    ``module`` (import ``path[0]``, then ``.Inner`` for the rest);
+    ``qualifier`` prefixes the alias if the plain name is taken.
     """
     if flavour is Flavour.PROTOBUF:
         module = pb2_module(type_proto)
-        rest = "".join(f".{part}" for part in type_path[1:])
-        return module, type_path[0], rest, module.rpartition(".")[2]
+        return module, type_path, module.rpartition(".")[2]
     # betterproto flattens nested messages into one class per message, named
     # by its own casing rules (``Outer.Inner`` → ``OuterInner``,
     # ``HTTPRequest`` → ``HttpRequest``), so ask betterproto itself.
@@ -237,7 +269,8 @@ def message_import(
     name = pascal_case("_" + "_".join(type_path))
     package = type_package.split(".") if type_package else []
     if package == ["google", "protobuf"]:
-        return BETTERPROTO_WKT_MODULE, name, "", "google_protobuf"
-    from_dir = posixpath.dirname(from_proto)
-    module = _relative_module(from_dir.split("/") if from_dir else [], package)
-    return module, name, "", "_".join(package) or "root"
+        return BETTERPROTO_WKT_MODULE, (name,), "google_protobuf"
+    # Relative to the package the generated module is in (`output_path`), which
+    # is the proto's directory unless the file name has dots.
+    module = _relative_module(module_parts(from_proto)[:-1], package)
+    return module, (name,), "_".join(package) or "root"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import importlib.util
 from dataclasses import dataclass
 
 __all__ = ["Flavour", "Options", "OptionsError", "parse_options"]
@@ -61,4 +62,10 @@ def parse_options(parameter: str) -> Options:
             raise OptionsError(f"option {key!r} is given more than once")
         seen[key] = value
     flavour = _parse_flavour(seen["flavour"]) if "flavour" in seen else Flavour.PROTOBUF
+    if flavour is Flavour.BETTERPROTO and importlib.util.find_spec("betterproto") is None:
+        # The plugin asks betterproto itself how it names classes (naming.message_import).
+        raise OptionsError(
+            "flavour=betterproto needs betterproto installed next to the plugin: "
+            "pip install 'betterproto[compiler]==2.0.0b7'"
+        )
     return Options(flavour=flavour)

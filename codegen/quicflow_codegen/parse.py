@@ -7,15 +7,16 @@ a request or response type is defined.
 
 from __future__ import annotations
 
+import re
 import textwrap
 from dataclasses import dataclass
 
 from google.protobuf.compiler.plugin_pb2 import CodeGeneratorRequest
-from google.protobuf.descriptor_pb2 import DescriptorProto, FileDescriptorProto
+from google.protobuf.descriptor_pb2 import DescriptorProto, Edition, FileDescriptorProto
 
 from . import naming
-from .model import Cardinality, File, Import, Method, Service, TypeRef
-from .options import Options
+from .model import Cardinality, DynamicImport, File, Import, Method, Service, TypeRef
+from .options import Flavour, Options
 
 __all__ = ["ParseError", "parse_request"]
 
@@ -54,13 +55,28 @@ def _index_messages(files: list[FileDescriptorProto]) -> dict[str, _TypeInfo]:
     return index
 
 
+def _clean_comment(text: str) -> str:
+    """A leading comment as docstring text: dedented, without a block comment's ``*`` gutter.
+
+    protoc strips the ``*`` gutter of a block comment's lines but keeps the
+    second star of ``/**``: a javadoc-style comment arrives as ``*`` then its
+    text. That star is dropped (and a gutter protoc left, if every line has one).
+    """
+    lines = [line.rstrip() for line in text.expandtabs().splitlines()]
+    if lines and lines[0].startswith("*"):
+        lines[0] = lines[0].lstrip("*")
+    body = [line for line in lines if line.strip()]
+    if body and all(line.lstrip().startswith("*") for line in body):
+        lines = [line.lstrip()[1:] for line in lines]
+    return textwrap.dedent("\n".join(lines)).strip("\n")
+
+
 def _comments(fd: FileDescriptorProto) -> dict[tuple[int, ...], str]:
     """Leading comments by SourceCodeInfo path, dedented and stripped."""
     out: dict[tuple[int, ...], str] = {}
     for loc in fd.source_code_info.location:
         if loc.leading_comments:
-            lines = [line.rstrip() for line in loc.leading_comments.expandtabs().splitlines()]
-            out[tuple(loc.path)] = textwrap.dedent("\n".join(lines)).strip("\n")
+            out[tuple(loc.path)] = _clean_comment(loc.leading_comments)
     return out
 
 
@@ -72,21 +88,35 @@ class _Imports:
         self._options = options
         self._source = source
         self._aliases: dict[tuple[str, str], str] = {}
+        self._module_vars: dict[str, str] = {}
+        self._dynamic: dict[tuple[str, tuple[str, ...]], DynamicImport] = {}
 
     def ref(self, proto_name: str, info: _TypeInfo) -> TypeRef:
-        module, name, rest, qualifier = naming.message_import(
+        module, path, qualifier = naming.message_import(
             self._options.flavour,
             from_proto=self._source,
             type_proto=info.proto,
             type_package=info.package,
             type_path=info.path,
         )
-        key = (module, name)
-        if key not in self._aliases:
-            self._aliases[key] = self._scope.claim(name, f"{qualifier}_{name}")
-        expr = self._aliases[key] + rest
-        serialize, deserialize = naming.serializers(self._options.flavour, expr)
-        return TypeRef(proto_name, expr, serialize, deserialize)
+        if naming.is_plain_module(module) and all(naming.is_plain_name(p) for p in path):
+            key = (module, path[0])
+            if key not in self._aliases:
+                self._aliases[key] = self._scope.claim(path[0], f"{qualifier}_{path[0]}")
+            expr = naming.attribute_chain(self._aliases[key], path[1:])
+            return TypeRef(proto_name, expr, *naming.serializers(self._options.flavour, expr))
+        dynamic = self._dynamic.get((module, path))
+        if dynamic is None:
+            if module not in self._module_vars:
+                var = re.sub(r"\W", "_", module.lstrip(".")).upper() or "PACKAGE"
+                self._module_vars[module] = self._scope.claim(f"_{var}")
+            joined = "_".join(path)
+            candidates = [joined] if naming.is_plain_name(joined) else []
+            alias = self._scope.claim(*candidates, f"{qualifier}_{joined}")
+            dynamic = DynamicImport(module, self._module_vars[module], path, alias)
+            self._dynamic[(module, path)] = dynamic
+        serialize, deserialize = naming.serializers(self._options.flavour, dynamic.alias)
+        return TypeRef(proto_name, "Any", serialize, deserialize)
 
     @property
     def imports(self) -> tuple[Import, ...]:
@@ -94,12 +124,17 @@ class _Imports:
         return tuple(Import(module, name, alias) for (module, name), alias in self._aliases.items())
 
     @property
+    def dynamic(self) -> tuple[DynamicImport, ...]:
+        """The classes reached through importlib, in the order they were claimed."""
+        return tuple(self._dynamic.values())
+
+    @property
     def aliases(self) -> frozenset[str]:
-        return frozenset(self._aliases.values())
+        return frozenset(self._aliases.values()) | {d.alias for d in self._dynamic.values()}
 
 
 def _parse_file(fd: FileDescriptorProto, index: dict[str, _TypeInfo], options: Options) -> File:
-    module_scope = naming.Namespace(naming.MODULE_RESERVED)
+    module_scope = naming.Namespace(naming.MODULE_RESERVED | naming.MODULE_ONLY_RESERVED)
     for service in fd.service:
         module_scope.claim_exact(naming.stub_name(service.name), "class")
         module_scope.claim_exact(naming.base_name(service.name), "class")
@@ -132,6 +167,7 @@ def _parse_file(fd: FileDescriptorProto, index: dict[str, _TypeInfo], options: O
                     input=refs[rpc.input_type],
                     output=refs[rpc.output_type],
                     doc=comments.get((_FILE_SERVICE, s_index, _SERVICE_METHOD, m_index), ""),
+                    deprecated=rpc.options.deprecated,
                 )
             )
         services.append(
@@ -142,6 +178,7 @@ def _parse_file(fd: FileDescriptorProto, index: dict[str, _TypeInfo], options: O
                 base_name=naming.base_name(service.name),
                 methods=tuple(methods),
                 doc=comments.get((_FILE_SERVICE, s_index), ""),
+                deprecated=service.options.deprecated,
             )
         )
     return File(
@@ -150,7 +187,13 @@ def _parse_file(fd: FileDescriptorProto, index: dict[str, _TypeInfo], options: O
         package=fd.package,
         services=tuple(services),
         imports=imports.imports,
+        dynamic=imports.dynamic,
     )
+
+
+def _edition_name(fd: FileDescriptorProto) -> str:
+    """``"2023"`` for ``EDITION_2023``: the spelling of the file's ``edition =`` line."""
+    return '"' + Edition.Name(fd.edition).removeprefix("EDITION_") + '"'
 
 
 def parse_request(request: CodeGeneratorRequest, options: Options) -> tuple[File, ...]:
@@ -170,6 +213,12 @@ def parse_request(request: CodeGeneratorRequest, options: Options) -> tuple[File
             raise ParseError(f"{name} is to be generated but is not in the request")
         if not fd.service:
             continue
+        if options.flavour is Flavour.BETTERPROTO and fd.syntax == "editions":
+            raise ParseError(
+                f"{name}: editions files (edition = {_edition_name(fd)}) cannot use "
+                "flavour=betterproto: betterproto 2.0.0b7 supports proto2 and proto3 only; "
+                "use the protobuf flavour"
+            )
         parsed = _parse_file(fd, index, options)
         if parsed.output in outputs:
             raise ParseError(

@@ -5,11 +5,17 @@ name it asks for through ``use()`` is recorded, so the header
 (``header.py.j2``) imports exactly those, plus the message classes and
 ``quicflow``, and lists ``__all__``.
 
-The output is already in ``ruff format`` style at line length 100, so no
-formatter runs at generation time: the `wrap` helper lays out a bracketed
-list the way ruff does (one line; else the items on one indented line; else
-one item per line with a trailing comma), and the imports are grouped and
-ordered the way ruff's isort rules want them.
+The output is already in ``ruff format`` style, so no formatter runs at
+generation time. It fits ruff's default line length (88), and it is also
+what ``ruff format`` keeps at any longer line length (this repository uses
+100): the `wrap` helper puts a bracketed list on one line if it fits in 88,
+else one item per line with a trailing comma, which ruff's "magic trailing
+comma" rule (and its isort's ``split-on-trailing-comma``) leaves exploded.
+Imports are grouped and ordered the way ruff's isort rules want them. Which
+section (first- or third-party) ``quicflow`` and each message package land
+in depends on the user's project layout and settings, so every group whose
+section the plugin cannot know is its own import block (``# isort: split``):
+isort then has nothing to reorder across them, whatever it decides.
 """
 
 from __future__ import annotations
@@ -20,15 +26,19 @@ from collections.abc import Iterable, Sequence
 
 import jinja2
 
-from . import __version__
+from . import __version__, naming
 from .model import File, Import
 
-__all__ = ["LINE_LENGTH", "assign", "docstring", "render_file", "wrap"]
+__all__ = ["LINE_LENGTH", "constant", "docstring", "render_file", "wrap"]
 
-LINE_LENGTH = 100
-"""The line length the output fits (the repo's ruff setting)."""
+LINE_LENGTH = 88
+"""The line length the output fits: ruff's default (and within any longer setting)."""
+
+_STDLIB_MODULES = ("importlib", "warnings")
+"""Modules the body may ``use()``, imported as ``import x``."""
 
 _STDLIB_IMPORTS = {
+    "Any": "typing",
     "AsyncIterable": "collections.abc",
     "AsyncIterator": "collections.abc",
     "Iterable": "collections.abc",
@@ -40,30 +50,33 @@ _STDLIB_IMPORTS = {
 def wrap(indent: int, head: str, items: Sequence[str], tail: str) -> str:
     """Lay out ``head + ", ".join(items) + tail`` as ruff format would.
 
+    One line if it fits in `LINE_LENGTH`; else one item per line with a
+    trailing comma, which ruff keeps exploded at every line length.
     ``indent`` is the column ``head`` starts at; the first line carries no
     indentation (the template supplies it).
     """
     one_line = head + ", ".join(items) + tail
-    if indent + len(one_line) <= LINE_LENGTH:
+    if indent + len(one_line) <= LINE_LENGTH or not items:
         return one_line
     pad = " " * indent
     inner = " " * (indent + 4)
-    hugged = inner + ", ".join(items)
-    if items and len(hugged) <= LINE_LENGTH:
-        return f"{head}\n{hugged}\n{pad}{tail}"
     body = "".join(f"{inner}{item},\n" for item in items)
     return f"{head}\n{body}{pad}{tail}"
 
 
-def assign(target: str, head: str, items: Sequence[str], tail: str) -> str:
-    """Lay out ``target = head(items)tail`` at column 0 as ruff format would.
+def constant(
+    name: str, annotation: str, type_args: Sequence[str], call: str, args: Sequence[str]
+) -> str:
+    """``name: annotation[type_args] = call(args)`` at column 0, laid out as ruff format keeps it.
 
-    When even the first line ``target = head`` is too long, ruff moves the
-    value into parentheses on the lines below.
+    When the line up to the call's bracket does not fit, the annotation's type
+    arguments go one per line too (ruff leaves that exploded as well).
     """
-    if len(f"{target} = {head}") <= LINE_LENGTH:
-        return wrap(0, f"{target} = {head}", items, tail)
-    return f"{target} = (\n    {wrap(4, head, items, tail)}\n)"
+    target = f"{name}: {annotation}[{', '.join(type_args)}]"
+    if len(f"{target} = {call}(") <= LINE_LENGTH:
+        return wrap(0, f"{target} = {call}(", args, ")")
+    exploded = "".join(f"    {arg},\n" for arg in type_args)
+    return f"{name}: {annotation}[\n{exploded}" + wrap(0, f"] = {call}(", args, ")")
 
 
 def docstring(text: str, indent: int) -> str:
@@ -73,8 +86,6 @@ def docstring(text: str, indent: int) -> str:
     at word boundaries (a single word longer than a line is left as is).
     """
     text = text.replace("\\", "\\\\").replace('"""', '\\"\\"\\"')
-    if text.endswith('"'):
-        text = text[:-1] + '\\"'
     pad = " " * indent
     width = LINE_LENGTH - indent
     # Docstring indentation is relative (PEP 257, and ruff format re-indents
@@ -95,8 +106,15 @@ def docstring(text: str, indent: int) -> str:
                 break_on_hyphens=False,
             )
         )
-    if len(lines) == 1 and indent + len(lines[0]) + 6 <= LINE_LENGTH:
-        return f'"""{lines[0]}"""'
+    line = lines[0]
+    if line.endswith('"'):
+        # A quote right before the closing quotes would end the string early,
+        # unless an odd number of backslashes escapes it already.
+        body = line[:-1]
+        if (len(body) - len(body.rstrip("\\"))) % 2 == 0:
+            line = body + '\\"'
+    if len(lines) == 1 and indent + len(line) + 6 <= LINE_LENGTH:
+        return f'"""{line}"""'
     rest = "".join(f"\n{pad}{line}" if line else "\n" for line in lines[1:])
     return f'"""{lines[0]}{rest}\n{pad}"""'
 
@@ -168,7 +186,7 @@ class _Uses:
         self.names: set[str] = set()
 
     def __call__(self, name: str) -> str:
-        if name not in _STDLIB_IMPORTS:
+        if name not in _STDLIB_IMPORTS and name not in _STDLIB_MODULES:
             raise KeyError(f"template asked for unknown name {name!r}")
         self.names.add(name)
         return name
@@ -184,7 +202,7 @@ def _environment() -> jinja2.Environment:
         autoescape=False,
     )
     env.globals["wrap"] = wrap
-    env.globals["assign"] = assign
+    env.globals["constant"] = constant
     env.filters["docstring"] = docstring
     env.filters["pystr"] = pystr
     return env
@@ -194,27 +212,65 @@ _ENV = _environment()
 
 
 def _stdlib_lines(names: set[str]) -> list[str]:
+    # isort's default: the section's ``import x`` statements, then its ``from`` imports.
+    lines = [f"import {module}" for module in sorted(names & set(_STDLIB_MODULES))]
     modules: dict[str, list[str]] = {}
-    for name in names:
+    for name in names - set(_STDLIB_MODULES):
         modules.setdefault(_STDLIB_IMPORTS[name], []).append(name)
-    return [
+    return lines + [
         _from_import(module, sorted(modules[module], key=_member_key)) for module in sorted(modules)
     ]
+
+
+def _dynamic_lines(file: File, uses: _Uses) -> list[str]:
+    """The assignments that load classes no import statement can name (`DynamicImport`)."""
+    if not file.dynamic:
+        return []
+    uses("importlib")
+    uses("Any")
+    lines: list[str] = []
+    loaded: set[str] = set()
+    for dyn in file.dynamic:
+        if dyn.module_var not in loaded:
+            loaded.add(dyn.module_var)
+            # A relative module is resolved against this module's package, as `from .` is.
+            args = [pystr(dyn.module)]
+            if dyn.module.startswith("."):
+                args.append("__package__")
+            lines.append(wrap(0, f"{dyn.module_var} = importlib.import_module(", args, ")"))
+    for dyn in file.dynamic:
+        lines.append(f"{dyn.alias}: Any = {naming.attribute_chain(dyn.module_var, dyn.path)}")
+    return lines
+
+
+def _source_comment(source: str) -> str:
+    line = f"# source: {source}"
+    return line if len(line) <= LINE_LENGTH else f"{line}  # noqa: E501"
 
 
 def render_file(file: File) -> str:
     """The full text of the generated module for ``file``."""
     uses = _Uses()
     body = _ENV.get_template("body.py.j2").render(file=file, use=uses)
+    dynamic = _dynamic_lines(file, uses)
     absolute = [i for i in file.imports if not i.module.startswith(".")]
     relative = [i for i in file.imports if i.module.startswith(".")]
+    # One block per top-level package: its section is all isort needs to know.
+    packages: dict[str, list[Import]] = {}
+    for imp in absolute:
+        packages.setdefault(imp.module.partition(".")[0], []).append(imp)
+    blocks = [["import quicflow"]]
+    blocks += [_import_lines(packages[top]) for top in sorted(packages, key=_module_key)]
+    if relative:
+        blocks[-1] += ["", *_import_lines(relative)]
     exported = [name for s in file.services for name in (s.stub_name, s.base_name)]
     header = _ENV.get_template("header.py.j2").render(
         file=file,
         version=__version__,
+        source=_source_comment(file.source),
         stdlib=_stdlib_lines(uses.names),
-        absolute=_import_lines(absolute),
-        relative=_import_lines(relative),
+        blocks=["\n".join(block) for block in blocks],
         all_line=wrap(0, "__all__ = [", [pystr(n) for n in sorted(exported)], "]"),
+        dynamic=dynamic,
     )
     return header + body

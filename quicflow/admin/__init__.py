@@ -18,8 +18,9 @@ import hmac
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from ..calls import Channel
 from ..errors import RpcError
-from ..rpc import Cardinality, Channel, Handler, Method, Service, unary_unary_handler
+from ..rpc import Cardinality, Handler, Method, Service, unary_unary_handler
 from ..sessions import ClientInfo
 from ..status import StatusCode
 from .admin_pb2 import ClientEntry, ListClientsRequest, ListClientsResponse

@@ -48,12 +48,20 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ..calls import UnaryUnaryCall
 from ..errors import ClientNotConnected, ConnectionClosed, PromiseCapacityFull, RpcError, Timeout
 from ..metadata import Metadata, MetadataLike, normalize_metadata
-from ..push import BroadcastResult, ClientChannel, Delivery, DeliveryStatus, Promise, broadcast
+from ..push import (
+    BroadcastResult,
+    ClientChannel,
+    Delivery,
+    DeliveryStatus,
+    Promise,
+    PushHost,
+    broadcast,
+)
 from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
@@ -70,14 +78,25 @@ from .codec import (
 )
 from .view import kick_applies
 
-if TYPE_CHECKING:
-    from ..server import Server
-
-__all__ = ["ClusterBroadcastResult", "ClusterNode", "ClusterStats", "NodeOutcome"]
+__all__ = ["ClusterBroadcastResult", "ClusterHost", "ClusterNode", "ClusterStats", "NodeOutcome"]
 
 logger = logging.getLogger("quicflow.cluster")
 
 T = TypeVar("T")
+
+
+class ClusterHost(PushHost, Protocol):
+    """What a node needs of its `Server`: push's seam (`PushHost`) plus the bound port
+    and the count of local acked sends; the seam the cluster reaches the server through
+    (no import of server.py)."""
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def pending_promises(self) -> int: ...
+
+
 Resp = TypeVar("Resp")
 
 _KICK = b"K"
@@ -406,7 +425,7 @@ class ClusterNode:
 
     def __init__(
         self,
-        server: Server,
+        server: ClusterHost,
         backend: ClusterBackend,
         node_id: str,
         *,
@@ -1002,7 +1021,7 @@ def _remote_info(client_id: str, reg: Registration) -> ClientInfo:
     )
 
 
-async def join(server: Server) -> ClusterNode:
+async def join(server: ClusterHost) -> ClusterNode:
     """Build ``server``'s cluster membership from its config and start it (NATS backend)."""
     import os
     import socket

@@ -1,11 +1,16 @@
 """The built-in health service, with grpc.health.v1 semantics.
 
 Every `Server` serves it at ``/grpc.health.v1.Health/Check``, ``/List`` and
-``/Watch``. The messages come from ``proto/grpc_health/v1/health.proto``,
-whose descriptor is byte-identical to the one grpcio-health-checking 1.85
-ships (same file name, options and rpcs), so a process may import both and
-their classes are the same. The application
-sets each service's status through ``server.health``::
+``/Watch`` (``ServerConfig(health=False)`` turns it off, to serve one's own).
+The messages come from ``proto/grpc/health/v1/health.proto``: gRPC's file
+under its canonical name, with the canonical descriptor. Its classes are
+registered in a private descriptor pool, not the default one: gRPC's file is
+also registered by grpcio-health-checking (as ``grpc_health/v1/health.proto``),
+grpclib (``grpclib/health/v1/health.proto``) and a user's own protoc run
+(``grpc/health/v1/health.proto``), and the default pool refuses one symbol
+under two file names. So any of those imports beside QuicFlow, in any order;
+their classes are not QuicFlow's, but the wire format is the same. The
+application sets each service's status through ``server.health``::
 
     server.health.set("echo.Echo", ServingStatus.SERVING)
     server.health.set("echo.Echo", ServingStatus.NOT_SERVING)  # e.g. a dependency is down
@@ -27,10 +32,10 @@ import enum
 from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
+from ..calls import Channel
 from ..errors import RpcError
 from ..rpc import (
     Cardinality,
-    Channel,
     Handler,
     Method,
     Service,

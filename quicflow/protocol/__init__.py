@@ -22,7 +22,7 @@ from .control import (
     PongReceived,
     WelcomeReceived,
 )
-from .dedup import RecentIds
+from .dedup import RecentIds, RecentReplies
 from .events import (
     EndOfStream,
     Event,
@@ -81,4 +81,5 @@ __all__ = [
     "PendingTable",
     "PromiseTimedOut",
     "RecentIds",
+    "RecentReplies",
 ]

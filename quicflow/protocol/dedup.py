@@ -37,11 +37,67 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from typing import Generic, TypeVar
 
-__all__ = ["RecentIds"]
+__all__ = ["RecentIds", "RecentReplies"]
+
+V = TypeVar("V")
 
 
-class RecentIds:
+class _RecentWindow(Generic[V]):
+    """Keys recorded in the last ``max_age`` seconds, at most ``max_size``, oldest first,
+    each with a value: the one eviction policy `RecentIds` and `RecentReplies` share."""
+
+    __slots__ = ("_entries", "_latest", "max_age", "max_size")
+
+    def __init__(self, max_size: int, max_age: float) -> None:
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise ValueError(f"max_size must be an int of at least 1, got {max_size!r}")
+        if (
+            isinstance(max_age, bool)
+            or not isinstance(max_age, (int, float))
+            or not math.isfinite(max_age)
+            or max_age <= 0
+        ):
+            raise ValueError(
+                f"max_age must be a positive finite number of seconds, got {max_age!r}"
+            )
+        self.max_size: int = max_size
+        """Most keys remembered at once."""
+        self.max_age: float = float(max_age)
+        """Seconds a key is remembered after it was recorded."""
+        self._entries: OrderedDict[bytes, tuple[float, V]] = OrderedDict()
+        self._latest = -math.inf
+
+    def __len__(self) -> int:
+        """Keys remembered right now (expired ones may linger until the next call)."""
+        return len(self._entries)
+
+    def _advance(self, now: float) -> float:
+        """Take ``now`` (non-decreasing) and forget the keys ``max_age`` old or older."""
+        if not math.isfinite(now):
+            raise ValueError(f"now must be a finite number, got {now!r}")
+        now = max(float(now), self._latest)  # keep the dict in time order
+        self._latest = now
+        entries = self._entries
+        cutoff = now - self.max_age
+        # Forget keys that are max_age old or older; the oldest come first.
+        while entries:
+            oldest = next(iter(entries.values()))[0]
+            if oldest > cutoff:
+                break
+            entries.popitem(last=False)
+        return now
+
+    def _record(self, key: bytes, value: V, now: float) -> None:
+        entries = self._entries
+        entries[key] = (now, value)
+        entries.move_to_end(key)
+        if len(entries) > self.max_size:
+            entries.popitem(last=False)
+
+
+class RecentIds(_RecentWindow[None]):
     """Message ids recorded in the last ``max_age`` seconds, at most ``max_size`` of them.
 
     See the module docstring for the exact rules.
@@ -61,33 +117,13 @@ class RecentIds:
         recent.seen(b"c", 61.9)   # True: recorded 59.9 s ago
     """
 
-    __slots__ = ("_ids", "_latest", "max_age", "max_size")
+    __slots__ = ()
 
     def __init__(self, max_size: int = 100_000, max_age: float = 600.0) -> None:
-        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
-            raise ValueError(f"max_size must be an int of at least 1, got {max_size!r}")
-        if (
-            isinstance(max_age, bool)
-            or not isinstance(max_age, (int, float))
-            or not math.isfinite(max_age)
-            or max_age <= 0
-        ):
-            raise ValueError(
-                f"max_age must be a positive finite number of seconds, got {max_age!r}"
-            )
-        self.max_size: int = max_size
-        """Most ids remembered at once."""
-        self.max_age: float = float(max_age)
-        """Seconds an id is remembered after it was first recorded."""
-        self._ids: OrderedDict[bytes, float] = OrderedDict()  # id -> recorded at, oldest first
-        self._latest = -math.inf
+        super().__init__(max_size, max_age)
 
     def __repr__(self) -> str:
-        return f"<RecentIds {len(self._ids)}/{self.max_size} within {self.max_age:g} s>"
-
-    def __len__(self) -> int:
-        """Ids remembered right now (expired ones may linger until the next `seen`)."""
-        return len(self._ids)
+        return f"<RecentIds {len(self)}/{self.max_size} within {self.max_age:g} s>"
 
     def seen(self, message_id: bytes, now: float) -> bool:
         """True if ``message_id`` is a duplicate; else record it at ``now`` and return False.
@@ -99,21 +135,43 @@ class RecentIds:
         Raises:
             ValueError: ``now`` is not a finite number.
         """
-        if not math.isfinite(now):
-            raise ValueError(f"now must be a finite number, got {now!r}")
-        now = max(float(now), self._latest)  # keep the dict in time order
-        self._latest = now
-        ids = self._ids
-        cutoff = now - self.max_age
-        # Forget ids that are max_age old or older; the oldest come first.
-        while ids:
-            oldest = next(iter(ids.values()))
-            if oldest > cutoff:
-                break
-            ids.popitem(last=False)
-        if message_id in ids:
+        now = self._advance(now)
+        if message_id in self._entries:
             return True
-        ids[message_id] = now
-        if len(ids) > self.max_size:
-            ids.popitem(last=False)
+        self._record(message_id, None, now)
         return False
+
+
+class RecentReplies(_RecentWindow[bytes]):
+    """The replies a callee sent in the last ``max_age`` seconds, by key (a reply cache).
+
+    A repeated message (its ack was lost and the sender retried under the same
+    message id) gets the recorded reply again without running its handler a
+    second time. The window rules are `RecentIds`' (module docstring); a key
+    recorded again replaces its reply and restarts its window.
+
+    Example::
+
+        replies = RecentReplies(max_size=10_000, max_age=600.0)
+        replies.get(b"id", now=0.0)              # None: run the handler
+        replies.put(b"id", b"reply", now=0.5)
+        replies.get(b"id", now=5.0)              # b"reply": answer the retry from here
+    """
+
+    __slots__ = ()
+
+    def __init__(self, max_size: int = 10_000, max_age: float = 600.0) -> None:
+        super().__init__(max_size, max_age)
+
+    def __repr__(self) -> str:
+        return f"<RecentReplies {len(self)}/{self.max_size} within {self.max_age:g} s>"
+
+    def get(self, key: bytes, now: float) -> bytes | None:
+        """The reply recorded under ``key`` less than ``max_age`` before ``now``, or None."""
+        self._advance(now)
+        entry = self._entries.get(key)
+        return None if entry is None else entry[1]
+
+    def put(self, key: bytes, reply: bytes, now: float) -> None:
+        """Record ``reply`` under ``key`` at ``now``."""
+        self._record(key, reply, self._advance(now))

@@ -18,9 +18,8 @@ from .reflection_pb2 import ExtensionRequest, ServerReflectionRequest, ServerRef
 from .service import INFO
 
 if TYPE_CHECKING:
-    from ..calls import StreamStreamCall
+    from ..calls import Channel, StreamStreamCall
     from ..metadata import MetadataLike
-    from ..rpc import Channel
 
 __all__ = ["ReflectionClient"]
 

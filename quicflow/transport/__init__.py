@@ -1,8 +1,8 @@
 """Layer 3, transport: the only package that imports aioquic (or qh3).
 
-Theory of operation. `QuicFlowProtocol` is our own `QuicConnectionProtocol`
-subclass. It follows aioquic's loop (feed datagrams, drain events, transmit,
-re-arm one timer) and routes each stream's events to a `StreamHandler` the
+Theory of operation. `QuicFlowProtocol` is our own asyncio datagram protocol.
+It runs aioquic's loop (feed datagrams, drain events, transmit, re-arm one
+timer) and routes each stream's events to a `StreamHandler` the
 runtime registered, held in one dict entry that is dropped when the call
 ends. It does *not* use aioquic's StreamReader/StreamWriter helpers, which
 keep a reader per stream forever and report a dead connection as EOF.
@@ -16,9 +16,12 @@ Flow control both ways, because aioquic has neither:
   fall under ``send_buffer_limit``.
 
 Engines: the QUIC state machine is aioquic's `QuicConnection` (our
-`AioquicFlowConnection`) or, with ``quic_engine="qh3"``, qh3's (`engine_qh3`); both
-answer the same few questions the protocol asks (stream credit, bytes queued,
-the active path, ...), so everything above is engine-blind. On a uvloop loop
+`AioquicFlowConnection`) or, with ``quic_engine="qh3"``, qh3's (`engine_qh3`); the
+protocol knows it only through the `engine.EngineConnection` seam (aioquic's
+sans-IO API plus the few questions the protocol asks: stream credit, bytes
+queued, the active path, ...), so everything above is engine-blind. aioquic's
+private internals are used in `engine_aioquic` only, each one listed there and
+checked against the installed aioquic by tests/transport/test_aioquic_internals.py. On a uvloop loop
 aioquic connections get a pacer that respects its 1 ms clock.
 
 `QuicFlowServer` is the UDP endpoint for many connections; it keeps each
@@ -33,8 +36,10 @@ Modules, one concern each:
 - `client_connect`: `connect`, the client side;
 - `server_endpoint`: `QuicFlowServer` and `serve`, the server side (Retry,
   connection-id routing);
-- `engine`: which engine a connection runs (`resolve_engine`, `make_connection`);
-- `engine_aioquic`, `engine_qh3`: the two engines;
+- `engine`: the engine seam (`EngineConnection`) and which engine a connection
+  runs (`resolve_engine`, `make_connection`);
+- `engine_aioquic`, `engine_qh3`: the two engines (the only modules that touch an
+  engine's private state);
 - `pacer`: `BytePacer`, aioquic's pacer charging packets by size;
 - `tls`, `crl`: configurations and client-certificate verification.
 """

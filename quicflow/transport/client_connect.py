@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
+import re
 import socket
 from typing import cast
 
@@ -17,6 +19,73 @@ from .settings import TransportSettings, datagram_size_for, grow_buffers
 
 __all__ = ["connect"]
 
+logger = logging.getLogger("quicflow.transport")
+
+
+class _ClientProtocol(QuicFlowProtocol):
+    """A client connection on its own connected UDP socket.
+
+    A connected socket hears the ICMP errors about its peer: the kernel answers
+    a datagram to a port nobody listens on with "port unreachable", which the
+    socket reports as ECONNREFUSED (at once on loopback, one round trip
+    elsewhere). Before the handshake completes that ends the attempt (`connect`
+    says "nothing answers"); afterwards it is ignored: the heartbeat, not one
+    ICMP message (which anyone on the path could forge), decides that a
+    connection is dead.
+    """
+
+    refused: ConnectionRefusedError | None = None
+    """Set when the peer's host refused a datagram before the handshake completed."""
+
+    def error_received(self, exc: Exception) -> None:
+        if self._connected or not isinstance(exc, ConnectionRefusedError):
+            logger.debug("socket error on a client connection ignored: %s", exc)
+            return
+        if self.refused is None:
+            self.refused = exc
+        waiter = self._connected_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+
+
+# aioquic's hostname check names the certificate's identities as service_identity reprs:
+# "hostname 'x' doesn't match either of DNSPattern(pattern=b'localhost'),
+# IPAddressPattern(pattern=IPv4Address('127.0.0.1'))": the names are the quoted parts.
+_NAME_MISMATCH = re.compile(r"hostname '(?P<name>[^']*)' doesn't match")
+_QUOTED = re.compile(r"'([^']+)'")
+
+
+def explain_handshake_failure(reason: str, *, server_name: str) -> str:
+    """``reason`` (a TLS failure as the QUIC stack words it) with what to do about it."""
+    mismatch = _NAME_MISMATCH.search(reason)
+    if mismatch is not None:
+        rest = reason[mismatch.end() :]
+        names = _QUOTED.findall(rest)
+        carries = f"is for {', '.join(names)}" if names else "does not name it"
+        return (
+            f"the server's certificate {carries}, not {mismatch['name']!r}: connect by one of "
+            "its names or set server_name (--server-name) to one of them"
+        )
+    lowered = reason.lower()
+    if any(
+        s in lowered
+        for s in ("unable to get local issuer", "self-signed certificate", "self signed certif")
+    ):
+        return (
+            f"{reason}: the server's certificate does not chain to a CA this client trusts; "
+            "give the CA that signed it with ca_file (--ca FILE), e.g. certs/ca.pem from "
+            "`quicflow certs`"
+        )
+    if "certificate" in lowered and ("expired" in lowered or "no longer valid" in lowered):
+        return f"{reason}: the server's certificate has expired; the server needs a new one"
+    if "certificate" in lowered and any(s in lowered for s in ("unacceptable", "bad cert")):
+        return (
+            f"{reason}: check that ca_file (--ca FILE) holds the CA that signed the server's "
+            f"certificate and that the certificate names {server_name!r} (else set "
+            "server_name, --server-name, to a name it carries)"
+        )
+    return reason
+
 
 async def connect(
     host: str,
@@ -28,9 +97,16 @@ async def connect(
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
 
+    The UDP socket is connected to the server's address, so a port nobody
+    listens on fails the attempt as soon as the OS reports it (ICMP port
+    unreachable), not after ``connect_timeout``. A failed attempt leaves
+    nothing behind: no socket, no timer.
+
     Raises:
-        ConnectionClosed: the handshake failed (its reason is in the message) or
-            did not finish within ``connect_timeout`` seconds.
+        ConnectionClosed: nothing answers at that address ("nothing answers at
+            HOST:PORT"), the handshake failed (its reason is in the message, with
+            what to do for certificate problems), or it did not finish within
+            ``connect_timeout`` seconds.
     """
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
@@ -43,31 +119,45 @@ async def connect(
     if size != configuration.max_datagram_size:
         configuration = dataclasses.replace(configuration, max_datagram_size=size)
     connection = make_connection(configuration, settings)
-    sock = socket.socket(family, socket.SOCK_DGRAM)
+    where = f"{host}:{port}"
     try:
-        grow_buffers(sock)
-        sock.bind(("::", 0, 0, 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
-        transport, proto = await loop.create_datagram_endpoint(
-            lambda: QuicFlowProtocol(connection, settings=settings), sock=sock
+        # remote_addr connects the socket. Both asyncio and uvloop then accept the peer
+        # address aioquic passes to sendto (uvloop refuses it, EISCONN, on a socket
+        # connected by hand), as long as it is the address the loop connected to.
+        transport, protocol = await loop.create_datagram_endpoint(
+            lambda: _ClientProtocol(connection, settings=settings),
+            remote_addr=(str(addr[0]), int(addr[1])),
+            family=family,
         )
-    except BaseException:
-        sock.close()
-        raise
-    protocol = proto
+    except OSError as exc:
+        raise ConnectionClosed(message=f"cannot reach {where}: {exc.strerror or exc}") from exc
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        grow_buffers(sock)
+    peer = transport.get_extra_info("peername") or addr
     try:
-        protocol.connect(cast(NetworkAddress, addr))
-        async with asyncio.timeout(connect_timeout):
-            await protocol.wait_connected()
+        protocol.connect(cast(NetworkAddress, peer))
+        if protocol.refused is None:  # not refused while the first datagram was sent
+            async with asyncio.timeout(connect_timeout):
+                await protocol.wait_connected()
     except TimeoutError:
-        transport.close()
+        protocol.discard("connect timeout")
         raise ConnectionClosed(
-            message=f"could not connect to {host}:{port} within {connect_timeout} s"
+            message=f"could not connect to {where}: no answer within {connect_timeout:.3g} s"
         ) from None
     except ConnectionError as exc:
-        transport.close()
         why = protocol.closed_error.message if protocol.closed_error else "handshake failed"
-        raise ConnectionClosed(message=f"could not connect to {host}:{port}: {why}") from exc
+        protocol.discard("connect failed")
+        if protocol.refused is None:
+            server_name = configuration.server_name or host
+            why = explain_handshake_failure(why, server_name=server_name)
+            raise ConnectionClosed(message=f"could not connect to {where}: {why}") from exc
     except BaseException:
-        transport.close()
+        protocol.discard("connect cancelled")
         raise
+    if protocol.refused is not None:
+        protocol.discard("connect refused")
+        raise ConnectionClosed(
+            message=f"nothing answers at {where} (no server listens on that UDP port)"
+        ) from protocol.refused
     return protocol

@@ -1,20 +1,169 @@
-"""Engine choice: which QUIC state machine (aioquic's or qh3's) a connection runs."""
+"""The engine seam: what the transport asks of a QUIC state machine, and which one runs.
+
+A connection's QUIC state machine (its *engine*) is aioquic's `QuicConnection`
+(`engine_aioquic.AioquicFlowConnection`) or qh3's (`engine_qh3.Qh3FlowConnection`).
+`QuicFlowProtocol` and the endpoints know it only as an `EngineConnection`: the
+sans-IO calls of aioquic's public API (feed datagrams, drain events and
+datagrams, one timer) plus the few questions QuicFlow adds (stream credit left,
+bytes queued, the active path, ...), which each engine answers its own way.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import os
-from typing import Any, cast
+from typing import Any, Protocol
 
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
+from aioquic.quic.connection import NetworkAddress
 
 from ..errors import ConfigError
 from .engine_aioquic import AioquicFlowConnection
 from .pacer import BytePacer, clock_resolution
 from .settings import TransportSettings
+from .streams import StreamHandler
+from .tls import VerifiedClientCertificate
 
-__all__ = ["ENGINES", "ENGINE_ENV", "make_connection", "resolve_engine"]
+__all__ = [
+    "ENGINES",
+    "ENGINE_ENV",
+    "EngineConfiguration",
+    "EngineConnection",
+    "make_connection",
+    "resolve_engine",
+]
+
+
+class EngineConfiguration(Protocol):
+    """What the transport reads of an engine's configuration."""
+
+    @property
+    def is_client(self) -> bool: ...
+
+
+class EngineConnection(Protocol):
+    """What the transport needs from an engine's connection.
+
+    The first group is aioquic's public sans-IO API (qh3 has the same); the
+    second is QuicFlow's, answered by `AioquicFlowConnection` and
+    `Qh3FlowConnection` from their engine's state.
+    """
+
+    # -- aioquic's QuicConnection API --
+
+    @property
+    def configuration(self) -> EngineConfiguration: ...
+
+    @property
+    def host_cid(self) -> bytes:
+        """The connection id this side chose first (the server routes it)."""
+        ...
+
+    def connect(self, addr: NetworkAddress, now: float) -> None: ...
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None: ...
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]: ...
+
+    def get_timer(self) -> float | None: ...
+
+    def handle_timer(self, now: float) -> None: ...
+
+    def next_event(self) -> events.QuicEvent | None: ...
+
+    def close(
+        self, error_code: int = ..., frame_type: int | None = ..., reason_phrase: str = ...
+    ) -> None: ...
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = ...) -> None: ...
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None: ...
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None: ...
+
+    def send_ping(self, uid: int) -> None: ...
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = ...) -> int: ...
+
+    def get_peer_address(self) -> NetworkAddress | None: ...
+
+    # -- QuicFlow's questions --
+
+    @property
+    def engine(self) -> str:
+        """ "aioquic" or "qh3"."""
+        ...
+
+    @property
+    def flow_handlers(self) -> dict[int, StreamHandler]:
+        """The runtime's handler of each stream (shared with the protocol's registry), from
+        which an engine that can reads ``unread_bytes`` to grant receive credit."""
+        ...
+
+    @property
+    def flow_withheld(self) -> dict[int, int]:
+        """Bytes of an unfinished frame per stream that count as unread (`FrameWatch`)."""
+        ...
+
+    @property
+    def client_certificate(self) -> VerifiedClientCertificate | None:
+        """On a server: the client certificate verified in the handshake."""
+        ...
+
+    def close_event(self) -> events.ConnectionTerminated | None:
+        """The connection's end once decided (by either side), before the engine reports
+        it as an event after its draining period."""
+        ...
+
+    def reserve_stream(self) -> int:
+        """Allocate the next bidirectional stream id now."""
+        ...
+
+    def free_bidi_slots(self) -> int:
+        """Bidirectional streams we may still open under the peer's limit."""
+        ...
+
+    def send_buffered(self, stream_id: int) -> int:
+        """Bytes written on the stream and not yet acknowledged (qh3: not yet sent)."""
+        ...
+
+    def receive_finished(self, stream_id: int) -> bool | None:
+        """Whether the peer finished (or reset) its side; None if unknown or gone."""
+        ...
+
+    def sent_fin(self, stream_id: int) -> bool | None:
+        """Whether we queued FIN on the stream; None if unknown or gone."""
+        ...
+
+    def stream_state_count(self) -> int:
+        """Streams the engine still holds state for."""
+        ...
+
+    def smoothed_rtt(self) -> float | None:
+        """The smoothed round-trip time in seconds, once measured."""
+        ...
+
+    def peer_certificate_der(self) -> bytes | None:
+        """The peer's leaf certificate (DER), if it presented one."""
+        ...
+
+    def active_path(self) -> object | None:
+        """The path in use (compared by identity to notice a move), None before any."""
+        ...
+
+    def reset_probe_backoff(self) -> None:
+        """Forget the probe-timeout backoff earned on an old path."""
+        ...
+
+    def ack_with_data(self, now: float) -> None:
+        """Make a pending ACK due now, so data about to be sent carries it."""
+        ...
+
+    def credit_due(self, stream_id: int, step: int = ...) -> bool:
+        """True if consumption on this stream warrants sending MAX_STREAM_DATA now (the
+        limit would rise by ``step`` bytes; 0: half a window)."""
+        ...
 
 
 ENGINES = ("aioquic", "qh3")
@@ -49,23 +198,19 @@ def resolve_engine(name: str) -> str:
 
 def make_connection(
     configuration: QuicConfiguration, settings: TransportSettings, **kwargs: Any
-) -> QuicConnection:
+) -> EngineConnection:
+    """A new connection of the engine ``settings`` name (``kwargs``: aioquic's
+    `QuicConnection` arguments besides the configuration)."""
     window = settings.stream_receive_window
     if resolve_engine(settings.quic_engine) == "qh3":
-        from .engine_qh3 import Qh3FlowConnection, qh3_configuration
+        from .engine_qh3 import Qh3FlowConnection, shared_qh3_configuration
 
-        # Converted once per aioquic configuration (a server shares one by all).
-        converted = getattr(configuration, "_quicflow_qh3", None)
-        if converted is None:
-            converted = qh3_configuration(configuration)
-            configuration._quicflow_qh3 = converted  # type: ignore[attr-defined]
-        return cast(
-            QuicConnection,
-            Qh3FlowConnection(configuration=converted, window=window, **kwargs),
+        qh3_connection: EngineConnection = Qh3FlowConnection(
+            configuration=shared_qh3_configuration(configuration), window=window, **kwargs
         )
-    connection = AioquicFlowConnection(configuration=configuration, window=window, **kwargs)
-    connection._loss._pacer = BytePacer(
+        return qh3_connection
+    pacer = BytePacer(
         max_datagram_size=configuration.max_datagram_size,
         resolution=clock_resolution(asyncio.get_running_loop()),
     )
-    return connection
+    return AioquicFlowConnection(configuration=configuration, window=window, pacer=pacer, **kwargs)

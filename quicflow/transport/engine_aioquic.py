@@ -1,24 +1,124 @@
-"""The aioquic QUIC engine: aioquic's `QuicConnection` with consumption-based
-receive credit, client-certificate checks, and the answers the protocol asks of
-an engine (`engine_qh3.Qh3FlowConnection` gives the same answers for qh3)."""
+"""The aioquic engine, and every use of aioquic's private internals.
+
+`AioquicFlowConnection` is aioquic's `QuicConnection` with consumption-based
+receive credit, client-certificate checks, a pacer that charges packets by size,
+and the answers the transport asks of an engine (`engine.EngineConnection`;
+`engine_qh3.Qh3FlowConnection` gives the same answers for qh3).
+
+aioquic has no public hook for any of these, so this module reads and patches
+its private state. That is allowed here and nowhere else in QuicFlow: each
+private name used is listed in `PRIVATE_USES`, which
+tests/transport/test_aioquic_internals.py checks against the installed aioquic
+(the name exists, a method keeps its parameters) and against this file's source
+(every private name used here is listed). An aioquic upgrade that renames or
+reshapes one fails there, by name, not as a wrong behaviour far away.
+"""
 
 from __future__ import annotations
 
 import logging
-from typing import Any, cast
+from dataclasses import dataclass
+from typing import Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic import events
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
-from aioquic.quic.stream import QuicStream
+from aioquic.quic.packet_builder import QuicPacketBuilder
+from aioquic.quic.recovery import QuicPacketRecovery
+from aioquic.quic.stream import QuicStream, QuicStreamReceiver, QuicStreamSender
 
+from .pacer import BytePacer
 from .streams import StreamHandler
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
-__all__ = ["AioquicFlowConnection"]
+__all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivateUse:
+    """One private name of aioquic this module relies on."""
+
+    owner: type
+    """The aioquic class that has it (on its instances, for an attribute)."""
+    name: str
+    params: tuple[str, ...] | None
+    """A method's parameter names (self included), as this module calls or overrides
+    it; None for an attribute."""
+    why: str
+
+
+PRIVATE_USES: tuple[PrivateUse, ...] = (
+    # QuicConnection: methods we override or call
+    PrivateUse(
+        QuicConnection,
+        "_initialize",
+        ("self", "peer_cid"),
+        "overridden: once the TLS context exists, install the client-certificate checks",
+    ),
+    PrivateUse(
+        QuicConnection,
+        "_write_application",
+        ("self", "builder", "network_path", "now"),
+        "overridden: show the pacer the packet builder, to charge packets by size",
+    ),
+    PrivateUse(
+        QuicConnection,
+        "_write_stream_limits",
+        ("self", "builder", "space", "stream"),
+        "overridden: MAX_STREAM_DATA follows what the runtime consumed",
+    ),
+    PrivateUse(
+        QuicConnection,
+        "_get_or_create_stream_for_send",
+        ("self", "stream_id"),
+        "called: reserve a stream id at once (aioquic allocates on the first send)",
+    ),
+    PrivateUse(
+        QuicConnection,
+        "_on_max_stream_data_delivery",
+        ("self", "delivery", "stream"),
+        "called back: the MAX_STREAM_DATA frames we write are acknowledged as aioquic's",
+    ),
+    # QuicConnection: state we read or write
+    PrivateUse(QuicConnection, "_streams", None, "stream state by id"),
+    PrivateUse(QuicConnection, "_loss", None, "loss recovery: the pacer, RTT, PTO count"),
+    PrivateUse(QuicConnection, "_spaces", None, "packet spaces: a pending ACK's time"),
+    PrivateUse(QuicConnection, "_network_paths", None, "the active path is the first"),
+    PrivateUse(QuicConnection, "_remote_max_streams_bidi", None, "the peer's MAX_STREAMS"),
+    PrivateUse(QuicConnection, "_local_next_stream_id_bidi", None, "our next bidi stream"),
+    PrivateUse(QuicConnection, "_close_event", None, "the close, before the draining ends"),
+    # QuicPacketRecovery (QuicConnection._loss)
+    PrivateUse(QuicPacketRecovery, "_pacer", None, "replaced by our BytePacer"),
+    PrivateUse(QuicPacketRecovery, "_rtt_smoothed", None, "the smoothed RTT"),
+    PrivateUse(QuicPacketRecovery, "_pto_count", None, "reset when the path changes"),
+    # streams
+    PrivateUse(QuicStreamSender, "_buffer", None, "bytes not yet acknowledged"),
+    PrivateUse(QuicStreamSender, "_buffer_fin", None, "whether FIN is queued"),
+    PrivateUse(QuicStreamReceiver, "_buffer_start", None, "bytes delivered in order"),
+    # the packet builder (seen in _write_application)
+    PrivateUse(QuicPacketBuilder, "_buffer", None, "the datagram being built: its size"),
+    PrivateUse(QuicPacketBuilder, "_packet_start", None, "where the packet began"),
+    # TLS: client certificates (a server's context)
+    PrivateUse(tls.Context, "_request_client_certificate", None, "send CertificateRequest"),
+    PrivateUse(
+        tls.Context,
+        "_server_handle_certificate",
+        ("self", "input_buf"),
+        "wrapped: require a client certificate",
+    ),
+    PrivateUse(
+        tls.Context,
+        "_server_handle_certificate_verify",
+        ("self", "input_buf"),
+        "wrapped: verify the client's chain once its key is proven",
+    ),
+    PrivateUse(tls.Context, "_peer_certificate", None, "the peer's leaf certificate"),
+    PrivateUse(tls.Context, "_peer_certificate_chain", None, "the peer's intermediates"),
+)
 
 
 class AioquicFlowConnection(QuicConnection):
@@ -31,7 +131,11 @@ class AioquicFlowConnection(QuicConnection):
     bytes ahead of the reader.
     """
 
-    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+    engine = "aioquic"
+
+    def __init__(
+        self, *args: Any, window: int, pacer: BytePacer | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_withheld: dict[int, int] = {}
@@ -39,16 +143,21 @@ class AioquicFlowConnection(QuicConnection):
         self.flow_window = window
         self.flow_step = window >> 2  # raise in steps of a quarter window, not per byte
         self.client_certificate: VerifiedClientCertificate | None = None
+        if pacer is not None:
+            self._loss._pacer = pacer
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
-        verifier = getattr(self._configuration, "client_verifier", None)
+        verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
 
-    engine = "aioquic"
+    # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
 
-    # -- what QuicFlowProtocol asks of an engine (engine_qh3.Qh3FlowConnection has the same) --
+    def close_event(self) -> events.ConnectionTerminated | None:
+        """The connection's end once decided: aioquic reports it as an event only after
+        its draining period (3 PTO)."""
+        return self._close_event
 
     def reserve_stream(self) -> int:
         """Allocate the next bidirectional stream id now (aioquic only advances on send)."""
@@ -80,16 +189,16 @@ class AioquicFlowConnection(QuicConnection):
         return len(self._streams)
 
     def smoothed_rtt(self) -> float | None:
-        rtt = getattr(self._loss, "_rtt_smoothed", 0.0)
+        rtt = self._loss._rtt_smoothed
         return float(rtt) if rtt else None
 
     def peer_certificate_der(self) -> bytes | None:
-        cert = getattr(self.tls, "_peer_certificate", None)
+        cert = self.tls._peer_certificate
         if cert is None:
             return None
         from cryptography.hazmat.primitives.serialization import Encoding
 
-        return cast(bytes, cert.public_bytes(Encoding.DER))
+        return cert.public_bytes(Encoding.DER)
 
     def active_path(self) -> object | None:
         """The path in use (compared by identity to notice a move), None before any."""
@@ -97,7 +206,8 @@ class AioquicFlowConnection(QuicConnection):
         return paths[0] if paths else None
 
     def reset_probe_backoff(self) -> None:
-        """Forget the probe-timeout backoff earned on an old path (see _path_changed)."""
+        """Forget the probe-timeout backoff earned on an old path (see
+        `QuicFlowProtocol._path_changed`)."""
         self._loss._pto_count = 0
 
     def ack_with_data(self, now: float) -> None:
@@ -125,7 +235,8 @@ class AioquicFlowConnection(QuicConnection):
 
     def flow_target(self, stream: QuicStream) -> int | None:
         """The receive limit this stream deserves now (None: not ours to manage)."""
-        handler = self.flow_handlers.get(cast(int, stream.stream_id))
+        stream_id = stream.stream_id
+        handler = self.flow_handlers.get(stream_id) if stream_id is not None else None
         if handler is None:
             return None
         withheld = self.flow_withheld
@@ -133,18 +244,28 @@ class AioquicFlowConnection(QuicConnection):
             return (
                 stream.receiver._buffer_start
                 - handler.unread_bytes
-                - withheld.get(cast(int, stream.stream_id), 0)
+                - withheld.get(stream_id, 0)  # type: ignore[arg-type]  # not None: handled
                 + self.flow_window
             )
         return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
+    # -- overrides of aioquic's packet writing --
+
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         pacer = self._loss._pacer
-        pacer.builder = builder  # type: ignore[attr-defined]  # _BytePacer sizes packets
+        if not isinstance(pacer, BytePacer):
+            super()._write_application(builder, network_path, now)
+            return
+
+        def packet_size() -> int:
+            # The packet being built, with its AEAD tag still to come (16 bytes).
+            return int(builder._buffer.tell() - builder._packet_start + 16)
+
+        pacer.packet_size = packet_size
         try:
             super()._write_application(builder, network_path, now)
         finally:
-            pacer.builder = None  # type: ignore[attr-defined]
+            pacer.packet_size = None
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: QuicStream) -> None:
         # aioquic calls this for every stream on every packet: keep the common
@@ -152,14 +273,15 @@ class AioquicFlowConnection(QuicConnection):
         receiver = stream.receiver
         if receiver.is_finished:
             return  # nothing more will arrive: no credit to give
-        handler = self.flow_handlers.get(stream.stream_id)  # type: ignore[arg-type]
+        stream_id = stream.stream_id
+        handler = self.flow_handlers.get(stream_id) if stream_id is not None else None
         if handler is None:
             super()._write_stream_limits(builder, space, stream)
             return
         local = stream.max_stream_data_local
         target = receiver._buffer_start - handler.unread_bytes + self.flow_window
         if self.flow_withheld:
-            target -= self.flow_withheld.get(stream.stream_id, 0)  # type: ignore[arg-type]
+            target -= self.flow_withheld.get(stream_id, 0)  # type: ignore[arg-type]
         if target - local >= self.flow_step:
             stream.max_stream_data_local = local = target
         if stream.max_stream_data_local_sent != local:

@@ -52,7 +52,7 @@ from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
 
 from ..errors import ConfigError
 
-__all__ = ["Qh3FlowConnection", "qh3_configuration"]
+__all__ = ["Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
 
 
 def _convert(event: Any) -> Any:
@@ -111,7 +111,12 @@ class Qh3FlowConnection(Qh3Connection):
             if converted is not None:
                 return converted
 
-    # -- what QuicFlowProtocol asks of an engine --
+    # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
+
+    def close_event(self) -> aio_events.ConnectionTerminated | None:
+        """The connection's end once decided, before qh3 reports it after draining."""
+        event = self._close_event
+        return None if event is None else _convert(event)
 
     def reserve_stream(self) -> int:
         """Allocate the next bidirectional stream id now."""
@@ -232,6 +237,16 @@ def _padding_start(data: bytes, cid_length: int) -> int | None:
             return None
         offset = end
     return None
+
+
+def shared_qh3_configuration(source: AioConfiguration) -> Any:
+    """`qh3_configuration` of ``source``, converted once and kept on it (a server's
+    connections all share one configuration)."""
+    converted = getattr(source, "_quicflow_qh3", None)
+    if converted is None:
+        converted = qh3_configuration(source)
+        source._quicflow_qh3 = converted  # type: ignore[attr-defined]
+    return converted
 
 
 def qh3_configuration(source: AioConfiguration) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from collections.abc import Callable
 
 from aioquic.quic.recovery import QuicPacketPacer
 
@@ -20,8 +20,9 @@ class BytePacer(QuicPacketPacer):
     the same window (cwnd grows by bytes acknowledged, alike for both), and under
     128 concurrent calls srtt includes the peer's queueing, so this bound is what
     the sender hits. Here a packet costs ``size / rate``; a full datagram costs
-    what it did, so bulk pacing is unchanged. The connection shows the pacer its
-    packet builder (`AioquicFlowConnection._write_application`) to read the size from.
+    what it did, so bulk pacing is unchanged. While it writes packets, the connection
+    tells the pacer how to measure the one being built (``packet_size``, set by
+    `AioquicFlowConnection._write_application`, which may read aioquic's builder).
 
     With ``resolution`` (a loop whose clock moves in steps, uvloop: 1 ms) the
     bucket holds at least two clock steps of sending and a wake-up is at least one
@@ -32,9 +33,10 @@ class BytePacer(QuicPacketPacer):
 
     def __init__(self, *, max_datagram_size: int, resolution: float = 0.0) -> None:
         super().__init__(max_datagram_size=max_datagram_size)
+        self.datagram_size = max_datagram_size
         self.resolution = resolution
-        self.builder: Any = None
-        """The packet builder of the transmit in progress, None between transmits."""
+        self.packet_size: Callable[[], int] | None = None
+        """The size of the packet being built, during a transmit; None between them."""
 
     def update_rate(self, congestion_window: int, smoothed_rtt: float) -> None:
         super().update_rate(congestion_window=congestion_window, smoothed_rtt=smoothed_rtt)
@@ -53,12 +55,11 @@ class BytePacer(QuicPacketPacer):
         if cost is None:
             return
         self.update_bucket(now=now)
-        builder = self.builder
-        if builder is not None:
-            # The packet being built (its AEAD tag still to come, 16 bytes).
-            size = builder._buffer.tell() - builder._packet_start + 16
-            if size < self._max_datagram_size:
-                cost *= size / self._max_datagram_size
+        packet_size = self.packet_size
+        if packet_size is not None:
+            size = packet_size()
+            if size < self.datagram_size:
+                cost *= size / self.datagram_size
         self.bucket_time = max(0.0, self.bucket_time - cost)
 
 

@@ -1,7 +1,10 @@
 """The protocol adapter: one QUIC connection carrying QuicFlow streams
-(`QuicFlowProtocol`), following aioquic's `QuicConnectionProtocol` loop.
+(`QuicFlowProtocol`).
 
-See the package docstring for the theory of operation.
+It runs aioquic's `QuicConnectionProtocol` loop itself (feed a datagram, drain
+the events, transmit, re-arm one timer) over an `engine.EngineConnection`, so
+it depends on no private state of aioquic's asyncio layer, and either engine
+fits without a cast. See the package docstring for the theory of operation.
 """
 
 from __future__ import annotations
@@ -11,24 +14,23 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
-from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.quic import events
-from aioquic.quic.connection import NetworkAddress, QuicConnection
+from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..errors import ConnectionClosed
 from ..protocol.budget import ByteBudget
 from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
-from .engine_aioquic import AioquicFlowConnection
+from .engine import EngineConnection
 from .inflow import FrameWatch
 from .settings import TransportSettings
 from .streams import StreamHandler
 from .tls import VerifiedClientCertificate
 
-__all__ = ["FLUSH_STREAMS", "QuicFlowProtocol"]
+__all__ = ["FLUSH_STREAMS", "ConnectionIdRouter", "QuicFlowProtocol"]
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -38,7 +40,18 @@ connection has at most this many live streams: the control stream and one call.
 Nothing else is likely to share its datagram, and the loop turn is latency."""
 
 
-class QuicFlowProtocol(QuicConnectionProtocol):
+class ConnectionIdRouter(Protocol):
+    """Where a server connection reports the connection ids it issues and retires, and
+    its end (`server_endpoint.QuicFlowServer` routes datagrams by them)."""
+
+    def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
+
+    def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
+
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None: ...
+
+
+class QuicFlowProtocol(asyncio.DatagramProtocol):
     """One QUIC connection carrying QuicFlow streams.
 
     The runtime opens streams with `open_stream`, writes with `write`, and
@@ -50,14 +63,23 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def __init__(
         self,
-        quic: QuicConnection,
+        quic: EngineConnection,
         *,
         settings: TransportSettings,
+        router: ConnectionIdRouter | None = None,
     ) -> None:
-        super().__init__(quic)
+        self._loop = asyncio.get_running_loop()
+        self._quic = quic
+        self._router = router
+        self._transport: asyncio.DatagramTransport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at: float | None = None
+        self._transmit_task: asyncio.Handle | None = None
+        self._connected = False
+        self._connected_waiter: asyncio.Future[None] | None = None
+        self._closed = asyncio.Event()
         self.settings = settings
-        self._fq = cast(AioquicFlowConnection, quic)
-        self._handlers: dict[int, StreamHandler] = self._fq.flow_handlers
+        self._handlers: dict[int, StreamHandler] = quic.flow_handlers
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
         # Connection-wide send budget: an upper bound of the bytes queued on all streams
         # (raised by each write, made exact by a scan only when it passes the limit) and
@@ -120,7 +142,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def quic_stream_count(self) -> int:
         """Streams aioquic still holds state for (freed once both sides finish)."""
-        return self._fq.stream_state_count()
+        return self._quic.stream_state_count()
 
     @property
     def peer_address(self) -> tuple[str, int] | None:
@@ -136,16 +158,16 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     @property
     def rtt(self) -> float | None:
         """QUIC's smoothed round-trip time in seconds, once measured."""
-        return self._fq.smoothed_rtt()
+        return self._quic.smoothed_rtt()
 
     @property
     def client_certificate(self) -> VerifiedClientCertificate | None:
         """On the server: the client certificate verified during the handshake (mutual TLS)."""
-        return self._fq.client_certificate
+        return self._quic.client_certificate
 
     def peer_certificate_der(self) -> bytes | None:
         """The peer's leaf certificate (DER), if it presented one."""
-        return self._fq.peer_certificate_der()
+        return self._quic.peer_certificate_der()
 
     # -- streams --
 
@@ -157,7 +179,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         """
         if self.closed_error is not None:
             raise self.closed_error
-        stream_id = self._fq.reserve_stream()
+        stream_id = self._quic.reserve_stream()
         self._handlers[stream_id] = handler
         if self._quiet is not None and self._quiet_timer is None:
             self.expect_answer()
@@ -178,7 +200,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def can_open_stream(self) -> bool:
         """True if the peer's stream credit allows one more bidirectional stream now."""
-        return self._fq.free_bidi_slots() > 0
+        return self._quic.free_bidi_slots() > 0
 
     async def wait_stream_credit(self) -> None:
         """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
@@ -201,7 +223,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def _wake_credit(self) -> None:
         # Wake only as many waiters as there are free slots, oldest first: waking all
         # of them for a handful of slots is quadratic with thousands waiting.
-        slots = self._fq.free_bidi_slots()
+        slots = self._quic.free_bidi_slots()
         waiters = self._credit_waiters
         while slots > 0 and waiters:
             waiter = waiters.popleft()
@@ -283,7 +305,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
     def _scan_sending(self) -> int:
         """Bytes queued on all streams now; forgets streams that hold none."""
         total = 0
-        send_buffered = self._fq.send_buffered
+        send_buffered = self._quic.send_buffered
         for sid in list(self._sending):
             queued = send_buffered(sid)
             if queued:
@@ -324,7 +346,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         quic = self._quic
         with contextlib.suppress(RuntimeError, ValueError, AssertionError):
             quic.reset_stream(stream_id, error_code)
-        if stop and self._fq.receive_finished(stream_id) is not True:
+        if stop and self._quic.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 quic.stop_stream(stream_id, error_code)
         self._wake_drain(stream_id)
@@ -332,7 +354,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def stop_reading(self, stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
         """Tell the peer we will read no more from this stream (STOP_SENDING)."""
-        if self._fq.receive_finished(stream_id) is not True:
+        if self._quic.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 self._quic.stop_stream(stream_id, error_code)
             self._transmit_soon()
@@ -356,13 +378,13 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         return watch
 
     def _withhold(self, stream_id: int, count: int) -> None:
-        withheld = self._fq.flow_withheld
+        withheld = self._quic.flow_withheld
         if count:
             withheld[stream_id] = count
         elif (
             withheld.pop(stream_id, None) is not None
             and not self._receiving
-            and self._fq.credit_due(stream_id, self.settings.stream_receive_window >> 2)
+            and self._quic.credit_due(stream_id, self.settings.stream_receive_window >> 2)
         ):
             # A reservation came through (another stream's frame ended): the credit the
             # frame was waiting for goes out now, not with the next unrelated packet.
@@ -395,12 +417,12 @@ class QuicFlowProtocol(QuicConnectionProtocol):
 
     def credit_released(self, stream_id: int) -> None:
         """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
-        if self._fq.credit_due(stream_id):
+        if self._quic.credit_due(stream_id):
             self._transmit_soon()
 
     def send_buffered(self, stream_id: int) -> int:
         """Bytes written on a stream that the peer has not acknowledged yet."""
-        return self._fq.send_buffered(stream_id)
+        return self._quic.send_buffered(stream_id)
 
     async def drain(self, stream_id: int) -> None:
         """Wait until the stream's unacknowledged bytes are under ``send_buffer_limit``.
@@ -429,13 +451,66 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         for stream_id in [s for s in self._drain_waiters if self.send_buffered(s) <= limit]:
             self._wake_drain(stream_id)
 
-    # -- aioquic plumbing --
+    # -- the loop: feed a datagram, drain events, transmit, re-arm the timer --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def connect(self, addr: NetworkAddress) -> None:
+        """Start the TLS handshake towards ``addr`` (a client, once)."""
+        self._quic.connect(addr, now=self._loop.time())
+        self.transmit()
+
+    async def wait_connected(self) -> None:
+        """Wait for the handshake to complete (`ConnectionError` if the connection ends)."""
+        if not self._connected:
+            if self._connected_waiter is None:
+                self._connected_waiter = self._loop.create_future()
+            await asyncio.shield(self._connected_waiter)
+
+    async def wait_closed(self) -> None:
+        """Wait until the connection has ended."""
+        await self._closed.wait()
+
+    def _handle_timer(self) -> None:
+        now = max(self._timer_at or 0.0, self._loop.time())
+        self._timer = None
+        self._timer_at = None
+        self._quic.handle_timer(now=now)
+        self._process_events()
+        self.transmit()
+
+    def _process_events(self) -> None:
+        quic = self._quic
+        router = self._router
+        event = quic.next_event()
+        while event is not None:
+            if isinstance(event, events.ConnectionIdIssued):
+                if router is not None:
+                    router.connection_id_issued(self, event.connection_id)
+            elif isinstance(event, events.ConnectionIdRetired):
+                if router is not None:
+                    router.connection_id_retired(self, event.connection_id)
+            elif isinstance(event, events.ConnectionTerminated):
+                if router is not None:
+                    router.connection_ended(self)
+                waiter, self._connected_waiter = self._connected_waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_exception(ConnectionError)
+                self._closed.set()
+            elif isinstance(event, events.HandshakeCompleted):
+                self._connected = True
+                waiter, self._connected_waiter = self._connected_waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
+            self.quic_event_received(event)
+            event = quic.next_event()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         # aioquic transmits right after processing a datagram, so writes made by
         # stream handlers meanwhile need no transmit of their own.
         quic = self._quic
-        active = self._fq.active_path()
+        active = self._quic.active_path()
         self._receiving = True
         self._delivered = False
         self.last_heard = now = self._loop.time()
@@ -446,7 +521,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._receiving = False
         if self._delivered:
             self.last_data = now
-        if active is not None and self._fq.active_path() is not active:
+        if active is not None and self._quic.active_path() is not active:
             self._path_changed()
         if self._wrote or not self._delivered or not self._few_streams():
             # With many calls in flight, datagrams arrive back to back and each
@@ -458,7 +533,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             # request, the reply of a task) comes at the next loop turn, and one
             # transmit then carries it with whatever ACK is due now.
             self._transmit_task = self._loop.call_soon(self.transmit)
-        close_event = self._quic._close_event
+        close_event = self._quic.close_event()
         if close_event is not None and self.closed_error is None:
             # The peer closed: aioquic reports it only after its draining period
             # (3 PTO), but every call on this connection is over now.
@@ -479,15 +554,28 @@ class QuicFlowProtocol(QuicConnectionProtocol):
         # sending into an address that is gone it is seconds long, so anything lost
         # on the new path (the path challenge, the first answers) waited for that
         # backed-off probe, 10 s and more. A new path starts with a fresh backoff.
-        self._fq.reset_probe_backoff()
+        self._quic.reset_probe_backoff()
 
     def transmit(self) -> None:
-        """Send what aioquic has queued; data written since the last transmit carries
-        any pending ACK (`AioquicFlowConnection.ack_with_data`)."""
+        """Send what the engine has queued and re-arm its timer; data written since the
+        last transmit carries any pending ACK (`AioquicFlowConnection.ack_with_data`)."""
+        self._transmit_task = None
+        quic = self._quic
+        now = self._loop.time()
         if self._wrote:
             self._wrote = False
-            self._fq.ack_with_data(self._loop.time())
-        super().transmit()
+            quic.ack_with_data(now)
+        transport = self._transport
+        if transport is not None:
+            for data, addr in quic.datagrams_to_send(now=now):
+                transport.sendto(data, addr)
+        timer_at = quic.get_timer()
+        if self._timer is not None and self._timer_at != timer_at:
+            self._timer.cancel()
+            self._timer = None
+        if self._timer is None and timer_at is not None:
+            self._timer = self._loop.call_at(timer_at, self._handle_timer)
+        self._timer_at = timer_at
 
     def _transmit_soon(self) -> None:
         if not self._receiving and self._transmit_task is None:
@@ -514,7 +602,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             return
         self._quic.close(**close)
         self.transmit()
-        close_event = self._quic._close_event
+        close_event = self._quic.close_event()
         if close_event is not None and self.closed_error is None:
             self._terminated(close_event)
 
@@ -538,6 +626,19 @@ class QuicFlowProtocol(QuicConnectionProtocol):
             self._timer.cancel()
             self._timer = None
         self._closed.set()
+
+    def discard(self, reason: str) -> None:
+        """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
+        the timer and transmit still armed (they would fire into the closed socket) and
+        close the socket if this connection owns it."""
+        self.abort(reason)
+        for handle in (self._timer, self._transmit_task):
+            if handle is not None:
+                handle.cancel()
+        self._timer = None
+        self._transmit_task = None
+        if self.owns_transport and self._transport is not None:
+            self._transport.close()
 
     async def aclose(self, error_code: int = ErrorCode.NO_ERROR, reason: str = "") -> None:
         """Close, wait (up to 1 s) for the close to complete, and release the socket if
@@ -578,7 +679,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 self.on_peer_reset is not None
                 and self.closed_error is None
                 and (event.stream_id & 3) == (self._peer_next_bidi & 3)  # a peer-opened call
-                and (handler is not None or self._fq.sent_fin(event.stream_id) is False)
+                and (handler is not None or self._quic.sent_fin(event.stream_id) is False)
             ):
                 # A call still open on our side (or one we never saw): a premature reset.
                 self.on_peer_reset()
@@ -592,7 +693,7 @@ class QuicFlowProtocol(QuicConnectionProtocol):
                 # never finished our side, reset it as well so aioquic can free it. A
                 # side that sent FIN stays as it is (its trailers may still be in flight).
                 self._accept_stream(event.stream_id, offer=False)
-                if self._fq.sent_fin(event.stream_id) is False:
+                if self._quic.sent_fin(event.stream_id) is False:
                     with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                         self._quic.reset_stream(event.stream_id, event.error_code)
         elif type(event) is events.StopSendingReceived:

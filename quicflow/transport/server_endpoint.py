@@ -19,7 +19,7 @@ from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
-from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
 
 __all__ = ["QuicFlowServer", "serve"]
 
@@ -66,6 +66,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            grow_buffers(sock)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         try:
@@ -146,14 +149,11 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
         )
-        protocol = QuicFlowProtocol(connection, settings=self._settings)
+        protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
-        protocol._connection_id_issued_handler = lambda cid: self._add_cid(protocol, cid)
-        protocol._connection_id_retired_handler = lambda cid: self._remove_cid(protocol, cid)
-        protocol._connection_terminated_handler = lambda: self._forget(protocol)
-        self._add_cid(protocol, first_cid)
-        self._add_cid(protocol, connection.host_cid)
+        self.connection_id_issued(protocol, first_cid)
+        self.connection_id_issued(protocol, connection.host_cid)
         self.connections.add(protocol)
         return protocol
 
@@ -166,16 +166,18 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             )
         return cached
 
-    def _add_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    # -- connection-id routing (`quic.ConnectionIdRouter`) --
+
+    def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         self._protocols[cid] = protocol
         protocol.cids.add(cid)
 
-    def _remove_cid(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
+    def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         protocol.cids.discard(cid)
         if self._protocols.get(cid) is protocol:
             del self._protocols[cid]
 
-    def _forget(self, protocol: QuicFlowProtocol) -> None:
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
             if self._protocols.get(cid) is protocol:
                 del self._protocols[cid]
@@ -204,16 +206,16 @@ async def serve(
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
     if resolve_engine(settings.quic_engine) == "qh3":
-        from .engine_qh3 import qh3_configuration
+        from .engine_qh3 import shared_qh3_configuration
 
-        qh3_configuration(configuration)  # refuse what qh3 cannot do now, not per connection
-    _, proto = await loop.create_datagram_endpoint(
-        lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
-        local_addr=(host, port),
-        reuse_port=None,
-    )
-    if proto._transport is not None:
-        sock = proto._transport.get_extra_info("socket")
-        if sock is not None:
-            grow_buffers(sock)
+        # Refuse what qh3 cannot do now, not per connection.
+        shared_qh3_configuration(configuration)
+    try:
+        _, proto = await loop.create_datagram_endpoint(
+            lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
+            local_addr=(host, port),
+            reuse_port=None,
+        )
+    except OSError as exc:
+        raise bind_error(exc, "UDP", host, port) from exc
     return proto

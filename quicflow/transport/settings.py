@@ -4,6 +4,7 @@ the ALPN token, datagram sizes, `TransportSettings`, and UDP socket buffers."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import ipaddress
 import socket
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ __all__ = [
     "LOOPBACK_DATAGRAM_SIZE",
     "PATH_DATAGRAM_SIZE",
     "TransportSettings",
+    "bind_error",
     "datagram_size_for",
     "grow_buffers",
 ]
@@ -94,3 +96,21 @@ def grow_buffers(sock: socket.socket) -> None:
     for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.SOL_SOCKET, option, _SOCKET_BUFFER)
+
+
+_BIND_HINTS = {
+    errno.EADDRINUSE: "another process (or server) already uses it: stop that one or pick "
+    "another port",
+    errno.EADDRNOTAVAIL: "no network interface of this machine has that address",
+    errno.EACCES: "ports below 1024 need privileges: pick a higher port",
+}
+
+
+def bind_error(exc: OSError, what: str, host: str, port: int) -> OSError:
+    """``exc``, raised binding ``what`` (e.g. "UDP") to ``host:port``, as an OSError of the
+    same errno whose text names the address and what to do ("Address already in use" alone
+    does not say which address)."""
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    text = f"cannot bind {what} {where}: {exc.strerror or exc}"
+    hint = _BIND_HINTS.get(exc.errno or 0)
+    return OSError(exc.errno, f"{text} ({hint})" if hint else text)

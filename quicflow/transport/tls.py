@@ -198,17 +198,27 @@ class ClientCertificateVerifier:
         )
 
 
-def load_ca_file(ca_file: str) -> list[x509.Certificate]:
+def load_ca_file(ca_file: str, *, field: str = "client_ca_file") -> list[x509.Certificate]:
     """The certificates of a PEM CA bundle.
 
     Raises:
-        ConfigError: naming ``client_ca_file`` if it cannot be read or holds no certificate.
+        ConfigError: naming ``field`` if the file cannot be read or holds no certificate
+            (a private key, say, or a DER file).
     """
     try:
         with open(ca_file, "rb") as fh:
-            return x509.load_pem_x509_certificates(fh.read())
-    except (OSError, ValueError) as exc:
-        raise ConfigError("client_ca_file", f"cannot load CA certificates: {exc}") from None
+            data = fh.read()
+    except OSError as exc:
+        raise ConfigError(field, f"cannot read {ca_file!r}: {exc.strerror or exc}") from None
+    try:
+        return x509.load_pem_x509_certificates(data)
+    except ValueError:
+        hint = " (it holds a private key)" if b"PRIVATE KEY-----" in data else ""
+        raise ConfigError(
+            field,
+            f"{ca_file!r} holds no PEM certificate{hint}: give the CA certificate "
+            "(e.g. ca.pem from `quicflow certs`)",
+        ) from None
 
 
 @dataclass
@@ -246,6 +256,9 @@ def client_configuration(
     else:
         config.verify_mode = ssl.CERT_REQUIRED
         if ca_file is not None:
+            # aioquic reads the file only when the server's certificate arrives, and a bad
+            # one then fails inside the event loop: check it here, naming the field.
+            load_ca_file(ca_file, field="ca_file")
             try:
                 config.load_verify_locations(cafile=ca_file)
             except (OSError, ValueError, ssl.SSLError) as exc:

@@ -121,15 +121,26 @@ def check_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Pat
     return _check_root(tmp_path_factory.mktemp("check"))
 
 
-def test_cases_pass_ruff(check_root: tuple[Path, list[Path]]) -> None:
-    """Check that every case's output passes ruff check and ruff format with the repo's config."""
-    _, files = check_root
+@pytest.mark.parametrize(
+    "config",
+    [
+        pytest.param(["--config", str(ROOT / "pyproject.toml")], id="repo-settings"),
+        # ruff's own defaults: line length 88, and no first-party package known.
+        pytest.param(["--isolated"], id="ruff-defaults"),
+        # The defaults' line length and section guesses, with the repo's rule selection.
+        pytest.param(["--isolated", "--select=E,F,W,I,B,UP,RUF,SIM"], id="defaults-more-rules"),
+    ],
+)
+def test_cases_pass_ruff(check_root: tuple[Path, list[Path]], config: list[str]) -> None:
+    """Check that every case's output passes ruff check and ruff format, repo or default config."""
+    roots, files = check_root
     assert files
     ruff = str(BIN / "ruff")
-    config = ["--config", str(ROOT / "pyproject.toml")]
-    checked = run([ruff, "check", *config, "--no-cache", *map(str, files)])
+    # Run from the output root, as a user would: ruff decides first- and third-party from it.
+    checked = run([ruff, "check", *config, "--no-cache", *map(str, files)], cwd=roots)
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    formatted = run([ruff, "format", *config, "--check", "--no-cache", *map(str, files)])
+    fmt = [arg for arg in config if not arg.startswith("--select")]
+    formatted = run([ruff, "format", *fmt, "--check", "--no-cache", *map(str, files)], cwd=roots)
     assert formatted.returncode == 0, formatted.stdout + formatted.stderr
 
 
@@ -163,4 +174,98 @@ def test_plugin_runs_as_module(tmp_path: Path) -> None:
     )
     assert (out / "demo" / "demo_quicflow.py").read_text() == _expected(case)[
         "demo/demo_quicflow.py"
+    ]
+
+
+_IMPORT_CHECK = """
+import importlib, sys, warnings
+sys.path.insert(0, sys.argv[1])
+for name in sys.argv[2:]:
+    module = importlib.import_module(name)
+    for export in module.__all__:
+        cls = getattr(module, export)
+        if export.endswith("Base"):
+            for route, handler in cls().__quicflow_handlers__().items():
+                method = handler.method
+                # Each serializer pair is the message class's own: an empty message round-trips.
+                empty = method.deserialize_request(b"")
+                assert method.deserialize_request(method.serialize_request(empty)) == empty
+                print(route, type(empty).__name__)
+"""
+
+
+@pytest.mark.parametrize(
+    ("case", "modules"),
+    [
+        (
+            "odd_names",
+            ["users.user.service_quicflow", "from.v1.kw_quicflow", "async.in.svc_quicflow"],
+        ),
+        ("editions", ["ed.e2023_quicflow", "ed.e2024_quicflow"]),
+        ("betterproto_keyword", ["bpcase.store.api_quicflow"]),
+    ],
+)
+def test_odd_cases_import_and_serialize(
+    check_root: tuple[Path, list[Path]], case: str, modules: list[str]
+) -> None:
+    """Check that modules for dotted, keyword and editions protos import and reach every class."""
+    roots, _ = check_root
+    done = run([sys.executable, "-W", "error", "-c", _IMPORT_CHECK, str(roots / case), *modules])
+    assert done.returncode == 0, done.stdout + done.stderr
+    routes = dict(line.split() for line in done.stdout.splitlines())
+    expected = {
+        "odd_names": {
+            "/users.Users/Get": "User",
+            "/users.Users/List": "User",
+            "/users.Users/Watch": "User",
+            "/kw.v1.Keywords/Make": "None",
+            "/kw.v1.Keywords/Nested": "from",
+            "/kw.v1.Keywords/Unwrap": "Plain",
+            "/kw.is.In/Is": "Ask",
+        },
+        "editions": {
+            "/ed.v2023.Ed2023/Call": "Req",
+            "/ed.v2023.Ed2023/Watch": "Req",
+            "/ed.v2024.Ed2024/Call": "Req",
+            "/ed.v2024.Ed2024/Collect": "Req",
+        },
+        "betterproto_keyword": {"/p.import.Store/Get": "Item"},
+    }[case]
+    assert routes == expected
+
+
+def test_deprecated_rpc_and_service_warn_on_use(check_root: tuple[Path, list[Path]]) -> None:
+    """Check that a deprecated service's stub and a deprecated rpc's method warn, as marked."""
+    roots, _ = check_root
+    code = """
+import sys, warnings
+sys.path.insert(0, sys.argv[1])
+from users.user.service_quicflow import UsersBase, UsersStub
+
+class Channel:
+    def unary_unary(self, method, request, **kwargs):
+        return method.route
+    unary_stream = unary_unary
+
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    stub = UsersStub(Channel())
+    stub.get(None)
+    stub.list_(None)
+for w in caught:
+    print(w.category.__name__, w.filename == "<string>", w.message)
+print(UsersStub.get.__doc__.splitlines()[0])
+print(UsersBase.__doc__.splitlines()[0])
+print(UsersStub.__doc__.splitlines()[2].strip())
+"""
+    done = run([sys.executable, "-c", code, str(roots / "odd_names")])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        # stacklevel=2: each warning points at the caller's line, as warnings for APIs do.
+        "DeprecationWarning True service users.Users is deprecated",
+        "DeprecationWarning True rpc /users.Users/Get is deprecated",
+        "Deprecated: the proto marks this rpc deprecated.",
+        "Deprecated: the proto marks this service deprecated.",
+        # The /** ... */ comment, without its leading star.
+        "Users is documented with a javadoc-style block comment.",
     ]

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import (
+    ArgumentError,
     ClientCallInfo,
     ClientInterceptor,
     PayloadTooLarge,
@@ -17,7 +20,9 @@ from quicflow import (
     ServerInterceptor,
     ServicerContext,
     StatusCode,
+    UsageError,
 )
+from quicflow.calls import MAX_CALL_TIMEOUT
 from quicflow.testing import ClientFor
 
 from .service import PartialEcho, TestEcho
@@ -79,12 +84,69 @@ async def test_invocation_metadata_text_and_binary() -> None:
 
 
 async def test_bad_metadata_is_refused_before_sending() -> None:
-    """Check that malformed metadata raises ValueError naming the key."""
-    async with ClientFor([TestEcho()]) as client:
-        with pytest.raises(ValueError, match="Upper"):
+    """Check that malformed metadata raises ArgumentError (a UsageError and a ValueError)
+    naming the key, at the call, and nothing reaches the server."""
+    harness = ClientFor([TestEcho()])
+    async with harness as client:
+        with pytest.raises(ArgumentError, match="Upper") as info:
             EchoStub(client).say(EchoRequest(), metadata=[("Upper", "x")])
+        assert info.value.argument == "metadata"
         with pytest.raises(ValueError, match="-bin"):
             EchoStub(client).say(EchoRequest(), metadata=[("x-bin", "text")])
+        with pytest.raises(UsageError, match="control characters"):
+            await client.send_message("t", b"", metadata=[("k", "a\nb")])
+        [info_] = harness.server.list_clients()
+        assert info_.calls_in == 0
+
+
+@pytest.mark.parametrize(
+    ("timeout", "message"),
+    [
+        (math.nan, "timeout: must be a number of seconds, got nan"),
+        (math.inf, "timeout: inf s is over the limit of 315360000 s (ten years); pass None"),
+        (MAX_CALL_TIMEOUT * 2, "timeout: 630720000.0 s is over the limit of 315360000 s"),
+        ("5", "timeout: must be a number of seconds or None, got '5'"),
+    ],
+    ids=["nan", "inf", "twenty-years", "str"],
+)
+async def test_bad_timeouts_are_argument_errors_at_the_call(timeout: Any, message: str) -> None:
+    """Check that a NaN, infinite, over-long or non-numeric per-call timeout raises
+    ArgumentError naming it where the call is made (it raised the core's unexported
+    LocalProtocolError), for every call kind and for untyped messages, sending nothing."""
+    harness = ClientFor([TestEcho()])
+    async with harness as client:
+        stub = EchoStub(client)
+        for make in (
+            lambda: stub.say(EchoRequest(), timeout=timeout),
+            lambda: stub.stream(EchoRequest(), timeout=timeout),
+            lambda: stub.collect([], timeout=timeout),
+            lambda: stub.chat([], timeout=timeout),
+        ):
+            with pytest.raises(ArgumentError) as info:
+                make()
+            assert str(info.value).startswith(message)
+            assert info.value.argument == "timeout"
+        for wait_ack in (True, False):
+            with pytest.raises(ArgumentError, match=r"^timeout: "):
+                await client.send_message("t", b"", timeout=timeout, wait_ack=wait_ack)
+        [info_] = harness.server.list_clients()
+        assert info_.calls_in == 0
+
+
+async def test_the_longest_timeout_and_minus_infinity_are_fine() -> None:
+    """Check that a timeout of exactly MAX_CALL_TIMEOUT (ten years, like the config's
+    durations) travels and the handler sees it, and that -inf fails DEADLINE_EXCEEDED
+    locally like any timeout <= 0 (nothing sent)."""
+    service = TestEcho()
+    async with ClientFor([service]) as client:
+        stub = EchoStub(client)
+        assert (await stub.say(EchoRequest(text="far"), timeout=MAX_CALL_TIMEOUT)).text == "far"
+        remaining = service.probe.time_remaining
+        assert remaining is not None and MAX_CALL_TIMEOUT - 60 < remaining <= MAX_CALL_TIMEOUT
+        with pytest.raises(RpcError) as info:
+            await stub.say(EchoRequest(), timeout=-math.inf)
+        assert info.value.code is StatusCode.DEADLINE_EXCEEDED
+        assert info.value.may_have_run is False
 
 
 async def test_abort_carries_code_message_and_trailers() -> None:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -260,8 +261,8 @@ def test_call_bad_input_fails_with_one_line(served: Served, args: list[str], exp
 
 
 def test_call_bad_proto_and_unreachable_server(served: Served, tmp_path: Path) -> None:
-    """Check that a broken .proto reports protoc's complaint and a dead address times out
-    with one line."""
+    """Check that a broken .proto reports protoc's complaint and a dead address fails with
+    one line."""
     broken = tmp_path / "broken.proto"
     broken.write_text('syntax = "proto3";\nmessage {\n')
     line = one_error_line(quicflow("call", "x.Y/Z", "{}", "--proto", str(broken)))
@@ -271,7 +272,7 @@ def test_call_bad_proto_and_unreachable_server(served: Served, tmp_path: Path) -
         "call", "echo.Echo/Say", "{}", "--proto", ECHO_PROTO,
         "--address", "127.0.0.1:9", "--ca", str(served.certs.ca_file), "--connect-timeout", "0.3",
     )  # fmt: skip
-    assert one_error_line(dead).startswith("quicflow call: cannot connect to 127.0.0.1:9: ")
+    assert one_error_line(dead).startswith("quicflow call: nothing answers at 127.0.0.1:9 ")
     bad_address = quicflow("call", "echo.Echo/Say", "--proto", ECHO_PROTO, "--address", "nope")
     assert "--address must be HOST:PORT" in one_error_line(bad_address)
 
@@ -306,8 +307,62 @@ def test_health_of_a_server_with_a_certificate_we_do_not_trust(served: Served) -
     line naming the cause."""
     result = quicflow("health", "--address", f"127.0.0.1:{served.port}", "--connect-timeout", "2")
     line = one_error_line(result)
-    assert line.startswith(f"quicflow health: cannot connect to 127.0.0.1:{served.port}: ")
-    assert "certificate" in line
+    assert line.startswith(f"quicflow health: could not connect to 127.0.0.1:{served.port}: ")
+    assert "unable to get local issuer certificate" in line
+    assert "ca_file (--ca FILE)" in line  # what to do about it
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A UDP port with a socket on it that never answers (a server that hangs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def test_health_wait_bounds_the_whole_command(silent_port: int) -> None:
+    """Check that `health --wait 1` against a server that never answers gives up after
+    --wait (its last attempt gets what is left of it, not another 5 s connect_timeout) and
+    says so."""
+    address = f"127.0.0.1:{silent_port}"
+    line = one_error_line(quicflow("health", "--address", address, "--wait", "1"))
+    assert line == (
+        f"quicflow health: could not connect to {address}: no answer within 1 s "
+        "(kept trying for --wait 1 s)"
+    )
+
+
+def test_health_wait_retries_a_closed_port_quietly() -> None:
+    """Check that `health --wait` on asyncio's loop retries a port nobody listens on with no
+    traceback from a failed attempt, prints the insecure warning once, and ends with the
+    reason."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    result = quicflow(
+        "health", "--address", address, "--insecure", "--wait", "0.8",
+        env={"QUICFLOW_CLIENT_EVENT_LOOP": "asyncio"},
+    )  # fmt: skip
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1
+    assert len(lines) == 2, result.stderr
+    assert "TLS verification is OFF" in lines[0]
+    assert lines[1] == (
+        f"quicflow health: nothing answers at {address} (no server listens on that UDP port) "
+        "(kept trying for --wait 0.8 s)"
+    )
+
+
+def test_call_deadline_bounds_connecting(silent_port: int) -> None:
+    """Check that a call's --deadline shorter than connect_timeout also bounds connecting."""
+    address = f"127.0.0.1:{silent_port}"
+    result = quicflow(
+        "call", "echo.Echo/Say", "{}", "--proto", ECHO_PROTO, "--address", address,
+        "--deadline", "0.4",
+    )  # fmt: skip
+    assert one_error_line(result) == (
+        f"quicflow call: could not connect to {address}: no answer within 0.4 s"
+    )
 
 
 # -- clients -------------------------------------------------------------------

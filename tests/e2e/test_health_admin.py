@@ -110,12 +110,15 @@ async def test_admin_lists_clients_only_for_the_right_token() -> None:
 
 
 def test_health_descriptor_is_grpcs() -> None:
-    """Check that the health messages are registered under gRPC's own file name, package and
-    Go package, with gRPC's three rpcs, so grpcio-health-checking's identical file can load."""
+    """Check that the health messages have gRPC's own file name, package and Go package,
+    with gRPC's three rpcs, in a pool of their own (tests/e2e/test_health_own.py)."""
+    from google.protobuf import descriptor_pool
+
     from quicflow.health import health_pb2
 
     file = health_pb2.DESCRIPTOR
-    assert file.name == "grpc_health/v1/health.proto"
+    assert file.name == "grpc/health/v1/health.proto"
+    assert file.pool is not descriptor_pool.Default()
     assert file.package == "grpc.health.v1"
     assert file.GetOptions().go_package == "google.golang.org/grpc/health/grpc_health_v1"
     assert list(file.services_by_name["Health"].methods_by_name) == ["Check", "List", "Watch"]

@@ -54,7 +54,7 @@ FAST_CLIENT: dict[str, Any] = {
 def _kill(server: Server) -> int:
     """Make the server vanish like a killed process: no CONNECTION_CLOSE, socket gone."""
     port = server.port
-    endpoint = server._endpoint
+    endpoint = server._listener
     assert endpoint is not None and endpoint._transport is not None
     for conn in list(endpoint.connections):
         if conn._timer is not None:

@@ -253,7 +253,7 @@ async def test_metrics_port_in_use_fails_start_and_releases_everything() -> None
             await harness.server.start()
         with pytest.raises(UsageError):
             _ = harness.server.port
-        metrics = harness.server._metrics
+        metrics = harness.server.metrics
         assert metrics is not None and metrics._timer is None
     finally:
         taken.close()

@@ -254,7 +254,7 @@ async def test_ten_thousand_acked_sends_leave_no_state() -> None:
             [conn] = [s.conn for s in server.sessions if s.client_id == "bulk"]
             assert conn.stream_count == 1  # the control stream only
             assert client.connection is not None and client.connection.stream_count == 1
-            assert len(client._calls) == 0
+            assert len(client._endpoint.calls) == 0
         finally:
             await client.close()
 

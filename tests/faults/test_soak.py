@@ -254,7 +254,7 @@ class Soak:
         await asyncio.sleep(0.5)  # stream state freed after the last acks
         gc.collect()
         server = self.pair.server
-        endpoint = server._endpoint
+        endpoint = server._listener
         assert endpoint is not None
         return {
             "tasks": len(asyncio.all_tasks()),

@@ -13,7 +13,7 @@ from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase, EchoStub
 
 from quicflow import Client, Server, ServicerContext
-from quicflow.server import _ServerCall
+from quicflow.incoming import IncomingCall
 from quicflow.testing import ClientFor
 
 from .peer import HostilePeer
@@ -65,8 +65,8 @@ def server_state(server: Server) -> dict[str, int]:
         "calls": server.active_calls,
         "handlers": sum(c.stream_count for c in conns),
         "quic_streams": sum(c.quic_stream_count for c in conns),
-        "background": len(server._background),
-        "call_objects": sum(1 for o in gc.get_objects() if type(o) is _ServerCall),
+        "background": len(server._endpoint.background),
+        "call_objects": sum(1 for o in gc.get_objects() if type(o) is IncomingCall),
         "tasks": len(asyncio.all_tasks()),
     }
 

@@ -58,7 +58,7 @@ async def test_handshake_flood_with_retry_keeps_no_state(figures: Figures) -> No
     """Check that with retry=True, 300 Initials that never come back create no connection
     (each gets one stateless Retry), while real clients connect through the Retry and call."""
     async with attack_setup(retry=True) as (harness, bystander, _peer):
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None
         before = server_state(harness.server)
         retries = endpoint.retries_sent
@@ -80,7 +80,7 @@ async def test_handshake_flood_without_retry_is_cleaned_up(figures: Figures) -> 
         assert (code, reason) == (ErrorCode.HELLO_TIMEOUT, "no HELLO in time")
         baseline = {**await settled_state(harness.server), "connections": 1}  # the bystander
         await wait_state(harness.server, baseline, timeout=10.0)
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None
         accepted: list[QuicFlowProtocol] = []
         on_connection = endpoint._on_connection

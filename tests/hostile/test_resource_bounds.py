@@ -20,7 +20,8 @@ from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyBase, NotifyStub
 
 from quicflow import Client, PromiseCapacityFull, Server, ServicerContext, StatusCode
-from quicflow.push import ClientChannel, ReplyCache
+from quicflow.protocol.dedup import RecentReplies
+from quicflow.push import ClientChannel
 from quicflow.testing import ClientFor
 from quicflow.transport import QuicFlowProtocol
 from quicflow.wire import FrameType, encode_frame
@@ -158,7 +159,7 @@ async def _promise_cap(cap: int, sends: int, figures: Figures, rounds: int = 4) 
         # The client keeps the replies of acked sends it answered (dedup of retries), by
         # design up to 10,000 of them (~2 MiB). A smaller cache is full after round 1, so
         # rounds 2 and 3 show whether anything else grows.
-        client._replies = ReplyCache(max_size=cap // 2)
+        client._endpoint.replies = RecentReplies(max_size=cap // 2)
         await client.connect()
         server = harness.server
         try:

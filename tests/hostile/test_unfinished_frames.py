@@ -17,7 +17,7 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import Server, StatusCode
-from quicflow.server import _ServerCall
+from quicflow.incoming import IncomingCall
 from quicflow.testing import ClientFor
 from quicflow.wire import ErrorCode, FrameType, encode_frame
 from quicflow.wire.codec import FRAME_HEADER_SIZE
@@ -47,7 +47,7 @@ def held_bytes(server: Server) -> int:
     decoders plus complete messages their handlers have not read."""
     gc.collect()
     return sum(
-        o._machine.buffered + o.unread_bytes for o in gc.get_objects() if type(o) is _ServerCall
+        o._machine.buffered + o.unread_bytes for o in gc.get_objects() if type(o) is IncomingCall
     )
 
 
@@ -92,7 +92,7 @@ async def test_unfinished_frames_are_bounded_per_connection(figures: Figures) ->
         bound = CONNECTION_LIMIT + streams * (WINDOW + FRAME_HEADER_SIZE)
         assert before == 0
         assert held <= bound, f"{held} bytes held, bound {bound}"
-        endpoint = server._endpoint
+        endpoint = server._listener
         assert endpoint is not None
         # Two whole frames reserved (one byte short each), the rest waiting in line.
         assert endpoint.receive_budget.used == 2 * MESSAGE
@@ -169,5 +169,5 @@ async def test_large_uploads_on_many_calls_all_complete_under_a_tight_limit() ->
 
         replies = await asyncio.gather(*(upload(n) for n in range(8)))
         assert replies == [f"{n}.0 {n}.1 {n}.2 " for n in range(8)]
-        endpoint = harness.server._endpoint
+        endpoint = harness.server._listener
         assert endpoint is not None and endpoint.receive_budget.used == 0

@@ -191,6 +191,7 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("cluster_replicas", 6),
     ("cluster_advertise", ""),
     ("reflection", "yes"),
+    ("health", "yes"),
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [

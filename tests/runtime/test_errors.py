@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import pickle
 
 import pytest
 
+from quicflow import config
+from quicflow.calls import MAX_CALL_TIMEOUT, check_timeout
 from quicflow.errors import (
+    ArgumentError,
     ClientNotConnected,
     ConfigError,
     ConnectionClosed,
@@ -99,6 +103,42 @@ def test_rpc_error_survives_pickling() -> None:
         "gone",
         (("k", "v"),),
     )
+
+
+def test_may_have_run_defaults_to_true_and_survives_pickling() -> None:
+    """Check that an RpcError may have run unless told otherwise (the safe default for
+    retries), and that the flag survives pickling."""
+    assert RpcError(StatusCode.UNAVAILABLE).may_have_run is True
+    assert ConnectionClosed(message="gone").may_have_run is True
+    refused = ConnectionClosed(message="refused", may_have_run=False)
+    assert refused.may_have_run is False
+    copy = pickle.loads(pickle.dumps(refused))
+    assert type(copy) is ConnectionClosed and copy.may_have_run is False
+
+
+def test_argument_error_is_a_usage_error_and_a_value_error() -> None:
+    """Check that ArgumentError sits under UsageError, is a ValueError (as bad arguments are
+    in Python), is no RpcError, and names its argument."""
+    error = ArgumentError("timeout", "must be a number of seconds, got nan")
+    assert isinstance(error, UsageError) and isinstance(error, ValueError)
+    assert not isinstance(error, RpcError)
+    assert error.argument == "timeout"
+    assert str(error) == "timeout: must be a number of seconds, got nan"
+
+
+def test_check_timeout_bounds_per_call_timeouts_like_config_durations() -> None:
+    """Check that a per-call timeout may be None, any number up to MAX_CALL_TIMEOUT (ten
+    years, the configs' bound), zero or negative, and nothing else."""
+    assert MAX_CALL_TIMEOUT == config._MAX_DURATION
+    assert check_timeout(None) is None
+    assert check_timeout(2) == 2.0 and isinstance(check_timeout(2), float)
+    assert check_timeout(MAX_CALL_TIMEOUT) == MAX_CALL_TIMEOUT
+    assert check_timeout(0.0) == 0.0 and check_timeout(-1.5) == -1.5
+    assert check_timeout(-math.inf) == -math.inf
+    for bad in (math.nan, math.inf, MAX_CALL_TIMEOUT + 1, True, "1", b"1"):
+        with pytest.raises(ArgumentError, match=r"^client_timeout: ") as info:
+            check_timeout(bad, "client_timeout")  # type: ignore[arg-type]
+        assert info.value.argument == "client_timeout"
 
 
 def test_usage_and_config_errors_are_not_rpc_errors() -> None:

@@ -6,6 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from quicflow import ArgumentError, UsageError
 from quicflow.metadata import RESERVED_PREFIX, MetadataValue, metadata_get, normalize_metadata
 
 
@@ -67,7 +68,7 @@ def test_bin_values_are_copied_to_bytes(value: bytearray | memoryview) -> None:
 )
 def test_bad_keys_are_refused(key: object, message: str) -> None:
     """Check that keys outside lower-case 0-9 a-z - _ . (or not a non-empty str) are refused."""
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ArgumentError, match=message):
         normalize_metadata([(key, "v")])  # type: ignore[list-item]
 
 
@@ -75,7 +76,7 @@ def test_bad_keys_are_refused(key: object, message: str) -> None:
 def test_reserved_prefix_is_refused(key: str) -> None:
     """Check that keys starting with the protocol's reserved prefix are refused."""
     value: MetadataValue = b"v" if key.endswith("-bin") else "v"
-    with pytest.raises(ValueError, match="reserved prefix 'quicflow-'"):
+    with pytest.raises(ArgumentError, match="reserved prefix 'quicflow-'"):
         normalize_metadata([(key, value)])
 
 
@@ -90,21 +91,21 @@ def test_similar_but_unreserved_prefix_is_allowed() -> None:
 @pytest.mark.parametrize("value", ["text", "", 1, None])
 def test_bin_key_needs_bytes(value: object) -> None:
     """Check that a -bin key with a str (or other non-bytes) value is refused."""
-    with pytest.raises(ValueError, match="ends in -bin and needs a bytes value"):
+    with pytest.raises(ArgumentError, match="ends in -bin and needs a bytes value"):
         normalize_metadata([("trace-bin", value)])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("value", [b"bytes", bytearray(b"x"), 1, None])
 def test_text_key_needs_str(value: object) -> None:
     """Check that a text key with bytes (or any non-str) value is refused, pointing to -bin."""
-    with pytest.raises(ValueError, match="needs a str value"):
+    with pytest.raises(ArgumentError, match="needs a str value"):
         normalize_metadata([("trace", value)])  # type: ignore[list-item]
 
 
 @pytest.mark.parametrize("value", ["a\nb", "\r", "tab\there", "\x00", "del\x7f", "\x1f"])
 def test_control_characters_in_text_values_are_refused(value: str) -> None:
     """Check that text values with C0 control characters or DEL are refused."""
-    with pytest.raises(ValueError, match="contains control characters"):
+    with pytest.raises(ArgumentError, match="contains control characters"):
         normalize_metadata([("k", value)])
 
 
@@ -120,7 +121,7 @@ def test_control_bytes_in_bin_values_are_fine() -> None:
 )
 def test_non_pair_items_are_refused(item: object) -> None:
     """Check that items that are not (key, value) pairs are refused."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError):
         normalize_metadata([item])  # type: ignore[list-item]
 
 
@@ -131,13 +132,26 @@ def test_non_pair_items_are_refused(item: object) -> None:
 )
 def test_two_character_strings_are_not_pairs(metadata: object) -> None:
     """Check that a two-character str (e.g. a dict key) is not mistaken for a (key, value) pair."""
-    with pytest.raises(ValueError):
+    with pytest.raises(ArgumentError):
         normalize_metadata(metadata)  # type: ignore[arg-type]
+
+
+def test_bad_metadata_is_an_argument_error_in_the_errors_tree() -> None:
+    """Check that bad metadata raises quicflow's ArgumentError naming the argument, which is
+    a UsageError and (as before) a ValueError, not a bare ValueError."""
+    with pytest.raises(ArgumentError) as info:
+        normalize_metadata([("Bad", "v")])
+    assert type(info.value) is ArgumentError
+    assert isinstance(info.value, UsageError) and isinstance(info.value, ValueError)
+    assert info.value.argument == "metadata"
+    assert str(info.value) == (
+        "metadata: key 'Bad' may only contain lower-case letters, digits, '-', '_' and '.'"
+    )
 
 
 def test_first_bad_item_fails_the_whole_call() -> None:
     """Check that one bad item anywhere refuses the whole metadata."""
-    with pytest.raises(ValueError, match="'BAD'"):
+    with pytest.raises(ArgumentError, match="'BAD'"):
         normalize_metadata([("good", "v"), ("BAD", "v")])
 
 

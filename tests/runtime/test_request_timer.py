@@ -4,8 +4,9 @@ on a virtual clock (no network).
 A unary or server-streaming call starts its handler only once its request is
 complete (HEADERS, the one message, FIN); until then header_timeout, counted
 from the stream's first bytes, bounds it. The call object is driven directly
-with a `FakeClock` standing in for the event loop: it can time and schedule,
-but not create tasks, so a handler that started would fail the test.
+by a real `Endpoint` whose injected clock is a `FakeClock`, the way the
+runtime arms every timer; no event loop runs, so a handler that started would
+fail the test.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase
 
 from quicflow import ServerConfig, ServicerContext, StatusCode
-from quicflow.hooks import Hooks
+from quicflow.endpoint import Endpoint
+from quicflow.incoming import IncomingCall
 from quicflow.protocol.budget import ByteBudget
-from quicflow.server import _ServerCall
 from quicflow.testing import FakeClock
 from quicflow.transport.inflow import FrameWatch
 from quicflow.wire import ErrorCode, FrameDecoder, FrameType, encode_frame
@@ -30,17 +31,12 @@ class _Echo(EchoBase):
         raise AssertionError("the handler must not run")
 
 
-class _Host:
-    """What a call needs of its server (`CalleeHost`)."""
-
-    def __init__(self, header_timeout: float) -> None:
-        self.config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout)
-        self._handlers = dict(_Echo().__quicflow_handlers__())
-        self._callee_interceptors = ()
-        self._calls: set[Any] = set()
-        self.hooks = Hooks()
-        self._metrics = None
-        self._replies = None
+def _endpoint(header_timeout: float, clock: FakeClock) -> Endpoint:
+    """A server's endpoint answering Echo, its timers on ``clock``."""
+    config = ServerConfig(cert_file="unused.pem", header_timeout=header_timeout, metrics=False)
+    endpoint = Endpoint(config, interceptors=(), replies=None, clock=clock)
+    endpoint.add_handlers(_Echo().__quicflow_handlers__())
+    return endpoint
 
 
 class _Conn:
@@ -49,7 +45,7 @@ class _Conn:
     def __init__(
         self, clock: FakeClock, frame_timeout: float = 30.0, budget: ByteBudget | None = None
     ) -> None:
-        self._loop = clock
+        self.clock = clock
         self.frame_timeout = frame_timeout
         self.budget = budget or ByteBudget(16 << 20)
         self.withheld: list[int] = []
@@ -78,7 +74,7 @@ class _Conn:
         the transport is told to withhold from the stream's credit."""
         assert self.watch is None
         self.watch = FrameWatch(
-            self._loop,
+            self.clock,
             self.budget,
             threshold=512 << 10,
             timeout=self.frame_timeout,
@@ -107,10 +103,10 @@ class _Side:
         self.requires_session = False
 
 
-def _call(header_timeout: float = 10.0) -> tuple[_ServerCall, _Conn, FakeClock]:
+def _call(header_timeout: float = 10.0) -> tuple[IncomingCall, _Conn, FakeClock]:
     clock = FakeClock()
     conn = _Conn(clock)
-    call = _ServerCall(_Host(header_timeout), _Side(conn), 4)  # type: ignore[arg-type]
+    call = _endpoint(header_timeout, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
     return call, conn, clock
 
 
@@ -204,7 +200,7 @@ def test_frame_left_unfinished_ends_the_call_at_frame_timeout() -> None:
     (it is small: no reservation) and are given back."""
     clock = FakeClock()
     conn = _Conn(clock, frame_timeout=30.0)
-    call = _ServerCall(_Host(1000.0), _Side(conn), 4)  # type: ignore[arg-type]
+    call = _endpoint(1000.0, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
     call.data_received(_headers() + _data_prefix(100) + b"x" * 10, False)
     clock.advance(20.0)
     call.data_received(b"x" * 50, False)
@@ -224,7 +220,7 @@ def test_each_frame_has_its_own_frame_timeout() -> None:
     together with the start of a DATA frame, which then has until exactly 55 s."""
     clock = FakeClock()
     conn = _Conn(clock, frame_timeout=30.0)
-    call = _ServerCall(_Host(1000.0), _Side(conn), 4)  # type: ignore[arg-type]
+    call = _endpoint(1000.0, clock).answer(_Side(conn), 4)  # type: ignore[arg-type]
     headers = _headers()
     call.data_received(headers[:3], False)
     clock.advance(25.0)
@@ -247,8 +243,8 @@ def test_a_large_frame_waits_for_its_reservation_and_its_time_starts_when_grante
     budget = ByteBudget(1 << 20)
     conn_a = _Conn(clock, frame_timeout=30.0, budget=budget)
     conn_b = _Conn(clock, frame_timeout=30.0, budget=budget)
-    call_a = _ServerCall(_Host(1000.0), _Side(conn_a), 4)  # type: ignore[arg-type]
-    call_b = _ServerCall(_Host(1000.0), _Side(conn_b), 8)  # type: ignore[arg-type]
+    call_a = _endpoint(1000.0, clock).answer(_Side(conn_a), 4)  # type: ignore[arg-type]
+    call_b = _endpoint(1000.0, clock).answer(_Side(conn_b), 8)  # type: ignore[arg-type]
     big = 800 << 10
     call_a.data_received(_headers() + _data_prefix(big) + b"a" * 1000, False)
     assert budget.used == big and conn_a.withheld == []  # reserved: nothing withheld

@@ -1,0 +1,51 @@
+"""``quicflow gen`` over a directory that mixes proto3 and editions files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .helpers import BIN, CASES, run
+
+
+@pytest.fixture
+def mixed(tmp_path: Path) -> Path:
+    """A directory with the editions case (2023, 2024) and one proto3 file."""
+    protos = tmp_path / "protos"
+    shutil.copytree(CASES / "editions" / "proto", protos)
+    shutil.copytree(CASES / "all_kinds" / "proto", protos, dirs_exist_ok=True)
+    return protos
+
+
+def test_gen_protobuf_flavour_generates_editions_files(mixed: Path, tmp_path: Path) -> None:
+    """Check that the protobuf flavour generates editions 2023 and 2024 files with the rest."""
+    out = tmp_path / "out"
+    done = run([str(BIN / "quicflow"), "gen", str(mixed), "--out", str(out)])
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*_quicflow.py")) == [
+        "demo/demo_quicflow.py",
+        "ed/e2023_quicflow.py",
+        "ed/e2024_quicflow.py",
+    ]
+
+
+def test_gen_betterproto_flavour_skips_editions_files_one_line_each(
+    mixed: Path, tmp_path: Path
+) -> None:
+    """Check that the betterproto flavour names each editions file it skips in one short line,
+    generates the others, and exits 1."""
+    out = tmp_path / "out"
+    done = run(
+        [str(BIN / "quicflow"), "gen", str(mixed), "--out", str(out), "--flavour", "betterproto"]
+    )
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.splitlines() == [
+        f"quicflow gen: skipped ed/{name}.proto: an editions file, which betterproto 2.0.0b7 "
+        "cannot generate (use --flavour protobuf)"
+        for name in ("e2023", "e2024")
+    ]
+    assert [p.relative_to(out).as_posix() for p in out.rglob("*_quicflow.py")] == [
+        "demo/demo_quicflow.py"
+    ]

@@ -1,0 +1,191 @@
+"""A connect attempt that fails says why at once and leaves nothing behind: a closed port
+(ICMP port unreachable, seen by the client's connected UDP socket), a silent one, a bad
+``ca_file``, a certificate for another name or from another CA, a port already bound."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from echo.echo_pb2 import EchoRequest
+from echo.echo_quicflow import EchoStub
+
+from quicflow import Client, ClientConfig, ConfigError, ConnectionClosed, Server, ServerConfig
+from quicflow.certs import write_dev_certs
+from quicflow.testing import ClientFor, dev_certs
+from quicflow.transport.engine import resolve_engine
+
+from .service import TestEcho
+
+
+def _closed_port(host: str = "127.0.0.1") -> int:
+    """A UDP port nobody listens on (bound once, then released)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def silent_port() -> Iterator[int]:
+    """A UDP port with a socket on it that never answers (a server that hangs)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield int(s.getsockname()[1])
+
+
+def _config(port: int, host: str = "127.0.0.1", **options: Any) -> ClientConfig:
+    certs = dev_certs()
+    return ClientConfig(
+        host=host, port=port, ca_file=str(certs.ca_file), server_name="localhost", **options
+    )
+
+
+def _aioquic_timers(loop: asyncio.AbstractEventLoop) -> list[asyncio.TimerHandle]:
+    """aioquic's connection timers still armed on ``loop`` (asyncio's own loop)."""
+    scheduled: list[asyncio.TimerHandle] = getattr(loop, "_scheduled", [])
+    return [h for h in scheduled if not h.cancelled() and "_handle_timer" in repr(h)]
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+async def test_a_closed_port_fails_the_attempt_at_once_naming_it(host: str) -> None:
+    """Check that connecting to a port nobody listens on fails with "nothing answers at
+    HOST:PORT" (the OS's port-unreachable answer), not after the 5 s connect_timeout."""
+    try:
+        port = _closed_port(host)
+    except OSError:
+        pytest.skip(f"no {host} on this machine")
+    client = Client(_config(port, host))
+    with pytest.raises(ConnectionClosed) as info:
+        await client.connect()
+    assert info.value.message == (
+        f"nothing answers at {host}:{port} (no server listens on that UDP port)"
+    )
+
+
+async def test_a_silent_port_times_out_after_connect_timeout(silent_port: int) -> None:
+    """Check that a port that takes datagrams and never answers fails after connect_timeout,
+    saying so."""
+    client = Client(_config(silent_port, connect_timeout=0.3))
+    with pytest.raises(ConnectionClosed) as info:
+        await client.connect()
+    assert info.value.message == (
+        f"could not connect to 127.0.0.1:{silent_port}: no answer within 0.3 s"
+    )
+
+
+async def test_a_failed_attempt_leaves_no_timer_running(silent_port: int) -> None:
+    """Check that after a timed-out and a refused attempt no aioquic timer is left armed (it
+    would fire into the closed socket: "'NoneType' object has no attribute 'sendto'") and
+    the loop reports no error."""
+    loop = asyncio.get_running_loop()
+    if not hasattr(loop, "_scheduled"):
+        pytest.skip("needs asyncio's own event loop")
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        for port, timeout in ((silent_port, 0.2), (_closed_port(), 5.0)):
+            with pytest.raises(ConnectionClosed):
+                await Client(_config(port, connect_timeout=timeout)).connect()
+            assert _aioquic_timers(loop) == []
+        await asyncio.sleep(0.3)  # a turn of whatever would still have fired
+        assert errors == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_reconnect_backs_off_as_usual_against_a_closed_port(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Check that with the server gone, reconnect attempts fail at once ("nothing answers")
+    yet the loop still waits its backoff delays (1x, 2x, 4x the initial one) between them."""
+    options = {"backoff_initial": 0.05, "backoff_jitter": 0.0, "backoff_max": 1.0}
+    harness = ClientFor([TestEcho()], client_options=options)
+    delays: list[float] = []
+    four = asyncio.Event()
+    async with harness as client:
+
+        def record(attempt: int, delay: float) -> None:
+            delays.append(delay)
+            if attempt >= 4:
+                four.set()
+
+        client.hooks.on_reconnect(record)
+        with caplog.at_level(logging.DEBUG, logger="quicflow"):
+            await harness.server.stop()
+            await asyncio.wait_for(four.wait(), 10)
+        failures = [r.getMessage() for r in caplog.records if "failed:" in r.getMessage()]
+        assert delays[:4] == [0.05, 0.1, 0.2, 0.4]
+        assert len(failures) >= 3
+        assert all("nothing answers at 127.0.0.1:" in f for f in failures), failures
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (None, "cannot read"),
+        (b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIA==\n-----END PRIVATE KEY-----\n",
+         "holds no PEM certificate (it holds a private key)"),
+        (b"not a certificate", "holds no PEM certificate"),
+    ],
+)  # fmt: skip
+async def test_a_bad_ca_file_fails_connect_at_once_naming_the_field(
+    tmp_path: Path, content: bytes | None, expected: str
+) -> None:
+    """Check that a ca_file that is missing, or holds a key or garbage instead of a
+    certificate, fails connect() with ConfigError naming ca_file (as a bad cert_file does),
+    before any datagram is sent."""
+    path = tmp_path / "ca.pem"
+    if content is not None:
+        path.write_bytes(content)
+    client = Client(ClientConfig(port=_closed_port(), ca_file=str(path)))
+    with pytest.raises(ConfigError) as info:
+        await client.connect()
+    assert info.value.field == "ca_file"
+    assert expected in str(info.value)
+
+
+async def test_the_real_key_file_as_ca_file_is_refused(tmp_path: Path) -> None:
+    """Check that the mistake a user makes, the server's key given as ca_file, is named."""
+    certs = write_dev_certs(tmp_path)
+    client = Client(ClientConfig(port=_closed_port(), ca_file=str(certs.key_file)))
+    with pytest.raises(ConfigError, match=r"^ca_file: .* holds no PEM certificate"):
+        await client.connect()
+
+
+async def test_untrusted_and_misnamed_certificates_say_what_to_do(tmp_path: Path) -> None:
+    """Check that a server certificate from a CA we do not trust points at ca_file, and one
+    for another name lists the names it carries (not pattern reprs) and points at
+    server_name."""
+    other = write_dev_certs(tmp_path)
+    harness = ClientFor([TestEcho()])
+    async with harness as client:
+        with pytest.raises(ConnectionClosed) as untrusted:
+            await Client(harness.client_config(ca_file=str(other.ca_file))).connect()
+        assert "ca_file (--ca FILE)" in untrusted.value.message
+        with pytest.raises(ConnectionClosed) as misnamed:
+            await Client(harness.client_config(server_name="elsewhere.example")).connect()
+        text = misnamed.value.message
+        assert "server_name" in text and "'elsewhere.example'" in text
+        if resolve_engine("auto") == "aioquic":  # qh3 does not say which names it found
+            assert "certificate is for localhost, 127.0.0.1, ::1, not 'elsewhere.example'" in text
+            assert "Pattern(" not in text
+        assert (await EchoStub(client).say(EchoRequest(text="ok"))).text == "ok"
+
+
+async def test_a_port_in_use_names_the_address(silent_port: int) -> None:
+    """Check that a server whose port is taken fails start with an OSError naming the
+    address (not only "Address already in use")."""
+    certs = dev_certs()
+    server = Server(
+        ServerConfig(port=silent_port, cert_file=str(certs.cert_file), key_file=str(certs.key_file))
+    )
+    with pytest.raises(OSError) as info:
+        await server.start()
+    assert f"127.0.0.1:{silent_port}" in str(info.value)
+    assert "in use" in str(info.value)
