@@ -62,8 +62,13 @@ def render(result: dict[str, Any], out: Path) -> bool:
                 for ax in (top, mid, low):
                     ax.axvline(r["t"], color="grey", linewidth=0.6, linestyle=":")
                 top.annotate(
-                    r["phase"], (r["t"], 1.0), xycoords=("data", "axes fraction"), fontsize=7,
-                    rotation=90, va="top", ha="right",
+                    r["phase"],
+                    (r["t"], 1.0),
+                    xycoords=("data", "axes fraction"),
+                    fontsize=7,
+                    rotation=90,
+                    va="top",
+                    ha="right",
                 )
     m = result.get("machine", {})
     fig.suptitle(

@@ -3,7 +3,6 @@ heartbeats). Its numbers are never asserted."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -41,5 +40,4 @@ def test_scale_smoke_runs_every_phase(tmp_path: Path) -> None:
         "evict: all evicted after (s)",
         "close: torn down after (s)",
     ):
-        assert rows.get(label, "–") != "–", result.stdout + result.stderr[-3000:]
-    assert json.loads(json.dumps(rows))  # the table parsed into cells
+        assert rows.get(label, "-") != "-", result.stdout + result.stderr[-3000:]
