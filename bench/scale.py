@@ -76,6 +76,9 @@ class Plan:
     close_max: float = 20.0
     hb_interval: float = 0.0
     """Heartbeat interval for server and clients; 0: the defaults (15 s)."""
+    server_args: tuple[str, ...] = ()
+    """Extra arguments for bench.scale_server (levers under test, e.g. ``--intake-batch 1``)."""
+    phases: tuple[str, ...] = PHASES
     engines: tuple[str, ...] = ("aioquic",)
     qh3_phases: tuple[str, ...] = ("connect", "idle", "unary", "broadcast", "restart")
     """What the qh3 engine runs (the rest only on aioquic, to bound the run's time)."""
@@ -307,6 +310,7 @@ class Run:
         argv += ["--certs", str(self.scratch / "certs")]
         if self.plan.hb_interval:
             argv += ["--hb-interval", str(self.plan.hb_interval)]
+        argv += self.plan.server_args
         await self.server.start(argv, self.env())
         if not await self.server.wait_ready(60):
             raise RuntimeError("the server did not start")
@@ -387,7 +391,7 @@ class Run:
 
     async def run(self) -> None:
         plan = self.plan
-        phases = PHASES if self.engine == "aioquic" else plan.qh3_phases
+        phases = [p for p in plan.phases if self.engine == "aioquic" or p in plan.qh3_phases]
         self.t0 = time.perf_counter()
         self.port = free_udp_port()
         await self.start_server()
@@ -450,6 +454,7 @@ class Run:
             "first_connect_failures": sum(int(a.get("first_failures", 0)) for a in answers),
             "gave_up": sum(int(a.get("gave_up", 0)) for a in answers),
             "server_sessions": stats["sessions"],
+            "handshakes_shed": stats["handshakes_shed"],
             "server_cpu_s": round(cpu, 2),
             "server_cpu_ms_per_handshake": round(1000 * cpu / max(1, connected), 3),
             "gc_worst_ms": round(stats["gc_worst_ms"], 1),
@@ -559,6 +564,7 @@ class Run:
             "fleet_connected": self.connected(),
             "server_sessions": stats["sessions"],
             "reconnect_attempts": self.connected("attempts") - attempts0,
+            "handshakes_shed": stats["handshakes_shed"],
             "server_cpu_ms_per_reconnect": round(
                 1000 * cpu_seconds(self.server.pid) / max(1, stats["sessions"]), 3
             ),
@@ -801,12 +807,18 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few clients, seconds")
     parser.add_argument("--clients", type=int, help="override the plan's client count")
     parser.add_argument("--engines", help="comma-separated: aioquic,qh3")
+    parser.add_argument("--phases", help="comma-separated subset of: " + ",".join(PHASES))
+    parser.add_argument("--server-args", help="extra bench.scale_server arguments (levers)")
     parser.add_argument("--logs", type=Path, help="keep the children's logs (and certs) here")
     parser.add_argument("--no-write", action="store_true", help="no results file, chart or doc")
     args = parser.parse_args()
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.clients:
         plan = replace(plan, clients=args.clients)
+    if args.phases:
+        plan = replace(plan, phases=tuple(args.phases.split(",")))
+    if args.server_args:
+        plan = replace(plan, server_args=tuple(args.server_args.split()))
     if args.engines:
         plan = replace(plan, engines=tuple(args.engines.split(",")))
     if args.logs:

@@ -33,6 +33,7 @@ from echo.echo_quicflow import EchoBase, EchoStub
 
 import quicflow
 from quicflow import ClientInfo, Server, ServerConfig, ServicerContext
+from quicflow.transport import server_endpoint
 
 from .common import HOST, SMALL, encode, payload
 
@@ -120,6 +121,8 @@ async def serve(args: argparse.Namespace) -> None:
     server.hooks.on_heartbeat_timeout(timed_out)
     lagger = asyncio.ensure_future(watch.lag())
     await server.start()
+    if args.gc == "freeze":
+        gc.freeze()
     small = payload(SMALL)
 
     async def control(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -142,6 +145,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "evicted": dict(evicted),
                 "gc_counts": gc.get_count(),
                 "gc_frozen": gc.get_freeze_count(),
+                # The endpoint's counter of shed handshakes (no public accessor yet).
+                "handshakes_shed": getattr(server._listener, "handshakes_shed", 0),
             }
             if cmd.get("objects"):  # objects the collector tracks (a full scan: idle only)
                 answer["gc_objects"] = len(gc.get_objects())
@@ -182,7 +187,15 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--certs", type=Path, required=True)
     parser.add_argument("--hb-interval", type=float, default=0.0, help="0: the default")
+    # Levers measured against each other (docs/scale.md "What helped").
+    parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
+    parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
+    parser.add_argument("--gc", choices=("default", "freeze"), default="default")
     args = parser.parse_args()
+    if args.intake_batch is not None:
+        server_endpoint.INTAKE_BATCH = args.intake_batch
+    if args.handshakes_per_pass is not None:
+        server_endpoint.HANDSHAKES_PER_PASS = args.handshakes_per_pass
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
     quicflow.run(serve(args))

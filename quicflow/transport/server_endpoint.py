@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
+import socket
 from collections.abc import Callable
 from typing import cast
 
@@ -24,6 +26,26 @@ from .settings import TransportSettings, bind_error, datagram_size_for, grow_buf
 __all__ = ["QuicFlowServer", "serve"]
 
 _SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: a client Initial is padded to at least this
+
+INTAKE_BATCH = 256
+"""Datagrams `QuicFlowServer` reads from its socket per loop pass at most (docs/scale.md
+"Datagram intake")."""
+HANDSHAKES_PER_PASS = 8
+"""New connections `QuicFlowServer` starts per loop pass at most (0: no limit); Initials
+beyond it are shed (docs/scale.md "Datagram intake")."""
+_LARGEST_DATAGRAM = 65535
+
+
+def destination_cid(data: bytes, cid_length: int) -> bytes:
+    """The Destination Connection ID of a QUIC packet (RFC 9000 §17), without checking the
+    rest of the header; b"" when too short to hold one."""
+    if not data:
+        return b""
+    if data[0] & 0x80:  # long header: version (4), DCID length (1), DCID
+        if len(data) < 6:
+            return b""
+        return data[6 : 6 + data[5]]
+    return data[1 : 1 + cid_length]
 
 
 class QuicFlowServer(asyncio.DatagramProtocol):
@@ -56,6 +78,12 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._protocols: dict[bytes, QuicFlowProtocol] = {}
         self._sized: dict[int, QuicConfiguration] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._reader: socket.socket | None = None
+        self._in_pass = False
+        self._read = self._started = 0
+        self.handshakes_shed = 0
+        """Initials of new connections dropped because a loop pass had started its
+        `HANDSHAKES_PER_PASS` already."""
         self.connections: set[QuicFlowProtocol] = set()
 
     @property
@@ -69,8 +97,74 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             grow_buffers(sock)
+            # Our own handle on the same socket, to read it in batches: the loop's
+            # transport hands us one datagram per pass (asyncio's) or per read (uvloop's).
+            with contextlib.suppress(OSError, ValueError):
+                self._reader = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+                self._reader.setblocking(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader is not None:
+            self._reader.close()  # our duplicate would keep the port bound
+            self._reader = None
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """Take ``data`` and what else the socket holds now, established connections first.
+
+        Per loop pass it reads at most `INTAKE_BATCH` datagrams and starts at most
+        `HANDSHAKES_PER_PASS` new connections; the datagrams of connections that exist
+        go first, and a new connection's Initial beyond that budget is dropped (shed: its
+        client sends it again after its probe timeout, and backs off if it gives up).
+        So a storm of handshakes cannot starve connections' own traffic (a ping queued
+        behind thousands of Initials, or dropped by the kernel with them), and the loop
+        never spends a pass on more handshakes than it can finish (docs/scale.md).
+        """
+        if not self._in_pass:
+            self._in_pass = True
+            self._read = self._started = 0
+            asyncio.get_running_loop().call_soon(self._pass_over)
+        fresh: list[tuple[bytes, NetworkAddress]] = []
+        protocols, cid_length = self._protocols, self._configuration.connection_id_length
+        for item in self._batch(data, addr):
+            protocol = protocols.get(destination_cid(item[0], cid_length))
+            if protocol is not None:
+                protocol.datagram_received(*item)
+            else:
+                fresh.append(item)
+        budget = HANDSHAKES_PER_PASS
+        for item in fresh:
+            protocol = protocols.get(destination_cid(item[0], cid_length))
+            if protocol is not None:  # its connection began earlier in this batch
+                protocol.datagram_received(*item)
+            elif budget and self._started >= budget:
+                self.handshakes_shed += 1
+            else:
+                before = len(self.connections)
+                self._route(*item)
+                self._started += len(self.connections) - before
+
+    def _pass_over(self) -> None:
+        self._in_pass = False
+
+    def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
+        batch = [(data, addr)]
+        reader = self._reader
+        room = INTAKE_BATCH - self._read - 1
+        if reader is None or room <= 0:
+            self._read += 1
+            return batch
+        recvfrom = reader.recvfrom
+        for _ in range(room):
+            try:
+                batch.append(recvfrom(_LARGEST_DATAGRAM))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # e.g. an ICMP error queued on the socket: the loop's reader sees it
+        self._read += len(batch)
+        return batch
+
+    def _route(self, data: bytes, addr: NetworkAddress) -> None:
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._configuration.connection_id_length
@@ -190,6 +284,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             protocol.close(ErrorCode.NO_ERROR, "server closed")
         if self._transport is not None:
             self._transport.close()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 async def serve(
