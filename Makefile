@@ -19,8 +19,10 @@ $(STAMP): pyproject.toml
 gen: $(STAMP)
 	$(PY) scripts/gen.py
 
-## Run the whole test suite (installs what it needs first, Debian's chromium included),
-## then docs/quickstart.md exactly as written (scripts/test-quickstart.sh), then the
+## Run the whole test suite (installs what it needs first: as root on Debian/Ubuntu that
+## includes the chromium package, with apt-get, for the status page test; see
+## scripts/ensure-chromium.sh, and QUICFLOW_SKIP_CHROMIUM=1 to skip it), then
+## docs/quickstart.md exactly as written (scripts/test-quickstart.sh), then the
 ## end-to-end tests once more on the qh3 engine.
 ##
 ## pytest runs on PYTEST_WORKERS pytest-xdist workers (default 2: most of the suite's wall

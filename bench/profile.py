@@ -3,8 +3,9 @@
     PYTHONPATH=.:generated .venv/bin/python -m bench.profile WORKLOAD [--n N] [--out DIR]
 
 WORKLOAD is ``unary1`` (one call at a time), ``unary128`` (128 concurrent calls
-on one connection), ``oneway`` (untyped messages without acks, 16 senders) or
-``stream1m`` (server streaming, 1 MiB replies). Writes ``server.prof`` and
+on one connection), ``oneway`` (untyped messages without acks, 16 senders),
+``stream1m`` (server streaming, 1 MiB replies) or ``connect`` (a new `Client`:
+connect, one call, close; per connection). Writes ``server.prof`` and
 ``client.prof`` to DIR and prints the top functions of each by own time, with
 µs per call/message. Used to write the per-call breakdown in docs/benchmarks.md.
 """
@@ -39,16 +40,15 @@ async def _client(
 
     from quicflow import Client, ClientConfig
 
-    client = Client(
-        ClientConfig(
-            host=HOST,
-            port=port,
-            ca_file=str(certs / "ca.pem"),
-            server_name=SERVER_NAME,
-            max_message_size=8 << 20,
-            max_datagram_size=datagram_size(),
-        )
+    config = ClientConfig(
+        host=HOST,
+        port=port,
+        ca_file=str(certs / "ca.pem"),
+        server_name=SERVER_NAME,
+        max_message_size=8 << 20,
+        max_datagram_size=datagram_size(),
     )
+    client = Client(config)
     await client.connect()
     stub = EchoStub(client)
     request = EchoRequest(payload=payload(SMALL))
@@ -94,6 +94,12 @@ async def _client(
         big = EchoRequest(text=str(1 << 20), repeat=n)
         async for _ in stub.stream(big):
             pass
+    elif workload == "connect":
+        for _ in range(n):
+            fresh = Client(config)
+            await fresh.connect()
+            await EchoStub(fresh).say(request)
+            await fresh.close()
     elapsed = time.perf_counter() - t0
     cpu = time.process_time() - cpu
     prof.disable()
@@ -146,13 +152,18 @@ class _NoProfile(cProfile.Profile):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("workload", choices=["unary1", "unary128", "oneway", "stream1m"])
+    parser.add_argument("workload", choices=["unary1", "unary128", "oneway", "stream1m", "connect"])
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--out", default="")
     parser.add_argument("--top", type=int, default=25)
     parser.add_argument("--uvloop", action="store_true", help="run both sides on uvloop")
     parser.add_argument(
         "--no-profile", action="store_true", help="only time it (no cProfile on either side)"
+    )
+    parser.add_argument(
+        "--cpu",
+        action="store_true",
+        help="profile process CPU time, not wall time (the client side)",
     )
     parser.add_argument(
         "--count",
@@ -162,7 +173,13 @@ def main() -> None:
     args = parser.parse_args()
     n = (
         args.n
-        or {"unary1": 2000, "unary128": 20000, "oneway": 20000, "stream1m": 64}[args.workload]
+        or {
+            "unary1": 2000,
+            "unary128": 20000,
+            "oneway": 20000,
+            "stream1m": 64,
+            "connect": 100,
+        }[args.workload]
     )
     out = Path(args.out or tempfile.mkdtemp(prefix="qfprof-"))
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +206,7 @@ def main() -> None:
     try:
         assert server.stdout is not None and server.stdin is not None
         port = int(server.stdout.readline().split()[1])
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.process_time) if args.cpu else cProfile.Profile()
         elapsed, client_cpu = asyncio.run(
             _client(
                 port,

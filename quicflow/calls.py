@@ -146,6 +146,11 @@ class CallTarget(Protocol):
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
 
+    def lane_for_call(self) -> SendLane | None:
+        """This side's message lane on the connection `connection_for_call` returns, once
+        negotiated (None: there is none; one-way messages then go as calls)."""
+        ...
+
     async def wait_ready(self) -> None:
         """Wait until `ready`; raise `RpcError` if that can no longer happen."""
         ...
@@ -435,31 +440,29 @@ class _Call(Generic[Req, Resp]):
         if machine is None or self._ended:
             return
         for event in machine.receive_data(data, end_stream):
-            cls = type(event)
-            if cls is MessageReceived:
-                payload = event.data  # type: ignore[union-attr]
-                self._messages.append(payload)
-                self.unread_bytes += len(payload)
-            elif cls is TrailersReceived:
-                self._trailers_seen = True
-                t: TrailersReceived = event  # type: ignore[assignment]
-                self._code = StatusCode.from_wire(t.status)  # final: resets after it are ignored
-                self._details = t.message
-                self._trailing_metadata = t.metadata
-            elif cls is EndOfStream:
-                self._complete()
-            elif cls is HeadersReceived:
-                self._initial_metadata = event.metadata  # type: ignore[union-attr]
-            elif cls is ProtocolViolation:
-                err = event.error  # type: ignore[union-attr]
-                error = RpcError(err.status, f"bad response from the server: {err}")
-                if self._trailers_seen:
-                    # Junk after complete trailers: the call's outcome stands as sent,
-                    # but the stream is done.
-                    self._abort_after_trailers(error, err.error_code)
-                else:
-                    self._abort(error, err.error_code)
-                return
+            match event:
+                case MessageReceived(data=payload):
+                    self._messages.append(payload)
+                    self.unread_bytes += len(payload)
+                case TrailersReceived():
+                    self._trailers_seen = True
+                    # final: resets after it are ignored
+                    self._code = StatusCode.from_wire(event.status)
+                    self._details = event.message
+                    self._trailing_metadata = event.metadata
+                case EndOfStream():
+                    self._complete()
+                case HeadersReceived():
+                    self._initial_metadata = event.metadata
+                case ProtocolViolation(error=err):
+                    error = RpcError(err.status, f"bad response from the server: {err}")
+                    if self._trailers_seen:
+                        # Junk after complete trailers: the call's outcome stands as sent,
+                        # but the stream is done.
+                        self._abort_after_trailers(error, err.error_code)
+                    else:
+                        self._abort(error, err.error_code)
+                    return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -808,8 +811,8 @@ async def send_one_way(
     if timeout is not None and timeout <= 0:
         return False  # the call path fails it exactly as before
     conn = target.connection_for_call()
-    lane: SendLane | None = conn.message_lane
-    if lane is None:
+    lane = target.lane_for_call()
+    if lane is None or lane.closed:
         return False
     md = normalize_metadata(metadata) if metadata else ()
     frame = encode_lane_message(message_type, payload, md, target.message_id)
@@ -829,7 +832,7 @@ async def send_one_way(
             async with clock_timeout(clock, timeout):
                 while lane.over_limit():
                     await conn.drain(lane.stream_id)
-                    if conn.message_lane is not lane:
+                    if lane.closed:
                         raise ConnectionClosed(message="message lane closed", may_have_run=False)
         except TimeoutError:
             error: RpcError = RpcError(

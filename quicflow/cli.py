@@ -75,8 +75,25 @@ def _protoc(args: list[str], what: str, hint: str = "") -> None:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(codegen), env.get("PYTHONPATH")) if p)
     done = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr + done.stdout).splitlines() if ln.strip()]
+        lines = _complaint(done.stderr + done.stdout)
         _fail("protoc failed: " + ("; ".join(lines) or f"exit status {done.returncode}"))
+
+
+_TRACEBACK_GLUE = (
+    "Traceback (most recent call last):",
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def _complaint(output: str) -> list[str]:
+    """protoc's error lines, stripped; a crashed plugin's traceback keeps only its last line."""
+    lines: list[str] = []
+    for raw in output.splitlines():
+        if raw.startswith(" ") or raw.strip() in _TRACEBACK_GLUE or not raw.strip():
+            continue  # a traceback's frames and glue (protoc's own lines are not indented)
+        lines.append(raw.strip())
+    return lines
 
 
 def _tool(name: str, module: str, scratch: Path) -> Path:
@@ -174,6 +191,19 @@ def _editions_file(includes: Sequence[str], name: str) -> bool:
 
 
 def _gen(args: argparse.Namespace) -> int:
+    """`_generate`, except that a failed run leaves no output directory it created."""
+    out = Path(args.out)
+    created = [d for d in (out, *out.parents) if not d.exists()]  # deepest first
+    try:
+        return _generate(args)
+    except BaseException:
+        for directory in created:
+            with contextlib.suppress(OSError):
+                directory.rmdir()  # only while empty: never what protoc did write
+        raise
+
+
+def _generate(args: argparse.Namespace) -> int:
     includes, names = _proto_files(args.protos, args.include)
     editions: list[str] = []
     out = Path(args.out)
@@ -511,10 +541,14 @@ def _parse_requests(method: Any, text: str, cls: Any) -> list[Any]:
     return requests
 
 
-def _to_json(message: Any) -> str:
+def _to_json(message: Any, *, proto_names: bool = False) -> str:
+    """``message`` in protobuf's canonical JSON mapping (lowerCamelCase names, 64-bit
+    integers as strings, enums by name, bytes as base64, fields at their default value
+    left out); ``proto_names``: the field names as the .proto spells them."""
     from google.protobuf import json_format
 
-    return json.dumps(json_format.MessageToDict(message), ensure_ascii=False)
+    as_dict = json_format.MessageToDict(message, preserving_proto_field_name=proto_names)
+    return json.dumps(as_dict, ensure_ascii=False)
 
 
 def _call_spec(args: argparse.Namespace, pool: Any, file_set: Any) -> tuple[Any, list[Any]]:
@@ -564,10 +598,14 @@ def _call(args: argparse.Namespace) -> int:
             )
             kind = spec.cardinality
             options: dict[str, Any] = {"timeout": args.deadline, "metadata": metadata}
+
+            def to_json(message: Any) -> str:
+                return _to_json(message, proto_names=args.proto_names)
+
             if kind is Cardinality.UNARY_UNARY:
-                print(_to_json(await client.unary_unary(spec, requests[0], **options)))
+                print(to_json(await client.unary_unary(spec, requests[0], **options)))
             elif kind is Cardinality.STREAM_UNARY:
-                print(_to_json(await client.stream_unary(spec, requests, **options)))
+                print(to_json(await client.stream_unary(spec, requests, **options)))
             else:
                 call = (
                     client.unary_stream(spec, requests[0], **options)
@@ -575,7 +613,7 @@ def _call(args: argparse.Namespace) -> int:
                     else client.stream_stream(spec, requests, **options)
                 )
                 async for response in call:
-                    print(_to_json(response), flush=True)
+                    print(to_json(response), flush=True)
 
     run_loop(run(), event_loop=config.event_loop)
     return 0
@@ -929,7 +967,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.set_defaults(func=_serve)
 
-    call = sub.add_parser("call", help="call a method with JSON, print JSON")
+    call = sub.add_parser(
+        "call",
+        help="call a method with JSON, print JSON",
+        description="Call a method with JSON, print each reply as one line of JSON. Replies "
+        "use protobuf's canonical JSON mapping, as grpcurl does: lowerCamelCase field names "
+        '(user_id prints as "userId"), 64-bit integers as strings ("123"), enums by name, '
+        'bytes as base64, and fields at their default value (0, "", false, empty) left '
+        "out. --proto-names keeps the .proto's own field names. Requests may use either "
+        "spelling.",
+    )
     call.add_argument("method", help="pkg.Service/Method (or pkg.Service.Method)")
     call.add_argument(
         "data",
@@ -950,6 +997,11 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--descriptor-set", metavar="FILE", help="protoc --descriptor_set_out file")
     call.add_argument(
         "-m", "--metadata", action="append", default=[], metavar="KEY=VALUE", help="repeatable"
+    )
+    call.add_argument(
+        "--proto-names",
+        action="store_true",
+        help="print the .proto's field names (user_id), not JSON's lowerCamelCase (userId)",
     )
     _connection_options(call)
     call.set_defaults(func=_call)

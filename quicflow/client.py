@@ -30,6 +30,7 @@ from .dispatch import Handler as MessageHandler
 from .endpoint import Endpoint
 from .errors import ConfigError, ConnectionClosed, RpcError, UsageError
 from .hooks import Hooks
+from .incoming import IncomingCall
 from .interceptors import ClientInterceptor
 from .lane import LANE_FEATURE, ReceiveLane, SendLane
 from .metadata import MetadataValue
@@ -63,7 +64,7 @@ logger = logging.getLogger("quicflow.client")
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
-_CLOSE_STATUS = {
+_CLOSE_STATUS: dict[int, StatusCode] = {
     ErrorCode.UNAUTHENTICATED: StatusCode.UNAUTHENTICATED,
     ErrorCode.PERMISSION_DENIED: StatusCode.PERMISSION_DENIED,
 }
@@ -85,6 +86,7 @@ class _Link:
         "control_sid",
         "endpoint",
         "heartbeat",
+        "message_lane",
         "timer",
         "welcome",
     )
@@ -100,6 +102,8 @@ class _Link:
         self.welcome: asyncio.Future[WelcomeReceived] = asyncio.get_running_loop().create_future()
         self.heartbeat: HeartbeatSender | None = None
         self.timer: PolicyTimer | None = None
+        self.message_lane: SendLane | None = None
+        """Our message lane to the server, once negotiated (wire-protocol.md §11.1)."""
 
     # StreamHandler for the control stream
     unread_bytes = 0
@@ -150,13 +154,6 @@ class _Link:
             max(interval, timeout / NUDGES_PER_TIMEOUT),
             lambda: conn.stream_count > 1 or hb.outstanding is not None,
         )
-        metrics = self.endpoint.metrics
-        if metrics is not None:
-
-            def counted() -> None:
-                metrics.nudges += 1
-
-            conn.on_nudge = counted
         self.timer = self.endpoint.timer(hb.get_timer, self._tick)
         self.timer.arm()
 
@@ -196,14 +193,37 @@ class _Link:
 
 
 class _ClientSide:
-    """The client's connection as a callee sees it (the server needs no HELLO from us)."""
+    """The client's connection as the runtime hears it: the `ConnectionListener` of the
+    connection, and the link its pushed calls arrive on (the server needs no HELLO
+    from us)."""
 
-    __slots__ = ("conn", "requires_session", "session")
+    __slots__ = ("client", "conn", "link", "requires_session", "session")
 
-    def __init__(self, conn: QuicFlowProtocol) -> None:
+    def __init__(self, client: Client, conn: QuicFlowProtocol) -> None:
+        self.client = client
         self.conn = conn
+        self.link: _Link | None = None
+        """The established link, once WELCOME came (its loss is the client's to handle)."""
         self.session: Session | None = None
         self.requires_session = False
+
+    def stream_opened(self, stream_id: int) -> IncomingCall:
+        return self.client._endpoint.answer(self, stream_id)
+
+    def lane_opened(self, stream_id: int) -> ReceiveLane | None:
+        return self.client._new_lane(self.conn, stream_id)
+
+    def call_reset(self) -> None:
+        pass  # a server's cancelled push costs the client nothing to count
+
+    def nudged(self) -> None:
+        metrics = self.client._endpoint.metrics
+        if metrics is not None:
+            metrics.nudges += 1
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
+        if self.link is not None:
+            self.client._on_lost(self.link, exc)
 
 
 class Client(ChannelMethods):
@@ -341,6 +361,11 @@ class Client(ChannelMethods):
         link = self._link
         return link is not None and link.conn.closed_error is None
 
+    def lane_for_call(self) -> SendLane | None:
+        """Our message lane on the connection calls go to, once negotiated."""
+        link = self._link
+        return link.message_lane if link is not None else None
+
     def connection_for_call(self) -> QuicFlowProtocol:
         link = self._link
         if link is not None and link.conn.closed_error is None:
@@ -458,9 +483,8 @@ class Client(ChannelMethods):
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
         endpoint = self._endpoint
         link = _Link(self, endpoint, conn, control)
-        side = _ClientSide(conn)
-        conn.on_new_stream = lambda stream_id: endpoint.answer(side, stream_id)
-        conn.on_new_uni_stream = lambda stream_id: self._new_lane(conn, stream_id)
+        side = _ClientSide(self, conn)
+        conn.attach(side)
         try:
             link.control_sid = conn.open_stream(link)
             metadata: list[tuple[str, MetadataValue]] = []
@@ -486,7 +510,7 @@ class Client(ChannelMethods):
                     message=f"no WELCOME from {host}:{port} within {c.connect_timeout} s"
                 ) from None
             except ConnectionClosed as exc:
-                status = _CLOSE_STATUS.get(conn.close_code or 0)  # type: ignore[call-overload]
+                status = _CLOSE_STATUS.get(conn.close_code or 0)
                 if status is not None:
                     raise RpcError(status, conn.close_reason) from exc
                 raise
@@ -496,13 +520,13 @@ class Client(ChannelMethods):
         self.client_id = welcome.client_id
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
-            conn.message_lane = SendLane(conn)
+            link.message_lane = SendLane(conn)
         # §9.3: ping at the interval the server granted; wait for a pong no longer than
         # either side's timeout (the server's is a suggestion, ours the user's bound).
         link.start_heartbeat(
             welcome.heartbeat_interval, min(c.heartbeat_timeout, welcome.heartbeat_timeout)
         )
-        conn.on_connection_lost.append(lambda exc: self._on_lost(link, exc))
+        side.link = link
         self._link = link
         self._backoff.reset()
         self._fire(LifecycleEvent.CONNECTED)

@@ -357,6 +357,11 @@ class ServerConfig(_Common):
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
     addresses; see docs/wire-protocol.md §2."""
+    retry_threshold: int = 200
+    """With ``retry`` off: handshakes in progress from which new connections must pass a QUIC
+    Retry first anyway (until the count falls below it again), so a flood of Initials from
+    spoofed addresses holds at most this many half-open connections. 0: never
+    (docs/limits.md)."""
     frame_timeout: float = 30.0
     """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
     byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
@@ -451,6 +456,7 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
+        _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
         _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
         _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
         limit = self.receive_limit

@@ -51,7 +51,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from typing import TypeAlias
 
 from .errors import RpcError, UsageError
 from .metadata import Metadata
+from .protocol.numbers import positive_seconds
 from .status import StatusCode
 
 __all__ = ["Dispatcher", "Handler", "Message"]
@@ -148,16 +148,7 @@ class Dispatcher:
     ) -> None:
         self._worker_count = _count("workers", workers)
         self._queue_size = _count("queue_size", queue_size)
-        if (
-            isinstance(handler_timeout, bool)
-            or not isinstance(handler_timeout, (int, float))
-            or not math.isfinite(handler_timeout)
-            or handler_timeout <= 0
-        ):
-            raise ValueError(
-                f"handler_timeout must be a positive finite number of seconds, "
-                f"got {handler_timeout!r}"
-            )
+        positive_seconds("handler_timeout", handler_timeout)
         self._handler_timeout = float(handler_timeout)
         self._handlers: dict[str, Handler] = {}
         self._async_types: set[str] = set()  # types whose handler is a coroutine function

@@ -50,7 +50,7 @@ class Endpoint:
         endpoint = Endpoint(config, interceptors=(), replies=RecentReplies())
         endpoint.add_handlers(MyEcho().__quicflow_handlers__())
         endpoint.bind_clock()                     # inside the running loop
-        conn.on_new_stream = lambda sid: endpoint.answer(link, sid)
+        call = endpoint.answer(link, stream_id)   # a stream the peer opened on link
     """
 
     def __init__(

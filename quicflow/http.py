@@ -27,7 +27,6 @@ from importlib import resources
 from typing import Any
 
 from .prometheus import ObservedServer, exposition, registry_for
-from .transport.settings import bind_error
 
 __all__ = ["MAX_REQUEST_HEAD", "REQUEST_TIMEOUT", "MetricsEndpoint", "status_document"]
 
@@ -117,8 +116,10 @@ class MetricsEndpoint:
 
         try:
             listener = await asyncio.start_server(handle, host, port, limit=MAX_REQUEST_HEAD)
-        except OSError as exc:
-            raise bind_error(exc, "the metrics endpoint (TCP)", host, port) from exc
+        except OSError as exc:  # "Address already in use" alone does not say which one
+            raise OSError(
+                exc.errno, f"cannot bind the metrics endpoint to TCP {host}:{port}: {exc.strerror}"
+            ) from exc
         endpoint = cls(server, listener)
         holder.append(endpoint)
         return endpoint

@@ -82,13 +82,16 @@ logger = logging.getLogger("quicflow.lane")
 class SendLane:
     """This side's lane on one connection (the `StreamHandler` of its stream)."""
 
-    __slots__ = ("conn", "stream_id")
+    __slots__ = ("closed", "conn", "stream_id")
 
     unread_bytes = 0  # nothing is ever received on our own unidirectional stream
 
     def __init__(self, conn: QuicFlowProtocol) -> None:
         self.conn = conn
         self.stream_id = -1  # opened on the first message: an idle connection holds nothing
+        self.closed = False
+        """True once the peer stopped the lane or the connection ended: later one-way
+        messages go as calls."""
 
     def write(self, frame: bytes) -> None:
         """Queue one MESSAGE frame (opening the lane's stream on the first)."""
@@ -111,13 +114,11 @@ class SendLane:
     def stop_sending(self, error_code: int) -> None:
         # The peer will read no more of it: later one-way messages go as calls.
         logger.info("peer stopped our message lane (code 0x%x)", error_code)
-        if self.conn.message_lane is self:
-            self.conn.message_lane = None
+        self.closed = True
         self.conn.release(self.stream_id)
 
     def connection_lost(self, exc: ConnectionClosed) -> None:
-        if self.conn.message_lane is self:
-            self.conn.message_lane = None
+        self.closed = True
 
 
 class ReceiveLane:

@@ -44,6 +44,7 @@ from .status import StatusCode
 
 if TYPE_CHECKING:
     from .config import ServerConfig
+    from .lane import SendLane
     from .metrics import Metrics
     from .sessions import SessionRegistry
     from .transport import QuicFlowProtocol
@@ -146,6 +147,10 @@ class ClientChannel(ChannelMethods):
             raise ClientNotConnected(message=f"client {self.client_id!r} is not connected")
         session.calls_out += 1
         return session.conn
+
+    def lane_for_call(self) -> SendLane | None:
+        session = self._server.sessions.get(self.client_id)
+        return session.message_lane if session is not None else None
 
     async def wait_ready(self) -> None:
         self.connection_for_call()  # raises: push does not wait for a client to come back

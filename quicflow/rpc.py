@@ -9,14 +9,16 @@ Generated modules (``<file>_quicflow.py``) use only the names here:
   a stub calls through: a `Client`, or a server's view of one client (push).
 * `Service` is the base of every generated ``FooBase``; the four
   ``*_handler`` helpers bind a handler method to its `Method`.
+* `RequestIterable` is what a client-streaming stub method takes; generated
+  code spells it out (``AsyncIterable[X] | Iterable[X]``) where that fits a line.
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, NoReturn, TypeAlias, TypeVar
 
 from .status import StatusCode
 
@@ -27,6 +29,7 @@ __all__ = [
     "Cardinality",
     "Handler",
     "Method",
+    "RequestIterable",
     "Service",
     "stream_stream_handler",
     "stream_unary_handler",
@@ -36,6 +39,10 @@ __all__ = [
 
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
+
+RequestIterable: TypeAlias = AsyncIterable[Req] | Iterable[Req]
+"""The requests of a client-streaming call: ``RequestIterable[X]`` is
+``AsyncIterable[X] | Iterable[X]`` (generated stubs use it when the union does not fit a line)."""
 
 
 class Cardinality(enum.Enum):

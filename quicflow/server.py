@@ -186,6 +186,7 @@ class Server:
             config.transport_settings(),
             self._accept,
             retry=config.retry,
+            retry_threshold=config.retry_threshold,
         )
         self._endpoint.start_metrics()
         if config.metrics_port is not None:
@@ -493,7 +494,8 @@ class Server:
             self._http = None
         listener = self._listener
         port = listener.port
-        listener.close()  # closing each connection ends its session (_ServerConnection.lost)
+        # Closing each connection ends its session (_ServerConnection.connection_lost).
+        listener.close()
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
         await self.hooks.drain()
@@ -551,16 +553,13 @@ class _ServerConnection:
         self.lane_in: ReceiveLane | bool = False  # True: we accept the client's lane
         rate = server.config.max_reset_rate
         self.resets = ResetBudget(rate, rate, clock.time()) if rate else None
-        if rate:
-            conn.on_peer_reset = self._on_peer_reset
-        conn.on_new_stream = self.new_stream
-        conn.on_new_uni_stream = self.new_lane
-        conn.on_connection_lost.append(self.lost)
+        conn.attach(self)
 
-    def _on_peer_reset(self) -> None:
+    # -- what the connection tells us (transport.ConnectionListener) --
+
+    def call_reset(self) -> None:
         # The peer reset a call we had not finished: spend from its budget (rapid reset).
-        assert self.resets is not None
-        if self.resets.spend(self.endpoint.clock.time()):
+        if self.resets is None or self.resets.spend(self.endpoint.clock.time()):
             return
         rate = self.server.config.max_reset_rate
         session = self.session
@@ -578,7 +577,7 @@ class _ServerConnection:
             self.endpoint.metrics.rapid_reset_closes += 1
         self.conn.close(ErrorCode.EXCESSIVE_LOAD, "rapid reset")
 
-    def new_stream(self, stream_id: int) -> IncomingCall | _ControlHandler | None:
+    def stream_opened(self, stream_id: int) -> IncomingCall | _ControlHandler | None:
         if self.server._stopping:
             return None  # refused: REFUSED reset, safe for the client to retry
         if stream_id == 0 and self.control is None:
@@ -590,7 +589,7 @@ class _ServerConnection:
             return _ControlHandler(self)
         return self.endpoint.answer(self, stream_id)
 
-    def new_lane(self, stream_id: int) -> ReceiveLane | None:
+    def lane_opened(self, stream_id: int) -> ReceiveLane | None:
         """The client's message lane (its first unidirectional stream), if negotiated."""
         session = self.session
         if self.lane_in is not True or stream_id != 2 or session is None:
@@ -703,7 +702,7 @@ class _ServerConnection:
             ),
         )
         if lanes:
-            conn.message_lane = SendLane(conn)
+            session.message_lane = SendLane(conn)
         session.timer = self.endpoint.timer(
             monitor.get_timer, lambda now: self._check_heartbeat(session, now)
         )
@@ -758,7 +757,10 @@ class _ServerConnection:
             session.state = SessionState.DRAINING
             self.conn.write(self.control_sid, self.control.send_goaway(reason, grace))
 
-    def lost(self, exc: ConnectionClosed) -> None:
+    def nudged(self) -> None:
+        pass  # only a client nudges
+
+    def connection_lost(self, exc: ConnectionClosed) -> None:
         self.server._connections.discard(self)
         if self.hello_timer is not None:
             self.hello_timer.cancel()

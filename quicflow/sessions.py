@@ -22,6 +22,7 @@ from .errors import ClientNotConnected
 
 if TYPE_CHECKING:
     from .clock import PolicyTimer
+    from .lane import SendLane
     from .protocol.heartbeat import HeartbeatMonitor
     from .transport import QuicFlowProtocol
 
@@ -76,6 +77,7 @@ class Session:
         "heartbeat_interval",
         "labels",
         "last_heartbeat",
+        "message_lane",
         "monitor",
         "state",
         "timer",
@@ -103,6 +105,9 @@ class Session:
         self.state = SessionState.ACTIVE
         self.timer: PolicyTimer | None = None
         """Keeps the heartbeat monitor's checks armed while the session lives."""
+        self.message_lane: SendLane | None = None
+        """The server's message lane to this client, once negotiated (wire-protocol.md
+        §11.1)."""
 
     def end(self) -> bool:
         """Mark the session CLOSED and stop its heartbeat checks; False if it already was."""

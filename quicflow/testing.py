@@ -29,7 +29,7 @@ from typing import Any
 from .certs import DevCerts, write_dev_certs
 from .chaos import ChaosProxy, Faults, GilbertElliott
 from .client import Client
-from .clock import FakeClock
+from .clock import Clock, FakeClock
 from .config import ClientConfig, ServerConfig
 from .rpc import Service
 from .server import Server
@@ -58,6 +58,10 @@ class ClientFor:
     ``server_options`` and ``client_options`` override `ServerConfig` and
     `ClientConfig` fields (e.g. ``max_message_size``). The server is
     available as ``.server`` while the block runs; both are stopped at exit.
+    With ``clock`` (a `FakeClock`), the runtime timers of the server and of the
+    clients made by `client` (heartbeats, evictions, deadlines, timeouts,
+    backoff) run on it, and move only when it is advanced; QUIC's own timers
+    stay on the event loop.
     """
 
     def __init__(
@@ -66,9 +70,11 @@ class ClientFor:
         *,
         server_options: dict[str, Any] | None = None,
         client_options: dict[str, Any] | None = None,
+        clock: Clock | None = None,
     ) -> None:
         certs = dev_certs()
         self.certs = certs
+        self.clock = clock
         self.server = Server(
             ServerConfig(
                 host="127.0.0.1",
@@ -76,7 +82,8 @@ class ClientFor:
                 cert_file=str(certs.cert_file),
                 key_file=str(certs.key_file),
                 **(server_options or {}),
-            )
+            ),
+            clock=clock,
         )
         for service in services:
             self.server.add_service(service)
@@ -94,10 +101,14 @@ class ClientFor:
         )
         return replace(base, **overrides) if overrides else base
 
+    def new_client(self, **overrides: Any) -> Client:
+        """A (not yet connected) `Client` of this server, on the harness's clock."""
+        return Client(self.client_config(**overrides), clock=self.clock)
+
     async def __aenter__(self) -> Client:
         await self.server.start()
         try:
-            self.client = Client(self.client_config())
+            self.client = self.new_client()
             await self.client.connect()
         except BaseException:
             await self.server.stop()

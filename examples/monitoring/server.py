@@ -8,7 +8,9 @@ metrics with a Prometheus endpoint and the status page::
     PYTHONPATH=generated python -m examples.monitoring.server --certs certs
     # then: curl http://127.0.0.1:9464/metrics, or open http://127.0.0.1:9464/
 
-Run ``python -m examples.monitoring.client`` against it.
+Run ``python -m examples.monitoring.client`` against it. Settings the flags and the
+code leave open come from QUICFLOW_SERVER_<FIELD> environment variables, as for any
+server (`ServerConfig.load`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
+from typing import Any
 
 from echo.echo_pb2 import EchoReply, EchoRequest
 from notify.notify_pb2 import Ack, Event
@@ -55,15 +58,21 @@ class Greeter(Echo):
 
 
 def build(
-    certs: Path, *, host: str = "127.0.0.1", port: int = 4433, metrics_port: int | None = 9464
+    certs: Path,
+    *,
+    host: str | None = None,
+    port: int | None = None,
+    metrics_port: int | None = 9464,
 ) -> Server:
-    """A server with every feature on (not started yet)."""
+    """A server with every feature on (not started yet). Fields not set here come from
+    QUICFLOW_SERVER_* environment variables, as for any server (`ServerConfig.load`);
+    ``host`` and ``port`` too, when None (default 127.0.0.1:4433)."""
     if not (certs / "server.pem").exists():
         write_dev_certs(certs)
+    address: dict[str, Any] = {"host": host, "port": port}
     server = Server(
-        ServerConfig(
-            host=host,
-            port=port,
+        ServerConfig.load(
+            **{name: value for name, value in address.items() if value is not None},
             cert_file=str(certs / "server.pem"),
             key_file=str(certs / "server.key"),
             authenticator=TokenAuthenticator({TOKEN: None}),
@@ -115,10 +124,13 @@ async def broadcast_ticks(server: Server, every: float) -> None:
             print(f"[server] tick {seq}: {result!r}", flush=True)
 
 
-async def serve(certs: Path, host: str, port: int, metrics_port: int, duration: float) -> None:
+async def serve(
+    certs: Path, host: str | None, port: int | None, metrics_port: int, duration: float
+) -> None:
     """Serve until a signal (or ``duration`` seconds, when > 0)."""
     server = build(certs, host=host, port=port, metrics_port=metrics_port)
     await server.start()
+    host = server.config.host
     print(f"[server] listening on {host}:{server.port} (QUIC)", flush=True)
     print(f"[server] status page: http://{host}:{server.metrics_port}/", flush=True)
     print(f"[server] prometheus:  http://{host}:{server.metrics_port}/metrics", flush=True)
@@ -143,8 +155,8 @@ async def serve(certs: Path, host: str, port: int, metrics_port: int, duration: 
 def main() -> None:
     """Parse arguments and serve."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=4433)
+    parser.add_argument("--host", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="UDP port (default 4433; 0: a free one)")
     parser.add_argument("--metrics-port", type=int, default=9464, help="0: any free port")
     parser.add_argument("--certs", type=Path, default=Path("certs"))
     parser.add_argument("--duration", type=float, default=0.0, help="stop after this long")

@@ -166,15 +166,10 @@ class EchoBase(quicflow.Service):
         return quicflow.unimplemented_stream(_ECHO_CHAT.route)
 
     def __quicflow_handlers__(self) -> Mapping[str, quicflow.Handler]:
-        return {
-            _ECHO_SAY.route: quicflow.unary_unary_handler(_ECHO_SAY, self.say),
-            _ECHO_STREAM.route: quicflow.unary_stream_handler(
-                _ECHO_STREAM,
-                self.stream,
-            ),
-            _ECHO_COLLECT.route: quicflow.stream_unary_handler(
-                _ECHO_COLLECT,
-                self.collect,
-            ),
-            _ECHO_CHAT.route: quicflow.stream_stream_handler(_ECHO_CHAT, self.chat),
-        }
+        handlers = [
+            quicflow.unary_unary_handler(_ECHO_SAY, self.say),
+            quicflow.unary_stream_handler(_ECHO_STREAM, self.stream),
+            quicflow.stream_unary_handler(_ECHO_COLLECT, self.collect),
+            quicflow.stream_stream_handler(_ECHO_CHAT, self.chat),
+        ]
+        return {handler.method.route: handler for handler in handlers}

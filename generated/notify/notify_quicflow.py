@@ -96,10 +96,8 @@ class NotifyBase(quicflow.Service):
         await quicflow.unimplemented(_NOTIFY_FEED.route)
 
     def __quicflow_handlers__(self) -> Mapping[str, quicflow.Handler]:
-        return {
-            _NOTIFY_DELIVER.route: quicflow.unary_unary_handler(
-                _NOTIFY_DELIVER,
-                self.deliver,
-            ),
-            _NOTIFY_FEED.route: quicflow.stream_unary_handler(_NOTIFY_FEED, self.feed),
-        }
+        handlers = [
+            quicflow.unary_unary_handler(_NOTIFY_DELIVER, self.deliver),
+            quicflow.stream_unary_handler(_NOTIFY_FEED, self.feed),
+        ]
+        return {handler.method.route: handler for handler in handlers}

@@ -17,13 +17,9 @@ from __future__ import annotations
 import math
 import random
 
+from .numbers import finite
+
 __all__ = ["Backoff"]
-
-
-def _finite(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 class Backoff:
@@ -59,16 +55,16 @@ class Backoff:
         jitter: float = 0.2,
         rng: random.Random | None = None,
     ) -> None:
-        self.initial = _finite("initial", initial)
+        self.initial = finite("initial", initial)
         if self.initial <= 0:
             raise ValueError(f"initial must be > 0 seconds, got {initial!r}")
-        self.multiplier = _finite("multiplier", multiplier)
+        self.multiplier = finite("multiplier", multiplier)
         if self.multiplier < 1:
             raise ValueError(f"multiplier must be >= 1, got {multiplier!r}")
-        self.maximum = _finite("maximum", maximum)
+        self.maximum = finite("maximum", maximum)
         if self.maximum < self.initial:
             raise ValueError(f"maximum ({maximum!r}) must be >= initial ({initial!r})")
-        self.jitter = _finite("jitter", jitter)
+        self.jitter = finite("jitter", jitter)
         if not 0 <= self.jitter < 1:
             raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         self._rng = rng if rng is not None else random.Random()

@@ -17,7 +17,7 @@ import enum
 import math
 from typing import Final
 
-from ..errors import LocalProtocolError, ProtocolError
+from ..errors import LocalProtocolError
 from ..metadata import MetadataValue
 from ..status import StatusCode
 from ..wire.codec import (
@@ -25,7 +25,6 @@ from ..wire.codec import (
     FrameDecoder,
     FrameType,
     MalformedFrame,
-    UnexpectedFrame,
     decode_metadata,
     encode_frame,
 )
@@ -39,6 +38,7 @@ from .events import (
     ProtocolViolation,
     TrailersReceived,
 )
+from .stream import receive_frames
 
 __all__ = ["END", "TRANSITIONS", "CallProtocol", "Role", "SideState", "reset_status"]
 
@@ -217,28 +217,23 @@ class CallProtocol:
         """
         if self.peer_state is SideState.ERROR:
             return []
-        events: list[Event] = []
-        try:
-            if data:
-                # Frames completed before a decoding error are reported first.
-                frames, decode_error = self._decoder.feed_until_error(data)
-                for frame in frames:
-                    events.append(self._on_frame(frame.type, frame.payload))
-                if decode_error is not None:
-                    if isinstance(decode_error, UnexpectedFrame):
-                        # No state admits it: say so with the state, like any illegal frame.
-                        self._advance_peer(decode_error.frame_type)
-                    raise decode_error
-            if end_stream:
-                if not self._decoder.at_boundary:
-                    raise MalformedFrame("stream ended inside a frame")
-                self._advance_peer(END)
-                events.append(_END_EVENT)
-            return events
-        except ProtocolError as exc:
+        events, error = receive_frames(
+            self._decoder,
+            data,
+            end_stream,
+            on_frame=self._on_frame,
+            on_unexpected=self._advance_peer,
+            on_end=self._on_end,
+            stream="stream",
+        )
+        if error is not None:
             self.peer_state = SideState.ERROR
-            events.append(ProtocolViolation(exc))
-            return events
+            events.append(ProtocolViolation(error))
+        return events
+
+    def _on_end(self) -> Event:
+        self._advance_peer(END)
+        return _END_EVENT
 
     def _advance_peer(self, key: _Key) -> None:
         nxt = _step(self._peer_table, self.peer_state, key)

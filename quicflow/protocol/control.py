@@ -35,13 +35,12 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from ..errors import LocalProtocolError, ProtocolError
+from ..errors import LocalProtocolError
 from ..metadata import Metadata, MetadataValue
 from ..wire.codec import (
     FrameDecoder,
     FrameType,
     MalformedFrame,
-    UnexpectedFrame,
     decode_metadata,
     encode_frame,
     encode_metadata,
@@ -49,6 +48,7 @@ from ..wire.codec import (
 from ..wire.v1 import frames_pb2 as pb
 from .call import Role
 from .events import ProtocolViolation
+from .stream import receive_frames
 
 __all__ = [
     "FIN",
@@ -433,27 +433,23 @@ class ControlProtocol:
         """
         if self.state is ControlState.ERROR or self.state is ControlState.CLOSED:
             return []
-        events: list[ControlEvent] = []
-        try:
-            if data:
-                # Frames completed before a decoding error are reported first.
-                frames, decode_error = self._decoder.feed_until_error(data)
-                for frame in frames:
-                    events.append(self._on_frame(frame.type, frame.payload))
-                if decode_error is not None:
-                    if isinstance(decode_error, UnexpectedFrame):
-                        self._advance_peer((_R, decode_error.frame_type))  # raises, with the state
-                    raise decode_error
-            if end_stream:
-                if not self._decoder.at_boundary:
-                    raise MalformedFrame("control stream ended inside a frame")
-                self._advance_peer((_R, FIN))
-                events.append(_ENDED)
-            return events
-        except ProtocolError as exc:
+        events, error = receive_frames(
+            self._decoder,
+            data,
+            end_stream,
+            on_frame=self._on_frame,
+            on_unexpected=lambda frame_type: self._advance_peer((_R, frame_type)),
+            on_end=self._on_end,
+            stream="control stream",
+        )
+        if error is not None:
             self.state = ControlState.ERROR
-            events.append(ProtocolViolation(exc))
-            return events
+            events.append(ProtocolViolation(error))
+        return events
+
+    def _on_end(self) -> ControlEvent:
+        self._advance_peer((_R, FIN))
+        return _ENDED
 
     def _advance_peer(self, key: _Key) -> None:
         nxt = self._table.get(self.state, {}).get(key)

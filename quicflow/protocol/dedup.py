@@ -25,6 +25,10 @@ Ids are kept in insertion order, which is also time order (``now`` is taken
 as non-decreasing; an earlier ``now`` is treated as the latest one seen), so
 eviction only ever looks at the oldest end: O(1) amortized per call.
 
+`RecentReplies` keeps the same window over the *replies* a callee sent, by
+key: the runtime's reply cache (quicflow/incoming.py answers a repeated acked
+send from it without running the handler again).
+
 Example::
 
     recent = RecentIds(max_size=100_000, max_age=600.0)
@@ -38,6 +42,8 @@ from __future__ import annotations
 import math
 from collections import OrderedDict
 from typing import Generic, TypeVar
+
+from .numbers import finite, positive_seconds
 
 __all__ = ["RecentIds", "RecentReplies"]
 
@@ -53,15 +59,7 @@ class _RecentWindow(Generic[V]):
     def __init__(self, max_size: int, max_age: float) -> None:
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
             raise ValueError(f"max_size must be an int of at least 1, got {max_size!r}")
-        if (
-            isinstance(max_age, bool)
-            or not isinstance(max_age, (int, float))
-            or not math.isfinite(max_age)
-            or max_age <= 0
-        ):
-            raise ValueError(
-                f"max_age must be a positive finite number of seconds, got {max_age!r}"
-            )
+        max_age = positive_seconds("max_age", max_age)
         self.max_size: int = max_size
         """Most keys remembered at once."""
         self.max_age: float = float(max_age)
@@ -75,9 +73,7 @@ class _RecentWindow(Generic[V]):
 
     def _advance(self, now: float) -> float:
         """Take ``now`` (non-decreasing) and forget the keys ``max_age`` old or older."""
-        if not math.isfinite(now):
-            raise ValueError(f"now must be a finite number, got {now!r}")
-        now = max(float(now), self._latest)  # keep the dict in time order
+        now = max(finite("now", now), self._latest)  # keep the dict in time order
         self._latest = now
         entries = self._entries
         cutoff = now - self.max_age

@@ -94,6 +94,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from ..errors import LocalProtocolError
+from .numbers import positive_seconds
 
 __all__ = [
     "HeartbeatEvent",
@@ -153,12 +154,6 @@ class SessionExpired:
 HeartbeatEvent = PingDue | HeartbeatTimedOut | HeartbeatMissed | SessionExpired
 
 
-def _positive(name: str, value: float) -> float:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{name} must be a positive finite number of seconds, got {value!r}")
-    return float(value)
-
-
 def _whole(elapsed: float, interval: float) -> int:
     """Whole ``interval``s in ``elapsed`` (never negative), tolerant of float error."""
     if elapsed <= 0:
@@ -191,8 +186,8 @@ def negotiate_interval(
         ValueError: a server argument is not positive and finite, the minimum
             exceeds the interval, or the request is negative or not finite.
     """
-    _positive("server_interval", server_interval)
-    _positive("server_minimum", server_minimum)
+    positive_seconds("server_interval", server_interval)
+    positive_seconds("server_minimum", server_minimum)
     if server_minimum > server_interval:
         raise ValueError(
             f"server_minimum ({server_minimum!r}) must not exceed "
@@ -245,8 +240,8 @@ class HeartbeatSender:
         Raises:
             ValueError: ``interval`` or ``timeout`` is not a positive finite number.
         """
-        self._interval = _positive("interval", interval)
-        self._timeout = _positive("timeout", timeout)
+        self._interval = positive_seconds("interval", interval)
+        self._timeout = positive_seconds("timeout", timeout)
         self._anchor = float(now)  # the last ping's send time, or the start
         self._next_sequence = 1
         self._announced: int | None = None  # PingDue returned, ping_sent not yet called
@@ -291,7 +286,7 @@ class HeartbeatSender:
         Raises:
             ValueError: ``interval`` is not a positive finite number.
         """
-        self._interval = _positive("interval", interval)
+        self._interval = positive_seconds("interval", interval)
 
     def get_timer(self) -> float | None:
         """The next time `poll` has something to do, or None when dead.
@@ -391,8 +386,8 @@ class QuietWatch:
     def __init__(self, after: float, longest: float | None = None) -> None:
         """Raises ValueError if ``after`` or ``longest`` is not a positive finite number
         or ``longest`` is shorter than ``after``."""
-        self._after = _positive("after", after)
-        self._longest = self._after if longest is None else _positive("longest", longest)
+        self._after = positive_seconds("after", after)
+        self._longest = self._after if longest is None else positive_seconds("longest", longest)
         if self._longest < self._after:
             raise ValueError(f"longest ({longest!r}) must not be shorter than after ({after!r})")
         self._last_nudge = -math.inf
@@ -460,8 +455,8 @@ class HeartbeatMonitor:
             ValueError: ``interval`` or ``check_interval`` is not a positive
                 finite number, or ``max_missed`` is not an int of at least 1.
         """
-        self._interval = _positive("interval", interval)
-        self._check_interval = _positive("check_interval", check_interval)
+        self._interval = positive_seconds("interval", interval)
+        self._check_interval = positive_seconds("check_interval", check_interval)
         if isinstance(max_missed, bool) or not isinstance(max_missed, int) or max_missed < 1:
             raise ValueError(f"max_missed must be an int of at least 1, got {max_missed!r}")
         self._max_missed = max_missed

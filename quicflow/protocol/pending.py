@@ -49,6 +49,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import PromiseCapacityFull
+from .numbers import finite
 
 __all__ = ["DEFAULT_CAPACITY", "PendingTable", "PromiseTimedOut"]
 
@@ -138,8 +139,7 @@ class PendingTable:
         """
         if not isinstance(message_id, bytes):
             raise TypeError(f"message_id must be bytes, got {type(message_id).__name__}")
-        if not math.isfinite(now):
-            raise ValueError(f"now must be a finite number, got {now!r}")
+        finite("now", now)
         if not math.isfinite(timeout) or timeout < 0:
             raise ValueError(f"timeout must be a finite number >= 0, got {timeout!r}")
         if message_id in self._live:

@@ -32,6 +32,8 @@ Modules, one concern each:
 
 - `settings`: ALPN, datagram sizes, `TransportSettings`, socket buffers;
 - `streams`: `StreamHandler`, what the runtime registers per stream;
+- `listener`: `ConnectionListener`, what the runtime attaches to a connection to
+  hear of the peer's new streams, premature resets, nudges and the end;
 - `quic`: `QuicFlowProtocol`, the protocol adapter (one connection);
 - `client_connect`: `connect`, the client side;
 - `server_endpoint`: `QuicFlowServer` and `serve`, the server side (Retry,
@@ -45,12 +47,14 @@ Modules, one concern each:
 """
 
 from .client_connect import connect
+from .listener import ConnectionListener
 from .quic import QuicFlowProtocol
 from .server_endpoint import QuicFlowServer, serve
 from .settings import TransportSettings
 from .streams import StreamHandler
 
 __all__ = [
+    "ConnectionListener",
     "QuicFlowProtocol",
     "QuicFlowServer",
     "StreamHandler",

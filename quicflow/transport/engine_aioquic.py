@@ -37,6 +37,59 @@ __all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
 
+HANDSHAKE_DATAGRAM_SIZE = 1200
+"""Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
+Initial datagram is padded to): the handshake does not pay for a large datagram's padding."""
+
+_NO_CRYPTO = Buffer(capacity=0)
+"""The crypto buffer of an epoch TLS writes no more to: shared, it holds nothing (a write
+would fail loudly rather than keep bytes)."""
+_ONE_RTT_CRYPTO = 1024
+"""Capacity of the 1-RTT crypto buffer: TLS writes only a NewSessionTicket there (the
+server's, about 100 bytes), not aioquic's 16 KiB."""
+
+# TLS states after which an epoch's crypto buffer is never written again (see
+# aioquic.tls.Context.handle_message): a server writes INITIAL and HANDSHAKE only while
+# it handles the ClientHello, and 1-RTT only on the client's Finished; a client writes
+# INITIAL until the ServerHello and HANDSHAKE until the server's Finished.
+_SERVER_PAST_HELLO = frozenset(
+    {
+        tls.State.SERVER_EXPECT_CERTIFICATE,
+        tls.State.SERVER_EXPECT_CERTIFICATE_VERIFY,
+        tls.State.SERVER_EXPECT_FINISHED,
+    }
+)
+_CLIENT_BEFORE_SERVER_HELLO = frozenset(
+    {tls.State.CLIENT_HANDSHAKE_START, tls.State.CLIENT_EXPECT_SERVER_HELLO}
+)
+_DONE = frozenset({tls.State.SERVER_POST_HANDSHAKE, tls.State.CLIENT_POST_HANDSHAKE})
+
+_frame_tables: dict[type, dict[int, tuple[Any, frozenset[tls.Epoch]]]] = {}
+
+
+class FrameHandlers:
+    """aioquic's frame-handler table, shared by every connection of a class and bound to
+    this one on lookup.
+
+    aioquic builds the table in each connection's ``__init__``: 33 bound methods, tuples
+    and frozensets, about 7 KiB per connection (a handshake that never completes
+    included). Lookups (``table[frame_type]``, KeyError when unknown) are all it is
+    used for.
+    """
+
+    __slots__ = ("connection", "table")
+
+    def __init__(self, connection: QuicConnection, table: dict[int, Any]) -> None:
+        self.connection = connection
+        self.table = table
+
+    def __getitem__(self, frame_type: int) -> tuple[Any, frozenset[tls.Epoch]]:
+        function, epochs = self.table[frame_type]
+        return function.__get__(self.connection), epochs
+
+    def __contains__(self, frame_type: object) -> bool:
+        return frame_type in self.table
+
 
 @dataclass(frozen=True, slots=True)
 class PrivateUse:
@@ -91,6 +144,28 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(QuicConnection, "_remote_max_streams_bidi", None, "the peer's MAX_STREAMS"),
     PrivateUse(QuicConnection, "_local_next_stream_id_bidi", None, "our next bidi stream"),
     PrivateUse(QuicConnection, "_close_event", None, "the close, before the draining ends"),
+    PrivateUse(
+        QuicConnection,
+        "_push_crypto_data",
+        ("self",),
+        "overridden: drop the crypto buffers of epochs TLS has finished writing",
+    ),
+    PrivateUse(QuicConnection, "_crypto_buffers", None, "TLS output per epoch, 16 KiB each"),
+    PrivateUse(
+        QuicConnection,
+        "_QuicConnection__frame_handlers",
+        None,
+        "the frame-handler table aioquic builds per connection: shared instead",
+    ),
+    PrivateUse(
+        QuicConnection,
+        "_handle_padding_frame",
+        ("self", "context", "frame_type", "buf"),
+        "overridden: skip PADDING with one C call, not a Python loop per byte",
+    ),
+    PrivateUse(QuicConnection, "_max_datagram_size", None, "capped while Initial keys live"),
+    PrivateUse(QuicConnection, "_cryptos", None, "whether Initial keys are still in use"),
+    PrivateUse(QuicConnection, "_quic_logger", None, "a qlog trace: keep aioquic's own path"),
     # QuicPacketRecovery (QuicConnection._loss)
     PrivateUse(QuicPacketRecovery, "_pacer", None, "replaced by our BytePacer"),
     PrivateUse(QuicPacketRecovery, "_rtt_smoothed", None, "the smoothed RTT"),
@@ -137,6 +212,7 @@ class AioquicFlowConnection(QuicConnection):
         self, *args: Any, window: int, pacer: BytePacer | None = None, **kwargs: Any
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.share_frame_handlers()
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_withheld: dict[int, int] = {}
         """Bytes of an unfinished frame per stream that count as unread (`FrameWatch`)."""
@@ -148,9 +224,40 @@ class AioquicFlowConnection(QuicConnection):
 
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
+        self._crypto_buffers[tls.Epoch.ONE_RTT] = Buffer(capacity=_ONE_RTT_CRYPTO)
         verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+
+    # -- memory per connection (docs/limits.md "Handshake flood") --
+
+    def share_frame_handlers(self) -> None:
+        """Replace aioquic's per-connection frame-handler table by the class's shared one
+        (`FrameHandlers`)."""
+        own: object = self._QuicConnection__frame_handlers  # type: ignore[has-type]
+        if not isinstance(own, dict):
+            return  # already shared
+        table = _frame_tables.get(type(self))
+        if table is None:
+            table = _frame_tables[type(self)] = {
+                frame_type: (handler.__func__, epochs)
+                for frame_type, (handler, epochs) in own.items()
+            }
+        self._QuicConnection__frame_handlers = FrameHandlers(self, table)
+
+    def _push_crypto_data(self) -> None:
+        super()._push_crypto_data()
+        # Give back the 16 KiB buffers of the epochs TLS has finished writing: a server
+        # waiting for the client's second flight (a handshake flood) keeps 1 KiB, not 48.
+        state = self.tls.state
+        buffers = self._crypto_buffers
+        if state in _SERVER_PAST_HELLO:
+            buffers[tls.Epoch.INITIAL] = buffers[tls.Epoch.HANDSHAKE] = _NO_CRYPTO
+        elif state in _DONE:
+            for epoch in (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT):
+                buffers[epoch] = _NO_CRYPTO
+        elif self.configuration.is_client and state not in _CLIENT_BEFORE_SERVER_HELLO:
+            buffers[tls.Epoch.INITIAL] = _NO_CRYPTO
 
     # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
 
@@ -250,6 +357,29 @@ class AioquicFlowConnection(QuicConnection):
         return stream.receiver._buffer_start - handler.unread_bytes + self.flow_window
 
     # -- overrides of aioquic's packet writing --
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        full = self._max_datagram_size
+        if full <= HANDSHAKE_DATAGRAM_SIZE or not self._cryptos[tls.Epoch.INITIAL].send.is_valid():
+            return super().datagrams_to_send(now)
+        # A datagram with an Initial packet is padded to the full datagram size, and a
+        # 1-RTT packet in it carries that padding inside (encrypted, then scanned by the
+        # peer): with 16 KiB loopback datagrams that was ~15 KB of AEAD and a per-byte
+        # loop at the peer per handshake flight. Handshake flights use 1,200 bytes.
+        self._max_datagram_size = HANDSHAKE_DATAGRAM_SIZE
+        try:
+            return super().datagrams_to_send(now)
+        finally:
+            self._max_datagram_size = full
+
+    def _handle_padding_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
+        # aioquic walks the padding byte by byte in Python; lstrip does it in C.
+        if self._quic_logger is not None:
+            super()._handle_padding_frame(context, frame_type, buf)
+            return
+        pos = buf.tell()
+        rest = buf.data_slice(pos, buf.capacity)
+        buf.seek(pos + len(rest) - len(rest.lstrip(b"\x00")))
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         pacer = self._loss._pacer

@@ -26,11 +26,12 @@ from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
 from .engine import EngineConnection
 from .inflow import FrameWatch
+from .listener import ConnectionListener, Unattached
 from .settings import TransportSettings
 from .streams import StreamHandler
 from .tls import VerifiedClientCertificate
 
-__all__ = ["FLUSH_STREAMS", "ConnectionIdRouter", "QuicFlowProtocol"]
+__all__ = ["FLUSH_STREAMS", "ConnectionRouter", "QuicFlowProtocol"]
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -40,15 +41,25 @@ connection has at most this many live streams: the control stream and one call.
 Nothing else is likely to share its datagram, and the loop turn is latency."""
 
 
-class ConnectionIdRouter(Protocol):
-    """Where a server connection reports the connection ids it issues and retires, and
-    its end (`server_endpoint.QuicFlowServer` routes datagrams by them)."""
+class ConnectionRouter(Protocol):
+    """The server endpoint a connection reports to: the connection ids it issues and
+    retires (`server_endpoint.QuicFlowServer` routes datagrams by them), its
+    handshake's end, and its own."""
 
     def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
 
     def connection_id_retired(self, protocol: QuicFlowProtocol, cid: bytes) -> None: ...
 
-    def connection_ended(self, protocol: QuicFlowProtocol) -> None: ...
+    def handshake_completed(self, protocol: QuicFlowProtocol) -> None: ...
+
+    def connection_closed(self, protocol: QuicFlowProtocol) -> None:
+        """The connection is over for its streams (closed either way, or aborted); its
+        ids still route until `connection_ended`."""
+        ...
+
+    def connection_ended(self, protocol: QuicFlowProtocol) -> None:
+        """The engine reported the end (after the draining period): forget the ids."""
+        ...
 
 
 class QuicFlowProtocol(asyncio.DatagramProtocol):
@@ -56,7 +67,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
 
     The runtime opens streams with `open_stream`, writes with `write`, and
     receives through the `StreamHandler` it registered. Peer-opened streams are
-    offered to ``on_new_stream``, which returns a handler or None to refuse.
+    offered to the `ConnectionListener` the runtime attached, which returns a
+    handler or None to refuse.
     Methods that only queue output schedule one transmit for the end of the
     current loop iteration, so many streams' frames share datagrams.
     """
@@ -66,7 +78,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         quic: EngineConnection,
         *,
         settings: TransportSettings,
-        router: ConnectionIdRouter | None = None,
+        router: ConnectionRouter | None = None,
     ) -> None:
         self._loop = asyncio.get_running_loop()
         self._quic = quic
@@ -97,16 +109,10 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._delivered = False  # the datagram being handled gave a handler data
         self.owns_transport = quic.configuration.is_client
         """A client connection has its own UDP socket, closed when the connection ends."""
-        self.on_new_stream: Callable[[int], StreamHandler | None] | None = None
-        self.on_new_uni_stream: Callable[[int], StreamHandler | None] | None = None
-        """Offered the peer's unidirectional streams (message lanes); None refuses them."""
+        self.listener: ConnectionListener = Unattached()
+        """Hears of the peer's new streams, premature resets, nudges and the end
+        (`attach`)."""
         self._lanes: set[int] = set()  # long-lived uni streams: not calls, never "idle"
-        self.message_lane: Any = None
-        """This side's sending message lane (`quicflow.lane.SendLane`), once negotiated."""
-        self.on_connection_lost: list[Callable[[ConnectionClosed], None]] = []
-        self.on_peer_reset: Callable[[], None] | None = None
-        """Called when the peer resets a stream it opened before we finished our side (a
-        cancelled call: the server counts these against its rapid-reset budget)."""
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
         """The CONNECTION_CLOSE error code once the connection ended."""
@@ -120,12 +126,15 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._quiet: QuietWatch | None = None  # the client's nudge (see watch_quiet)
         self._waiting: Callable[[], bool] | None = None
         self._quiet_timer: asyncio.TimerHandle | None = None
-        self.on_nudge: Callable[[], None] | None = None
-        """Called after each nudge (the client counts them in its metrics)."""
         self.receive_budget = ByteBudget(settings.connection_receive_limit)
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
         self._watches: dict[int, FrameWatch] = {}
+
+    def attach(self, listener: ConnectionListener) -> None:
+        """Report the peer's streams, premature resets, nudges and the connection's end
+        to ``listener`` from now on (until then they are refused or ignored)."""
+        self.listener = listener
 
     # -- introspection --
 
@@ -292,8 +301,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if quiet.poll(self._loop.time(), self._quiet_since(), self.last_data, True):
             self._quic.send_ping(0)
             self.transmit()
-            if self.on_nudge is not None:
-                self.on_nudge()
+            self.listener.nudged()
         when = quiet.next_check(self._quiet_since(), self.last_data)
         self._quiet_timer = self._loop.call_at(when, self._nudge)
 
@@ -499,6 +507,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                     waiter.set_exception(ConnectionError)
                 self._closed.set()
             elif isinstance(event, events.HandshakeCompleted):
+                if router is not None:
+                    router.handshake_completed(self)
                 self._connected = True
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
@@ -676,13 +686,12 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         elif type(event) is events.StreamReset:
             handler = handlers.get(event.stream_id)
             if (
-                self.on_peer_reset is not None
-                and self.closed_error is None
+                self.closed_error is None
                 and (event.stream_id & 3) == (self._peer_next_bidi & 3)  # a peer-opened call
                 and (handler is not None or self._quic.sent_fin(event.stream_id) is False)
             ):
                 # A call still open on our side (or one we never saw): a premature reset.
-                self.on_peer_reset()
+                self.listener.call_reset()
                 if self.closed_error is not None:
                     return  # that was one too many: the connection is closed
                 handler = handlers.get(event.stream_id)
@@ -713,9 +722,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 # A peer's unidirectional stream: a message lane if the runtime takes it
                 # (wire-protocol.md §11.1), else refused.
                 is_peer_uni = (stream_id & 1) == (1 if self._quic.configuration.is_client else 0)
-                offer_uni = self.on_new_uni_stream
-                if offer and is_peer_uni and offer_uni is not None:
-                    uni_handler = offer_uni(stream_id)
+                if offer and is_peer_uni:
+                    uni_handler = self.listener.lane_opened(stream_id)
                     if uni_handler is not None:
                         self._handlers[stream_id] = uni_handler
                         self._lanes.add(stream_id)
@@ -734,7 +742,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._peer_next_bidi = stream_id + 4
         if not offer:
             return None
-        handler = self.on_new_stream(stream_id) if self.on_new_stream is not None else None
+        handler = self.listener.stream_opened(stream_id)
         if handler is None:
             self.reset(stream_id, ErrorCode.REFUSED)
             return None
@@ -781,8 +789,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 handler.connection_lost(self.closed_error)
             except Exception:  # one broken handler must not stop the others
                 logger.exception("stream handler failed on connection loss")
-        for callback in self.on_connection_lost:
-            try:
-                callback(self.closed_error)
-            except Exception:
-                logger.exception("connection-lost callback failed")
+        try:
+            self.listener.connection_lost(self.closed_error)
+        except Exception:
+            logger.exception("connection listener failed on connection loss")
+        if self._router is not None:
+            self._router.connection_closed(self)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import logging
 import os
 import socket
 from collections.abc import Callable
@@ -14,7 +15,12 @@ from typing import cast
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
-from aioquic.quic.packet import QuicPacketType, encode_quic_retry, pull_quic_header
+from aioquic.quic.packet import (
+    QuicPacketType,
+    QuicProtocolVersion,
+    encode_quic_retry,
+    pull_quic_header,
+)
 from aioquic.quic.retry import QuicRetryTokenHandler
 
 from ..protocol.budget import ByteBudget
@@ -22,6 +28,8 @@ from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+
+logger = logging.getLogger("quicflow.transport")
 
 __all__ = ["QuicFlowServer", "serve"]
 
@@ -56,6 +64,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
     is answered with a stateless Retry carrying an address-bound token, and
     only an Initial that returns a valid token creates a connection (RFC 9000
     §8.1.2): a flood from spoofed addresses costs one datagram each, no state.
+    Without ``retry``, the same happens by itself while ``retry_threshold``
+    handshakes or more are in progress (0: never), as QUIC servers under load do.
     """
 
     def __init__(
@@ -65,8 +75,15 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         on_connection: Callable[[QuicFlowProtocol], None],
         *,
         retry: bool = False,
+        retry_threshold: int = 0,
     ) -> None:
+        self._always_retry = retry
+        self.retry_threshold = retry_threshold
+        """Handshakes in progress from which every new connection must pass a Retry."""
+        # The token key is made on first use (an RSA key: ~0.1 s of CPU).
         self._retry = QuicRetryTokenHandler() if retry else None
+        self._handshaking: set[QuicFlowProtocol] = set()
+        self._retrying = False  # the threshold was passed (logged once per episode)
         self.receive_budget = ByteBudget(settings.receive_limit)
         """Bytes of large unfinished frames all connections may hold (each connection's
         `QuicFlowProtocol.receive_budget` has this one as its parent)."""
@@ -181,10 +198,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 return  # not a connection attempt we take (no version negotiation in v1)
             original_cid = header.destination_cid
             retry_cid: bytes | None = None
-            if self._retry is not None:
-                if not header.token:
-                    self._send_retry(header.version, header.source_cid, original_cid, addr)
-                    return
+            validate = self._must_validate()
+            if header.token and self._retry is not None:
                 try:
                     original_cid = self._retry.validate_token(
                         address=addr,
@@ -192,9 +207,15 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                         token=header.token,
                         now=asyncio.get_running_loop().time(),
                     )
+                    retry_cid = header.destination_cid
                 except ValueError:
-                    return  # forged, expired or from another address: no state for it
-                retry_cid = header.destination_cid
+                    if validate:
+                        return  # forged, expired or from another address: no state for it
+            elif validate:
+                if header.token:
+                    return  # a token we never issued
+                self._send_retry(header.version, header.source_cid, original_cid, addr)
+                return
             protocol = self._accept(header.destination_cid, addr, original_cid, retry_cid)
             protocol.datagram_received(data, addr)
             # Only now does the connection know its peer's address, so only now may
@@ -203,10 +224,36 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             return
         protocol.datagram_received(data, addr)
 
+    @property
+    def handshakes(self) -> int:
+        """Connections whose handshake is in progress."""
+        return len(self._handshaking)
+
+    def _must_validate(self) -> bool:
+        """Whether a new connection must pass a Retry first: always with ``retry``, else
+        while ``retry_threshold`` handshakes or more are in progress."""
+        if self._always_retry:
+            return True
+        threshold = self.retry_threshold
+        busy = bool(threshold) and len(self._handshaking) >= threshold
+        if busy != self._retrying:
+            self._retrying = busy
+            if busy:
+                logger.warning(
+                    "%d handshakes in progress (retry_threshold): new connections must "
+                    "validate their address with a QUIC Retry first",
+                    len(self._handshaking),
+                )
+            else:
+                logger.info("handshakes in progress below retry_threshold: Retry off again")
+        return busy
+
     def _send_retry(
         self, version: int, client_cid: bytes, original_cid: bytes, addr: NetworkAddress
     ) -> None:
-        assert self._retry is not None and self._transport is not None
+        assert self._transport is not None
+        if self._retry is None:
+            self._retry = QuicRetryTokenHandler()
         new_cid = os.urandom(8)
         token = self._retry.create_token(
             address=addr,
@@ -248,6 +295,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         protocol.connection_made(cast(asyncio.BaseTransport, self._transport))
         self.connection_id_issued(protocol, first_cid)
         self.connection_id_issued(protocol, connection.host_cid)
+        self._handshaking.add(protocol)
         self.connections.add(protocol)
         return protocol
 
@@ -260,7 +308,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             )
         return cached
 
-    # -- connection-id routing (`quic.ConnectionIdRouter`) --
+    # -- what each connection reports (`quic.ConnectionRouter`) --
 
     def connection_id_issued(self, protocol: QuicFlowProtocol, cid: bytes) -> None:
         self._protocols[cid] = protocol
@@ -271,12 +319,19 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if self._protocols.get(cid) is protocol:
             del self._protocols[cid]
 
+    def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
+
+    def connection_closed(self, protocol: QuicFlowProtocol) -> None:
+        self._handshaking.discard(protocol)
+
     def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
             if self._protocols.get(cid) is protocol:
                 del self._protocols[cid]
         protocol.cids.clear()
         self.connections.discard(protocol)
+        self._handshaking.discard(protocol)
 
     def close(self) -> None:
         """Stop listening; connections still open are closed abruptly."""
@@ -297,11 +352,18 @@ async def serve(
     on_connection: Callable[[QuicFlowProtocol], None],
     *,
     retry: bool = False,
+    retry_threshold: int = 0,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
-    addresses with a QUIC Retry first; see `QuicFlowServer`)."""
+    addresses with a QUIC Retry first; ``retry_threshold``: do so while that many
+    handshakes are in progress; see `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
+    # QUIC version 1 only (docs/wire-protocol.md §2): aioquic's default list adds version
+    # 2, which costs every connection a second set of Initial keys (~8 KiB) for a version
+    # negotiation its clients never ask for (they start with version 1, and a server that
+    # prefers version 1 never moves them to 2).
+    configuration.supported_versions = [QuicProtocolVersion.VERSION_1]
     if resolve_engine(settings.quic_engine) == "qh3":
         from .engine_qh3 import shared_qh3_configuration
 
@@ -309,7 +371,13 @@ async def serve(
         shared_qh3_configuration(configuration)
     try:
         _, proto = await loop.create_datagram_endpoint(
-            lambda: QuicFlowServer(configuration, settings, on_connection, retry=retry),
+            lambda: QuicFlowServer(
+                configuration,
+                settings,
+                on_connection,
+                retry=retry,
+                retry_threshold=retry_threshold,
+            ),
             local_addr=(host, port),
             reuse_port=None,
         )

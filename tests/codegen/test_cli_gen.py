@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+
+from quicflow.cli import CliError, _protoc
 
 from .helpers import BIN, CASES, run
 
@@ -49,3 +52,20 @@ def test_gen_betterproto_flavour_skips_editions_files_one_line_each(
     assert [p.relative_to(out).as_posix() for p in out.rglob("*_quicflow.py")] == [
         "demo/demo_quicflow.py"
     ]
+
+
+def test_gen_reports_a_crashed_plugin_in_one_short_line(tmp_path: Path) -> None:
+    """Check that a plugin's traceback through protoc becomes its last line, not every frame."""
+    proto = CASES / "all_kinds" / "proto"
+    crash = tmp_path / "protoc-gen-crash"
+    crash.write_text(
+        f'#!{sys.executable}\ndef plugin():\n    raise ValueError("bad things")\nplugin()\n'
+    )
+    crash.chmod(0o755)
+    with pytest.raises(CliError) as info:
+        args = [f"-I{proto}", f"--plugin=protoc-gen-crash={crash}", f"--crash_out={tmp_path}"]
+        _protoc([*args, "demo/demo.proto"], "generating code")
+    assert str(info.value) == (
+        "protoc failed: ValueError: bad things; "
+        "--crash_out: protoc-gen-crash: Plugin failed with status code 1."
+    )

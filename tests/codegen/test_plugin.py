@@ -13,7 +13,7 @@ from google.protobuf.descriptor_pb2 import Edition, FileDescriptorProto
 from quicflow_codegen import __version__, naming
 from quicflow_codegen.__main__ import generate
 from quicflow_codegen.options import Flavour, Options, OptionsError, parse_options
-from quicflow_codegen.render import LINE_LENGTH, constant, docstring, wrap
+from quicflow_codegen.render import LINE_LENGTH, constant, docstring, requests_param, wrap
 
 from .helpers import BIN, CASES
 
@@ -276,3 +276,42 @@ def test_dump_request_env_saves_a_replayable_request(tmp_path: Path) -> None:
     )
     response = CodeGeneratorResponse.FromString(replay.stdout)
     assert response.file[0].content == (out / "demo" / "demo_quicflow.py").read_text()
+
+
+def test_requests_param_uses_the_alias_only_when_the_union_does_not_fit() -> None:
+    """Check that a client-streaming parameter spells out the union if it fits in 88 columns,
+    else uses quicflow.RequestIterable (ruff would split the union at 88, join it at 100)."""
+    used: list[str] = []
+
+    def use(name: str) -> str:
+        used.append(name)
+        return name
+
+    assert requests_param("Req", use) == "requests: AsyncIterable[Req] | Iterable[Req]"
+    assert used == ["AsyncIterable", "Iterable"]
+    used.clear()
+    long = "R" * 33
+    assert requests_param(long, use) == f"requests: quicflow.RequestIterable[{long}]"
+    assert used == []
+
+
+def test_docstring_that_fits_only_without_its_quotes_becomes_two_lines() -> None:
+    """Check that a one-line docstring too long for its closing quotes is split in two, so
+    ruff keeps the closing quotes on their own line at 88 and at 100 columns alike."""
+    text = "word " * 15 + "end."
+    assert len(text) + 4 + 3 <= 88 < len(text) + 4 + 6
+    first, second, closing = docstring(text, 4).splitlines()
+    assert (first, second, closing) == ('"""' + "word " * 14 + "word", "    end.", '    """')
+
+
+def test_long_service_name_drops_the_classvar_annotation() -> None:
+    """Check that SERVICE_NAME loses its redundant ClassVar annotation when it would not fit."""
+    request = _request()
+    package = "a" * 30 + "." + "b" * 25
+    request.proto_file[0].package = package
+    for message in request.proto_file[0].service[0].method:
+        message.input_type = f".{package}.Req"
+        message.output_type = f".{package}.Resp"
+    (file,) = generate(request).file
+    assert f'    SERVICE_NAME = "{package}.Svc"\n' in file.content
+    assert "ClassVar" not in file.content

@@ -214,6 +214,25 @@ def test_call_sends_metadata(served: Served) -> None:
     assert "clients" in json.loads(allowed.stdout)
 
 
+def test_call_prints_the_json_mapping_or_with_proto_names_the_proto_spelling(
+    served: Served,
+) -> None:
+    """Check that `call` prints protobuf's JSON mapping (lowerCamelCase names, 64-bit
+    integers as strings) and, with --proto-names, the .proto's own field names."""
+    base = ["call", "quicflow.admin.v1.Admin/ListClients", "--proto", ADMIN_PROTO]
+    base += ["-m", f"admin-token={ADMIN_TOKEN}", *served.connection()]
+    mapped = quicflow(*base)
+    assert mapped.returncode == 0, mapped.stderr
+    entry = json.loads(mapped.stdout)["clients"][0]  # the command's own connection, at least
+    assert {"clientId", "connectedSince", "bytesIn"} <= entry.keys()
+    assert isinstance(entry["bytesIn"], str) and int(entry["bytesIn"]) > 0
+    named = quicflow(*base, "--proto-names")
+    assert named.returncode == 0, named.stderr
+    entry = json.loads(named.stdout)["clients"][0]
+    assert {"client_id", "connected_since", "bytes_in"} <= entry.keys()
+    assert not any(any(c.isupper() for c in key) for key in entry)
+
+
 def test_call_non_ok_status_and_deadline_print_one_error_line(served: Served) -> None:
     """Check that a non-OK status prints `ERROR <CODE>: <details>` and the deadline applies."""
     aborted = quicflow(
@@ -469,6 +488,19 @@ def test_gen_bad_input_fails_with_one_line(tmp_path: Path) -> None:
     (tmp_path / "bad.proto").write_text('syntax = "proto3";\nservice {\n')
     broken = one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(tmp_path)))
     assert broken.startswith("quicflow gen: protoc failed: ") and "bad.proto" in broken
+
+
+def test_gen_that_fails_leaves_no_empty_output_folder(tmp_path: Path) -> None:
+    """Check that a failed `gen` removes the (empty) output folders it created, and keeps one
+    that was there before."""
+    (tmp_path / "bad.proto").write_text('syntax = "proto3";\nservice {\n')
+    out = tmp_path / "new" / "gen"
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(out)))
+    assert not (tmp_path / "new").exists()
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    one_error_line(quicflow("gen", str(tmp_path / "bad.proto"), "--out", str(existing)))
+    assert existing.is_dir()
 
 
 def test_gen_without_grpcio_tools_says_which_extra_to_install(tmp_path: Path) -> None:

@@ -189,3 +189,23 @@ async def test_a_port_in_use_names_the_address(silent_port: int) -> None:
         await server.start()
     assert f"127.0.0.1:{silent_port}" in str(info.value)
     assert "in use" in str(info.value)
+
+
+async def test_a_metrics_port_in_use_names_the_address() -> None:
+    """Check that a metrics endpoint whose TCP port is taken fails start naming it."""
+    certs = dev_certs()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = int(taken.getsockname()[1])
+        server = Server(
+            ServerConfig(
+                port=0,
+                cert_file=str(certs.cert_file),
+                key_file=str(certs.key_file),
+                metrics_port=port,
+            )
+        )
+        with pytest.raises(OSError) as info:
+            await server.start()
+    assert f"TCP 127.0.0.1:{port}" in str(info.value)

@@ -24,10 +24,11 @@ from quicflow import (
 from quicflow.certs import write_dev_certs
 from quicflow.protocol import CallProtocol, Role, TrailersReceived
 from quicflow.protocol.control import ControlProtocol, WelcomeReceived
-from quicflow.testing import ClientFor
+from quicflow.testing import ClientFor, FakeClock
 from quicflow.transport import QuicFlowProtocol, connect
 from quicflow.transport.tls import client_configuration
 from quicflow.wire import ErrorCode, FrameType, encode_frame
+from tests.transport.listeners import CallsTo
 
 from .service import TestEcho
 
@@ -267,26 +268,36 @@ async def test_hostile_bytes_end_only_their_stream(raw: bytes, code: StatusCode,
 
 
 async def test_graceful_stop_lets_calls_finish_within_grace() -> None:
-    """Check that stop(grace) lets a short call finish, fails one that outlives grace with
-    UNAVAILABLE, and refuses new calls."""
+    """Check that stop(grace) refuses new calls, lets a short call finish, and keeps
+    waiting for a long one until exactly its grace has passed (the server on a virtual
+    clock: real time passing does not end it), then fails it with UNAVAILABLE."""
     service = TestEcho()
-    harness = ClientFor([service])
+    clock = FakeClock()
+    harness = ClientFor([service], clock=clock)
     async with harness as client:
+        server = harness.server
         stub = EchoStub(client)
         short = asyncio.ensure_future(_await(stub.say(EchoRequest(text="short", delay_ms=200))))
         long = asyncio.ensure_future(_await(stub.say(EchoRequest(text="long", delay_ms=10_000))))
-        await asyncio.sleep(0.05)
-        stopping = asyncio.ensure_future(harness.server.stop(grace=0.6))
-        await asyncio.sleep(0.05)
+        async with asyncio.timeout(5):  # both handlers are running
+            while server.active_calls < 2:  # noqa: ASYNC110 (no event to await)
+                await asyncio.sleep(0.005)
+        stopping = asyncio.ensure_future(server.stop(grace=0.6))
+        await asyncio.sleep(0)  # stop() is under way: GOAWAY sent, new calls refused
         with pytest.raises(RpcError) as refused:
             await stub.say(EchoRequest(text="late"))
         assert refused.value.code is StatusCode.UNAVAILABLE
-        assert (await short).text == "short"
+        assert (await short).text == "short"  # 0.2 s of real time: no grace used up
+        assert not long.done() and not stopping.done()
+        clock.advance(0.599)
+        await asyncio.sleep(0.05)
+        assert not long.done() and not stopping.done()
+        clock.advance(0.001)
         with pytest.raises(RpcError) as info:
             await long
         assert info.value.code is StatusCode.UNAVAILABLE
         await stopping
-        assert harness.server.active_calls == 0
+        assert server.active_calls == 0
 
 
 async def test_calls_before_hello_are_refused() -> None:
@@ -390,15 +401,14 @@ async def test_unavailable_tells_a_refused_call_from_one_that_may_have_run() -> 
     async with harness as client:
         stub = EchoStub(client)
         [server_conn] = harness.server.connections
-        serve_calls = server_conn.on_new_stream
-        server_conn.on_new_stream = lambda stream_id: None  # refuse: RESET_STREAM(REFUSED)
+        refusing = CallsTo(server_conn, lambda stream_id: None)  # RESET_STREAM(REFUSED)
         with pytest.raises(RpcError) as refused:
             await stub.say(EchoRequest(text="refused"), timeout=2.0)
         assert refused.value.code is StatusCode.UNAVAILABLE
         assert refused.value.message == "the peer refused the call; safe to retry"
         assert refused.value.may_have_run is False
         assert service.probe.active == 0
-        server_conn.on_new_stream = serve_calls
+        refusing.restore()
         running = asyncio.ensure_future(stub.say(EchoRequest(text="s", delay_ms=10_000)))
         await asyncio.wait_for(service.probe.started.wait(), 2.0)
         server_conn.close(ErrorCode.INTERNAL_ERROR, "gone")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +34,8 @@ def test_demo_runs_every_call_kind_and_stops_cleanly() -> None:
     assert "delivered 3, failed 1, timed out 1" in out
     assert "FAILED INVALID_ARGUMENT: job 2 is malformed" in out
     assert "all settled; 0 acks pending" in out
+    said = result.stdout + result.stderr
+    assert said.count("no authenticator configured") == 1, said  # the echo server's, once
 
 
 def _env() -> dict[str, str]:
@@ -105,3 +108,37 @@ def test_complete_server_and_client_programs(tmp_path: Path) -> None:
     assert server.returncode == 0, out + err
     assert "[server] porch left: client closed" in out
     assert "[server] stopping: 1 connects, 7 calls handled, 1 pushes" in out
+
+
+def test_echo_server_takes_quicflow_server_settings_from_the_environment(tmp_path: Path) -> None:
+    """Check that the example server, like any QuicFlow server (ServerConfig.load), takes
+    QUICFLOW_SERVER_* settings: the port from QUICFLOW_SERVER_PORT when --port is not
+    given, and a bad variable fails naming it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = int(s.getsockname()[1])
+    command = [sys.executable, "-m", "examples.echo.server", "--certs", str(tmp_path)]
+    server = subprocess.Popen(
+        command,
+        cwd=ROOT,
+        env={**_env(), "QUICFLOW_SERVER_PORT": str(port)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout is not None
+        assert server.stdout.readline() == f"echo server listening on 127.0.0.1:{port}\n"
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
+    bad = subprocess.run(
+        command,
+        cwd=ROOT,
+        env={**_env(), "QUICFLOW_SERVER_MAX_MESSAGE_SIZE": "lots"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert bad.returncode != 0
+    assert "QUICFLOW_SERVER_MAX_MESSAGE_SIZE: cannot parse 'lots'" in bad.stderr

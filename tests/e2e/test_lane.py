@@ -37,9 +37,8 @@ async def test_one_way_both_directions_in_order_with_exact_metrics_and_hooks() -
             assert await client.send_message("up", b"%d" % i, metadata=md, wait_ack=False) is None
         for i in range(N):
             await harness.server.send_to("l1", "down", b"%d" % i, wait_ack=False)
-        server_conn = harness.server.sessions.get("l1").conn  # type: ignore[union-attr]
-        assert client._link is not None and client._link.conn.message_lane is not None
-        assert server_conn.message_lane is not None
+        assert client._link is not None and client._link.message_lane is not None
+        assert harness.server.sessions.get("l1").message_lane is not None  # type: ignore[union-attr]
         for _ in range(500):
             if len(up) == N and len(down) == N:
                 break
@@ -81,8 +80,8 @@ async def test_peers_without_lanes_fall_back_to_calls(monkeypatch: pytest.Monkey
         client.register_handler("down", lambda m: arrived.append(m.payload))
         await client.send_message("up", b"u", wait_ack=False)
         await harness.server.send_to("old", "down", b"d", wait_ack=False)
-        assert client._link is not None and client._link.conn.message_lane is None
-        assert harness.server.sessions.get("old").conn.message_lane is None  # type: ignore[union-attr]
+        assert client._link is not None and client._link.message_lane is None
+        assert harness.server.sessions.get("old").message_lane is None  # type: ignore[union-attr]
         for _ in range(300):
             if len(arrived) == 2:
                 break
@@ -93,7 +92,7 @@ async def test_peers_without_lanes_fall_back_to_calls(monkeypatch: pytest.Monkey
     harness.server.register_handler("up", lambda m: arrived.append(m.payload))
     async with harness as client:
         await client.send_message("up", b"x", wait_ack=False)
-        assert client._link is not None and client._link.conn.message_lane is None
+        assert client._link is not None and client._link.message_lane is None
         for _ in range(300):
             if b"x" in arrived:
                 break

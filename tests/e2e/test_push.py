@@ -12,6 +12,7 @@ from notify.notify_quicflow import NotifyBase, NotifyStub
 from quicflow import (
     Client,
     ClientNotConnected,
+    ClientState,
     PromiseCapacityFull,
     RpcError,
     ServicerContext,
@@ -19,7 +20,7 @@ from quicflow import (
     Timeout,
 )
 from quicflow.push import ClientChannel, DeliveryStatus, Promise
-from quicflow.testing import ClientFor
+from quicflow.testing import ClientFor, FakeClock
 
 from .service import TestEcho
 
@@ -306,12 +307,14 @@ async def test_a_repeated_message_id_is_answered_from_the_reply_cache() -> None:
 
 
 async def test_held_sends_are_delivered_once_after_a_forced_reconnect() -> None:
-    """Check that with holding on, acked sends to a client that drops are held, delivered
-    when it reconnects, and each handler completes exactly once."""
+    """Check that with holding on, acked sends to a client that drops are held while it
+    waits out its reconnect backoff (on a virtual clock: it cannot come back before the
+    test says so), delivered when it reconnects, and each handler completes exactly once."""
     harness = ClientFor([TestEcho()], server_options=FAST_SERVER)
     async with harness:
         inbox = CountingInbox("r1")
-        client = Client(harness.client_config(client_id="r1", **FAST_CLIENT))
+        clock = FakeClock()
+        client = Client(harness.client_config(client_id="r1", **FAST_CLIENT), clock=clock)
         client.add_service(inbox)
         await client.connect()
         try:
@@ -319,8 +322,11 @@ async def test_held_sends_are_delivered_once_after_a_forced_reconnect() -> None:
             assert client.connection is not None
             client.connection.abort("forced")  # the client drops; it reconnects by itself
             promises = [server.async_send("r1", _sender(i)) for i in range(20)]
-            await asyncio.sleep(0.04)  # the client's reconnect waits >= 0.08 s (backoff)
-            assert server._promises.held > 0  # the sends are waiting for it
+            async with asyncio.timeout(5):  # the server learns the connection is gone
+                while server._promises.held < 20:  # noqa: ASYNC110 (no event to await)
+                    await asyncio.sleep(0.01)
+            assert client.state is ClientState.RECONNECTING  # its clock has not moved
+            clock.advance(FAST_CLIENT["backoff_max"])  # past the first reconnect delay
             acks = await asyncio.wait_for(asyncio.gather(*(_result(p) for p in promises)), 10)
             assert sorted(a.seq for a in acks) == list(range(20))
             assert sorted(inbox.completed) == list(range(20))  # each ran once

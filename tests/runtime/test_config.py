@@ -168,6 +168,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("retry", 1),
     ("retry", "yes"),
+    ("retry_threshold", -1),
+    ("retry_threshold", 2.5),
     ("frame_timeout", 0),
     ("frame_timeout", math.inf),
     ("frame_timeout", 3601.0),

@@ -10,6 +10,7 @@ from echo.echo_quicflow import EchoStub
 
 from quicflow import ConnectionClosed, RpcError, StatusCode
 from quicflow.testing import ClientFor
+from tests.transport.listeners import CallsTo
 
 
 class _Exploding:
@@ -36,7 +37,7 @@ async def test_a_raising_stream_handler_resets_its_stream_only(
     harness = ClientFor([])
     async with harness as client:
         [server_conn] = harness.server.connections
-        server_conn.on_new_stream = lambda stream_id: _Exploding()
+        CallsTo(server_conn, lambda stream_id: _Exploding())
         with (
             caplog.at_level(logging.ERROR, logger="quicflow.transport"),
             pytest.raises(RpcError) as info,
