@@ -17,7 +17,7 @@ from .auth import (
 from .calls import Channel, StreamStreamCall, StreamUnaryCall, UnaryStreamCall, UnaryUnaryCall
 from .client import Client, ClientState
 from .config import ClientConfig, ServerConfig
-from .context import ServicerContext
+from .context import ServicerContext, current_call, detached
 from .errors import (
     ArgumentError,
     ClientNotConnected,
@@ -75,6 +75,8 @@ __all__ = [
     "Hooks",
     "ServicerContext",
     "ServerInterceptor",
+    "current_call",
+    "detached",
     # config
     "ClientConfig",
     "ServerConfig",

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .clock import Clock, TimerHandleLike
 from .clock import timeout as clock_timeout
+from .context import ServicerContext, current_call
 from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
 from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
@@ -177,7 +178,14 @@ class _Call(Generic[Req, Resp]):
         self._method = method
         self._loop = asyncio.get_running_loop()
         self._clock = target.clock
-        self._timeout = timeout if timeout is not None else target.default_timeout
+        parent = current_call()  # made inside a handler: inherit (quicflow/context.py)
+        self._parent: ServicerContext | None = parent
+        if timeout is None:
+            timeout = target.default_timeout
+            inherited = parent.time_remaining() if parent is not None else None
+            if inherited is not None and (timeout is None or inherited < timeout):
+                timeout = inherited
+        self._timeout = timeout
         self._metadata = normalize_metadata(metadata)
         self._conn: QuicFlowProtocol | None = None
         self._sid = -1
@@ -212,6 +220,10 @@ class _Call(Generic[Req, Resp]):
         self._mstats = stats
         interceptors = target.interceptors
         self._interceptors = interceptors
+        if parent is not None and not parent.attach_call(self):
+            self._parent = None
+            self.cancel()  # made by a handler already cancelled
+            return
         if not interceptors and (not self._wait_for_ready or target.ready):
             self._start(self._metadata, self._timeout)
 
@@ -554,6 +566,10 @@ class _Call(Generic[Req, Resp]):
         if self._ended:
             return
         self._ended = True
+        parent = self._parent
+        if parent is not None:
+            self._parent = None
+            parent.detach_call(self)
         stats = self._mstats
         if stats is not None:
             code = self._code

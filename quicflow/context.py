@@ -1,16 +1,42 @@
-"""`ServicerContext`: a handler's view of its call."""
+"""`ServicerContext`: a handler's view of its call, and what its outgoing calls inherit.
+
+While a handler runs, its context is the *current call* of its task (a context
+variable, so tasks the handler starts see it too). A call made there, to another
+server or as a push to a client, inherits two things from it (docs/overview.md,
+"Deadline propagation"):
+
+* the deadline: with no ``timeout=`` of its own, the call's timeout is the
+  handler's time remaining (or the channel's ``default_timeout`` if that is
+  shorter); an explicit ``timeout=`` replaces it;
+* cancellation: when the handler is cancelled (its caller cancelled, its
+  deadline passed, the connection was lost, the server stops), every call it
+  made that is still in flight is cancelled too (CANCELLED).
+
+``with quicflow.detached():`` opts the calls made (and tasks created) inside
+the block out of both.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NoReturn
+import contextlib
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
+from typing import NoReturn, Protocol
 
 from .clock import Clock
 from .errors import RpcError, UsageError
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .status import StatusCode
 
-__all__ = ["ServicerContext"]
+__all__ = ["Cancellable", "ServicerContext", "current_call", "detached"]
+
+
+class Cancellable(Protocol):
+    """An outgoing call a handler made: cancelled with the handler."""
+
+    def cancel(self) -> bool:
+        """Cancel it; False if it had already ended."""
+        ...
 
 
 class ServicerContext:
@@ -31,9 +57,11 @@ class ServicerContext:
         "_clock",
         "_deadline",
         "_done_callbacks",
+        "_ended",
         "_initial_metadata_sent",
         "_invocation_metadata",
         "_message_id",
+        "_outgoing",
         "_pending_initial_metadata",
         "_trailing_metadata",
         "method",
@@ -50,6 +78,8 @@ class ServicerContext:
         self._initial_metadata_sent = False
         self._deadline: float | None = None
         self._cancelled = False
+        self._ended = False
+        self._outgoing: set[Cancellable] | None = None
         self._done_callbacks: list[Callable[[ServicerContext], None]] | None = None
 
     def invocation_metadata(self) -> Metadata:
@@ -130,3 +160,69 @@ class ServicerContext:
         if self._done_callbacks is None:
             self._done_callbacks = []
         self._done_callbacks.append(callback)
+
+    # -- outgoing calls (deadline and cancellation propagation) --
+
+    def attach_call(self, call: Cancellable) -> bool:
+        """Record an outgoing call made by this handler, to be cancelled with it.
+
+        The runtime calls this for every call made while the handler is the
+        current call; you need not. Returns False when the handler is already
+        cancelled (the caller then cancels ``call`` itself).
+        """
+        if self._cancelled:
+            return False
+        if self._outgoing is None:
+            self._outgoing = set()
+        self._outgoing.add(call)
+        return True
+
+    def detach_call(self, call: Cancellable) -> None:
+        """Forget an outgoing call that ended (see `attach_call`)."""
+        if self._outgoing is not None:
+            self._outgoing.discard(call)
+
+    def _cancel_outgoing(self) -> None:
+        """The handler is cancelled: cancel every call it made that is still in flight."""
+        outgoing = self._outgoing
+        if outgoing:
+            self._outgoing = None
+            for call in list(outgoing):
+                call.cancel()
+
+
+_CURRENT: ContextVar[ServicerContext | None] = ContextVar("quicflow_current_call", default=None)
+
+
+def current_call() -> ServicerContext | None:
+    """The context of the handler running in this task (or in the task that started
+    this one), while its call is still in progress; None elsewhere or inside
+    `detached`."""
+    ctx = _CURRENT.get()
+    if ctx is None or ctx._ended:
+        return None
+    return ctx
+
+
+def set_current_call(ctx: ServicerContext) -> None:
+    """Make ``ctx`` the current call of the running task (the runtime does this when a
+    handler starts)."""
+    _CURRENT.set(ctx)
+
+
+@contextlib.contextmanager
+def detached() -> Iterator[None]:
+    """Opt out of deadline and cancellation propagation inside the block.
+
+    Calls made inside it, and tasks created inside it, do not inherit the
+    handler's deadline and are not cancelled with it (e.g. a notification that
+    must outlive the call that caused it)::
+
+        with quicflow.detached():
+            asyncio.create_task(audit_stub.record(entry, timeout=30.0))
+    """
+    token = _CURRENT.set(None)
+    try:
+        yield
+    finally:
+        _CURRENT.reset(token)

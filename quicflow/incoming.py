@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 from .clock import Clock, TimerHandleLike
 from .config import ClientConfig, ServerConfig
-from .context import ServicerContext
+from .context import ServicerContext, set_current_call
 from .errors import ConnectionClosed, FrameTooLarge, RpcError
 from .hooks import Hooks, message_info
 from .interceptors import ServerInterceptor
@@ -360,6 +360,7 @@ class IncomingCall(ServicerContext):
             return
         self._cancelled = True
         self._cancel_status = status
+        self._cancel_outgoing()
         task = self._task
         if task is not None and not task.done():
             task.cancel()
@@ -384,6 +385,7 @@ class IncomingCall(ServicerContext):
 
     async def _run(self, handler: Handler) -> None:
         endpoint = self._endpoint
+        set_current_call(self)  # outgoing calls inherit the deadline (quicflow/context.py)
         try:
             for interceptor in endpoint.interceptors:
                 await interceptor.on_start(self)
@@ -434,6 +436,7 @@ class IncomingCall(ServicerContext):
             self._end()
 
     def _end(self) -> None:
+        self._ended = True
         if self._deadline_handle is not None:
             self._deadline_handle.cancel()
             self._deadline_handle = None

@@ -62,7 +62,7 @@ from .rpc import Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
-from .transport.tls import server_configuration
+from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
 
 __all__ = ["Server"]
@@ -187,6 +187,10 @@ class Server:
             self._accept,
             retry=config.retry,
             retry_threshold=config.retry_threshold,
+            # A resumed handshake carries no client certificate: none with mutual TLS.
+            tickets=ServerTicketStore(config.tls_session_tickets)
+            if config.tls_session_tickets and config.client_cert_mode == "none"
+            else None,
         )
         self._endpoint.start_metrics()
         if config.metrics_port is not None:

@@ -11,11 +11,13 @@ from typing import cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
+from cryptography.hazmat.primitives import hashes
 
 from ..errors import ConnectionClosed
-from .engine import make_connection
+from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .tls import ClientTicketCache
 
 __all__ = ["connect"]
 
@@ -94,8 +96,16 @@ async def connect(
     settings: TransportSettings,
     *,
     connect_timeout: float,
+    tickets: ClientTicketCache | None = None,
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
+
+    With ``tickets``, a session ticket from an earlier connection to the same
+    server (same engine, address, server name, trust anchors and client
+    certificate) is offered, so the handshake resumes that session (no
+    certificate sent or verified); the ticket the server issues on this
+    connection is kept there for the next one. Nothing is ever sent as 0-RTT
+    early data (docs/security.md).
 
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
@@ -118,7 +128,25 @@ async def connect(
     size = datagram_size_for(addr[0], settings.max_datagram_size)
     if size != configuration.max_datagram_size:
         configuration = dataclasses.replace(configuration, max_datagram_size=size)
-    connection = make_connection(configuration, settings)
+    ticket = None
+    extra: dict[str, object] = {}
+    if tickets is not None:
+        key = (
+            resolve_engine(settings.quic_engine),
+            str(addr[0]),
+            int(addr[1]),
+            configuration.server_name,
+            configuration.verify_mode,
+            configuration.cafile,
+            configuration.capath,
+            configuration.cadata,
+            configuration.certificate.fingerprint(hashes.SHA256())
+            if configuration.certificate is not None
+            else None,
+        )
+        ticket = tickets.take(key)
+        extra["session_ticket_handler"] = lambda new: tickets.put(key, new)
+    connection = make_connection(configuration, settings, session_ticket=ticket, **extra)
     where = f"{host}:{port}"
     try:
         # remote_addr connects the socket. Both asyncio and uvloop then accept the peer

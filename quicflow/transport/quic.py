@@ -62,6 +62,9 @@ class ConnectionRouter(Protocol):
         ...
 
 
+_STREAM_EVENTS = (events.StreamDataReceived, events.StreamReset, events.StopSendingReceived)
+
+
 class QuicFlowProtocol(asyncio.DatagramProtocol):
     """One QUIC connection carrying QuicFlow streams.
 
@@ -89,6 +92,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transmit_task: asyncio.Handle | None = None
         self._connected = False
         self._connected_waiter: asyncio.Future[None] | None = None
+        self._early: list[events.QuicEvent] | None = [] if router is not None else None
+        """A server's stream events that came before the handshake completed (0-RTT),
+        held until it does (docs/security.md, "Session resumption and 0-RTT")."""
         self._closed = asyncio.Event()
         self.settings = settings
         self._handlers: dict[int, StreamHandler] = quic.flow_handlers
@@ -493,6 +499,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         router = self._router
         event = quic.next_event()
         while event is not None:
+            early = self._early
+            if early is not None and type(event) in _STREAM_EVENTS:
+                # 0-RTT data: a replayed first flight can never complete the handshake,
+                # so what it carries is acted upon only once the handshake completes.
+                early.append(event)
+                event = quic.next_event()
+                continue
             if isinstance(event, events.ConnectionIdIssued):
                 if router is not None:
                     router.connection_id_issued(self, event.connection_id)
@@ -513,6 +526,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
+                if early is not None:
+                    self._early = None
+                    self.quic_event_received(event)
+                    for held in early:
+                        self.quic_event_received(held)
+                    event = quic.next_event()
+                    continue
             self.quic_event_received(event)
             event = quic.next_event()
 

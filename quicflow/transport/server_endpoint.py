@@ -29,6 +29,7 @@ from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+from .tls import ServerTicketStore
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -83,12 +84,15 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         *,
         retry: bool = False,
         retry_threshold: int = 0,
+        tickets: ServerTicketStore | None = None,
     ) -> None:
         self._always_retry = retry
         self.retry_threshold = retry_threshold
         """Handshakes in progress from which every new connection must pass a Retry."""
         # The token key is made on first use (an RSA key: ~0.1 s of CPU).
         self._retry = QuicRetryTokenHandler() if retry else None
+        self.tickets = tickets
+        """Session tickets issued, for clients that resume (None: no resumption)."""
         self._handshaking: set[QuicFlowProtocol] = set()
         self._retrying = False  # the threshold was passed (logged once per episode)
         self.receive_budget = ByteBudget(settings.receive_limit)
@@ -315,11 +319,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         size = datagram_size_for(addr[0], self._settings.max_datagram_size)
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
+        tickets = self.tickets
         connection = make_connection(
             configuration,
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
+            session_ticket_fetcher=tickets.pop if tickets is not None else None,
+            session_ticket_handler=tickets.add if tickets is not None else None,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
@@ -385,10 +392,12 @@ async def serve(
     *,
     retry: bool = False,
     retry_threshold: int = 0,
+    tickets: ServerTicketStore | None = None,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
     addresses with a QUIC Retry first; ``retry_threshold``: do so while that many
-    handshakes are in progress; see `QuicFlowServer`)."""
+    handshakes are in progress; ``tickets``: let clients resume TLS sessions; see
+    `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
     # QUIC version 1 only (docs/wire-protocol.md §2): aioquic's default list adds version
@@ -409,6 +418,7 @@ async def serve(
                 on_connection,
                 retry=retry,
                 retry_threshold=retry_threshold,
+                tickets=tickets,
             ),
             local_addr=(host, port),
             reuse_port=None,
