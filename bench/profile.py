@@ -98,9 +98,9 @@ async def _client(
             pass
     elif workload in ("connect", "resume"):
         # connect: a full handshake each time; resume: each resumes the session of the last
-        options = {"tls_resumption": workload == "resume"}
+        resume = workload == "resume"
         for _ in range(n):
-            fresh = Client(dataclasses.replace(config, **options))
+            fresh = Client(dataclasses.replace(config, tls_resumption=resume))
             await fresh.connect()
             await EchoStub(fresh).say(request)
             await fresh.close()
