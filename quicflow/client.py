@@ -54,7 +54,7 @@ from .rpc import Service
 from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
-from .transport.tls import client_configuration
+from .transport.tls import CLIENT_TICKETS, client_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
 
@@ -487,7 +487,12 @@ class Client(ChannelMethods):
             key_file=c.key_file,
         )
         conn = await connect(
-            host, port, quic_config, c.transport_settings(), connect_timeout=c.connect_timeout
+            host,
+            port,
+            quic_config,
+            c.transport_settings(),
+            connect_timeout=c.connect_timeout,
+            tickets=CLIENT_TICKETS if c.tls_resumption else None,
         )
         control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
         endpoint = self._endpoint

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 __all__ = [
     "Clock",
+    "Deadline",
     "FakeClock",
     "FakeTimerHandle",
     "LoopClock",
@@ -268,27 +269,36 @@ async def sleep(clock: Clock, delay: float) -> None:
         handle.cancel()
 
 
+class Deadline:
+    """What `timeout` yields: whether its bound passed (``expired``)."""
+
+    __slots__ = ("expired",)
+
+    def __init__(self) -> None:
+        self.expired = False
+        """True once the bound passed and the block was cancelled for it."""
+
+
 @contextlib.asynccontextmanager
-async def timeout(clock: Clock, delay: float | None) -> AsyncIterator[None]:
+async def timeout(clock: Clock, delay: float | None) -> AsyncIterator[Deadline]:
     """Like ``asyncio.timeout(delay)``, on ``clock``: past ``delay`` seconds the block is
-    cancelled and `TimeoutError` raised; None: no bound."""
+    cancelled and `TimeoutError` raised; None: no bound. Yields a `Deadline`."""
+    deadline = Deadline()
     if delay is None:
-        yield
+        yield deadline
         return
     task = asyncio.current_task()
     assert task is not None, "timeout() needs a running task"
-    expired = False
 
     def expire() -> None:
-        nonlocal expired
-        expired = True
+        deadline.expired = True
         task.cancel()
 
     handle = clock.call_at(clock.time() + delay, expire)
     try:
-        yield
+        yield deadline
     except asyncio.CancelledError:
-        if expired and task.uncancel() == 0:
+        if deadline.expired and task.uncancel() == 0:
             raise TimeoutError from None
         raise
     finally:

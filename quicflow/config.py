@@ -367,6 +367,12 @@ class ServerConfig(_Common):
     is closed at once with REFUSED ("too many connections"), which clients report as
     UNAVAILABLE and retry with backoff. Twice the 10,000 clients a server is sized for, so
     reconnect storms fit (docs/limits.md)."""
+    tls_session_tickets: int = 10_000
+    """TLS session tickets the server keeps so clients can resume (a resumed handshake skips
+    the certificate and its signature); each is used once, the oldest dropped first, about
+    1 KiB each. 0: no resumption. Ignored (no resumption) when ``client_cert_mode`` asks for
+    client certificates, which a resumed handshake does not carry. No 0-RTT either way
+    (docs/security.md)."""
     retry: bool = False
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
@@ -468,6 +474,7 @@ class ServerConfig(_Common):
         _int_range("max_ping_rate", self.max_ping_rate, 1, 1_000_000)
         _int_range("max_reset_rate", self.max_reset_rate, 0, 10_000_000)
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
+        _int_range("tls_session_tickets", self.tls_session_tickets, 0, 10_000_000)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
@@ -576,6 +583,10 @@ class ClientConfig(_Common):
     """PEM client certificate (chain) presented when the server asks (mutual TLS)."""
     key_file: str | None = None
     """PEM private key for ``cert_file`` (None: the key is inside ``cert_file``)."""
+    tls_resumption: bool = True
+    """Resume the TLS session of an earlier connection to the same server (same address,
+    server name, CA and client certificate; tickets are kept per process): a reconnect
+    skips the server's certificate and its verification. Never 0-RTT (docs/security.md)."""
     connect_timeout: float = 5.0
     """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
     default_timeout: float | None = None
@@ -643,6 +654,8 @@ class ClientConfig(_Common):
         _optional_path("key_file", self.key_file)
         if self.key_file is not None and self.cert_file is None:
             raise ConfigError("key_file", "needs cert_file (the certificate it belongs to)")
+        if not isinstance(self.tls_resumption, bool):
+            raise ConfigError("tls_resumption", "must be True or False")
         _positive("connect_timeout", self.connect_timeout, maximum=600.0)
         if self.default_timeout is not None:
             _positive("default_timeout", self.default_timeout, maximum=_MAX_DURATION)

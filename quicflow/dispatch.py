@@ -56,6 +56,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeAlias
 
+from .clock import Clock, Deadline, LoopClock, timeout
 from .errors import RpcError, UsageError
 from .metadata import Metadata
 from .protocol.numbers import positive_seconds
@@ -130,6 +131,8 @@ class Dispatcher:
         queue_size: messages that may wait for a worker (an int of at least 1).
         handler_timeout: seconds a handler may run before its message fails
             with DEADLINE_EXCEEDED (a positive finite number).
+        clock: the clock ``handler_timeout`` runs on (tests: a `FakeClock`);
+            None: the running event loop's.
 
     Raises:
         ValueError: an argument is out of range; the message names it.
@@ -144,12 +147,20 @@ class Dispatcher:
     """
 
     def __init__(
-        self, workers: int = 16, queue_size: int = 1000, handler_timeout: float = 30.0
+        self,
+        workers: int = 16,
+        queue_size: int = 1000,
+        handler_timeout: float = 30.0,
+        *,
+        clock: Clock | None = None,
     ) -> None:
         self._worker_count = _count("workers", workers)
         self._queue_size = _count("queue_size", queue_size)
         positive_seconds("handler_timeout", handler_timeout)
         self._handler_timeout = float(handler_timeout)
+        self.clock = clock
+        """The clock ``handler_timeout`` runs on (None: the running event loop's); the
+        endpoint that owns the dispatcher sets its own."""
         self._handlers: dict[str, Handler] = {}
         self._async_types: set[str] = set()  # types whose handler is a coroutine function
         # Bound on the first dispatch(), never here: the dispatcher may be built
@@ -472,10 +483,10 @@ class Dispatcher:
         """Run the handler and settle ``job.future``; only cancellation escapes."""
         message = job.message
         future = job.future
-        deadline = asyncio.timeout(self._handler_timeout)
         outcome: bytes | RpcError
+        deadline: Deadline | None = None
         try:
-            async with deadline:
+            async with timeout(self.clock or LoopClock(), self._handler_timeout) as deadline:
                 raw = job.handler(message)
                 reply: object = await raw if inspect.isawaitable(raw) else raw
         except asyncio.CancelledError:
@@ -489,7 +500,7 @@ class Dispatcher:
         except RpcError as exc:
             outcome = exc
         except TimeoutError as exc:
-            if deadline.expired():
+            if deadline is not None and deadline.expired:
                 logger.warning(
                     "handler for %s took longer than %g s (message %s from %s)",
                     message.type,

@@ -73,7 +73,10 @@ class Endpoint:
         self.replies = replies
         """Replies by message id (None: repeated messages run again)."""
         self.dispatcher = Dispatcher(
-            config.dispatcher_workers, config.dispatcher_queue_size, config.handler_timeout
+            config.dispatcher_workers,
+            config.dispatcher_queue_size,
+            config.handler_timeout,
+            clock=clock,
         )
         """Runs handlers for untyped messages."""
         self.add_handlers(MessagingService(self.dispatcher).__quicflow_handlers__())
@@ -107,6 +110,7 @@ class Endpoint:
     def bind_clock(self) -> None:
         """Take the running loop's clock, unless one was injected (call on start/connect)."""
         self._clock = self._injected_clock or LoopClock()
+        self.dispatcher.clock = self._clock
 
     def timer(
         self, next_deadline: Callable[[], float | None], on_due: Callable[[float], object]

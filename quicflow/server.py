@@ -62,7 +62,7 @@ from .rpc import Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
-from .transport.tls import server_configuration
+from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
 
@@ -178,7 +178,6 @@ class Server:
             client_crl_file=config.client_crl_file,
             client_crl_check=config.client_crl_check,
         )
-        self._closed = asyncio.Event()
         self._endpoint.bind_clock()
         self._listener = await serve(
             config.host,
@@ -188,6 +187,10 @@ class Server:
             self._accept,
             retry=config.retry,
             retry_threshold=config.retry_threshold,
+            # A resumed handshake carries no client certificate: none with mutual TLS.
+            tickets=ServerTicketStore(config.tls_session_tickets)
+            if config.tls_session_tickets and config.client_cert_mode == "none"
+            else None,
         )
         self._endpoint.start_metrics()
         if config.metrics_port is not None:
@@ -202,6 +205,8 @@ class Server:
                 self._listener.close()
                 self._listener = None
                 raise
+        # Only now: a start that failed to bind leaves stop() nothing to wait for.
+        self._closed = asyncio.Event()
         if config.cluster_nats_urls:
             from .cluster.node import join
 

@@ -71,8 +71,17 @@ class ClusterBackend(Protocol):
         """True while the engine is reachable."""
         ...
 
+    @property
+    def in_sync(self) -> bool:
+        """True while connected and `view` holds the registry's current contents."""
+        ...
+
     def now(self) -> float:
         """The clock `view` is fed with."""
+        ...
+
+    async def resync(self) -> None:
+        """Re-read the registry into a fresh `view` (its updates stopped arriving)."""
         ...
 
     async def start(self, handler: BackendHandler) -> None:

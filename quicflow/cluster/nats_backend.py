@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import time
 from collections.abc import Callable
 from typing import Any
@@ -103,6 +104,11 @@ class NatsBackend:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._ready = False
         self._closing = False
+        self._resyncing = False
+        self._seen: dict[str, int] = {}
+        """Per bucket: the last stream sequence the current watch delivered."""
+        self._last_seq: dict[str, int] = {}
+        """Per bucket: the stream's last sequence at the previous check."""
         self._connector: asyncio.Task[None] | None = None
         self.synced = asyncio.Event()
         """Set once both watches delivered their initial contents (cleared while NATS is away)."""
@@ -232,9 +238,12 @@ class NatsBackend:
     async def _on_reconnected(self) -> None:
         if self._closing:
             return
-        logger.info("cluster: NATS is back; re-registering")
+        logger.info("cluster: NATS is back; re-reading the registry, re-registering")
+        self._spawn(self._back())
+
+    async def _back(self) -> None:
         await self._start_watches()
-        if self._handler is not None:
+        if self._handler is not None and not self._closing:
             self._handler.connection_changed(True)
 
     async def _on_error(self, exc: Exception) -> None:
@@ -270,24 +279,70 @@ class NatsBackend:
 
     # -- watches --
 
+    @property
+    def in_sync(self) -> bool:
+        """True once the registry watches delivered their initial contents."""
+        return self.synced.is_set() and self.connected
+
+    async def resync(self) -> None:
+        """Re-read the registry from scratch (a watch that stopped delivering)."""
+        if not self._resyncing:
+            self._resyncing = True
+            try:
+                await self._start_watches()
+            finally:
+                self._resyncing = False
+
     async def _start_watches(self) -> None:
-        for task in self._watchers:
-            task.cancel()
-        self.view.clear()
-        self.synced.clear()
+        """Open both watches into a fresh view and swap it in once they are in sync;
+        retried while JetStream is not answering (a NATS cluster electing a leader)."""
+        while not self._closing:
+            try:
+                await self._open_watches()
+                return
+            except Exception as exc:
+                logger.debug("cluster: registry watch not ready yet: %s", exc)
+                await asyncio.sleep(0.25)
+
+    async def _open_watches(self) -> None:
         assert self._clients_kv is not None and self._nodes_kv is not None
+        view = ClusterView(self.view.node_ttl)
         clients = await self._clients_kv.watchall()
         nodes = await self._nodes_kv.watchall()
         both = [asyncio.Event(), asyncio.Event()]
         loop = asyncio.get_running_loop()
-        self._watchers = [
-            loop.create_task(self._watch(clients, self._client_update, both[0])),
-            loop.create_task(self._watch(nodes, self._node_update, both[1])),
+        seen: dict[str, int] = {}
+        names = self.names
+        tasks = [
+            loop.create_task(
+                self._watch(
+                    clients, lambda e: _client_update(view, e), both[0], seen, names.clients_bucket
+                )
+            ),
+            loop.create_task(
+                self._watch(
+                    nodes,
+                    lambda e: _node_update(view, e, self.now()),
+                    both[1],
+                    seen,
+                    names.nodes_bucket,
+                )
+            ),
         ]
-        with contextlib.suppress(TimeoutError):
+        try:
             async with asyncio.timeout(self.js_timeout):
                 await both[0].wait()
                 await both[1].wait()
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            raise
+        for task in self._watchers:
+            task.cancel()
+        self._watchers = tasks
+        self.view = view
+        self._seen = seen
+        self._last_seq = {}
         self.synced.set()
 
     async def _watch(
@@ -295,12 +350,15 @@ class NatsBackend:
         watcher: KeyValue.KeyWatcher,
         apply: Callable[[KeyValue.Entry], None],
         synced: asyncio.Event,
+        seen: dict[str, int],
+        bucket: str,
     ) -> None:
         try:
             async for entry in watcher:
                 if entry is None:
                     synced.set()
                     continue
+                seen[bucket] = max(seen.get(bucket, 0), entry.revision or 0)
                 try:
                     apply(entry)
                 except Exception:
@@ -310,21 +368,6 @@ class NatsBackend:
         finally:
             with contextlib.suppress(Exception):
                 await watcher.stop()  # type: ignore[no-untyped-call]
-
-    def _client_update(self, entry: KeyValue.Entry) -> None:
-        client_id = decode_token(entry.key)
-        revision = entry.revision or 0
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
-            self.view.client_deleted(client_id, revision)
-        else:
-            self.view.client_put(client_id, revision, Registration.decode(entry.value))
-
-    def _node_update(self, entry: KeyValue.Entry) -> None:
-        node_id = decode_token(entry.key)
-        if entry.operation in ("DEL", "PURGE") or not entry.value:
-            self.view.node_gone(node_id)
-        else:
-            self.view.node_seen(NodeRecord.decode(entry.value), self.now())
 
     # -- registry --
 
@@ -336,6 +379,7 @@ class NatsBackend:
         assert kv is not None
         key = encode_token(client_id)
         value = registration.encode()
+        hint: int | None = None
         for _ in range(16):
             previous: Entry | None = None
             last = 0
@@ -348,9 +392,17 @@ class NatsBackend:
                 last = exc.entry.revision or 0
             except nats.js.errors.KeyNotFoundError:
                 last = 0
+            if hint is not None and hint > last:
+                # The read came from a replica that lags (a direct get after a NATS
+                # failover); the server told us the real last revision: use it, and our
+                # own view for who held the client.
+                last = hint
+                known = self.view.get(client_id)
+                previous = known if known is not None and known.epoch <= last else None
             try:
                 epoch = await kv.update(key, value, last=last)
-            except nats.js.errors.KeyWrongLastSequenceError:
+            except nats.js.errors.KeyWrongLastSequenceError as exc:
+                hint = _last_sequence(exc)
                 continue  # another node registered meanwhile: read again; the newest wins
             self.view.client_put(client_id, epoch, registration)
             return epoch, previous
@@ -373,6 +425,33 @@ class NatsBackend:
         self._require()
         assert self._nodes_kv is not None
         await self._nodes_kv.put(encode_token(record.node_id), record.encode())
+        try:
+            await self._check_watches()
+        except Exception as exc:
+            logger.debug("cluster: could not check the registry watches: %s", exc)
+
+    async def _check_watches(self) -> None:
+        """Re-read the registry if a watch fell behind its stream for a whole refresh.
+
+        nats-py's ordered consumer (under ``kv.watch``) recreates its consumer once after a
+        NATS server dies; if JetStream is still electing a leader then, it gives up and the
+        watch stays silent for good. So each refresh compares each bucket's last sequence
+        with the last one its watch delivered: still short of the previous refresh's last
+        sequence means stalled."""
+        js = self._js
+        if js is None or self._resyncing or not self.synced.is_set():
+            return
+        stalled = False
+        for bucket in (self.names.clients_bucket, self.names.nodes_bucket):
+            info = await js.stream_info(f"KV_{bucket}")
+            last = int(info.state.last_seq)
+            previous = self._last_seq.get(bucket)
+            if previous is not None and self._seen.get(bucket, 0) < previous:
+                stalled = True
+            self._last_seq[bucket] = last
+        if stalled:
+            logger.info("cluster: a registry watch stalled; re-reading the registry")
+            self._spawn(self.resync())
 
     # -- routing --
 
@@ -557,3 +636,29 @@ class NatsBackend:
         assert js is not None
         with contextlib.suppress(nats.js.errors.NotFoundError):
             await js.delete_msg(self.names.held_stream, seq)
+
+
+def _client_update(view: ClusterView, entry: KeyValue.Entry) -> None:
+    client_id = decode_token(entry.key)
+    revision = entry.revision or 0
+    if entry.operation in ("DEL", "PURGE") or not entry.value:
+        view.client_deleted(client_id, revision)
+    else:
+        view.client_put(client_id, revision, Registration.decode(entry.value))
+
+
+def _node_update(view: ClusterView, entry: KeyValue.Entry, now: float) -> None:
+    node_id = decode_token(entry.key)
+    if entry.operation in ("DEL", "PURGE") or not entry.value:
+        view.node_gone(node_id)
+    else:
+        view.node_seen(NodeRecord.decode(entry.value), now)
+
+
+_WRONG_LAST = re.compile(r"wrong last sequence: (\d+)")
+
+
+def _last_sequence(exc: Exception) -> int | None:
+    """The current last sequence a refused compare-and-set names, if it does."""
+    match = _WRONG_LAST.search(str(getattr(exc, "description", "") or exc))
+    return int(match.group(1)) if match else None

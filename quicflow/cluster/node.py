@@ -48,6 +48,7 @@ from collections.abc import (
     Mapping,
 )
 from dataclasses import dataclass, field, fields, replace
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from ..calls import UnaryUnaryCall
@@ -100,6 +101,7 @@ class ClusterHost(PushHost, Protocol):
 Resp = TypeVar("Resp")
 
 _KICK = b"K"
+_REGISTRY_ATTEMPTS = 12
 _ANSWER = b"A"
 
 
@@ -398,6 +400,14 @@ async def _swallow(call: Awaitable[Any]) -> None:
         await call
 
 
+class _NodeDied(Exception):
+    """The node holding a routed call's client was declared dead while the call waited."""
+
+    def __init__(self, node_id: str) -> None:
+        super().__init__(node_id)
+        self.node_id = node_id
+
+
 class _Captured(Exception):
     """Raised by `_CaptureChannel` once it has the call a `send` function makes."""
 
@@ -513,15 +523,15 @@ class ClusterNode:
         return session is not None and not session.conn.is_closed
 
     def _on_connect(self, info: ClientInfo) -> None:
-        self._chain(info.client_id, self._up(info.client_id))
+        self._chain(info.client_id, self._up)
 
     def _on_disconnect(self, info: ClientInfo, reason: str) -> None:
-        self._chain(info.client_id, self._down(info.client_id))
+        self._chain(info.client_id, self._down)
 
-    def _chain(self, client_id: str, coro: Coroutine[Any, Any, None]) -> None:
-        """Run registry work for one client in order (a down never overtakes an up)."""
+    def _chain(self, client_id: str, step: Callable[[str], Coroutine[Any, Any, None]]) -> None:
+        """Run registry work for one client in order (a down never overtakes an up),
+        retried while JetStream does not answer (e.g. a NATS cluster electing a leader)."""
         if self._closing:
-            coro.close()
             return
         previous = self._chains.get(client_id)
 
@@ -529,12 +539,17 @@ class ClusterNode:
             if previous is not None:
                 with contextlib.suppress(BaseException):
                     await previous
-            try:
-                await coro
-            except BackendUnavailable:
-                pass  # re-registered when NATS is back (_reconcile)
-            except Exception:
-                logger.exception("cluster: registry update for %r failed", client_id)
+            for attempt in range(_REGISTRY_ATTEMPTS):
+                try:
+                    await step(client_id)
+                    return
+                except BackendUnavailable:
+                    return  # re-registered when NATS is back (_reconcile)
+                except Exception as exc:
+                    if attempt == _REGISTRY_ATTEMPTS - 1:
+                        logger.warning("cluster: registry update for %r failed: %s", client_id, exc)
+                        return
+                    await asyncio.sleep(min(0.05 * 2**attempt, 1.0))
 
         task = asyncio.get_running_loop().create_task(run())
         self._chains[client_id] = task
@@ -589,7 +604,7 @@ class ClusterNode:
                 with contextlib.suppress(Exception):
                     await self.backend.unregister(entry.client_id, entry.epoch)
         for client_id in local:
-            self._chain(client_id, self._up(client_id))
+            self._chain(client_id, self._up)
 
     def connection_changed(self, connected: bool) -> None:
         if connected and not self._closing:
@@ -597,19 +612,53 @@ class ClusterNode:
 
     async def _refresh_loop(self) -> None:
         while True:
-            try:
-                if self.backend.connected:
-                    await self.backend.refresh(
-                        NodeRecord(
-                            self.node_id, self.address, self.started, len(self.server.sessions)
-                        )
-                    )
-                    await self._remove_stale()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                logger.debug("cluster: refresh failed: %s", exc)
+            if self.backend.connected:
+                record = NodeRecord(
+                    self.node_id, self.address, self.started, len(self.server.sessions)
+                )
+                # Each step on its own: one failing (JetStream busy electing) must not
+                # starve the others, above all the healing in _check_registry.
+                for step in (
+                    partial(self.backend.refresh, record),
+                    self._check_registry,
+                    self._remove_stale,
+                ):
+                    try:
+                        await step()
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        logger.debug("cluster: refresh step failed: %s", exc)
             await asyncio.sleep(self.node_refresh)
+
+    async def _check_registry(self) -> None:
+        """Heal what a lost message or a NATS failover may have left wrong: re-read the
+        registry if our own fresh record is not in it; register a local client that is
+        missing (a node that thought us dead deleted it); close a local session that a
+        newer registration on another node superseded (a kick that never arrived)."""
+        backend = self.backend
+        view = backend.view
+        now = backend.now()
+        if not backend.in_sync:
+            return
+        if not view.is_live(self.node_id, now):
+            # Our refresh succeeded but our watch did not show it: the watch is stale.
+            await asyncio.sleep(self.node_refresh / 2)
+            if not backend.view.is_live(self.node_id, backend.now()):
+                await backend.resync()
+            return
+        for session in self.server.sessions:
+            client_id = session.client_id
+            if client_id in self._chains or session.conn.is_closed:
+                continue
+            entry = view.get(client_id)
+            mine = self._epochs.get(client_id)
+            if entry is None:
+                self._chain(client_id, self._up)
+            elif entry.registration.node_id != self.node_id and (
+                mine is None or entry.epoch > mine
+            ):
+                self._kicked(client_id, entry.epoch - 1)
 
     async def _remove_stale(self) -> None:
         view = self.backend.view
@@ -739,7 +788,14 @@ class ClusterNode:
                 try:
                     async with asyncio.timeout(left):
                         async with self._gate(client_id):
-                            outcome = await self.backend.call(client_id, call, left)
+                            outcome = await self._call_watching(client_id, call, left)
+                except _NodeDied as died:
+                    if not call.message_id:
+                        raise ConnectionClosed(
+                            message=f"node {died.node_id} died while the call was in flight"
+                        ) from None
+                    self.stats.retried_stale += 1  # an acked send: go again, same id
+                    continue
                 except NotReachable:
                     if call.holdable:
                         return await self._hold(client_id, call, deadline)
@@ -755,6 +811,27 @@ class ClusterNode:
         except BaseException:
             self.stats.routed_out_failed += 1
             raise
+
+    async def _call_watching(self, client_id: str, call: RoutedCall, left: float) -> CallOutcome:
+        """`backend.call`, abandoned (`_NodeDied`) if the client's node is declared dead
+        while it waits: a killed node never answers, and waiting for the deadline would
+        hide that the client has moved on."""
+        view = self.backend.view
+        entry = view.lookup(client_id, self.backend.now())
+        task = asyncio.ensure_future(self.backend.call(client_id, call, left))
+        if entry is None:
+            return await task
+        node_id = entry.registration.node_id
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=self.node_refresh)
+                if done:
+                    return task.result()
+                if not view.is_live(node_id, self.backend.now()):
+                    raise _NodeDied(node_id)
+        finally:
+            if not task.done():
+                task.cancel()
 
     async def _hold(self, client_id: str, call: RoutedCall, deadline: float) -> CallOutcome:
         """Keep the send in JetStream until the client is back (anywhere) or the deadline."""
@@ -902,6 +979,13 @@ class ClusterNode:
         now = self.backend.now()
         view = self.backend.view
         expected = {n for n in view.live_nodes(now) if n != self.node_id}
+        # Who each node had when we asked: a node that dies meanwhile leaves the view.
+        registered = [
+            e
+            for e in view.clients(now)
+            if e.registration.node_id in expected
+            and (not labels or all(e.registration.labels.get(k) == v for k, v in labels.items()))
+        ]
         answers: list[NodeAnswer] = []
         capture = _CaptureChannel(self)
         with contextlib.suppress(_Captured):
@@ -946,14 +1030,7 @@ class ClusterNode:
                         result.client_id, DeliveryStatus.DELIVERED, reply
                     )
         for node_id in expected - nodes.keys():
-            missing = [
-                e
-                for e in view.clients(self.backend.now())
-                if e.registration.node_id == node_id
-                and (
-                    not labels or all(e.registration.labels.get(k) == v for k, v in labels.items())
-                )
-            ]
+            missing = [e for e in registered if e.registration.node_id == node_id]
             nodes[node_id] = NodeOutcome(node_id, False, len(missing))
             self.stats.broadcast_missing_nodes += 1
             for entry in missing:

@@ -109,6 +109,10 @@ class ClusterView:
             key=lambda e: e.client_id,
         )
 
+    def get(self, client_id: str) -> Entry | None:
+        """The client's registration, whether its node is live or not."""
+        return self._clients.get(client_id)
+
     def lookup(self, client_id: str, now: float) -> Entry | None:
         """The client's registration if its node is live."""
         entry = self._clients.get(client_id)

@@ -11,11 +11,13 @@ from typing import cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
+from cryptography.hazmat.primitives import hashes
 
 from ..errors import ConnectionClosed
-from .engine import make_connection
+from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .settings import TransportSettings, datagram_size_for, grow_buffers
+from .tls import ClientTicketCache
 
 __all__ = ["connect"]
 
@@ -94,8 +96,16 @@ async def connect(
     settings: TransportSettings,
     *,
     connect_timeout: float,
+    tickets: ClientTicketCache | None = None,
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
+
+    With ``tickets``, a session ticket from an earlier connection to the same
+    server (same engine, address, server name, trust anchors and client
+    certificate) is offered, so the handshake resumes that session (no
+    certificate sent or verified); the ticket the server issues on this
+    connection is kept there for the next one. Nothing is ever sent as 0-RTT
+    early data (docs/security.md).
 
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
@@ -114,19 +124,68 @@ async def connect(
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as exc:
         raise ConnectionClosed(message=f"cannot resolve {host!r}: {exc}") from exc
-    family, _, _, _, addr = infos[0]
-    size = datagram_size_for(addr[0], settings.max_datagram_size)
-    if size != configuration.max_datagram_size:
-        configuration = dataclasses.replace(configuration, max_datagram_size=size)
-    connection = make_connection(configuration, settings)
     where = f"{host}:{port}"
+    deadline = loop.time() + connect_timeout
+    # Every address the name has, in the resolver's order: a server on 127.0.0.1 only is
+    # reached as "localhost" even where that resolves to ::1 first (refused at once).
+    addresses = list(dict.fromkeys((info[0], str(info[4][0]), int(info[4][1])) for info in infos))
+    for family, ip, ip_port in addresses:
+        size = datagram_size_for(ip, settings.max_datagram_size)
+        attempt = configuration
+        if size != configuration.max_datagram_size:
+            attempt = dataclasses.replace(configuration, max_datagram_size=size)
+        protocol = await _attempt(
+            family, ip, ip_port, attempt, settings, where, deadline, connect_timeout, host, tickets
+        )
+        if protocol is not None:
+            return protocol
+    tried = f"; tried {', '.join(a[1] for a in addresses)}" if len(addresses) > 1 else ""
+    raise ConnectionClosed(
+        message=f"nothing answers at {where} (no server listens on that UDP port{tried})"
+    )
+
+
+async def _attempt(
+    family: int,
+    ip: str,
+    port: int,
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    where: str,
+    deadline: float,
+    connect_timeout: float,
+    host: str,
+    tickets: ClientTicketCache | None,
+) -> QuicFlowProtocol | None:
+    """One handshake with ``ip:port`` until the loop time ``deadline``: the connection, or
+    None if the OS reported the port closed (ICMP port unreachable) before an answer."""
+    loop = asyncio.get_running_loop()
+    ticket = None
+    extra: dict[str, object] = {}
+    if tickets is not None:
+        key = (
+            resolve_engine(settings.quic_engine),
+            ip,
+            port,
+            configuration.server_name,
+            configuration.verify_mode,
+            configuration.cafile,
+            configuration.capath,
+            configuration.cadata,
+            configuration.certificate.fingerprint(hashes.SHA256())
+            if configuration.certificate is not None
+            else None,
+        )
+        ticket = tickets.take(key)
+        extra["session_ticket_handler"] = lambda new: tickets.put(key, new)
+    connection = make_connection(configuration, settings, session_ticket=ticket, **extra)
     try:
         # remote_addr connects the socket. Both asyncio and uvloop then accept the peer
         # address aioquic passes to sendto (uvloop refuses it, EISCONN, on a socket
         # connected by hand), as long as it is the address the loop connected to.
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: _ClientProtocol(connection, settings=settings),
-            remote_addr=(str(addr[0]), int(addr[1])),
+            remote_addr=(ip, port),
             family=family,
         )
     except OSError as exc:
@@ -134,11 +193,11 @@ async def connect(
     sock = transport.get_extra_info("socket")
     if sock is not None:
         grow_buffers(sock)
-    peer = transport.get_extra_info("peername") or addr
+    peer = transport.get_extra_info("peername") or (ip, port)
     try:
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout_at(deadline):
                 await protocol.wait_connected()
     except TimeoutError:
         protocol.discard("connect timeout")
@@ -157,7 +216,5 @@ async def connect(
         raise
     if protocol.refused is not None:
         protocol.discard("connect refused")
-        raise ConnectionClosed(
-            message=f"nothing answers at {where} (no server listens on that UDP port)"
-        ) from protocol.refused
+        return None
     return protocol

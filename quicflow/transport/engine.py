@@ -11,6 +11,7 @@ bytes queued, the active path, ...), which each engine answers its own way.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from typing import Any, Protocol
 
@@ -197,18 +198,28 @@ def resolve_engine(name: str) -> str:
 
 
 def make_connection(
-    configuration: QuicConfiguration, settings: TransportSettings, **kwargs: Any
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    *,
+    session_ticket: Any = None,
+    **kwargs: Any,
 ) -> EngineConnection:
     """A new connection of the engine ``settings`` name (``kwargs``: aioquic's
-    `QuicConnection` arguments besides the configuration)."""
+    `QuicConnection` arguments besides the configuration; ``session_ticket``: a
+    client's ticket from an earlier connection of the same engine, to resume)."""
     window = settings.stream_receive_window
     if resolve_engine(settings.quic_engine) == "qh3":
         from .engine_qh3 import Qh3FlowConnection, shared_qh3_configuration
 
+        converted = shared_qh3_configuration(configuration)
+        if session_ticket is not None:
+            converted = dataclasses.replace(converted, session_ticket=session_ticket)
         qh3_connection: EngineConnection = Qh3FlowConnection(
-            configuration=shared_qh3_configuration(configuration), window=window, **kwargs
+            configuration=converted, window=window, **kwargs
         )
         return qh3_connection
+    if session_ticket is not None:
+        configuration = dataclasses.replace(configuration, session_ticket=session_ticket)
     pacer = BytePacer(
         max_datagram_size=configuration.max_datagram_size,
         resolution=clock_resolution(asyncio.get_running_loop()),

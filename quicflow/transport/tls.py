@@ -21,8 +21,10 @@ from __future__ import annotations
 import datetime
 import logging
 import ssl
-from collections.abc import Sequence
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aioquic.quic.configuration import QuicConfiguration
 from cryptography import x509
@@ -34,9 +36,12 @@ from .crl import CertificateRevoked, RevocationChecker
 
 __all__ = [
     "CLIENT_ID_URI_PREFIX",
+    "CLIENT_TICKETS",
     "CertificateRejected",
     "ClientCertificateVerifier",
+    "ClientTicketCache",
     "ServerQuicConfiguration",
+    "ServerTicketStore",
     "VerifiedClientCertificate",
     "certificate_client_id",
     "client_configuration",
@@ -309,3 +314,92 @@ def server_configuration(
             crl_check=client_crl_check,
         )
     return config
+
+
+# -- TLS session resumption (docs/security.md, "Session resumption and 0-RTT") --
+
+
+class ServerTicketStore:
+    """The session tickets a server issued, so a client that returns one resumes.
+
+    aioquic and qh3 issue opaque random tickets and look them up through a
+    callback: this is that lookup. A ticket is used once (`pop`: the resumed
+    connection issues a fresh one), and at most ``capacity`` are kept, the
+    oldest dropped first; an expired ticket is never returned. Memory: about
+    1 KiB per ticket. Never used by a server that asks for client certificates
+    (a resumed handshake carries none).
+    """
+
+    def __init__(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError("capacity must be at least 1")
+        self.capacity = capacity
+        self._tickets: OrderedDict[bytes, Any] = OrderedDict()
+        self.issued = 0
+        """Tickets handed to the engine's TLS (one per full or resumed handshake)."""
+        self.resumed = 0
+        """Handshakes that found their ticket here (the TLS may still refuse it, e.g. a
+        cipher suite mismatch, and fall back to a full handshake)."""
+
+    def __len__(self) -> int:
+        return len(self._tickets)
+
+    def add(self, ticket: Any) -> None:
+        """Keep a ticket the TLS just issued (aioquic's and qh3's ``SessionTicket``)."""
+        self.issued += 1
+        self._tickets[ticket.ticket] = ticket
+        while len(self._tickets) > self.capacity:
+            self._tickets.popitem(last=False)
+
+    def pop(self, label: bytes) -> Any | None:
+        """The ticket a ClientHello names, removed; None if unknown or expired."""
+        ticket = self._tickets.pop(label, None)
+        if ticket is None or not ticket.is_valid:
+            return None
+        self.resumed += 1
+        return ticket
+
+
+class ClientTicketCache:
+    """Session tickets a client received, per server and TLS identity, for its next
+    connection to that server.
+
+    A key names everything a resumed session stands for (engine, address,
+    server name, trust anchors, client certificate): a ticket is only offered
+    where a full handshake would have made the same checks. Each ticket is
+    taken once; at most ``per_key`` are kept for a server (concurrent connects
+    can each resume) and ``capacity`` servers, least recently used dropped.
+    """
+
+    def __init__(self, capacity: int = 256, per_key: int = 4) -> None:
+        self.capacity = capacity
+        self.per_key = per_key
+        self._tickets: OrderedDict[Hashable, list[Any]] = OrderedDict()
+
+    def take(self, key: Hashable) -> Any | None:
+        """A valid ticket for ``key``, removed from the cache; None if there is none."""
+        tickets = self._tickets.get(key)
+        while tickets:
+            ticket = tickets.pop()
+            if ticket.is_valid:
+                return ticket
+        return None
+
+    def put(self, key: Hashable, ticket: Any) -> None:
+        """Keep ``ticket`` (the newest first out) for the next connection under ``key``."""
+        tickets = self._tickets.setdefault(key, [])
+        self._tickets.move_to_end(key)
+        tickets.append(ticket)
+        del tickets[: -self.per_key]
+        while len(self._tickets) > self.capacity:
+            self._tickets.popitem(last=False)
+
+    def clear(self) -> None:
+        """Forget every ticket (the next connection to each server is a full handshake)."""
+        self._tickets.clear()
+
+
+CLIENT_TICKETS = ClientTicketCache()
+"""The process's client ticket cache: every `Client` with ``tls_resumption`` (the
+default) offers and keeps tickets here, so a reconnect, or another client of the
+same process for the same server and identity, resumes."""

@@ -8,7 +8,7 @@ import pytest
 
 from quicflow import Client, RpcError, StatusCode
 from quicflow.dispatch import Message
-from quicflow.testing import ClientFor
+from quicflow.testing import ClientFor, FakeClock
 
 from .service import TestEcho
 
@@ -100,17 +100,27 @@ async def test_fire_and_forget_returns_once_sent() -> None:
 
 
 async def test_handler_timeout_is_deadline_exceeded() -> None:
-    """Check that a handler running past handler_timeout fails the send DEADLINE_EXCEEDED."""
-    harness = ClientFor([TestEcho()], server_options={"handler_timeout": 0.1})
+    """Check that a handler running past handler_timeout (on the server's virtual clock:
+    exactly 0.1 s, not 0.099) fails the send DEADLINE_EXCEEDED."""
+    clock = FakeClock()
+    harness = ClientFor([TestEcho()], server_options={"handler_timeout": 0.1}, clock=clock)
+    started = asyncio.Event()
 
     async def stuck(message: Message) -> bytes:
-        await asyncio.sleep(10)
+        started.set()
+        await asyncio.Event().wait()  # never set: only handler_timeout ends it
         return b""
 
     harness.server.register_handler("stuck", stuck)
     async with harness as client:
+        sent = asyncio.ensure_future(client.send_message("stuck", b""))
+        await asyncio.wait_for(started.wait(), 5.0)
+        clock.advance(0.099)
+        await asyncio.sleep(0.02)
+        assert not sent.done()
+        clock.advance(0.001)
         with pytest.raises(RpcError) as info:
-            await client.send_message("stuck", b"")
+            await sent
         assert info.value.code is StatusCode.DEADLINE_EXCEEDED
 
 

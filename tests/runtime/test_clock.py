@@ -6,7 +6,9 @@ import asyncio
 
 import pytest
 
-from quicflow.clock import Clock, FakeClock, LoopClock, TimerHandleLike
+from quicflow.clock import Clock, FakeClock, LoopClock, PolicyTimer, wait_all
+from quicflow.clock import sleep as clock_sleep
+from quicflow.clock import timeout as clock_timeout
 from quicflow.protocol.heartbeat import HeartbeatMonitor, SessionExpired
 
 
@@ -127,28 +129,128 @@ def test_advance_refuses_negative_or_non_finite_steps(dt: float) -> None:
         FakeClock().advance(dt)
 
 
-def test_fake_clock_drives_a_sans_io_timer_to_the_exact_deadline() -> None:
-    """Check that a monitor re-armed on the FakeClock evicts exactly 45 s after the last ping."""
-    clock: Clock = FakeClock()
+def test_policy_timer_drives_a_sans_io_monitor_to_the_exact_deadline() -> None:
+    """Check that the runtime's one timer routine (PolicyTimer) on a FakeClock evicts
+    exactly 45 s after the last ping, polling at each check and stopping when told."""
+    clock = FakeClock()
     monitor = HeartbeatMonitor(15.0, 5.0, 3, now=clock.time())
     expired: list[float] = []
-    handles: list[TimerHandleLike] = []
+    polls: list[float] = []
 
-    def fire() -> None:
-        for event in monitor.poll(clock.time()):
-            if isinstance(event, SessionExpired):
-                expired.append(clock.time())
-        when = monitor.get_timer()
-        if when is not None:
-            handles.append(clock.call_at(when, fire))
+    def on_due(now: float) -> None:
+        polls.append(now)
+        if any(isinstance(e, SessionExpired) for e in monitor.poll(now)):
+            expired.append(now)
+            timer.stop()
 
-    handles.append(clock.call_at(monitor.get_timer() or 0.0, fire))
-    assert isinstance(clock, FakeClock)
+    timer = PolicyTimer(clock, monitor.get_timer, on_due)
+    timer.arm()
+    assert timer.when == 5.0
     clock.advance(3.0)
     monitor.ping_received(clock.time())
     clock.advance(100.0)
     assert expired == [48.0]
+    assert polls == [5.0, 10.0, 15.0, 20.0, 25.0, 30.0, 35.0, 40.0, 45.0, 48.0]
+    assert clock.pending == 0 and timer.when is None
+
+
+def test_policy_timer_moves_to_an_earlier_deadline_and_disarms_on_none() -> None:
+    """Check that arm() after the deadline moved re-schedules (one handle pending, the old
+    one cancelled), and that a None deadline disarms it."""
+    clock = FakeClock()
+    deadline: list[float | None] = [10.0]
+    fired: list[float] = []
+    timer = PolicyTimer(clock, lambda: deadline[0], fired.append)
+    timer.arm()
+    deadline[0] = 4.0
+    timer.arm()
+    assert timer.when == 4.0 and clock.pending == 1
+    deadline[0] = None  # after the poll at 4 s, nothing more is due
+    clock.advance(20.0)
+    assert fired == [4.0] and clock.pending == 0
+    deadline[0] = 30.0
+    timer.arm()
+    timer.stop()
+    timer.arm()  # stopped for good
+    assert clock.pending == 0 and timer.when is None
+
+
+async def test_clock_sleep_wakes_exactly_when_the_clock_passes_the_delay() -> None:
+    """Check that clock.sleep(2.5) is still waiting at 2.499 s of virtual time, done at 2.5."""
+    clock = FakeClock()
+    sleeper = asyncio.ensure_future(clock_sleep(clock, 2.5))
+    await asyncio.sleep(0)
+    clock.advance(2.499)
+    await asyncio.sleep(0)
+    assert not sleeper.done()
+    clock.advance(0.001)
+    await asyncio.wait_for(sleeper, 1.0)
     assert clock.pending == 0
+
+
+async def test_clock_timeout_raises_at_the_bound_and_not_before() -> None:
+    """Check that clock.timeout(1.0) cancels its block at exactly 1 s of virtual time with
+    TimeoutError and an expired Deadline, leaves a block that ends first alone, and lets a
+    cancellation from outside through as CancelledError."""
+    clock = FakeClock()
+    seen: list[bool] = []
+
+    async def bounded(wait: asyncio.Event) -> None:
+        async with clock_timeout(clock, 1.0) as deadline:
+            try:
+                await wait.wait()
+            finally:
+                seen.append(deadline.expired)
+
+    stuck = asyncio.ensure_future(bounded(asyncio.Event()))
+    await asyncio.sleep(0)
+    clock.advance(0.999)
+    await asyncio.sleep(0)
+    assert not stuck.done()
+    clock.advance(0.001)
+    with pytest.raises(TimeoutError):
+        await stuck
+    done = asyncio.Event()
+    quick = asyncio.ensure_future(bounded(done))
+    await asyncio.sleep(0)
+    done.set()
+    await quick
+    assert clock.pending == 0
+    outside = asyncio.ensure_future(bounded(asyncio.Event()))
+    await asyncio.sleep(0)
+    outside.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await outside
+    assert seen == [True, False, False]
+    async with clock_timeout(clock, None) as unbounded:
+        await asyncio.sleep(0)
+    assert not unbounded.expired
+
+
+async def test_wait_all_returns_when_all_are_done_or_at_the_bound() -> None:
+    """Check that wait_all returns once every future is done (None entries skipped), and at
+    exactly its bound otherwise, cancelling nothing."""
+    clock = FakeClock()
+    loop = asyncio.get_running_loop()
+    a: asyncio.Future[None] = loop.create_future()
+    b: asyncio.Future[None] = loop.create_future()
+    waiter = asyncio.ensure_future(wait_all(clock, [a, None, b], 5.0))
+    await asyncio.sleep(0)
+    a.set_result(None)
+    await asyncio.sleep(0)
+    assert not waiter.done()
+    b.set_result(None)
+    await asyncio.wait_for(waiter, 1.0)
+    slow: asyncio.Future[None] = loop.create_future()
+    bounded = asyncio.ensure_future(wait_all(clock, [slow], 5.0))
+    await asyncio.sleep(0)
+    clock.advance(4.999)
+    await asyncio.sleep(0)
+    assert not bounded.done()
+    clock.advance(0.001)
+    await asyncio.wait_for(bounded, 1.0)
+    assert not slow.done() and clock.pending == 0
+    await wait_all(clock, [], 5.0)  # nothing to wait for: at once
 
 
 async def test_loop_clock_uses_the_running_loop() -> None:

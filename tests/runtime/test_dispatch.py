@@ -12,6 +12,7 @@ import pytest
 from quicflow.dispatch import Dispatcher, Message
 from quicflow.errors import RpcError, Timeout, UsageError
 from quicflow.status import StatusCode
+from quicflow.testing import FakeClock
 
 
 def message(type_: str = "chat.post", payload: bytes = b"hi", n: int = 0) -> Message:
@@ -134,21 +135,31 @@ async def test_queue_full_is_refused_at_once() -> None:
 
 
 async def test_handler_timeout_is_deadline_exceeded() -> None:
-    """Check that a handler running past handler_timeout is cancelled with DEADLINE_EXCEEDED."""
-    dispatcher = Dispatcher(handler_timeout=0.05)
+    """Check that a handler still running at 0.049 s of virtual time is left alone and at
+    exactly 0.05 s (handler_timeout) is cancelled, the send failing DEADLINE_EXCEEDED."""
+    clock = FakeClock()
+    dispatcher = Dispatcher(handler_timeout=0.05, clock=clock)
+    started = asyncio.Event()
     cancelled = asyncio.Event()
 
     async def forever(msg: Message) -> bytes:
+        started.set()
         try:
-            await asyncio.sleep(10)
+            await asyncio.Event().wait()  # never set: only the timeout ends it
         except asyncio.CancelledError:
             cancelled.set()
             raise
         return b"never"
 
     dispatcher.register_handler("forever", forever)
+    sent = asyncio.ensure_future(dispatcher.dispatch(message("forever")))
+    await started.wait()
+    clock.advance(0.049)
+    await asyncio.sleep(0)
+    assert not sent.done() and not cancelled.is_set()
+    clock.advance(0.001)
     with pytest.raises(RpcError) as info:
-        await dispatcher.dispatch(message("forever"))
+        await sent
     assert info.value.code is StatusCode.DEADLINE_EXCEEDED
     assert info.value.message.startswith("handler for forever took longer than 0.05")
     assert cancelled.is_set()
