@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import re
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -97,6 +98,7 @@ async def connect(
     *,
     connect_timeout: float,
     tickets: ClientTicketCache | None = None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None = None,
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
 
@@ -106,6 +108,10 @@ async def connect(
     certificate sent or verified); the ticket the server issues on this
     connection is kept there for the next one. Nothing is ever sent as 0-RTT
     early data (docs/security.md).
+
+    ``on_handshake(protocol)`` runs as the handshake completes, inside the
+    handling of the datagram that completes it: what it writes (HELLO) leaves
+    in the same datagram as the client's Finished.
 
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
@@ -135,7 +141,17 @@ async def connect(
         if size != configuration.max_datagram_size:
             attempt = dataclasses.replace(configuration, max_datagram_size=size)
         protocol = await _attempt(
-            family, ip, ip_port, attempt, settings, where, deadline, connect_timeout, host, tickets
+            family,
+            ip,
+            ip_port,
+            attempt,
+            settings,
+            where,
+            deadline,
+            connect_timeout,
+            host,
+            tickets,
+            on_handshake,
         )
         if protocol is not None:
             return protocol
@@ -156,6 +172,7 @@ async def _attempt(
     connect_timeout: float,
     host: str,
     tickets: ClientTicketCache | None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None,
 ) -> QuicFlowProtocol | None:
     """One handshake with ``ip:port`` until the loop time ``deadline``: the connection, or
     None if the OS reported the port closed (ICMP port unreachable) before an answer."""
@@ -195,6 +212,8 @@ async def _attempt(
         grow_buffers(sock)
     peer = transport.get_extra_info("peername") or (ip, port)
     try:
+        if on_handshake is not None:
+            protocol.on_handshake = lambda: on_handshake(protocol)
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
             async with asyncio.timeout_at(deadline):

@@ -93,6 +93,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._connected = False
         self._connected_waiter: asyncio.Future[None] | None = None
         self._early: list[events.QuicEvent] | None = [] if router is not None else None
+        self.on_handshake: Callable[[], None] | None = None
+        """Called once as the handshake completes, before the datagram that completes it
+        is answered: what it writes leaves with the client's Finished (HELLO does)."""
         """A server's stream events that came before the handshake completed (0-RTT),
         held until it does (docs/security.md, "Session resumption and 0-RTT")."""
         self._closed = asyncio.Event()
@@ -420,6 +423,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 if router is not None:
                     router.handshake_completed(self)
                 self._connected = True
+                first_flight, self.on_handshake = self.on_handshake, None
+                if first_flight is not None:
+                    first_flight()
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
