@@ -177,7 +177,6 @@ class Server:
             client_crl_file=config.client_crl_file,
             client_crl_check=config.client_crl_check,
         )
-        self._closed = asyncio.Event()
         self._endpoint.bind_clock()
         self._listener = await serve(
             config.host,
@@ -205,6 +204,8 @@ class Server:
                 self._listener.close()
                 self._listener = None
                 raise
+        # Only now: a start that failed to bind leaves stop() nothing to wait for.
+        self._closed = asyncio.Event()
         if config.cluster_nats_urls:
             from .cluster.node import join
 

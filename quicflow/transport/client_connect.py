@@ -7,6 +7,7 @@ import dataclasses
 import logging
 import re
 import socket
+from collections.abc import Callable
 from typing import cast
 
 from aioquic.quic.configuration import QuicConfiguration
@@ -97,6 +98,7 @@ async def connect(
     *,
     connect_timeout: float,
     tickets: ClientTicketCache | None = None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None = None,
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
 
@@ -106,6 +108,10 @@ async def connect(
     certificate sent or verified); the ticket the server issues on this
     connection is kept there for the next one. Nothing is ever sent as 0-RTT
     early data (docs/security.md).
+
+    ``on_handshake(protocol)`` runs as the handshake completes, inside the
+    handling of the datagram that completes it: what it writes (HELLO) leaves
+    in the same datagram as the client's Finished.
 
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
@@ -124,17 +130,60 @@ async def connect(
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
     except OSError as exc:
         raise ConnectionClosed(message=f"cannot resolve {host!r}: {exc}") from exc
-    family, _, _, _, addr = infos[0]
-    size = datagram_size_for(addr[0], settings.max_datagram_size)
-    if size != configuration.max_datagram_size:
-        configuration = dataclasses.replace(configuration, max_datagram_size=size)
+    where = f"{host}:{port}"
+    deadline = loop.time() + connect_timeout
+    # Every address the name has, in the resolver's order: a server on 127.0.0.1 only is
+    # reached as "localhost" even where that resolves to ::1 first (refused at once).
+    addresses = list(dict.fromkeys((info[0], str(info[4][0]), int(info[4][1])) for info in infos))
+    for family, ip, ip_port in addresses:
+        size = datagram_size_for(ip, settings.max_datagram_size)
+        attempt = configuration
+        if size != configuration.max_datagram_size:
+            attempt = dataclasses.replace(configuration, max_datagram_size=size)
+        protocol = await _attempt(
+            family,
+            ip,
+            ip_port,
+            attempt,
+            settings,
+            where,
+            deadline,
+            connect_timeout,
+            host,
+            tickets,
+            on_handshake,
+        )
+        if protocol is not None:
+            return protocol
+    tried = f"; tried {', '.join(a[1] for a in addresses)}" if len(addresses) > 1 else ""
+    raise ConnectionClosed(
+        message=f"nothing answers at {where} (no server listens on that UDP port{tried})"
+    )
+
+
+async def _attempt(
+    family: int,
+    ip: str,
+    port: int,
+    configuration: QuicConfiguration,
+    settings: TransportSettings,
+    where: str,
+    deadline: float,
+    connect_timeout: float,
+    host: str,
+    tickets: ClientTicketCache | None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None,
+) -> QuicFlowProtocol | None:
+    """One handshake with ``ip:port`` until the loop time ``deadline``: the connection, or
+    None if the OS reported the port closed (ICMP port unreachable) before an answer."""
+    loop = asyncio.get_running_loop()
     ticket = None
     extra: dict[str, object] = {}
     if tickets is not None:
         key = (
             resolve_engine(settings.quic_engine),
-            str(addr[0]),
-            int(addr[1]),
+            ip,
+            port,
             configuration.server_name,
             configuration.verify_mode,
             configuration.cafile,
@@ -147,14 +196,13 @@ async def connect(
         ticket = tickets.take(key)
         extra["session_ticket_handler"] = lambda new: tickets.put(key, new)
     connection = make_connection(configuration, settings, session_ticket=ticket, **extra)
-    where = f"{host}:{port}"
     try:
         # remote_addr connects the socket. Both asyncio and uvloop then accept the peer
         # address aioquic passes to sendto (uvloop refuses it, EISCONN, on a socket
         # connected by hand), as long as it is the address the loop connected to.
         transport, protocol = await loop.create_datagram_endpoint(
             lambda: _ClientProtocol(connection, settings=settings),
-            remote_addr=(str(addr[0]), int(addr[1])),
+            remote_addr=(ip, port),
             family=family,
         )
     except OSError as exc:
@@ -162,11 +210,13 @@ async def connect(
     sock = transport.get_extra_info("socket")
     if sock is not None:
         grow_buffers(sock)
-    peer = transport.get_extra_info("peername") or addr
+    peer = transport.get_extra_info("peername") or (ip, port)
     try:
+        if on_handshake is not None:
+            protocol.on_handshake = lambda: on_handshake(protocol)
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
-            async with asyncio.timeout(connect_timeout):
+            async with asyncio.timeout_at(deadline):
                 await protocol.wait_connected()
     except TimeoutError:
         protocol.discard("connect timeout")
@@ -185,7 +235,5 @@ async def connect(
         raise
     if protocol.refused is not None:
         protocol.discard("connect refused")
-        raise ConnectionClosed(
-            message=f"nothing answers at {where} (no server listens on that UDP port)"
-        ) from protocol.refused
+        return None
     return protocol

@@ -192,6 +192,8 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "wrapped: verify the client's chain once its key is proven",
     ),
     PrivateUse(tls.Context, "_peer_certificate", None, "the peer's leaf certificate"),
+    PrivateUse(tls.Context, "_supported_groups", None, "a client offers one key share"),
+    PrivateUse(QuicConnection, "_is_client", None, "only a client narrows its key shares"),
     PrivateUse(tls.Context, "_peer_certificate_chain", None, "the peer's intermediates"),
 )
 
@@ -225,6 +227,12 @@ class AioquicFlowConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self._crypto_buffers[tls.Epoch.ONE_RTT] = Buffer(capacity=_ONE_RTT_CRYPTO)
+        groups = self.tls._supported_groups
+        if self._is_client and tls.Group.X25519 in groups:
+            # aioquic offers a key share for each of P-256, P-384, X25519 and X448: four
+            # key pairs made per connect, one used. X25519 is the cheapest, and every
+            # QuicFlow server (aioquic, qh3) takes it.
+            self.tls._supported_groups = [tls.Group.X25519]
         verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import os
+import socket
+from collections import deque
 from collections.abc import Callable
 from typing import cast
 
@@ -33,6 +36,32 @@ logger = logging.getLogger("quicflow.transport")
 __all__ = ["QuicFlowServer", "serve"]
 
 _SMALLEST_INITIAL = 1200  # RFC 9000 §14.1: a client Initial is padded to at least this
+
+INTAKE_BATCH = 256
+"""Datagrams `QuicFlowServer` reads from its socket per loop pass at most (docs/scale.md
+"Datagram intake")."""
+HANDSHAKES_PER_PASS = 8
+"""New connections `QuicFlowServer` starts per loop pass at most (0: no limit); further
+Initials wait in its backlog (docs/scale.md "Datagram intake")."""
+HANDSHAKE_BACKLOG = 512
+"""Initials waiting for a loop pass with room for a new connection, at most; beyond it
+the oldest is dropped."""
+HANDSHAKE_BACKLOG_AGE = 2.0
+"""Seconds an Initial may wait in the backlog; an older one is dropped (its client's probe
+timeout has sent it again by then)."""
+_LARGEST_DATAGRAM = 65535
+
+
+def destination_cid(data: bytes, cid_length: int) -> bytes:
+    """The Destination Connection ID of a QUIC packet (RFC 9000 §17), without checking the
+    rest of the header; b"" when too short to hold one."""
+    if not data:
+        return b""
+    if data[0] & 0x80:  # long header: version (4), DCID length (1), DCID
+        if len(data) < 6:
+            return b""
+        return data[6 : 6 + data[5]]
+    return data[1 : 1 + cid_length]
 
 
 class QuicFlowServer(asyncio.DatagramProtocol):
@@ -77,6 +106,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._protocols: dict[bytes, QuicFlowProtocol] = {}
         self._sized: dict[int, QuicConfiguration] = {}
         self._transport: asyncio.DatagramTransport | None = None
+        self._reader: socket.socket | None = None
+        self._in_pass = False
+        self._read = self._started = 0
+        self._backlog: deque[tuple[float, bytes, NetworkAddress]] = deque()
+        self.handshakes_per_pass = HANDSHAKES_PER_PASS
+        """New connections started per loop pass at most (0: no limit)."""
+        self.handshakes_shed = 0
+        """Initials dropped from the handshake backlog (full, or waited too long)."""
         self.connections: set[QuicFlowProtocol] = set()
 
     @property
@@ -90,8 +127,96 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         sock = transport.get_extra_info("socket")
         if sock is not None:
             grow_buffers(sock)
+            # Our own handle on the same socket, to read it in batches: the loop's
+            # transport hands us one datagram per pass (asyncio's) or per read (uvloop's).
+            with contextlib.suppress(OSError, ValueError):
+                self._reader = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+                self._reader.setblocking(False)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader is not None:
+            self._reader.close()  # our duplicate would keep the port bound
+            self._reader = None
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """Take ``data`` and what else the socket holds now, established connections first.
+
+        Per loop pass it reads at most `INTAKE_BATCH` datagrams and starts at most
+        `handshakes_per_pass` new connections. The datagrams of connections that exist
+        go first; Initials that would start a connection wait in a backlog (at most
+        `HANDSHAKE_BACKLOG`, none older than `HANDSHAKE_BACKLOG_AGE` seconds) and are
+        served in arrival order over the next passes; what overflows it is dropped
+        (shed: its client sends its Initial again after its probe timeout, and backs off
+        if its connect timeout passes first). So a storm of handshakes cannot starve
+        connections' own traffic (a ping queued behind thousands of Initials, or dropped
+        by the kernel with them), and no pass does more handshakes than it can finish
+        quickly (docs/scale.md "Datagram intake").
+        """
+        if not self._in_pass:
+            self._begin_pass()
+        protocols, cid_length = self._protocols, self._configuration.connection_id_length
+        backlog = self._backlog
+        now = asyncio.get_running_loop().time()
+        for item in self._batch(data, addr):
+            protocol = protocols.get(destination_cid(item[0], cid_length))
+            if protocol is not None:
+                protocol.datagram_received(*item)
+            elif not item[0][0] & 0x80 or len(item[0]) < _SMALLEST_INITIAL:
+                self._route(*item)  # cannot start a connection: nothing to queue
+            else:
+                if len(backlog) >= HANDSHAKE_BACKLOG:
+                    backlog.popleft()
+                    self.handshakes_shed += 1
+                backlog.append((now, *item))
+        self._serve_backlog(now)
+
+    def _begin_pass(self) -> None:
+        self._in_pass = True
+        self._read = self._started = 0
+        asyncio.get_running_loop().call_soon(self._pass_over)
+
+    def _pass_over(self) -> None:
+        self._in_pass = False
+        if self._backlog and self._transport is not None:
+            # Initials still waiting: serve the next share in the next pass.
+            self._begin_pass()
+            self._serve_backlog(asyncio.get_running_loop().time())
+
+    def _serve_backlog(self, now: float) -> None:
+        backlog, budget = self._backlog, self.handshakes_per_pass
+        protocols, cid_length = self._protocols, self._configuration.connection_id_length
+        oldest = now - HANDSHAKE_BACKLOG_AGE
+        while backlog and (not budget or self._started < budget):
+            when, data, addr = backlog.popleft()
+            protocol = protocols.get(destination_cid(data, cid_length))
+            if protocol is not None:  # its connection began earlier in this pass
+                protocol.datagram_received(data, addr)
+            elif when < oldest:
+                self.handshakes_shed += 1  # its client has sent it again, or given up
+            else:
+                before = len(self.connections)
+                self._route(data, addr)
+                self._started += len(self.connections) - before
+
+    def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
+        batch = [(data, addr)]
+        reader = self._reader
+        room = INTAKE_BATCH - self._read - 1
+        if reader is None or room <= 0:
+            self._read += 1
+            return batch
+        recvfrom = reader.recvfrom
+        for _ in range(room):
+            try:
+                batch.append(recvfrom(_LARGEST_DATAGRAM))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                break  # e.g. an ICMP error queued on the socket: the loop's reader sees it
+        self._read += len(batch)
+        return batch
+
+    def _route(self, data: bytes, addr: NetworkAddress) -> None:
         try:
             header = pull_quic_header(
                 Buffer(data=data), host_cid_length=self._configuration.connection_id_length
@@ -252,6 +377,10 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             protocol.close(ErrorCode.NO_ERROR, "server closed")
         if self._transport is not None:
             self._transport.close()
+        self._backlog.clear()
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 async def serve(

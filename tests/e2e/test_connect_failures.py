@@ -189,6 +189,7 @@ async def test_a_port_in_use_names_the_address(silent_port: int) -> None:
         await server.start()
     assert f"127.0.0.1:{silent_port}" in str(info.value)
     assert "in use" in str(info.value)
+    await asyncio.wait_for(server.stop(), 5)  # nothing to stop: returns (it used to hang)
 
 
 async def test_a_metrics_port_in_use_names_the_address() -> None:
@@ -208,4 +209,62 @@ async def test_a_metrics_port_in_use_names_the_address() -> None:
         )
         with pytest.raises(OSError) as info:
             await server.start()
+        await asyncio.wait_for(server.stop(), 5)
     assert f"TCP 127.0.0.1:{port}" in str(info.value)
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as s:
+            s.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+@pytest.fixture
+async def dual_stack_name(monkeypatch: pytest.MonkeyPatch) -> str:
+    """A host name that resolves to ::1 first, then 127.0.0.1 (as "localhost" does on many
+    systems), through the running loop's resolver."""
+    if not _has_ipv6_loopback():
+        pytest.skip("no ::1 on this machine")
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != "dual.test":
+            return await real(host, port, *args, **kwargs)
+        udp = (socket.SOCK_DGRAM, socket.IPPROTO_UDP, "")
+        return [
+            (socket.AF_INET6, *udp, ("::1", port, 0, 0)),
+            (socket.AF_INET, *udp, ("127.0.0.1", port)),
+        ]
+
+    monkeypatch.setattr(loop, "getaddrinfo", getaddrinfo)
+    return "dual.test"
+
+
+async def test_a_name_whose_first_address_is_closed_connects_by_the_next(
+    dual_stack_name: str,
+) -> None:
+    """Check that when the first address of the server's name is refused (::1, while the
+    server listens on 127.0.0.1 only) the client connects by the next one at once."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        config = harness.client_config(host=dual_stack_name)
+        async with Client(config) as client:
+            assert (await EchoStub(client).say(EchoRequest(text="v4"))).text == "v4"
+            assert client.connection is not None
+            peer = client.connection.peer_address
+            assert peer is not None and peer[0] == "127.0.0.1"
+
+
+async def test_every_address_closed_names_them_all(dual_stack_name: str) -> None:
+    """Check that when every address of the name is refused the error lists them."""
+    port = _closed_port()
+    with pytest.raises(ConnectionClosed) as info:
+        await Client(_config(port, dual_stack_name)).connect()
+    assert info.value.message == (
+        f"nothing answers at dual.test:{port} "
+        "(no server listens on that UDP port; tried ::1, 127.0.0.1)"
+    )

@@ -366,27 +366,44 @@ async def _say(stub: EchoStub, text: str, delay_ms: int = 0) -> str:
 
 async def test_wait_for_ready_waits_and_fail_fast_does_not() -> None:
     """Check that calls made while reconnecting fail fast by default, and wait for the
-    connection (within their deadline) with wait_for_ready=True."""
-    harness = ClientFor([TestEcho()], server_options=FAST_SERVER, client_options=FAST_CLIENT)
+    connection with wait_for_ready=True: until exactly their deadline (on the client's
+    virtual clock: 0.2 s, not 0.199), or until the client is back."""
+    clock = FakeClock()
+    harness = ClientFor(
+        [TestEcho()], server_options=FAST_SERVER, client_options=FAST_CLIENT, clock=clock
+    )
     async with harness as client:
         stub = EchoStub(client)
         port = _kill(harness.server)
+        clock.advance(0.2)  # the next PING goes out, and is never answered
+        clock.advance(0.3)  # the pong timeout the server announced: connection lost
         await _wait_state(client, ClientState.RECONNECTING, within=3.0)
-        loop = asyncio.get_running_loop()
-        start = loop.time()
         with pytest.raises(RpcError) as info:
-            await stub.say(EchoRequest(text="now"))
+            await stub.say(EchoRequest(text="now"))  # no clock moved: it failed at once
         assert info.value.code is StatusCode.UNAVAILABLE
-        assert loop.time() - start < 0.1
+        short = asyncio.ensure_future(
+            _await_reply(stub.say(EchoRequest(text="short"), wait_for_ready=True, timeout=0.2))
+        )
+        await asyncio.sleep(0.01)
+        clock.advance(0.199)
+        await asyncio.sleep(0.01)
+        assert not short.done()
+        clock.advance(0.001)
         with pytest.raises(RpcError) as info:
-            await stub.say(EchoRequest(text="short"), wait_for_ready=True, timeout=0.2)
+            await short
         assert info.value.code is StatusCode.DEADLINE_EXCEEDED
         waiting = asyncio.ensure_future(
             _await_reply(stub.say(EchoRequest(text="patient"), wait_for_ready=True, timeout=5))
         )
-        await asyncio.sleep(0.1)
         server2 = await _restart(harness, port)
         try:
+            # Step the client's backoff (at most 0.4 s) until an attempt reaches server2;
+            # each attempt itself runs in real time.
+            for _ in range(100):
+                if waiting.done():
+                    break
+                clock.advance(0.1)
+                await asyncio.sleep(0.02)
             assert await waiting == "patient"
         finally:
             await client.close()

@@ -1,0 +1,205 @@
+"""The server of the scale run (``bench.scale``): one QuicFlow `Server`, default settings.
+
+``python -m bench.scale_server --port P --certs DIR`` serves Echo on 127.0.0.1 and prints
+``ready <port>`` once it accepts connections. It watches itself: the longest garbage
+collection (``gc.callbacks``) and the longest event-loop lag (a 50 ms sleeper that
+measures how late it wakes) since the last ``reset``, and which clients it evicted for
+missed heartbeats. Commands, one JSON line each on stdin, one JSON answer on stdout:
+
+* ``{"op": "stats"}`` (``"reset": true`` also starts the worst-case watches afresh);
+* ``{"op": "broadcast", "timeout": s}``: a 64 B ``Say`` with its reply (the ack) to every
+  connected client (`Server.broadcast`), timed.
+
+It stops when stdin closes, or is killed (the restart phase sends SIGKILL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import logging
+import os
+import resource
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from echo.echo_pb2 import EchoReply, EchoRequest
+from echo.echo_quicflow import EchoBase, EchoStub
+
+import quicflow
+from quicflow import ClientInfo, Server, ServerConfig, ServicerContext
+from quicflow.transport import server_endpoint
+
+from .common import HOST, SMALL, encode, payload
+
+
+def rss_kib(pid: int | str = "self") -> int:
+    """VmRSS of ``pid`` (default: this process) in KiB, from /proc; 0 if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class Echo(EchoBase):
+    """The unary call the clients make."""
+
+    async def say(self, request: EchoRequest, context: ServicerContext) -> EchoReply:
+        return EchoReply(text=request.text)
+
+
+class Watch:
+    """Worst GC pause and worst event-loop lag since the last reset."""
+
+    def __init__(self) -> None:
+        self.gc_worst = 0.0
+        self.gc_worst_gen = -1
+        self.gc_worst_cpu = 0.0
+        self.gc_count = 0
+        self.lag_worst = 0.0
+        self._gc_start = self._gc_start_cpu = 0.0
+        gc.callbacks.append(self._gc)
+
+    def _gc(self, phase: str, info: dict[str, Any]) -> None:
+        # Wall time is the pause everyone waits through; CPU time is what the collection
+        # itself cost (on a shared machine the wall time also counts being descheduled).
+        if phase == "start":
+            self._gc_start, self._gc_start_cpu = time.perf_counter(), time.thread_time()
+            return
+        took = time.perf_counter() - self._gc_start
+        self.gc_worst_cpu = max(self.gc_worst_cpu, time.thread_time() - self._gc_start_cpu)
+        self.gc_count += 1
+        if took > self.gc_worst:
+            self.gc_worst, self.gc_worst_gen = took, int(info.get("generation", -1))
+
+    async def lag(self) -> None:
+        period = 0.05
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(period)
+            self.lag_worst = max(self.lag_worst, loop.time() - before - period)
+
+    def reset(self) -> None:
+        self.gc_worst, self.gc_worst_gen, self.gc_count, self.lag_worst = 0.0, -1, 0, 0.0
+        self.gc_worst_cpu = 0.0
+
+
+async def serve(args: argparse.Namespace) -> None:
+    settings: dict[str, Any] = {}
+    if args.hb_interval:
+        settings.update(
+            heartbeat_interval=args.hb_interval,
+            heartbeat_check_interval=args.hb_interval / 3,
+            min_heartbeat_interval=min(1.0, args.hb_interval),
+        )
+    server = Server(
+        ServerConfig(
+            host=HOST,
+            port=args.port,
+            cert_file=str(args.certs / "server.pem"),
+            key_file=str(args.certs / "server.key"),
+            **settings,
+        )
+    )
+    server.add_service(Echo())
+    watch = Watch()
+    evicted: Counter[str] = Counter()
+
+    def timed_out(info: ClientInfo) -> None:
+        evicted[info.client_id.rsplit("-", 1)[0]] += 1
+
+    server.hooks.on_heartbeat_timeout(timed_out)
+    lagger = asyncio.ensure_future(watch.lag())
+    await server.start()
+    if args.gc == "freeze":
+        gc.freeze()
+    small = payload(SMALL)
+
+    async def control(cmd: dict[str, Any]) -> dict[str, Any]:
+        op = cmd.get("op")
+        if op == "stats":
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            answer = {
+                # The bystander (bench.scale) is not one of the fleets' clients.
+                "sessions": sum(
+                    1 for i in server.list_clients() if not i.client_id.startswith("bystander")
+                ),
+                "connections": len(server.connections),
+                "rss_kib": rss_kib(),
+                "cpu_s": usage.ru_utime + usage.ru_stime,
+                "gc_worst_ms": watch.gc_worst * 1000,
+                "gc_worst_gen": watch.gc_worst_gen,
+                "gc_worst_cpu_ms": watch.gc_worst_cpu * 1000,
+                "gc_count": watch.gc_count,
+                "lag_worst_ms": watch.lag_worst * 1000,
+                "evicted": dict(evicted),
+                "gc_counts": gc.get_count(),
+                "gc_frozen": gc.get_freeze_count(),
+                # The endpoint's counter of shed handshakes (no public accessor yet).
+                "handshakes_shed": getattr(server._listener, "handshakes_shed", 0),
+            }
+            if cmd.get("objects"):  # objects the collector tracks (a full scan: idle only)
+                answer["gc_objects"] = len(gc.get_objects())
+            if cmd.get("reset"):
+                watch.reset()
+                evicted.clear()
+            return answer
+        if op == "broadcast":
+            start = time.perf_counter()
+            result = await server.broadcast(
+                lambda ch: EchoStub(ch).say(EchoRequest(text="b", payload=small)),
+                client_timeout=float(cmd["timeout"]),
+            )
+            return {
+                "elapsed": time.perf_counter() - start,
+                "clients": len(result),
+                "delivered": result.delivered,
+                "failed": result.failed,
+                "timed_out": result.timed_out,
+            }
+        return {"error": f"unknown op {op!r}"}
+
+    print(f"ready {server.port}", flush=True)
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=1 << 20)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    try:
+        while line := await reader.readline():
+            print(encode(await control(json.loads(line))), flush=True)
+    finally:
+        lagger.cancel()
+        await server.stop(grace=1.0)
+
+
+def main() -> None:
+    """Parse arguments and serve until stdin closes."""
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--certs", type=Path, required=True)
+    parser.add_argument("--hb-interval", type=float, default=0.0, help="0: the default")
+    # Levers measured against each other (docs/scale.md "What helped").
+    parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
+    parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
+    parser.add_argument("--gc", choices=("default", "freeze"), default="default")
+    args = parser.parse_args()
+    if args.intake_batch is not None:
+        server_endpoint.INTAKE_BATCH = args.intake_batch
+    if args.handshakes_per_pass is not None:
+        server_endpoint.HANDSHAKES_PER_PASS = args.handshakes_per_pass
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
+    quicflow.run(serve(args))
+
+
+if __name__ == "__main__":
+    main()

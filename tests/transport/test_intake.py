@@ -1,0 +1,124 @@
+"""The server endpoint's datagram intake: batches per loop pass, connections' datagrams
+before new handshakes, and at most `HANDSHAKES_PER_PASS` new connections per pass."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.connection import QuicConnection
+
+from quicflow.certs import write_dev_certs
+from quicflow.transport import QuicFlowProtocol, TransportSettings, server_endpoint
+from quicflow.transport.server_endpoint import (
+    HANDSHAKES_PER_PASS,
+    QuicFlowServer,
+    destination_cid,
+    serve,
+)
+from quicflow.transport.settings import ALPN
+from quicflow.transport.tls import server_configuration
+
+
+def _initial() -> tuple[bytes, bytes]:
+    """A fresh client's first datagram (a padded Initial) and its Destination CID."""
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN]))
+    conn.connect(("127.0.0.1", 9), now=0.0)
+    datagram = conn.datagrams_to_send(now=0.0)[0][0]
+    return datagram, conn.original_destination_connection_id
+
+
+def test_destination_cid_of_long_and_short_headers() -> None:
+    """Check that destination_cid reads an Initial's DCID from its long header, a 1-RTT
+    packet's from the host's CID length, and gives b"" for what is too short."""
+    datagram, dcid = _initial()
+    assert destination_cid(datagram, 8) == dcid
+    assert destination_cid(b"\x40" + b"abcdefgh" + b"payload", 8) == b"abcdefgh"
+    assert destination_cid(b"", 8) == b""
+    assert destination_cid(b"\xc0\x00\x00", 8) == b""
+
+
+class Recorder:
+    """Stands in for an established connection: notes how many connections existed when
+    each of its datagrams arrived."""
+
+    def __init__(self, endpoint: QuicFlowServer) -> None:
+        self.endpoint = endpoint
+        self.cids: set[bytes] = set()
+        self.seen: list[int] = []
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.seen.append(len(self.endpoint.connections))
+
+
+@pytest.fixture
+async def endpoint(tmp_path: Path) -> AsyncIterator[QuicFlowServer]:
+    certs = write_dev_certs(tmp_path)
+    configuration = server_configuration(
+        cert_file=str(certs.cert_file), key_file=str(certs.key_file)
+    )
+    server = await serve("127.0.0.1", 0, configuration, TransportSettings(), lambda _p: None)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _burst(port: int, datagrams: list[bytes]) -> None:
+    """Send every datagram before the loop can read any (no await in between)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        for datagram in datagrams:
+            sock.sendto(datagram, ("127.0.0.1", port))
+
+
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0.01)
+
+
+async def test_a_burst_of_initials_is_served_a_budget_per_pass(endpoint: QuicFlowServer) -> None:
+    """Check that 20 Initials read at once start HANDSHAKES_PER_PASS connections in that
+    pass and the rest over the next passes, none dropped."""
+    _burst(endpoint.port, [_initial()[0] for _ in range(19)])
+    # On loopback they are in the server's socket now, and the loop has read none (no
+    # await since): this pass reads them all.
+    endpoint.datagram_received(_initial()[0], ("127.0.0.1", 9))
+    assert len(endpoint.connections) == HANDSHAKES_PER_PASS
+    await _settle()
+    assert len(endpoint.connections) == 20
+    assert endpoint.handshakes_shed == 0
+
+
+async def test_initials_beyond_the_backlog_are_shed(
+    endpoint: QuicFlowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check that Initials overflowing the backlog are dropped oldest first, and that
+    Initials which waited longer than HANDSHAKE_BACKLOG_AGE are dropped too."""
+    monkeypatch.setattr(server_endpoint, "HANDSHAKE_BACKLOG", 5)
+    endpoint.handshakes_per_pass = 1
+    _burst(endpoint.port, [_initial()[0] for _ in range(9)])
+    await _settle()
+    assert (len(endpoint.connections), endpoint.handshakes_shed) == (5, 4)
+    monkeypatch.setattr(server_endpoint, "HANDSHAKE_BACKLOG_AGE", -1.0)
+    _burst(endpoint.port, [_initial()[0] for _ in range(3)])
+    await _settle()
+    assert (len(endpoint.connections), endpoint.handshakes_shed) == (5, 7)
+
+
+async def test_established_connections_go_before_new_handshakes(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that a connection's datagram queued behind Initials in the socket is handed to
+    its connection before any of those Initials starts a connection."""
+    recorder = Recorder(endpoint)
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, recorder), b"known-01")
+    short = b"\x40known-01" + bytes(40)
+    _burst(endpoint.port, [_initial()[0] for _ in range(3)] + [short] + [_initial()[0]])
+    await _settle()
+    assert recorder.seen == [0]
+    assert len(endpoint.connections) == 4
