@@ -273,8 +273,8 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
         assert 'quicflow_cluster_traffic_total{event="routed_out"} 1.0' in text
         assert "quicflow_cluster_nodes 2.0" in text
         exported = set(re.findall(r"^(quicflow_cluster_[a-z_]+?)(?:\{| )", text, re.MULTILINE))
-        doc = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
-        documented = set(re.findall(r"^\| `(quicflow_cluster_[a-z_]+)` \|", doc, re.MULTILINE))
+        page = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+        documented = set(re.findall(r"^\| `(quicflow_cluster_[a-z_]+)` \|", page, re.MULTILINE))
         assert exported == documented
     finally:
         await client.close()
