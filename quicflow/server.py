@@ -239,7 +239,7 @@ class Server:
         """
         gauges = {
             "connected_clients": len(self.sessions),
-            "promises_pending": len(self._promises),
+            "promises_pending": self.pending_promises,
             "dispatcher_queue_depth": self.dispatcher.queue_depth,
             "dispatcher_busy_workers": self.dispatcher.busy_workers,
         }
@@ -437,8 +437,8 @@ class Server:
 
     @property
     def pending_promises(self) -> int:
-        """Acked sends still waiting for their ack."""
-        return len(self._promises)
+        """Acked sends still waiting for their ack (in a cluster, those routed too)."""
+        return len(self._promises) + (self.cluster.pending if self.cluster is not None else 0)
 
     # -- clients --
 
