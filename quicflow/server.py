@@ -65,6 +65,7 @@ from .transport import QuicFlowProtocol, QuicFlowServer, serve
 from .transport.reset import load_reset_key
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS
 
 __all__ = ["Server"]
 
@@ -240,7 +241,7 @@ class Server:
         """
         gauges = {
             "connected_clients": len(self.sessions),
-            "promises_pending": len(self._promises),
+            "promises_pending": self.pending_promises,
             "dispatcher_queue_depth": self.dispatcher.queue_depth,
             "dispatcher_busy_workers": self.dispatcher.busy_workers,
         }
@@ -438,8 +439,8 @@ class Server:
 
     @property
     def pending_promises(self) -> int:
-        """Acked sends still waiting for their ack."""
-        return len(self._promises)
+        """Acked sends still waiting for their ack (in a cluster, those routed too)."""
+        return len(self._promises) + (self.cluster.pending if self.cluster is not None else 0)
 
     # -- clients --
 
@@ -706,10 +707,12 @@ class _ServerConnection:
                 config.heartbeat_timeout,
                 config.max_message_size,
                 features=(LANE_FEATURE,) if self.lane_in else (),
+                message_encodings=ENCODINGS,
             ),
         )
         if lanes:
             session.message_lane = SendLane(conn)
+        conn.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
             monitor.get_timer, lambda now: self._check_heartbeat(session, now)
         )
