@@ -56,6 +56,7 @@ from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
 from .transport.tls import CLIENT_TICKETS, client_configuration
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS
 
 __all__ = ["Client", "ClientState"]
 
@@ -345,6 +346,14 @@ class Client(ChannelMethods):
         return self.config.default_timeout
 
     @property
+    def default_compression(self) -> str | None:
+        return self.config.compression
+
+    @property
+    def compression_threshold(self) -> int:
+        return self.config.compression_threshold
+
+    @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
         return self._interceptors
 
@@ -490,6 +499,7 @@ class Client(ChannelMethods):
             # We accept the server's message lane, unless push interceptors must
             # see every call (lane messages bypass them).
             features=() if endpoint.interceptors else (LANE_FEATURE,),
+            message_encodings=ENCODINGS,
         )
         started: list[tuple[_Link, _ClientSide]] = []
 
@@ -536,6 +546,7 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             link.message_lane = SendLane(conn)
+        conn.peer_encodings = frozenset(welcome.message_encodings)
         # §9.3: ping at the interval the server granted; wait for a pong no longer than
         # either side's timeout (the server's is a suggestion, ours the user's bound).
         link.start_heartbeat(

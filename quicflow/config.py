@@ -135,6 +135,15 @@ class _Common:
     first bytes; then the call ends DEADLINE_EXCEEDED, the stream is stopped and no handler
     runs. Bounds how long a peer that opens streams and sends nothing (slowloris) holds them.
     Client-streaming and bidi calls may idle after their HEADERS (their deadline bounds them)."""
+    compression: str | None = None
+    """The message encoding (``"gzip"``, ``"zstd"``) of the messages this side sends:
+    a client's calls, a server's responses and pushes. None or ``"identity"``: none. Used
+    only where the peer accepts it (it lists what it accepts in HELLO/WELCOME), else the
+    messages go uncompressed; per call ``compression=`` and ``context.set_compression``
+    override it (wire-protocol.md §4.4, docs/overview.md "Compression")."""
+    compression_threshold: int = 1024
+    """Messages shorter than this many bytes are sent uncompressed even with an encoding
+    (compressing them costs more than it saves)."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -162,6 +171,11 @@ class _Common:
         if not isinstance(self.metrics, bool):
             raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
         _positive("header_timeout", self.header_timeout, maximum=3600.0)
+        if self.compression is not None:
+            from .wire.compression import check_compression
+
+            check_compression("compression", self.compression, ConfigError)
+        _int_range("compression_threshold", self.compression_threshold, 0, _MAX_FRAME)
 
     def transport_settings(self) -> Any:
         """The QUIC settings these fields describe (a `TransportSettings`)."""

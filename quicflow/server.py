@@ -64,6 +64,7 @@ from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS
 
 __all__ = ["Server"]
 
@@ -704,10 +705,12 @@ class _ServerConnection:
                 config.heartbeat_timeout,
                 config.max_message_size,
                 features=(LANE_FEATURE,) if self.lane_in else (),
+                message_encodings=ENCODINGS,
             ),
         )
         if lanes:
             session.message_lane = SendLane(conn)
+        conn.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
             monitor.get_timer, lambda now: self._check_heartbeat(session, now)
         )

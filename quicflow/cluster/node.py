@@ -322,11 +322,18 @@ class ClusterChannel(ClientChannel):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]:
         if self._local():
             return super().unary_unary(
-                method, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+                method,
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
             )
+        # Routed through NATS to the client's node: ``compression`` applies to QUIC only.
         return RemoteUnaryCall(
             self._node,
             self.client_id,
@@ -420,6 +427,7 @@ class _CaptureChannel(ClientChannel):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]:
         self.call = (
             method,

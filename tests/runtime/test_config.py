@@ -28,6 +28,12 @@ BUILDERS = {"server": build_server, "client": build_client}
 
 # Bad values for the fields both configs share: (field, value).
 COMMON_BAD: list[tuple[str, object]] = [
+    ("compression", "brotli"),
+    ("compression", "GZIP"),
+    ("compression", 1),
+    ("compression_threshold", -1),
+    ("compression_threshold", 2**32),
+    ("compression_threshold", 1.5),
     ("metrics", 1),
     ("metrics", "yes"),
     ("dispatcher_workers", 0),
