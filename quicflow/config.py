@@ -375,6 +375,14 @@ class ServerConfig(_Common):
     1 KiB each. 0: no resumption. Ignored (no resumption) when ``client_cert_mode`` asks for
     client certificates, which a resumed handshake does not carry. No 0-RTT either way
     (docs/security.md)."""
+    stateless_reset_key_file: str | None = None
+    """File holding the secret (32 bytes or more) the server derives QUIC stateless reset
+    tokens from; created with 32 random bytes (mode 0600) if missing. With it, a restarted
+    server answers the first packet of each client of its previous run with a stateless
+    reset, so they reconnect at once instead of at their heartbeat timeout (docs/
+    connections.md). Keep it private and per deployment: whoever holds it can reset the
+    server's connections. None: a random key per process (resets only for connections this
+    process forgot)."""
     retry: bool = False
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
@@ -477,6 +485,7 @@ class ServerConfig(_Common):
         _int_range("max_reset_rate", self.max_reset_rate, 0, 10_000_000)
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         _int_range("tls_session_tickets", self.tls_session_tickets, 0, 10_000_000)
+        _optional_path("stateless_reset_key_file", self.stateless_reset_key_file)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)

@@ -62,6 +62,7 @@ from .rpc import Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
+from .transport.reset import load_reset_key
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
@@ -191,6 +192,7 @@ class Server:
             tickets=ServerTicketStore(config.tls_session_tickets)
             if config.tls_session_tickets and config.client_cert_mode == "none"
             else None,
+            reset_key=load_reset_key(config.stateless_reset_key_file),
         )
         self._endpoint.start_metrics()
         if config.metrics_port is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import re
 import socket
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from ..errors import ConnectionClosed
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
+from .reset import RESET_TOKEN_SIZE, SMALLEST_RESET
 from .settings import TransportSettings, datagram_size_for, grow_buffers
 from .tls import ClientTicketCache
 
@@ -39,6 +41,18 @@ class _ClientProtocol(QuicFlowProtocol):
 
     refused: ConnectionRefusedError | None = None
     """Set when the peer's host refused a datagram before the handshake completed."""
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        # A stateless reset: a short-header datagram ending with the token the server
+        # announced for the connection ID we send to (RFC 9000 §10.3). aioquic does not
+        # look for them; qh3's core does (its engine returns no token).
+        if len(data) >= SMALLEST_RESET and isinstance(data, bytes) and not data[0] & 0x80:
+            token = self._quic.peer_reset_token()
+            if token is not None and hmac.compare_digest(data[-RESET_TOKEN_SIZE:], token):
+                logger.info("stateless reset from %s: the server lost this connection", addr)
+                self.reset_by_peer()
+                return
+        super().datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         if self._connected or not isinstance(exc, ConnectionRefusedError):
@@ -178,7 +192,7 @@ async def _attempt(
     None if the OS reported the port closed (ICMP port unreachable) before an answer."""
     loop = asyncio.get_running_loop()
     ticket = None
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if tickets is not None:
         key = (
             resolve_engine(settings.quic_engine),

@@ -552,6 +552,22 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._timer = None
         self._closed.set()
 
+    def reset_by_peer(self) -> None:
+        """The peer answered with a stateless reset (RFC 9000 §10.3): it holds no state
+        for this connection (it restarted). End it now, like `abort`, but send nothing
+        (the peer would only answer a CONNECTION_CLOSE with another reset)."""
+        if self.closed_error is not None:
+            return
+        self._terminated(
+            events.ConnectionTerminated(
+                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed.set()
+
     def discard(self, reason: str) -> None:
         """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
         the timer and transmit still armed (they would fire into the closed socket) and
