@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: venv gen test lint typecheck demo certs clean
+.PHONY: venv gen test lint typecheck demo cluster-demo bench-cluster certs clean
 
 venv: $(STAMP)
 
@@ -55,6 +55,14 @@ lint: $(STAMP)
 ## Start the example server and client, show every call kind, and stop.
 demo: $(STAMP)
 	PYTHONPATH=generated $(PY) -m examples.demo
+
+## Cluster mode (docs/cluster.md): NATS and three nodes, clients moving when a node dies.
+cluster-demo: $(STAMP)
+	PYTHONPATH=.:generated $(PY) -m examples.cluster.main
+
+## Cluster mode measured: cross-node push latency and throughput, CPU, broadcast (docs/cluster.md).
+bench-cluster: $(STAMP)
+	PYTHONPATH=.:generated $(PY) -m bench.cluster
 
 ## Compare QuicFlow with grpc.aio and grpclib and draw the chart (docs/benchmarks.md).
 ## bench-quick does the same in under a minute, with fewer iterations and clients.

@@ -26,6 +26,7 @@ from typing import Any
 from echo.echo_pb2 import EchoReply, EchoRequest
 
 from .common import (
+    COMPRESS_TEXT,
     HOST,
     IDLE_CLIENT_PREFIX,
     MAIN_ID,
@@ -35,6 +36,7 @@ from .common import (
     SERVER_NAME,
     SMALL,
     VARIANTS,
+    compressible,
     datagram_size,
     encode,
     is_quicflow,
@@ -64,6 +66,10 @@ class Driver(abc.ABC):
     @abc.abstractmethod
     async def say(self, conn: Any, request: EchoRequest) -> EchoReply:
         """One unary call."""
+
+    async def say_gzip(self, conn: Any, request: EchoRequest) -> EchoReply:
+        """One unary call whose request and reply are gzip-compressed."""
+        raise NotImplementedError(f"{type(self).__name__} has no compressed calls")
 
     @abc.abstractmethod
     def stream(self, conn: Any, request: EchoRequest) -> AsyncIterator[EchoReply]:
@@ -119,6 +125,11 @@ class QuicFlowDriver(Driver):
 
         return await EchoStub(conn).say(request)
 
+    async def say_gzip(self, conn: Any, request: EchoRequest) -> EchoReply:
+        from echo.echo_quicflow import EchoStub
+
+        return await EchoStub(conn).say(request, compression="gzip")
+
     async def stream(self, conn: Any, request: EchoRequest) -> AsyncIterator[EchoReply]:
         from echo.echo_quicflow import EchoStub
 
@@ -161,6 +172,11 @@ class GrpcAioDriver(Driver):
 
     async def say(self, conn: Any, request: EchoRequest) -> EchoReply:
         reply: EchoReply = await self.stubs[id(conn)].Say(request)
+        return reply
+
+    async def say_gzip(self, conn: Any, request: EchoRequest) -> EchoReply:
+        call = self.stubs[id(conn)].Say(request, compression=self.grpc.Compression.Gzip)
+        reply: EchoReply = await call
         return reply
 
     async def stream(self, conn: Any, request: EchoRequest) -> AsyncIterator[EchoReply]:
@@ -242,6 +258,8 @@ class Worker:
             return await self.rate(int(command["c"]), n, deadline)
         if op == "stream":
             return await self.stream(int(command["size"]), n, int(command["chunk"]), deadline)
+        if op == "compressed":
+            return await self.compressed(int(command["size"]), n, deadline)
         if op == "connect":
             return await self.connect(n, deadline)
         if op == "idle":
@@ -296,6 +314,19 @@ class Worker:
             "msgs_per_s": received / elapsed,
             "mib_per_s": received * size / MIB / elapsed,
         }
+
+    async def compressed(self, size: int, n: int, deadline: float) -> Answer:
+        """Unary calls with a compressible ``size``-byte payload, gzip both ways."""
+        request = EchoRequest(text=COMPRESS_TEXT, payload=compressible(size))
+        done = 0
+        start = time.perf_counter()
+        while done < n and time.perf_counter() < deadline:
+            reply = await self.driver.say_gzip(self.main, request)
+            if len(reply.payload) != size:
+                raise RuntimeError(f"reply of {len(reply.payload)} bytes, not {size}")
+            done += 1
+        elapsed = time.perf_counter() - start
+        return {"n": done, "mib_per_s": done * size / MIB / elapsed}
 
     async def connect(self, n: int, deadline: float) -> Answer:
         samples: list[float] = []

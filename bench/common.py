@@ -69,6 +69,21 @@ def payload(size: int) -> bytes:
     return b"x" * size
 
 
+COMPRESS_TEXT = "gzip"
+"""A Say request with this ``text`` asks the server to gzip its reply (the compressed row)."""
+
+
+def compressible(size: int) -> bytes:
+    """``size`` bytes of text-like payload (numbered records) that gzip shrinks about 4x,
+    unlike `payload`'s one repeated byte, which no real message resembles."""
+    out = bytearray()
+    i = 0
+    while len(out) < size:
+        out += b'{"id":%d,"name":"item-%x","ok":true,"score":%d},' % (i, i * 7919, i % 997)
+        i += 1
+    return bytes(out[:size])
+
+
 def size_of(text: str) -> int:
     """The reply size a streaming request asks for: its ``text`` is the size in bytes."""
     try:

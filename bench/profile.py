@@ -4,8 +4,9 @@
 
 WORKLOAD is ``unary1`` (one call at a time), ``unary128`` (128 concurrent calls
 on one connection), ``oneway`` (untyped messages without acks, 16 senders),
-``stream1m`` (server streaming, 1 MiB replies) or ``connect`` (a new `Client`:
-connect, one call, close; per connection). Writes ``server.prof`` and
+``stream1m`` (server streaming, 1 MiB replies), ``connect`` (a new `Client`:
+connect, one call, close; per connection; a full TLS handshake each) or
+``resume`` (the same, each resuming the TLS session of the one before). Writes ``server.prof`` and
 ``client.prof`` to DIR and prints the top functions of each by own time, with
 µs per call/message. Used to write the per-call breakdown in docs/benchmarks.md.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import dataclasses
 import os
 import pstats
 import subprocess
@@ -94,9 +96,11 @@ async def _client(
         big = EchoRequest(text=str(1 << 20), repeat=n)
         async for _ in stub.stream(big):
             pass
-    elif workload == "connect":
+    elif workload in ("connect", "resume"):
+        # connect: a full handshake each time; resume: each resumes the session of the last
+        resume = workload == "resume"
         for _ in range(n):
-            fresh = Client(config)
+            fresh = Client(dataclasses.replace(config, tls_resumption=resume))
             await fresh.connect()
             await EchoStub(fresh).say(request)
             await fresh.close()
@@ -152,7 +156,9 @@ class _NoProfile(cProfile.Profile):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("workload", choices=["unary1", "unary128", "oneway", "stream1m", "connect"])
+    parser.add_argument(
+        "workload", choices=["unary1", "unary128", "oneway", "stream1m", "connect", "resume"]
+    )
     parser.add_argument("--n", type=int, default=0)
     parser.add_argument("--out", default="")
     parser.add_argument("--top", type=int, default=25)
@@ -163,7 +169,7 @@ def main() -> None:
     parser.add_argument(
         "--cpu",
         action="store_true",
-        help="profile process CPU time, not wall time (the client side)",
+        help="profile process CPU time, not wall time (sendto's wall time is mostly scheduling)",
     )
     parser.add_argument(
         "--count",
@@ -179,6 +185,7 @@ def main() -> None:
             "oneway": 20000,
             "stream1m": 64,
             "connect": 100,
+            "resume": 100,
         }[args.workload]
     )
     out = Path(args.out or tempfile.mkdtemp(prefix="qfprof-"))
@@ -188,6 +195,8 @@ def main() -> None:
     env = dict(os.environ, QUICFLOW_PROFILE_OUT=str(out / "server.prof"))
     if args.no_profile:
         env["QUICFLOW_PROFILE_OUT"] = ""
+    if args.cpu:
+        env["BENCH_PROFILE_CPU"] = "1"
     if args.count:
         from . import counters
 

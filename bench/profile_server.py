@@ -90,7 +90,12 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     if os.environ.get("BENCH_COUNT"):
         counters.install()
-    prof = cProfile.Profile() if out else _NoProfile()
+    cpu = os.environ.get("BENCH_PROFILE_CPU")
+    prof = (
+        (cProfile.Profile(time.process_time) if cpu else cProfile.Profile())
+        if out
+        else _NoProfile()
+    )
     asyncio.run(serve(Path(sys.argv[1]), prof))
     if out:
         prof.dump_stats(out)

@@ -62,6 +62,7 @@ class Plan:
     stream_small_n: int
     stream_small_chunk: int
     stream_big_n: int
+    compressed_n: int
     stream_big_chunk: int
     stream_time: float
     connect_n: int
@@ -85,6 +86,7 @@ QUICK = Plan(
     stream_small_n=4_000,
     stream_small_chunk=1_000,
     stream_big_n=16,
+    compressed_n=16,
     stream_big_chunk=4,
     stream_time=1.5,
     connect_n=8,
@@ -108,6 +110,7 @@ SMOKE = Plan(
     stream_small_n=100,
     stream_small_chunk=50,
     stream_big_n=2,
+    compressed_n=2,
     stream_big_chunk=1,
     stream_time=0.3,
     connect_n=2,
@@ -133,6 +136,7 @@ FULL = Plan(
     stream_small_n=50_000,
     stream_small_chunk=1_000,
     stream_big_n=128,
+    compressed_n=64,
     stream_big_chunk=8,
     stream_time=6.0,
     connect_n=30,
@@ -422,6 +426,18 @@ class Bench:
 
         label = "server streaming 1 MiB messages"
         await self.measure([Row("stream_1mib", label, "MiB/s", False)], CHOSEN.systems, stream_big)
+
+        async def compressed(system: str) -> tuple[float]:
+            command = {"op": "compressed", "size": 1 << 20, "n": p.compressed_n, "time": 10.0}
+            return ((await self.ask(system, command))["mib_per_s"],)
+
+        # grpclib cannot: it refuses compressed messages (docs/benchmarks.md).
+        label = "unary compressible 1 MiB, gzip both ways (MiB of messages/s)"
+        await self.measure(
+            [Row("unary_gzip_1mib", label, "MiB/s", False)],
+            [s for s in CHOSEN.systems if s != "grpclib"],
+            compressed,
+        )
 
         async def connect(system: str) -> tuple[float]:
             command = {"op": "connect", "n": p.connect_n, "time": p.connect_time}

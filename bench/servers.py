@@ -31,6 +31,7 @@ from typing import Any, cast
 from echo.echo_pb2 import EchoReply, EchoRequest
 
 from .common import (
+    COMPRESS_TEXT,
     HOST,
     IDLE_CLIENT_PREFIX,
     MAX_MESSAGE,
@@ -115,6 +116,8 @@ async def serve_quicflow(port: int, certs: Path) -> None:
 
     class Echo(EchoBase):
         async def say(self, request: EchoRequest, context: ServicerContext) -> EchoReply:
+            if request.text == COMPRESS_TEXT:
+                context.set_compression("gzip")
             return _say(request)
 
         async def stream(
@@ -219,6 +222,8 @@ async def serve_grpcaio(port: int, certs: Path | None) -> None:
 
     class Echo(pb2_grpc.EchoServicer):  # type: ignore[misc]
         async def Say(self, request: EchoRequest, context: Any) -> EchoReply:
+            if request.text == COMPRESS_TEXT:
+                context.set_compression(grpc.Compression.Gzip)
             return _say(request)
 
         async def Stream(self, request: EchoRequest, context: Any) -> AsyncIterator[EchoReply]:

@@ -41,6 +41,8 @@ from .protocol.lane import encode_lane_message, raw_size
 from .rpc import Method
 from .status import StatusCode
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS as _ENCODINGS
+from .wire.compression import check_compression
 
 if TYPE_CHECKING:
     from .lane import SendLane
@@ -108,6 +110,16 @@ class CallTarget(Protocol):
     def default_timeout(self) -> float | None: ...
 
     @property
+    def default_compression(self) -> str | None:
+        """The encoding of calls that pass no ``compression=`` (None: none; §4.4)."""
+        ...
+
+    @property
+    def compression_threshold(self) -> int:
+        """Messages shorter than this (bytes) go uncompressed."""
+        ...
+
+    @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]: ...
 
     @property
@@ -170,8 +182,14 @@ class _Call(Generic[Req, Resp]):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> None:
         timeout = check_timeout(timeout)  # before anything is counted or sent
+        if compression is None:
+            compression = target.default_compression
+        elif compression not in _ENCODINGS:
+            check_compression("compression", compression, ArgumentError)
+        self._compression = compression
         self._input: Any = request_or_requests
         """The request (single-request kinds) or the request iterable (streaming kinds)."""
         self._target = target
@@ -338,12 +356,21 @@ class _Call(Generic[Req, Resp]):
             Role.CALLER,
             max_message_size=target.max_message_size,
             max_metadata_size=target.max_metadata_size,
+            compression_threshold=target.compression_threshold,
         )
         self._machine = machine
         self._conn = conn
         self._sid = conn.open_stream(self)
+        encoding = self._compression
+        # Compress only with an encoding the peer accepts (wire-protocol.md §4.4).
+        if encoding is not None and encoding not in conn.peer_encodings:
+            encoding = None
         out = machine.send_headers(
-            self._method.route, metadata, timeout=timeout, message_id=target.message_id
+            self._method.route,
+            metadata,
+            timeout=timeout,
+            message_id=target.message_id,
+            message_encoding=encoding or "",
         )
         if timeout is not None:
             clock = self._clock
@@ -882,7 +909,10 @@ class Channel(Protocol):
     event loop right away. ``timeout`` is seconds from now (None: no
     deadline); ``metadata`` is validated by `normalize_metadata`;
     ``wait_for_ready`` (None: the channel's default) makes a call made while
-    disconnected wait for the connection instead of failing UNAVAILABLE.
+    disconnected wait for the connection instead of failing UNAVAILABLE;
+    ``compression`` (None: the channel's default; ``"identity"``: none) names
+    the encoding of the call's requests, used where the peer accepts it
+    (wire-protocol.md §4.4).
     """
 
     def unary_unary(
@@ -893,6 +923,7 @@ class Channel(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]: ...
 
     def unary_stream(
@@ -903,6 +934,7 @@ class Channel(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryStreamCall[Resp]: ...
 
     def stream_unary(
@@ -913,6 +945,7 @@ class Channel(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> StreamUnaryCall[Resp]: ...
 
     def stream_stream(
@@ -923,6 +956,7 @@ class Channel(Protocol):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> StreamStreamCall[Resp]: ...
 
 
@@ -941,10 +975,17 @@ class ChannelMethods:
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]:
         """Start a unary call; await the result for the response."""
         return UnaryUnaryCall(
-            cast(CallTarget, self), method, request, timeout, metadata, wait_for_ready
+            cast(CallTarget, self),
+            method,
+            request,
+            timeout,
+            metadata,
+            wait_for_ready,
+            compression,
         )
 
     def unary_stream(
@@ -955,10 +996,17 @@ class ChannelMethods:
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryStreamCall[Resp]:
         """Start a server-streaming call; iterate the result for responses."""
         return UnaryStreamCall(
-            cast(CallTarget, self), method, request, timeout, metadata, wait_for_ready
+            cast(CallTarget, self),
+            method,
+            request,
+            timeout,
+            metadata,
+            wait_for_ready,
+            compression,
         )
 
     def stream_unary(
@@ -969,10 +1017,17 @@ class ChannelMethods:
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> StreamUnaryCall[Resp]:
         """Start a client-streaming call; await the result for the response."""
         return StreamUnaryCall(
-            cast(CallTarget, self), method, requests, timeout, metadata, wait_for_ready
+            cast(CallTarget, self),
+            method,
+            requests,
+            timeout,
+            metadata,
+            wait_for_ready,
+            compression,
         )
 
     def stream_stream(
@@ -983,10 +1038,17 @@ class ChannelMethods:
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> StreamStreamCall[Resp]:
         """Start a bidirectional call; iterate the result for responses."""
         return StreamStreamCall(
-            cast(CallTarget, self), method, requests, timeout, metadata, wait_for_ready
+            cast(CallTarget, self),
+            method,
+            requests,
+            timeout,
+            metadata,
+            wait_for_ready,
+            compression,
         )
 
     async def send_message(

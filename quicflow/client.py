@@ -56,6 +56,7 @@ from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
 from .transport.tls import CLIENT_TICKETS, client_configuration
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS
 
 __all__ = ["Client", "ClientState"]
 
@@ -345,6 +346,14 @@ class Client(ChannelMethods):
         return self.config.default_timeout
 
     @property
+    def default_compression(self) -> str | None:
+        return self.config.compression
+
+    @property
+    def compression_threshold(self) -> int:
+        return self.config.compression_threshold
+
+    @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
         return self._interceptors
 
@@ -477,6 +486,34 @@ class Client(ChannelMethods):
             cert_file=c.cert_file,
             key_file=c.key_file,
         )
+        control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
+        endpoint = self._endpoint
+        metadata: list[tuple[str, MetadataValue]] = []
+        if c.token is not None:
+            metadata.append(("authorization", f"Bearer {c.token}"))
+        hello = control.send_hello(
+            self.client_id,
+            metadata,
+            c.labels,
+            c.heartbeat_interval,
+            # We accept the server's message lane, unless push interceptors must
+            # see every call (lane messages bypass them).
+            features=() if endpoint.interceptors else (LANE_FEATURE,),
+            message_encodings=ENCODINGS,
+        )
+        started: list[tuple[_Link, _ClientSide]] = []
+
+        def first_flight(conn: QuicFlowProtocol) -> None:
+            # Runs as the handshake completes: HELLO leaves in the datagram that carries
+            # our Finished, and WELCOME can come back with the server's first 1-RTT
+            # datagram (one round trip less than writing it once connect() returns).
+            link = _Link(self, endpoint, conn, control)
+            side = _ClientSide(self, conn)
+            conn.attach(side)
+            link.control_sid = conn.open_stream(link)
+            conn.write(link.control_sid, hello)
+            started.append((link, side))
+
         conn = await connect(
             host,
             port,
@@ -484,29 +521,12 @@ class Client(ChannelMethods):
             c.transport_settings(),
             connect_timeout=c.connect_timeout,
             tickets=CLIENT_TICKETS if c.tls_resumption else None,
+            on_handshake=first_flight,
         )
-        control = ControlProtocol(Role.CALLER, max_frame_size=c.max_metadata_size)
-        endpoint = self._endpoint
-        link = _Link(self, endpoint, conn, control)
-        side = _ClientSide(self, conn)
-        conn.attach(side)
         try:
-            link.control_sid = conn.open_stream(link)
-            metadata: list[tuple[str, MetadataValue]] = []
-            if c.token is not None:
-                metadata.append(("authorization", f"Bearer {c.token}"))
-            conn.write(
-                link.control_sid,
-                control.send_hello(
-                    self.client_id,
-                    metadata,
-                    c.labels,
-                    c.heartbeat_interval,
-                    # We accept the server's message lane, unless push interceptors must
-                    # see every call (lane messages bypass them).
-                    features=() if endpoint.interceptors else (LANE_FEATURE,),
-                ),
-            )
+            if not started:  # cannot happen: connect() returns after the handshake event
+                first_flight(conn)
+            link, side = started[0]
             try:
                 async with asyncio.timeout_at(deadline):
                     welcome = await link.welcome
@@ -526,6 +546,7 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             link.message_lane = SendLane(conn)
+        conn.peer_encodings = frozenset(welcome.message_encodings)
         # §9.3: ping at the interval the server granted; wait for a pong no longer than
         # either side's timeout (the server's is a suggestion, ours the user's bound).
         link.start_heartbeat(

@@ -135,6 +135,15 @@ class _Common:
     first bytes; then the call ends DEADLINE_EXCEEDED, the stream is stopped and no handler
     runs. Bounds how long a peer that opens streams and sends nothing (slowloris) holds them.
     Client-streaming and bidi calls may idle after their HEADERS (their deadline bounds them)."""
+    compression: str | None = None
+    """The message encoding (``"gzip"``, ``"zstd"``) of the messages this side sends:
+    a client's calls, a server's responses and pushes. None or ``"identity"``: none. Used
+    only where the peer accepts it (it lists what it accepts in HELLO/WELCOME), else the
+    messages go uncompressed; per call ``compression=`` and ``context.set_compression``
+    override it (wire-protocol.md §4.4, docs/overview.md "Compression")."""
+    compression_threshold: int = 1024
+    """Messages shorter than this many bytes are sent uncompressed even with an encoding
+    (compressing them costs more than it saves)."""
 
     def _validate_common(self) -> None:
         _int_range("max_message_size", self.max_message_size, 1, _MAX_FRAME)
@@ -162,6 +171,11 @@ class _Common:
         if not isinstance(self.metrics, bool):
             raise ConfigError("metrics", f"must be True or False, got {self.metrics!r}")
         _positive("header_timeout", self.header_timeout, maximum=3600.0)
+        if self.compression is not None:
+            from .wire.compression import check_compression
+
+            check_compression("compression", self.compression, ConfigError)
+        _int_range("compression_threshold", self.compression_threshold, 0, _MAX_FRAME)
 
     def transport_settings(self) -> Any:
         """The QUIC settings these fields describe (a `TransportSettings`)."""
@@ -359,6 +373,14 @@ class ServerConfig(_Common):
     1 KiB each. 0: no resumption. Ignored (no resumption) when ``client_cert_mode`` asks for
     client certificates, which a resumed handshake does not carry. No 0-RTT either way
     (docs/security.md)."""
+    stateless_reset_key_file: str | None = None
+    """File holding the secret (32 bytes or more) the server derives QUIC stateless reset
+    tokens from; created with 32 random bytes (mode 0600) if missing. With it, a restarted
+    server answers the first packet of each client of its previous run with a stateless
+    reset, so they reconnect at once instead of at their heartbeat timeout (docs/
+    connections.md). Keep it private and per deployment: whoever holds it can reset the
+    server's connections. None: a random key per process (resets only for connections this
+    process forgot)."""
     retry: bool = False
     """Validate each new client's address with a QUIC Retry before keeping any state for it
     (costs one round trip per connect). Turn on against handshake floods from spoofed
@@ -467,6 +489,7 @@ class ServerConfig(_Common):
         _int_range("max_reset_rate", self.max_reset_rate, 0, 10_000_000)
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         _int_range("tls_session_tickets", self.tls_session_tickets, 0, 10_000_000)
+        _optional_path("stateless_reset_key_file", self.stateless_reset_key_file)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)

@@ -24,9 +24,10 @@ from contextvars import ContextVar
 from typing import NoReturn, Protocol
 
 from .clock import Clock
-from .errors import RpcError, UsageError
+from .errors import ArgumentError, RpcError, UsageError
 from .metadata import Metadata, MetadataLike, normalize_metadata
 from .status import StatusCode
+from .wire.compression import check_compression
 
 __all__ = ["Cancellable", "ServicerContext", "current_call", "detached"]
 
@@ -55,6 +56,7 @@ class ServicerContext:
     __slots__ = (
         "_cancelled",
         "_clock",
+        "_compression",
         "_deadline",
         "_done_callbacks",
         "_ended",
@@ -78,6 +80,7 @@ class ServicerContext:
         self._initial_metadata_sent = False
         self._deadline: float | None = None
         self._cancelled = False
+        self._compression: str | None = None
         self._ended = False
         self._outgoing: set[Cancellable] | None = None
         self._done_callbacks: list[Callable[[ServicerContext], None]] | None = None
@@ -136,6 +139,21 @@ class ServicerContext:
 
     def _flush_initial_metadata(self) -> None:
         raise NotImplementedError
+
+    def set_compression(self, encoding: str) -> None:
+        """Compress this call's responses with ``encoding`` (``"gzip"``, ``"zstd"``;
+        ``"identity"``: none), instead of the config's ``compression``. Used only if
+        the caller accepts it; messages under ``compression_threshold`` stay plain.
+        Call it before the first response (or initial metadata) is sent.
+
+        Raises:
+            ArgumentError: not an encoding this process supports.
+            UsageError: response headers or a message were already sent.
+        """
+        check_compression("encoding", encoding, ArgumentError)
+        if self._initial_metadata_sent:
+            raise UsageError("set_compression() must come before the first response")
+        self._compression = encoding
 
     async def abort(
         self, code: StatusCode, message: str = "", trailing_metadata: MetadataLike = ()

@@ -66,10 +66,12 @@ def status_document(server: ObservedServer) -> dict[str, Any]:
             "bytes_in": info.bytes_in,
             "bytes_out": info.bytes_out,
             "labels": dict(info.labels),
+            "node": info.node,
         }
         for info in server.list_clients()
     ]
     config = server.config
+    cluster = server.cluster
     return {
         "now": time.time(),
         "server": {
@@ -80,6 +82,15 @@ def status_document(server: ObservedServer) -> dict[str, Any]:
         },
         "clients": clients,
         "metrics": asdict(server.get_metrics()),
+        "cluster": None
+        if cluster is None
+        else {
+            "name": config.cluster_name,
+            "node": cluster.node_id,
+            "connected": cluster.backend.connected,
+            "nodes": cluster.nodes(),
+            "traffic": cluster.stats.as_dict(),
+        },
     }
 
 

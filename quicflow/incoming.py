@@ -50,6 +50,7 @@ from .status import StatusCode
 from .transport import QuicFlowProtocol
 from .transport.inflow import FrameWatch
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS, IDENTITY
 
 __all__ = ["Answerer", "CallerLink", "IncomingCall"]
 
@@ -166,6 +167,7 @@ class IncomingCall(ServicerContext):
             Role.CALLEE,
             max_message_size=config.max_message_size,
             max_metadata_size=config.max_metadata_size,
+            compression_threshold=config.compression_threshold,
         )
         self._messages: deque[bytes] = deque()
         self.unread_bytes = 0
@@ -218,6 +220,8 @@ class IncomingCall(ServicerContext):
                     self._request_done = True
                 case HeadersReceived():
                     self._on_headers(event)
+                case ProtocolViolation() if self._status is not None:
+                    return  # already answered (e.g. refused at its HEADERS)
                 case ProtocolViolation(error=FrameTooLarge() as err):
                     self._refuse(StatusCode.RESOURCE_EXHAUSTED, str(err), ErrorCode.EXCESSIVE_LOAD)
                     return
@@ -315,10 +319,12 @@ class IncomingCall(ServicerContext):
         if handler is None:
             self._refuse(StatusCode.UNIMPLEMENTED, f"unknown method {headers.method}")
             return
-        if headers.message_encoding not in ("", "identity"):
+        encoding = headers.message_encoding
+        if encoding and encoding != IDENTITY and encoding not in ENCODINGS:
             self._refuse(
                 StatusCode.UNIMPLEMENTED,
-                f"message encoding {headers.message_encoding!r} is not supported",
+                f"message encoding {encoding!r} is not supported "
+                f"(accepted: {', '.join(ENCODINGS)})",
             )
             return
         self._handler = handler
@@ -537,15 +543,29 @@ class IncomingCall(ServicerContext):
             stats.bytes_sent += len(data)
         return data
 
-    def _headers_prefix(self) -> bytes:
+    def _headers_prefix(self, messages: bool = True) -> bytes:
+        """Response HEADERS if due before what is written next: initial metadata, and
+        (``messages``: response messages may follow) the encoding that compresses them
+        (wire-protocol.md §4.4)."""
         if self._initial_metadata_sent:
             return b""
         self._initial_metadata_sent = True
         pending = self._pending_initial_metadata
-        if not pending:
+        encoding = self._response_encoding() if messages else ""
+        if not pending and not encoding:
             return b""
         self._pending_initial_metadata = None
-        return self._machine.send_headers("", pending)
+        return self._machine.send_headers("", pending or (), message_encoding=encoding)
+
+    def _response_encoding(self) -> str:
+        """The encoding of our responses: the handler's choice, else the config's, if the
+        caller accepts it; "" for none."""
+        encoding = self._compression
+        if encoding is None:
+            encoding = self._endpoint.config.compression
+        if encoding is None or encoding not in self._conn.peer_encodings:
+            return ""
+        return encoding
 
     def _flush_initial_metadata(self) -> None:
         out = self._headers_prefix()
@@ -583,7 +603,8 @@ class IncomingCall(ServicerContext):
             return
         if self._status is None or self._status[0] is not StatusCode.CANCELLED:
             self._status = (code, message)
-        out = self._headers_prefix() + self._machine.send_trailers(int(code), message, metadata)
+        out = self._headers_prefix(messages=False)
+        out += self._machine.send_trailers(int(code), message, metadata)
         self._write(out, end_stream=True)
         self._after_status()
 

@@ -32,6 +32,7 @@ from .metrics import Histogram, RoleStats
 from .status import StatusCode
 
 if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
     from .config import ServerConfig
     from .dispatch import Dispatcher
     from .metrics import Metrics, MetricsSnapshot
@@ -67,6 +68,9 @@ class ObservedServer(Protocol):
 
     @property
     def active_calls(self) -> int: ...
+
+    @property
+    def cluster(self) -> ClusterNode | None: ...
 
     def list_clients(self) -> list[ClientInfo]: ...
 
@@ -185,6 +189,26 @@ class ServerCollector(Collector):
         )
         for outcome, n in metrics.broadcast_deliveries.items():
             deliveries.add_metric([outcome], n)
+        cluster = server.cluster
+        if cluster is not None:
+            yield GaugeMetricFamily(
+                "quicflow_cluster_nodes",
+                "Live nodes of the cluster, this one included.",
+                value=len(cluster.nodes()),
+            )
+            yield GaugeMetricFamily(
+                "quicflow_cluster_connected",
+                "1 while this node reaches NATS, else 0.",
+                value=1 if cluster.backend.connected else 0,
+            )
+            traffic = CounterMetricFamily(
+                "quicflow_cluster_traffic",
+                "Cross-node work, counted apart from local pushes (docs/cluster.md).",
+                labels=["event"],
+            )
+            for event, n in cluster.stats.as_dict().items():
+                traffic.add_metric([event], n)
+            yield traffic
         yield deliveries
         yield GaugeMetricFamily(
             "quicflow_promises_pending",

@@ -113,6 +113,14 @@ class ClientChannel(ChannelMethods):
         return self._server.config.push_timeout
 
     @property
+    def default_compression(self) -> str | None:
+        return self._server.config.compression
+
+    @property
+    def compression_threshold(self) -> int:
+        return self._server.config.compression_threshold
+
+    @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:
         return tuple(self._server.config.push_interceptors)
 

@@ -63,8 +63,10 @@ from .rpc import Service
 from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
+from .transport.reset import load_reset_key
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
+from .wire.compression import ENCODINGS
 
 __all__ = ["Server"]
 
@@ -179,7 +181,6 @@ class Server:
             client_crl_file=config.client_crl_file,
             client_crl_check=config.client_crl_check,
         )
-        self._closed = asyncio.Event()
         self._endpoint.bind_clock()
         self._listener = await serve(
             config.host,
@@ -193,6 +194,7 @@ class Server:
             tickets=ServerTicketStore(config.tls_session_tickets)
             if config.tls_session_tickets and config.client_cert_mode == "none"
             else None,
+            reset_key=load_reset_key(config.stateless_reset_key_file),
         )
         self._endpoint.start_metrics()
         if config.gc_walk_limit:
@@ -209,6 +211,8 @@ class Server:
                 self._listener.close()
                 self._listener = None
                 raise
+        # Only now: a start that failed to bind leaves stop() nothing to wait for.
+        self._closed = asyncio.Event()
         if config.cluster_nats_urls:
             from .cluster.node import join
 
@@ -253,7 +257,7 @@ class Server:
         """
         gauges = {
             "connected_clients": len(self.sessions),
-            "promises_pending": len(self._promises),
+            "promises_pending": self.pending_promises,
             "dispatcher_queue_depth": self.dispatcher.queue_depth,
             "dispatcher_busy_workers": self.dispatcher.busy_workers,
         }
@@ -451,8 +455,8 @@ class Server:
 
     @property
     def pending_promises(self) -> int:
-        """Acked sends still waiting for their ack."""
-        return len(self._promises)
+        """Acked sends still waiting for their ack (in a cluster, those routed too)."""
+        return len(self._promises) + (self.cluster.pending if self.cluster is not None else 0)
 
     # -- clients --
 
@@ -723,10 +727,12 @@ class _ServerConnection:
                 config.heartbeat_timeout,
                 config.max_message_size,
                 features=(LANE_FEATURE,) if self.lane_in else (),
+                message_encodings=ENCODINGS,
             ),
         )
         if lanes:
             session.message_lane = SendLane(conn)
+        conn.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
             monitor.get_timer, lambda now: self._check_heartbeat(session, now)
         )

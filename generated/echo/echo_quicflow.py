@@ -63,6 +63,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.UnaryUnaryCall[EchoReply]:
         """Say answers one request with one reply."""
         return self._channel.unary_unary(
@@ -71,6 +72,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def stream(
@@ -80,6 +82,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.UnaryStreamCall[EchoReply]:
         """Stream answers one request with `repeat` replies."""
         return self._channel.unary_stream(
@@ -88,6 +91,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def collect(
@@ -97,6 +101,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.StreamUnaryCall[EchoReply]:
         """Collect reads every request and answers once with their texts joined."""
         return self._channel.stream_unary(
@@ -105,6 +110,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def chat(
@@ -114,6 +120,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.StreamStreamCall[EchoReply]:
         """Chat answers every request as it arrives."""
         return self._channel.stream_stream(
@@ -122,6 +129,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
 

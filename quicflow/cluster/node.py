@@ -322,11 +322,18 @@ class ClusterChannel(ClientChannel):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]:
         if self._local():
             return super().unary_unary(
-                method, request, timeout=timeout, metadata=metadata, wait_for_ready=wait_for_ready
+                method,
+                request,
+                timeout=timeout,
+                metadata=metadata,
+                wait_for_ready=wait_for_ready,
+                compression=compression,
             )
+        # Routed through NATS to the client's node: ``compression`` applies to QUIC only.
         return RemoteUnaryCall(
             self._node,
             self.client_id,
@@ -420,6 +427,7 @@ class _CaptureChannel(ClientChannel):
         timeout: float | None = None,
         metadata: MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> UnaryUnaryCall[Resp]:
         self.call = (
             method,
@@ -499,6 +507,11 @@ class ClusterNode:
             if not future.done():
                 future.set_exception(ConnectionClosed(message="the server is shutting down"))
         await self.backend.close()
+
+    @property
+    def pending(self) -> int:
+        """Acked sends this node made through the cluster path, not yet settled."""
+        return self._promises
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         """Run ``coro`` as a task the node cancels when it stops."""
@@ -889,7 +902,7 @@ class ClusterNode:
         holdable = config.hold_max_count > 0
         if not holdable and not self.reachable(client_id):
             raise ClientNotConnected(message=f"client {client_id!r} is not connected")
-        if self._promises + self.server.pending_promises >= config.max_pending_promises:
+        if self.server.pending_promises >= config.max_pending_promises:
             raise PromiseCapacityFull(
                 message=f"{config.max_pending_promises} acked sends are pending"
             )
@@ -903,6 +916,14 @@ class ClusterNode:
 
         def settle(t: asyncio.Task[T]) -> None:
             self._promises -= 1
+            metrics = self.server.metrics
+            if metrics is not None:  # counted like the server's own acked sends
+                if not t.cancelled() and isinstance(t.exception(), Timeout):
+                    metrics.promises_timed_out += 1
+                elif t.cancelled() or t.exception() is not None:
+                    metrics.promises_failed += 1
+                else:
+                    metrics.promises_resolved += 1
             if future.done():
                 return
             if t.cancelled():

@@ -29,6 +29,7 @@ from ..wire.codec import (
     encode_frame,
 )
 from ..wire.codec import encode_metadata as _encode_metadata
+from ..wire.compression import IDENTITY, compress, decompress
 from ..wire.v1 import frames_pb2 as pb
 from .events import (
     EndOfStream,
@@ -71,7 +72,11 @@ _Key = FrameType | type[_End]
 TRANSITIONS: Final[dict[Role, dict[SideState, dict[_Key, SideState]]]] = {
     Role.CALLER: {
         SideState.IDLE: {FrameType.HEADERS: SideState.OPEN},
-        SideState.OPEN: {FrameType.DATA: SideState.OPEN, END: SideState.CLOSED},
+        SideState.OPEN: {
+            FrameType.DATA: SideState.OPEN,
+            FrameType.COMPRESSED: SideState.OPEN,
+            END: SideState.CLOSED,
+        },
     },
     Role.CALLEE: {
         SideState.IDLE: {
@@ -79,7 +84,11 @@ TRANSITIONS: Final[dict[Role, dict[SideState, dict[_Key, SideState]]]] = {
             FrameType.DATA: SideState.OPEN,
             FrameType.TRAILERS: SideState.TRAILED,
         },
-        SideState.OPEN: {FrameType.DATA: SideState.OPEN, FrameType.TRAILERS: SideState.TRAILED},
+        SideState.OPEN: {
+            FrameType.DATA: SideState.OPEN,
+            FrameType.COMPRESSED: SideState.OPEN,
+            FrameType.TRAILERS: SideState.TRAILED,
+        },
         SideState.TRAILED: {END: SideState.CLOSED},
     },
 }
@@ -115,10 +124,33 @@ class CallProtocol:
             ...
     """
 
-    __slots__ = ("_decoder", "_local_table", "_peer_table", "local_state", "peer_state", "role")
+    __slots__ = (
+        "_decoder",
+        "_local_table",
+        "_peer_table",
+        "compression_threshold",
+        "local_encoding",
+        "local_state",
+        "peer_encoding",
+        "peer_state",
+        "role",
+    )
 
-    def __init__(self, role: Role, *, max_message_size: int, max_metadata_size: int) -> None:
+    def __init__(
+        self,
+        role: Role,
+        *,
+        max_message_size: int,
+        max_metadata_size: int,
+        compression_threshold: int = 1024,
+    ) -> None:
         self.role = role
+        self.local_encoding = ""
+        """The encoding our HEADERS named for our COMPRESSED frames ("": none, §4.4)."""
+        self.peer_encoding = ""
+        """The encoding the peer's HEADERS named for its COMPRESSED frames ("": none)."""
+        self.compression_threshold = compression_threshold
+        """Messages shorter than this (bytes) are sent as DATA even with an encoding."""
         self.local_state = SideState.IDLE
         self.peer_state = SideState.IDLE
         self._local_table = TRANSITIONS[role]
@@ -159,10 +191,13 @@ class CallProtocol:
         *,
         timeout: float | None = None,
         message_id: bytes = b"",
+        message_encoding: str = "",
     ) -> bytes:
         """Start the call (caller) or send response headers (callee, ``method=""``).
 
         ``timeout`` is seconds left (finite, capped at 2**64-1 microseconds).
+        ``message_encoding`` (one the peer accepts, §4.4) makes `send_message`
+        compress messages of at least ``compression_threshold`` bytes.
         """
         if (self.role is Role.CALLER) != bool(method):
             raise LocalProtocolError(
@@ -171,6 +206,9 @@ class CallProtocol:
                 else "response HEADERS must not carry a method"
             )
         msg = pb.CallHeaders(method=method, message_id=message_id)
+        if message_encoding and message_encoding != IDENTITY:
+            msg.message_encoding = message_encoding
+            self.local_encoding = message_encoding
         if timeout is not None:
             if not math.isfinite(timeout):
                 raise LocalProtocolError(f"timeout must be a finite number, got {timeout!r}")
@@ -181,9 +219,16 @@ class CallProtocol:
         return encode_frame(FrameType.HEADERS, msg.SerializeToString())
 
     def send_message(self, data: bytes) -> bytes:
-        """Frame one serialized message."""
+        """Frame one serialized message: COMPRESSED when our HEADERS named an encoding,
+        the message is at least ``compression_threshold`` bytes and compressing makes
+        it smaller; DATA otherwise (wire-protocol.md §4.4)."""
         if self.local_state is not SideState.OPEN:
             self._advance_local(FrameType.DATA)
+        encoding = self.local_encoding
+        if encoding and len(data) >= self.compression_threshold:
+            packed = compress(encoding, data)
+            if len(packed) < len(data):
+                return encode_frame(FrameType.COMPRESSED, packed)
         return encode_frame(FrameType.DATA, data)
 
     def half_close(self) -> None:
@@ -251,6 +296,12 @@ class CallProtocol:
         self._advance_peer(ftype)
         if ftype is FrameType.DATA:
             return MessageReceived(payload)
+        if ftype is FrameType.COMPRESSED:
+            if not self.peer_encoding:
+                raise MalformedFrame("COMPRESSED frame, but the HEADERS named no message encoding")
+            # Refused as it inflates, before it is whole, once over the limit (§4.4).
+            data = decompress(self.peer_encoding, payload, self._decoder.max_data_size)
+            return MessageReceived(data)
         try:
             if ftype is FrameType.HEADERS:
                 h = pb.CallHeaders.FromString(payload)
@@ -260,6 +311,9 @@ class CallProtocol:
                         if self.role is Role.CALLEE
                         else "response HEADERS must not carry a method"
                     )
+                encoding = h.message_encoding
+                if encoding and encoding != IDENTITY:
+                    self.peer_encoding = encoding
                 return HeadersReceived(
                     method=h.method,
                     metadata=decode_metadata(h.metadata) if h.metadata else (),

@@ -21,7 +21,7 @@ The role is call.py's `Role`: the client opens the stream, so it is the
 ``send_*`` return the bytes to write and raise `LocalProtocolError` for a
 frame our table does not allow (``cannot send PING in HELLO_SENT as
 CLIENT``). ``receive_data`` never raises for the peer's bytes: anything out of
-order, undecodable, too large, or a call frame (HEADERS, DATA, TRAILERS) ends
+order, undecodable, too large, or a call frame (HEADERS, DATA, COMPRESSED, TRAILERS) ends
 the event list with one `ProtocolViolation`, and the machine parks in
 ``ERROR``. Durations are float seconds here and milliseconds (uint32) on the
 wire.
@@ -146,7 +146,9 @@ TRANSITIONS: Final[dict[Role, dict[ControlState, dict[_Key, ControlState]]]] = {
 }
 
 _SIDE: Final = {Role.CALLER: "CLIENT", Role.CALLEE: "SERVER"}
-_CALL_FRAMES: Final = frozenset({FrameType.DATA, FrameType.HEADERS, FrameType.TRAILERS})
+_CALL_FRAMES: Final = frozenset(
+    {FrameType.DATA, FrameType.HEADERS, FrameType.TRAILERS, FrameType.COMPRESSED}
+)
 _MAX_UINT32: Final = 0xFFFF_FFFF
 _MAX_UINT64: Final = 2**64 - 1
 
@@ -168,6 +170,8 @@ class HelloReceived:
     """The interval the client asks for, seconds; None: the server's choice."""
     features: tuple[str, ...] = ()
     """Optional features the client supports (wire-protocol.md §10.3)."""
+    message_encodings: tuple[str, ...] = ()
+    """Message encodings the client accepts in COMPRESSED frames (wire-protocol.md §4.4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +189,8 @@ class WelcomeReceived:
     """The server's limit on DATA payloads, bytes."""
     features: tuple[str, ...] = ()
     """The HELLO's features the server uses too (wire-protocol.md §10.3)."""
+    message_encodings: tuple[str, ...] = ()
+    """Message encodings the server accepts in COMPRESSED frames (wire-protocol.md §4.4)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +326,13 @@ class ControlProtocol:
         heartbeat_interval: float | None = None,
         protocol_version: int = PROTOCOL_VERSION,
         features: Iterable[str] = (),
+        message_encodings: Iterable[str] = (),
     ) -> bytes:
         """Open the control stream (client): identity, credentials, labels.
 
         ``features`` are the optional features the client supports
-        (wire-protocol.md §10.3, e.g. ``"lane"``).
+        (wire-protocol.md §10.3, e.g. ``"lane"``); ``message_encodings`` the
+        encodings it accepts in COMPRESSED frames (§4.4).
 
         ``heartbeat_interval`` is the interval the client asks for (seconds;
         None or 0: the server's choice). Metadata must already be validated
@@ -345,6 +353,7 @@ class ControlProtocol:
         if labels:
             msg.labels.update(labels)
         msg.features.extend(features)
+        msg.message_encodings.extend(message_encodings)
         encode_metadata(msg, metadata)
         payload = msg.SerializeToString()
         self.state = nxt
@@ -358,10 +367,12 @@ class ControlProtocol:
         max_message_size: int,
         protocol_version: int = PROTOCOL_VERSION,
         features: Iterable[str] = (),
+        message_encodings: Iterable[str] = (),
     ) -> bytes:
         """Accept the client (server), announcing the id and the connection's parameters.
 
-        ``features``: those of the client's HELLO the server uses too (§10.3).
+        ``features``: those of the client's HELLO the server uses too (§10.3);
+        ``message_encodings``: the encodings it accepts in COMPRESSED frames (§4.4).
 
         Raises:
             LocalProtocolError: no HELLO yet or WELCOME already sent, or a
@@ -379,6 +390,7 @@ class ControlProtocol:
             ),
             max_message_size=_uint("max_message_size", max_message_size, _MAX_UINT32, minimum=1),
             features=features,
+            message_encodings=message_encodings,
         )
         payload = msg.SerializeToString()
         self.state = nxt
@@ -485,6 +497,7 @@ class ControlProtocol:
                         h.heartbeat_interval_ms / 1000 if h.heartbeat_interval_ms else None
                     ),
                     features=tuple(h.features),
+                    message_encodings=tuple(h.message_encodings),
                 )
             if ftype is FrameType.WELCOME:
                 w = pb.Welcome.FromString(payload)
@@ -500,6 +513,7 @@ class ControlProtocol:
                     heartbeat_timeout=w.heartbeat_timeout_ms / 1000,
                     max_message_size=w.max_message_size,
                     features=tuple(w.features),
+                    message_encodings=tuple(w.message_encodings),
                 )
             if ftype is FrameType.PING:
                 return PingReceived(pb.Ping.FromString(payload).sequence)

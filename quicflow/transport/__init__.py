@@ -31,7 +31,11 @@ not a scan of every connection (aioquic's QuicServer is O(N) per close).
 Modules, one concern each:
 
 - `settings`: ALPN, datagram sizes, `TransportSettings`, socket buffers;
-- `streams`: `StreamHandler`, what the runtime registers per stream;
+- `streams`: `StreamHandler`, what the runtime registers per stream, and
+  `StreamRegistry`, a connection's live streams with their four kinds of waiters
+  (drain, connection send budget, idle, stream credit);
+- `nudge`: `Nudge`, the client's timer that pings a silent server while an answer
+  is awaited (its policy is `quicflow.protocol.heartbeat.QuietWatch`);
 - `listener`: `ConnectionListener`, what the runtime attaches to a connection to
   hear of the peer's new streams, premature resets, nudges and the end;
 - `quic`: `QuicFlowProtocol`, the protocol adapter (one connection);

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hmac
 import logging
 import re
 import socket
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
@@ -16,6 +18,7 @@ from cryptography.hazmat.primitives import hashes
 from ..errors import ConnectionClosed
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
+from .reset import RESET_TOKEN_SIZE, SMALLEST_RESET
 from .settings import TransportSettings, datagram_size_for, grow_buffers
 from .tls import ClientTicketCache
 
@@ -38,6 +41,18 @@ class _ClientProtocol(QuicFlowProtocol):
 
     refused: ConnectionRefusedError | None = None
     """Set when the peer's host refused a datagram before the handshake completed."""
+
+    def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        # A stateless reset: a short-header datagram ending with the token the server
+        # announced for the connection ID we send to (RFC 9000 §10.3). aioquic does not
+        # look for them; qh3's core does (its engine returns no token).
+        if len(data) >= SMALLEST_RESET and isinstance(data, bytes) and not data[0] & 0x80:
+            token = self._quic.peer_reset_token()
+            if token is not None and hmac.compare_digest(data[-RESET_TOKEN_SIZE:], token):
+                logger.info("stateless reset from %s: the server lost this connection", addr)
+                self.reset_by_peer()
+                return
+        super().datagram_received(data, addr)
 
     def error_received(self, exc: Exception) -> None:
         if self._connected or not isinstance(exc, ConnectionRefusedError):
@@ -97,6 +112,7 @@ async def connect(
     *,
     connect_timeout: float,
     tickets: ClientTicketCache | None = None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None = None,
 ) -> QuicFlowProtocol:
     """Open a QUIC connection and finish the TLS 1.3 handshake.
 
@@ -106,6 +122,10 @@ async def connect(
     certificate sent or verified); the ticket the server issues on this
     connection is kept there for the next one. Nothing is ever sent as 0-RTT
     early data (docs/security.md).
+
+    ``on_handshake(protocol)`` runs as the handshake completes, inside the
+    handling of the datagram that completes it: what it writes (HELLO) leaves
+    in the same datagram as the client's Finished.
 
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
@@ -135,7 +155,17 @@ async def connect(
         if size != configuration.max_datagram_size:
             attempt = dataclasses.replace(configuration, max_datagram_size=size)
         protocol = await _attempt(
-            family, ip, ip_port, attempt, settings, where, deadline, connect_timeout, host, tickets
+            family,
+            ip,
+            ip_port,
+            attempt,
+            settings,
+            where,
+            deadline,
+            connect_timeout,
+            host,
+            tickets,
+            on_handshake,
         )
         if protocol is not None:
             return protocol
@@ -156,12 +186,13 @@ async def _attempt(
     connect_timeout: float,
     host: str,
     tickets: ClientTicketCache | None,
+    on_handshake: Callable[[QuicFlowProtocol], None] | None,
 ) -> QuicFlowProtocol | None:
     """One handshake with ``ip:port`` until the loop time ``deadline``: the connection, or
     None if the OS reported the port closed (ICMP port unreachable) before an answer."""
     loop = asyncio.get_running_loop()
     ticket = None
-    extra: dict[str, object] = {}
+    extra: dict[str, Any] = {}
     if tickets is not None:
         key = (
             resolve_engine(settings.quic_engine),
@@ -195,6 +226,8 @@ async def _attempt(
         grow_buffers(sock)
     peer = transport.get_extra_info("peername") or (ip, port)
     try:
+        if on_handshake is not None:
+            protocol.on_handshake = lambda: on_handshake(protocol)
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
             async with asyncio.timeout_at(deadline):

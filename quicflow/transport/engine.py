@@ -157,6 +157,11 @@ class EngineConnection(Protocol):
         """Forget the probe-timeout backoff earned on an old path."""
         ...
 
+    def peer_reset_token(self) -> bytes | None:
+        """The stateless reset token of the connection ID we send to, if the transport
+        must detect resets itself (None: unknown yet, or the engine detects them)."""
+        ...
+
     def ack_with_data(self, now: float) -> None:
         """Make a pending ACK due now, so data about to be sent carries it."""
         ...
@@ -202,11 +207,13 @@ def make_connection(
     settings: TransportSettings,
     *,
     session_ticket: Any = None,
+    reset_key: bytes | None = None,
     **kwargs: Any,
 ) -> EngineConnection:
     """A new connection of the engine ``settings`` name (``kwargs``: aioquic's
     `QuicConnection` arguments besides the configuration; ``session_ticket``: a
-    client's ticket from an earlier connection of the same engine, to resume)."""
+    client's ticket from an earlier connection of the same engine, to resume;
+    ``reset_key``: a server's stateless reset key, aioquic only: qh3 makes its own tokens)."""
     window = settings.stream_receive_window
     if resolve_engine(settings.quic_engine) == "qh3":
         from .engine_qh3 import Qh3FlowConnection, shared_qh3_configuration
@@ -224,4 +231,6 @@ def make_connection(
         max_datagram_size=configuration.max_datagram_size,
         resolution=clock_resolution(asyncio.get_running_loop()),
     )
-    return AioquicFlowConnection(configuration=configuration, window=window, pacer=pacer, **kwargs)
+    return AioquicFlowConnection(
+        configuration=configuration, window=window, pacer=pacer, reset_key=reset_key, **kwargs
+    )

@@ -30,6 +30,7 @@ from aioquic.quic.recovery import QuicPacketRecovery
 from aioquic.quic.stream import QuicStream, QuicStreamReceiver, QuicStreamSender
 
 from .pacer import BytePacer
+from .reset import reset_token
 from .streams import StreamHandler
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
@@ -192,6 +193,16 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "wrapped: verify the client's chain once its key is proven",
     ),
     PrivateUse(tls.Context, "_peer_certificate", None, "the peer's leaf certificate"),
+    PrivateUse(tls.Context, "_supported_groups", None, "a client offers one key share"),
+    PrivateUse(QuicConnection, "_is_client", None, "only a client narrows its key shares"),
+    PrivateUse(QuicConnection, "_host_cids", None, "our connection IDs: their reset tokens"),
+    PrivateUse(QuicConnection, "_peer_cid", None, "the peer's connection ID: its reset token"),
+    PrivateUse(
+        QuicConnection,
+        "_replenish_connection_ids",
+        ("self",),
+        "overridden: new connection IDs get tokens derived from the reset key",
+    ),
     PrivateUse(tls.Context, "_peer_certificate_chain", None, "the peer's intermediates"),
 )
 
@@ -209,9 +220,18 @@ class AioquicFlowConnection(QuicConnection):
     engine = "aioquic"
 
     def __init__(
-        self, *args: Any, window: int, pacer: BytePacer | None = None, **kwargs: Any
+        self,
+        *args: Any,
+        window: int,
+        pacer: BytePacer | None = None,
+        reset_key: bytes | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(*args, **kwargs)
+        self.reset_key = None if self._is_client else reset_key
+        """A server's stateless reset key: each connection ID's token derives from it
+        (`quicflow.transport.reset`), so a restarted server holding it can still reset."""
+        self.derive_reset_tokens()
         self.share_frame_handlers()
         self.flow_handlers: dict[int, StreamHandler] = {}
         self.flow_withheld: dict[int, int] = {}
@@ -225,9 +245,33 @@ class AioquicFlowConnection(QuicConnection):
     def _initialize(self, peer_cid: bytes) -> None:
         super()._initialize(peer_cid)
         self._crypto_buffers[tls.Epoch.ONE_RTT] = Buffer(capacity=_ONE_RTT_CRYPTO)
+        groups = self.tls._supported_groups
+        if self._is_client and tls.Group.X25519 in groups:
+            # aioquic offers a key share for each of P-256, P-384, X25519 and X448: four
+            # key pairs made per connect, one used. X25519 is the cheapest, and every
+            # QuicFlow server (aioquic, qh3) takes it.
+            self.tls._supported_groups = [tls.Group.X25519]
         verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+
+    # -- stateless reset (quicflow.transport.reset) --
+
+    def derive_reset_tokens(self) -> None:
+        """Give each of our connection IDs the token its ID derives to under our key."""
+        key = self.reset_key
+        if key is not None:
+            for cid in self._host_cids:
+                cid.stateless_reset_token = reset_token(key, cid.cid)
+
+    def _replenish_connection_ids(self) -> None:
+        super()._replenish_connection_ids()
+        self.derive_reset_tokens()
+
+    def peer_reset_token(self) -> bytes | None:
+        """The stateless reset token of the connection ID we send to (a client: the
+        server's), None before the peer gave one."""
+        return self._peer_cid.stateless_reset_token or None
 
     # -- memory per connection (docs/limits.md "Handshake flood") --
 

@@ -216,6 +216,10 @@ class Qh3FlowConnection(Qh3Connection):
     def reset_probe_backoff(self) -> None:
         """qh3's recovery is its own: nothing to reset from here."""
 
+    def peer_reset_token(self) -> bytes | None:
+        """qh3's core keeps the peer's reset tokens (and detects resets) itself."""
+        return None
+
     def peer_certificate_der(self) -> bytes | None:
         cert = self.get_peercert()
         if cert is None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -20,15 +19,16 @@ from aioquic.quic import events
 from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
+from ..clock import LoopClock
 from ..errors import ConnectionClosed
 from ..protocol.budget import ByteBudget
-from ..protocol.heartbeat import QuietWatch
 from ..wire.codec import ErrorCode
 from .engine import EngineConnection
 from .inflow import FrameWatch
 from .listener import ConnectionListener, Unattached
+from .nudge import Nudge
 from .settings import TransportSettings
-from .streams import StreamHandler
+from .streams import StreamHandler, StreamRegistry
 from .tls import VerifiedClientCertificate
 
 __all__ = ["FLUSH_STREAMS", "ConnectionRouter", "QuicFlowProtocol"]
@@ -93,23 +93,22 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._connected = False
         self._connected_waiter: asyncio.Future[None] | None = None
         self._early: list[events.QuicEvent] | None = [] if router is not None else None
+        self.on_handshake: Callable[[], None] | None = None
+        """Called once as the handshake completes, before the datagram that completes it
+        is answered: what it writes leaves with the client's Finished (HELLO does)."""
         """A server's stream events that came before the handshake completed (0-RTT),
         held until it does (docs/security.md, "Session resumption and 0-RTT")."""
         self._closed = asyncio.Event()
         self.settings = settings
-        self._handlers: dict[int, StreamHandler] = quic.flow_handlers
-        self._drain_waiters: dict[int, asyncio.Future[None]] = {}
-        # Connection-wide send budget: an upper bound of the bytes queued on all streams
-        # (raised by each write, made exact by a scan only when it passes the limit) and
-        # the streams that may still hold some.
-        self._unsent_bound = 0
-        self._sending: set[int] = set()
-        self._scan_at = 64  # prune _sending when it grows past this (amortised O(1))
-        self._budget_waiter: asyncio.Future[None] | None = None
-        self._idle_waiters: list[asyncio.Future[None]] = []
-        self._credit_waiters: deque[asyncio.Future[None]] = deque()
-        self._peer_next_bidi = 1 if quic.configuration.is_client else 0
-        self._peer_unseen: set[int] = set()
+        self.streams = StreamRegistry(
+            quic,
+            quic.flow_handlers,
+            is_client=quic.configuration.is_client,
+            send_buffer_limit=settings.send_buffer_limit,
+            send_limit=settings.connection_send_limit,
+        )
+        """Each live stream's handler, and what waits on the streams."""
+        self._handlers = self.streams.handlers
         self._receiving = False
         self._wrote = False  # stream data queued since the last transmit
         self._delivered = False  # the datagram being handled gave a handler data
@@ -118,7 +117,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.listener: ConnectionListener = Unattached()
         """Hears of the peer's new streams, premature resets, nudges and the end
         (`attach`)."""
-        self._lanes: set[int] = set()  # long-lived uni streams: not calls, never "idle"
+        self.peer_encodings: frozenset[str] = frozenset()
+        """Message encodings the peer accepts (its HELLO or WELCOME, wire-protocol.md
+        §4.4); the runtime sets it, and compresses only with these."""
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
         """The CONNECTION_CLOSE error code once the connection ended."""
@@ -128,10 +129,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.last_heard = self.last_data = self._loop.time()
         """Loop time of the last datagram received from the peer (``last_data``: the last
         one that carried stream data to a handler)."""
-        self._wait_began = 0.0  # when the nudge was last armed from idle
-        self._quiet: QuietWatch | None = None  # the client's nudge (see watch_quiet)
-        self._waiting: Callable[[], bool] | None = None
-        self._quiet_timer: asyncio.TimerHandle | None = None
+        self._nudge: Nudge | None = None  # the client's (watch_quiet)
         self.receive_budget = ByteBudget(settings.connection_receive_limit)
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
@@ -152,7 +150,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
     @property
     def stream_count(self) -> int:
         """Streams with a live handler (calls in flight; message lanes not counted)."""
-        return len(self._handlers) - len(self._lanes)
+        return self.streams.call_count
 
     @property
     def quic_stream_count(self) -> int:
@@ -195,9 +193,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self.closed_error is not None:
             raise self.closed_error
         stream_id = self._quic.reserve_stream()
-        self._handlers[stream_id] = handler
-        if self._quiet is not None and self._quiet_timer is None:
-            self.expect_answer()
+        self.streams.add(stream_id, handler)
+        if self._nudge is not None:
+            self._nudge.expect_answer()
         return stream_id
 
     def open_uni_stream(self, handler: StreamHandler) -> int:
@@ -209,8 +207,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self.closed_error is not None:
             raise self.closed_error
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
-        self._handlers[stream_id] = handler
-        self._lanes.add(stream_id)
+        self.streams.add(stream_id, handler, lane=True)
         return stream_id
 
     def can_open_stream(self) -> bool:
@@ -220,31 +217,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
     async def wait_stream_credit(self) -> None:
         """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
         connection ended (then raises `ConnectionClosed`)."""
-        if self.closed_error is not None:
-            raise self.closed_error
-        waiter: asyncio.Future[None] = self._loop.create_future()
-        self._credit_waiters.append(waiter)
-        try:
-            await waiter
-        except asyncio.CancelledError:
-            # Gave up (deadline, cancel): leave no dead waiter behind; pass on a slot
-            # that may already have been handed to us.
-            if waiter in self._credit_waiters:
-                self._credit_waiters.remove(waiter)
-            elif self._credit_waiters and self.can_open_stream():
-                self._wake_credit()
-            raise
-
-    def _wake_credit(self) -> None:
-        # Wake only as many waiters as there are free slots, oldest first: waking all
-        # of them for a handful of slots is quadratic with thousands waiting.
-        slots = self._quic.free_bidi_slots()
-        waiters = self._credit_waiters
-        while slots > 0 and waiters:
-            waiter = waiters.popleft()
-            if not waiter.done():
-                waiter.set_result(None)
-                slots -= 1
+        await self.streams.wait_credit()
 
     def write(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
         """Queue bytes on a stream; False if that side is already closed or reset."""
@@ -252,12 +225,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._quic.send_stream_data(stream_id, data, end_stream)
         except (RuntimeError, ValueError, AssertionError):
             return False
-        self._unsent_bound += len(data)
+        self.streams.wrote(stream_id, len(data))
         self._wrote = True
-        sending = self._sending
-        sending.add(stream_id)
-        if len(sending) > self._scan_at:
-            self._scan_sending()
         if end_stream and not self._receiving and self._few_streams():
             pending = self._transmit_task
             if pending is not None:
@@ -271,70 +240,39 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
 
     def watch_quiet(self, after: float, longest: float, waiting: Callable[[], bool]) -> None:
         """Send a QUIC PING whenever ``waiting()`` holds and the peer has been silent
-        for ``after`` seconds, backing off to ``longest`` while no data comes
-        (`QuietWatch`); the client turns this on.
-
-        Only the client can heal a NAT rebinding: the server learns the new address
-        from the client's next datagram, and sends into the old one until then. A
-        client that only waits for a reply would stay silent until its next
-        heartbeat. Checks run only while something is awaited: `open_stream` and
-        `expect_answer` start them, and the silence counts from then at the earliest.
-        """
-        self._quiet = QuietWatch(after, longest)
-        self._waiting = waiting
+        for ``after`` seconds, backing off to ``longest`` while no data comes (`Nudge`);
+        the client turns this on. Checks run while something is awaited: `open_stream`
+        and `expect_answer` start them."""
+        self._nudge = Nudge(
+            LoopClock(self._loop),
+            self,
+            after=after,
+            longest=longest,
+            waiting=waiting,
+            ping=self._ping_quiet_peer,
+        )
         self.expect_answer()
-
-    def _quiet_since(self) -> float:
-        return max(self.last_heard, self._wait_began)
 
     def expect_answer(self) -> None:
         """Something now awaits the peer (a call, a ping sent): make sure the nudge is
         armed."""
-        quiet = self._quiet
-        if quiet is None or self._quiet_timer is not None or self.closed_error is not None:
-            return
-        self._wait_began = self._loop.time()
-        when = quiet.next_check(self._quiet_since(), self.last_data)
-        self._quiet_timer = self._loop.call_at(when, self._nudge)
+        if self._nudge is not None and self.closed_error is None:
+            self._nudge.expect_answer()
 
-    def _nudge(self) -> None:
-        self._quiet_timer = None
-        quiet, waiting = self._quiet, self._waiting
-        if quiet is None or waiting is None or self.closed_error is not None:
-            return
-        if not waiting():
-            return  # idle now; the next call or ping re-arms
-        if quiet.poll(self._loop.time(), self._quiet_since(), self.last_data, True):
-            self._quic.send_ping(0)
-            self.transmit()
-            self.listener.nudged()
-        when = quiet.next_check(self._quiet_since(), self.last_data)
-        self._quiet_timer = self._loop.call_at(when, self._nudge)
+    def _ping_quiet_peer(self) -> None:
+        self._quic.send_ping(0)
+        self.transmit()
+        self.listener.nudged()
 
     def _few_streams(self) -> bool:
         """At most `FLUSH_STREAMS` live streams besides message lanes (the control
         stream and one call): nothing else is likely to share a datagram."""
-        return len(self._handlers) - len(self._lanes) <= FLUSH_STREAMS
-
-    def _scan_sending(self) -> int:
-        """Bytes queued on all streams now; forgets streams that hold none."""
-        total = 0
-        send_buffered = self._quic.send_buffered
-        for sid in list(self._sending):
-            queued = send_buffered(sid)
-            if queued:
-                total += queued
-            else:
-                self._sending.discard(sid)
-        self._unsent_bound = total
-        self._scan_at = max(64, 2 * len(self._sending))
-        return total
+        return self.streams.call_count <= FLUSH_STREAMS
 
     def send_budget_exceeded(self) -> bool:
         """Whether the bytes queued towards the peer on all streams pass
         ``connection_send_limit`` (cheap while well under it: no scan)."""
-        limit = self.settings.connection_send_limit
-        return self._unsent_bound > limit and self._scan_sending() > limit
+        return self.streams.budget_exceeded()
 
     async def drain_connection(self) -> None:
         """Wait until the bytes queued on all streams are under ``connection_send_limit``.
@@ -343,13 +281,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         calls it before writing a whole reply. Raises `ConnectionClosed` if the
         connection ends meanwhile.
         """
-        while self.send_budget_exceeded():
-            if self.closed_error is not None:
-                raise self.closed_error
-            waiter = self._budget_waiter
-            if waiter is None or waiter.done():
-                waiter = self._budget_waiter = self._loop.create_future()
-            await waiter
+        await self.streams.drain_connection()
 
     def reset(self, stream_id: int, error_code: int, *, stop: bool = True) -> None:
         """Abort a stream: RESET_STREAM our side and, with ``stop``, STOP_SENDING the peer's.
@@ -363,7 +295,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if stop and self._quic.receive_finished(stream_id) is not True:
             with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                 quic.stop_stream(stream_id, error_code)
-        self._wake_drain(stream_id)
+        self.streams.wake_drain(stream_id)
         self._transmit_soon()
 
     def stop_reading(self, stream_id: int, error_code: int = ErrorCode.NO_ERROR) -> None:
@@ -406,28 +338,15 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
 
     def release(self, stream_id: int) -> None:
         """Forget a stream's handler once its call is over (frees our per-stream state)."""
-        self._handlers.pop(stream_id, None)
+        self.streams.release(stream_id)
         if self._watches:
             watch = self._watches.pop(stream_id, None)
             if watch is not None:
                 watch.close()
-        self._drain_waiters.pop(stream_id, None)
-        self._lanes.discard(stream_id)
-        if self._idle_waiters and len(self._handlers) <= len(self._lanes):
-            self._wake_idle()
 
     async def wait_idle(self) -> None:
         """Wait until no stream has a live handler (every call has ended)."""
-        if len(self._handlers) > len(self._lanes) and self.closed_error is None:
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            self._idle_waiters.append(waiter)
-            await waiter
-
-    def _wake_idle(self) -> None:
-        waiters, self._idle_waiters = self._idle_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        await self.streams.wait_idle()
 
     def credit_released(self, stream_id: int) -> None:
         """The runtime consumed data on this stream: send MAX_STREAM_DATA if worthwhile."""
@@ -444,26 +363,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         Returns at once when already under. Raises `ConnectionClosed` if the
         connection ends meanwhile; returns if the stream is reset.
         """
-        limit = self.settings.send_buffer_limit
-        while self.send_buffered(stream_id) > limit:
-            if self.closed_error is not None:
-                raise self.closed_error
-            if stream_id not in self._handlers:
-                return
-            waiter = self._drain_waiters.get(stream_id)
-            if waiter is None:
-                waiter = self._drain_waiters[stream_id] = self._loop.create_future()
-            await waiter
-
-    def _wake_drain(self, stream_id: int) -> None:
-        waiter = self._drain_waiters.pop(stream_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def _check_drains(self) -> None:
-        limit = self.settings.send_buffer_limit
-        for stream_id in [s for s in self._drain_waiters if self.send_buffered(s) <= limit]:
-            self._wake_drain(stream_id)
+        await self.streams.drain(stream_id)
 
     # -- the loop: feed a datagram, drain events, transmit, re-arm the timer --
 
@@ -523,6 +423,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 if router is not None:
                     router.handshake_completed(self)
                 self._connected = True
+                first_flight, self.on_handshake = self.on_handshake, None
+                if first_flight is not None:
+                    first_flight()
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -568,15 +471,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             # The peer closed: aioquic reports it only after its draining period
             # (3 PTO), but every call on this connection is over now.
             self._terminated(close_event)
-        if self._drain_waiters:
-            self._check_drains()
-        budget = self._budget_waiter
-        if budget is not None and not self.send_budget_exceeded():
-            self._budget_waiter = None
-            if not budget.done():
-                budget.set_result(None)
-        if self._credit_waiters and self.can_open_stream():
-            self._wake_credit()
+        self.streams.progressed()
 
     def _path_changed(self) -> None:
         # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic
@@ -657,6 +552,22 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._timer = None
         self._closed.set()
 
+    def reset_by_peer(self) -> None:
+        """The peer answered with a stateless reset (RFC 9000 §10.3): it holds no state
+        for this connection (it restarted). End it now, like `abort`, but send nothing
+        (the peer would only answer a CONNECTION_CLOSE with another reset)."""
+        if self.closed_error is not None:
+            return
+        self._terminated(
+            events.ConnectionTerminated(
+                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+            )
+        )
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._closed.set()
+
     def discard(self, reason: str) -> None:
         """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
         the timer and transmit still armed (they would fire into the closed socket) and
@@ -707,7 +618,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             handler = handlers.get(event.stream_id)
             if (
                 self.closed_error is None
-                and (event.stream_id & 3) == (self._peer_next_bidi & 3)  # a peer-opened call
+                and self.streams.is_peer_call(event.stream_id)
                 and (handler is not None or self._quic.sent_fin(event.stream_id) is False)
             ):
                 # A call still open on our side (or one we never saw): a premature reset.
@@ -726,7 +637,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                     with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                         self._quic.reset_stream(event.stream_id, event.error_code)
         elif type(event) is events.StopSendingReceived:
-            self._wake_drain(event.stream_id)
+            self.streams.wake_drain(event.stream_id)
             handler = handlers.get(event.stream_id)
             if handler is not None:
                 handler.stop_sending(event.error_code)
@@ -745,30 +656,20 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 if offer and is_peer_uni:
                     uni_handler = self.listener.lane_opened(stream_id)
                     if uni_handler is not None:
-                        self._handlers[stream_id] = uni_handler
-                        self._lanes.add(stream_id)
+                        self.streams.add(stream_id, uni_handler, lane=True)
                         return uni_handler
                 with contextlib.suppress(RuntimeError, ValueError, AssertionError):
                     self._quic.stop_stream(stream_id, ErrorCode.REFUSED)
             return None
-        # QUIC opens every lower-numbered stream implicitly, and packets reorder: a
-        # stream below the highest seen is new if we have not seen it yet.
-        if stream_id < self._peer_next_bidi:
-            if stream_id not in self._peer_unseen:
-                return None
-            self._peer_unseen.discard(stream_id)
-        else:
-            self._peer_unseen.update(range(self._peer_next_bidi, stream_id, 4))
-            self._peer_next_bidi = stream_id + 4
-        if not offer:
+        if not self.streams.peer_stream_is_new(stream_id) or not offer:
             return None
         handler = self.listener.stream_opened(stream_id)
         if handler is None:
             self.reset(stream_id, ErrorCode.REFUSED)
             return None
-        self._handlers[stream_id] = handler
-        if self._quiet is not None and self._quiet_timer is None:
-            self.expect_answer()  # a push: the rest of its request may be stuck on a path
+        self.streams.add(stream_id, handler)
+        if self._nudge is not None:
+            self._nudge.expect_answer()  # a push: the rest of its request may be stuck on a path
         return handler
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
@@ -781,29 +682,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self.owns_transport and self._transport is not None:
             # Let the CONNECTION_CLOSE we may have queued leave first.
             self._loop.call_soon(self._transport.close)
-        handlers = list(self._handlers.values())
-        self._handlers.clear()
-        self._lanes.clear()
         watches = list(self._watches.values())
         self._watches.clear()
         for watch in watches:
             watch.close()  # give the server's budget back
-        if self._quiet_timer is not None:
-            self._quiet_timer.cancel()
-            self._quiet_timer = None
-        self._wake_idle()
-        for waiter in self._drain_waiters.values():
-            if not waiter.done():
-                waiter.set_exception(self.closed_error)
-        self._drain_waiters.clear()
-        budget, self._budget_waiter = self._budget_waiter, None
-        if budget is not None and not budget.done():
-            budget.set_exception(self.closed_error)
-        self._sending.clear()
-        for waiter in self._credit_waiters:
-            if not waiter.done():
-                waiter.set_exception(self.closed_error)
-        self._credit_waiters.clear()
+        if self._nudge is not None:
+            self._nudge.cancel()
+        handlers = self.streams.fail(self.closed_error)
         for handler in handlers:
             try:
                 handler.connection_lost(self.closed_error)

@@ -28,6 +28,7 @@ from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
+from .reset import ResetLimiter, load_reset_key, stateless_reset
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
 from .tls import ServerTicketStore
 
@@ -85,6 +86,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         retry: bool = False,
         retry_threshold: int = 0,
         tickets: ServerTicketStore | None = None,
+        reset_key: bytes | None = None,
     ) -> None:
         self._always_retry = retry
         self.retry_threshold = retry_threshold
@@ -93,6 +95,11 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._retry = QuicRetryTokenHandler() if retry else None
         self.tickets = tickets
         """Session tickets issued, for clients that resume (None: no resumption)."""
+        self.reset_key = reset_key if reset_key is not None else load_reset_key(None)
+        """The key stateless reset tokens derive from (`quicflow.transport.reset`)."""
+        self._reset_limiter = ResetLimiter()
+        self.resets_sent = 0
+        """Stateless resets sent (datagrams for connections this server does not know)."""
         self._handshaking: set[QuicFlowProtocol] = set()
         self._retrying = False  # the threshold was passed (logged once per episode)
         self.receive_budget = ByteBudget(settings.receive_limit)
@@ -232,6 +239,10 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 or len(data) < _SMALLEST_INITIAL
                 or header.version not in self._configuration.supported_versions
             ):
+                if not data[0] & 0x80:
+                    # A short-header packet of a connection we do not know (we restarted,
+                    # or forgot it): tell its client at once (RFC 9000 §10.3).
+                    self._send_reset(data, header.destination_cid, addr)
                 return  # not a connection attempt we take (no version negotiation in v1)
             original_cid = header.destination_cid
             retry_cid: bytes | None = None
@@ -260,6 +271,16 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self._on_connection(protocol)
             return
         protocol.datagram_received(data, addr)
+
+    def _send_reset(self, data: bytes, cid: bytes, addr: NetworkAddress) -> None:
+        if self._transport is None:
+            return
+        if not self._reset_limiter.allow(asyncio.get_running_loop().time()):
+            return
+        packet = stateless_reset(self.reset_key, cid, len(data))
+        if packet is not None:
+            self._transport.sendto(packet, addr)
+            self.resets_sent += 1
 
     @property
     def handshakes(self) -> int:
@@ -327,6 +348,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
+            reset_key=self.reset_key,
             session_ticket_fetcher=tickets.pop if tickets is not None else None,
             session_ticket_handler=tickets.add if tickets is not None else None,
         )
@@ -397,10 +419,12 @@ async def serve(
     retry: bool = False,
     retry_threshold: int = 0,
     tickets: ServerTicketStore | None = None,
+    reset_key: bytes | None = None,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
     addresses with a QUIC Retry first; ``retry_threshold``: do so while that many
-    handshakes are in progress; ``tickets``: let clients resume TLS sessions; see
+    handshakes are in progress; ``tickets``: let clients resume TLS sessions;
+    ``reset_key``: derive stateless reset tokens from it, None: a random key; see
     `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
@@ -423,6 +447,7 @@ async def serve(
                 retry=retry,
                 retry_threshold=retry_threshold,
                 tickets=tickets,
+                reset_key=reset_key,
             ),
             local_addr=(host, port),
             reuse_port=None,

@@ -38,6 +38,8 @@ class FrameType(enum.IntEnum):
     DATA = 0x00
     HEADERS = 0x01
     TRAILERS = 0x02
+    COMPRESSED = 0x03
+    """One message compressed with the sender's ``message_encoding`` (§4.4)."""
     HELLO = 0x10
     WELCOME = 0x11
     PING = 0x12
@@ -67,6 +69,8 @@ class ErrorCode(enum.IntEnum):
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+# Frames that carry one message: their Length is bounded by max_message_size (§3.2).
+_MESSAGE_TYPES = frozenset((FrameType.DATA, FrameType.COMPRESSED, FrameType.MESSAGE))
 
 
 class MalformedFrame(RemoteProtocolError):
@@ -222,7 +226,7 @@ class FrameDecoder:
             if ftype not in _KNOWN_TYPES:
                 raise MalformedFrame(f"unknown frame type 0x{ftype:02x}")
             raise UnexpectedFrame(FrameType(ftype))
-        data = ftype == FrameType.DATA or ftype == FrameType.MESSAGE
+        data = ftype in _MESSAGE_TYPES
         limit = self.max_data_size if data else self.max_control_size
         if length > limit:
             self._error = True

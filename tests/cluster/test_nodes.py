@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from notify.notify_pb2 import Event
@@ -245,3 +247,34 @@ async def test_clients_move_to_the_next_node_when_theirs_stops(nats_server: Nats
         await client.close()
         await a.stop()
         await b.stop()
+
+
+async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, Server]) -> None:
+    """Check that /api/status lists the nodes, each client's node and the cross-node
+    traffic, and that Prometheus exposes the cluster counters."""
+    from quicflow.http import status_document
+    from quicflow.prometheus import exposition, registry_for
+
+    a, b = two_nodes
+    client, _ = await connect(b.port, "c-1")
+    try:
+        await until(lambda: _registered(a, "c-1", "b"))
+        await NotifyStub(a.client("c-1")).deliver(Event(seq=1))
+        doc = status_document(a)
+        cluster = doc["cluster"]
+        assert cluster["node"] == "a" and cluster["connected"] is True
+        assert [(n["node"], n["clients"], n["self"]) for n in cluster["nodes"]] == [
+            ("a", 0, True),
+            ("b", 1, False),
+        ]
+        assert cluster["traffic"]["routed_out"] == 1
+        assert [(c["client_id"], c["node"]) for c in doc["clients"]] == [("c-1", "b")]
+        text = exposition(registry_for(a)).decode()
+        assert 'quicflow_cluster_traffic_total{event="routed_out"} 1.0' in text
+        assert "quicflow_cluster_nodes 2.0" in text
+        exported = set(re.findall(r"^(quicflow_cluster_[a-z_]+?)(?:\{| )", text, re.MULTILINE))
+        page = (Path(__file__).parents[2] / "docs" / "observability.md").read_text()
+        documented = set(re.findall(r"^\| `(quicflow_cluster_[a-z_]+)` \|", page, re.MULTILINE))
+        assert exported == documented
+    finally:
+        await client.close()

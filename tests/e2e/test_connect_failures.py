@@ -189,6 +189,7 @@ async def test_a_port_in_use_names_the_address(silent_port: int) -> None:
         await server.start()
     assert f"127.0.0.1:{silent_port}" in str(info.value)
     assert "in use" in str(info.value)
+    await asyncio.wait_for(server.stop(), 5)  # nothing to stop: returns (it used to hang)
 
 
 async def test_a_metrics_port_in_use_names_the_address() -> None:
@@ -208,6 +209,7 @@ async def test_a_metrics_port_in_use_names_the_address() -> None:
         )
         with pytest.raises(OSError) as info:
             await server.start()
+        await asyncio.wait_for(server.stop(), 5)
     assert f"TCP 127.0.0.1:{port}" in str(info.value)
 
 

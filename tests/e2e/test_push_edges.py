@@ -148,12 +148,12 @@ async def test_calls_that_time_out_waiting_for_credit_leave_no_waiters() -> None
         conn = client.connection
         assert conn is not None and not conn.can_open_stream()
         # Busy calls beyond the server's stream limit (128 on aioquic, 100 on qh3) wait too.
-        busy_waiting = len(conn._credit_waiters)
+        busy_waiting = conn.streams.credit_waiting
         for _ in range(50):
             with pytest.raises(RpcError):
                 await stub.say(EchoRequest(text="late"), timeout=0.001)
         try:
-            assert len(conn._credit_waiters) <= busy_waiting + 1
+            assert conn.streams.credit_waiting <= busy_waiting + 1
         finally:
             # Their 1.5 s only had to outlast the late calls: cancel rather than wait.
             for call in busy:

@@ -25,6 +25,7 @@ async def serve(args: argparse.Namespace) -> None:
             heartbeat_check_interval=args.hb_interval / 4,
             min_heartbeat_interval=0.05,
             max_missed_heartbeats=3,
+            stateless_reset_key_file=args.reset_key_file,
         )
     )
     server.add_service(CountingEcho())
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--certs", type=Path, required=True)
     parser.add_argument("--hb-interval", type=float, default=1.0)
+    parser.add_argument("--reset-key-file", default=None)
     asyncio.run(serve(parser.parse_args()))
 
 

@@ -13,6 +13,7 @@ from echo.echo_pb2 import EchoRequest
 
 from quicflow import StatusCode
 from quicflow.wire import ErrorCode, FrameType, encode_frame
+from quicflow.wire.compression import compress
 from quicflow.wire.v1 import frames_pb2 as pb
 
 from .harness import attack_setup
@@ -181,10 +182,49 @@ CASES = {
         None,
     ),
     "unsupported encoding": (
-        _headers(message_encoding="gzip") + _data(),
+        _headers(message_encoding="br") + _data(),
         True,
         StatusCode.UNIMPLEMENTED,
-        "message encoding 'gzip'",
+        "message encoding 'br' is not supported (accepted: gzip",
+        None,
+    ),
+    "corrupt gzip message": (
+        _headers(message_encoding="gzip")
+        + encode_frame(FrameType.COMPRESSED, b"\x1f\x8b\x08\x00garbage"),
+        False,
+        StatusCode.INTERNAL,
+        "malformed request: corrupt gzip message",
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "truncated gzip message": (
+        _headers(message_encoding="gzip")
+        + encode_frame(FrameType.COMPRESSED, compress("gzip", b"x" * 5000)[:-4]),
+        False,
+        StatusCode.INTERNAL,
+        "corrupt gzip message: truncated",
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "gzip bomb (8 KiB inflating to 8 MiB, over the 4 MiB limit)": (
+        _headers(message_encoding="gzip")
+        + encode_frame(FrameType.COMPRESSED, compress("gzip", bytes(8 << 20))),
+        False,
+        StatusCode.RESOURCE_EXHAUSTED,
+        "message inflates to more than the limit of 4194304 bytes",
+        ErrorCode.EXCESSIVE_LOAD,
+    ),
+    "COMPRESSED without an encoding": (
+        _headers() + encode_frame(FrameType.COMPRESSED, compress("gzip", b"x")),
+        False,
+        StatusCode.INTERNAL,
+        "COMPRESSED frame, but the HEADERS named no message encoding",
+        ErrorCode.PROTOCOL_ERROR,
+    ),
+    "compressed request over its encoding": (
+        _headers(message_encoding="gzip")
+        + encode_frame(FrameType.COMPRESSED, compress("gzip", _data()[5:])),
+        True,
+        StatusCode.OK,
+        "",
         None,
     ),
     "unary with no request": (

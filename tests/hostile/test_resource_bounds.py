@@ -266,11 +266,11 @@ async def test_peer_that_never_reads_bounds_server_buffers(figures: Figures) -> 
             conn: QuicFlowProtocol | None = None
             for _ in range(1000):
                 conn = _server_conn(harness.server, calls + 1)
-                if conn is not None and len(conn._drain_waiters) == calls:
+                if conn is not None and conn.streams.drain_waiting == calls:
                     break
                 await asyncio.sleep(0.01)
             assert conn is not None
-            assert len(conn._drain_waiters) == calls
+            assert conn.streams.drain_waiting == calls
             bystander.start()
             await bystander.stop()
             buffered = [conn.send_buffered(s) for s in sids]
@@ -319,12 +319,12 @@ async def test_peer_that_never_reads_bounds_the_connection_send_buffer(figures: 
             conn: QuicFlowProtocol | None = None
             for _ in range(1000):
                 # The stingy peer's connection: the one with replies queued.
-                conn = max(harness.server.connections, key=lambda c: c._unsent_bound)
-                if service.says - says == calls and conn._budget_waiter is not None:
+                conn = max(harness.server.connections, key=lambda c: c.streams.unsent_bound)
+                if service.says - says == calls and conn.streams.budget_waiting:
                     break
                 await asyncio.sleep(0.01)
             assert conn is not None and service.says - says == calls
-            assert conn._budget_waiter is not None  # some replies are held back
+            assert conn.streams.budget_waiting  # some replies are held back
             bystander.start()
             await bystander.stop()
             total = sum(conn.send_buffered(s) for s in sids)

@@ -26,6 +26,7 @@ from quicflow.protocol.events import (
 )
 from quicflow.status import StatusCode
 from quicflow.wire.codec import ErrorCode, FrameType, MalformedFrame, encode_frame
+from quicflow.wire.compression import compress
 from quicflow.wire.v1 import frames_pb2 as pb
 
 MAX_MESSAGE = 64 << 10
@@ -577,11 +578,16 @@ def test_events_before_a_decoder_error_do_not_depend_on_the_split(bad: bytes) ->
 
 
 def test_transition_tables_match_the_documented_protocol() -> None:
-    """Check that the tables say: caller HEADERS DATA* FIN; callee [HEADERS] DATA* TRAILERS FIN."""
+    """Check that the tables say: caller HEADERS (DATA|COMPRESSED)* FIN; callee [HEADERS]
+    (DATA|COMPRESSED)* TRAILERS FIN, COMPRESSED only after HEADERS."""
     assert TRANSITIONS == {
         Role.CALLER: {
             SideState.IDLE: {FrameType.HEADERS: SideState.OPEN},
-            SideState.OPEN: {FrameType.DATA: SideState.OPEN, END: SideState.CLOSED},
+            SideState.OPEN: {
+                FrameType.DATA: SideState.OPEN,
+                FrameType.COMPRESSED: SideState.OPEN,
+                END: SideState.CLOSED,
+            },
         },
         Role.CALLEE: {
             SideState.IDLE: {
@@ -591,6 +597,7 @@ def test_transition_tables_match_the_documented_protocol() -> None:
             },
             SideState.OPEN: {
                 FrameType.DATA: SideState.OPEN,
+                FrameType.COMPRESSED: SideState.OPEN,
                 FrameType.TRAILERS: SideState.TRAILED,
             },
             SideState.TRAILED: {END: SideState.CLOSED},
@@ -625,6 +632,8 @@ def _peer_input(sender: Role, key: object) -> tuple[bytes, bool]:
         return data_frame(), False
     if key is FrameType.TRAILERS:
         return trailers_frame(), False
+    if key is FrameType.COMPRESSED:
+        return encode_frame(key, compress("gzip", b"x")), False
     assert isinstance(key, FrameType)
     return encode_frame(key, b""), False
 
@@ -636,6 +645,7 @@ def test_peer_table_is_enforced_for_every_state_and_frame(
     """Check that each (role, state, frame) missing from the table is a violation; entries work."""
     receiver = make(OTHER[sender])
     receiver.peer_state = state
+    receiver.peer_encoding = "gzip"  # as if its HEADERS named it (wire-protocol.md §4.4)
     data, fin = _peer_input(sender, key)
     events = receiver.receive_data(data, fin)
     allowed = TRANSITIONS[sender].get(state, {})

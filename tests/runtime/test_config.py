@@ -28,6 +28,12 @@ BUILDERS = {"server": build_server, "client": build_client}
 
 # Bad values for the fields both configs share: (field, value).
 COMMON_BAD: list[tuple[str, object]] = [
+    ("compression", "brotli"),
+    ("compression", "GZIP"),
+    ("compression", 1),
+    ("compression_threshold", -1),
+    ("compression_threshold", 2**32),
+    ("compression_threshold", 1.5),
     ("metrics", 1),
     ("metrics", "yes"),
     ("dispatcher_workers", 0),
@@ -166,6 +172,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_reset_rate", 2.5),
     ("max_connections", 0),
     ("max_connections", "many"),
+    ("stateless_reset_key_file", ""),
+    ("stateless_reset_key_file", 5),
     ("tls_session_tickets", -1),
     ("tls_session_tickets", 2.5),
     ("retry", 1),

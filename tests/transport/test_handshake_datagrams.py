@@ -10,9 +10,12 @@ from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 
+from quicflow import Client
 from quicflow.certs import write_dev_certs
+from quicflow.testing import ClientFor
 from quicflow.transport.engine_aioquic import HANDSHAKE_DATAGRAM_SIZE, AioquicFlowConnection
 from quicflow.transport.tls import client_configuration, server_configuration
+from tests.e2e.service import TestEcho
 
 SERVER_ADDR = ("127.0.0.1", 4433)
 CLIENT_ADDR = ("127.0.0.1", 50000)
@@ -87,3 +90,43 @@ def test_padding_is_skipped_up_to_the_next_frame(tmp_path: Path) -> None:
     buf = Buffer(data=b"\x00" * 300)
     conn._handle_padding_frame(None, 0, buf)
     assert buf.tell() == 300
+
+
+async def test_hello_leaves_with_the_clients_finished(monkeypatch: Any) -> None:
+    """Check that connect() takes two client datagrams, the Initial and one carrying both
+    the client's Finished and HELLO, and that the server answers with one datagram that
+    brings WELCOME: four datagrams until WELCOME (fresh or resumed), not six."""
+    sent: list[tuple[AioquicFlowConnection, bool]] = []
+    original = AioquicFlowConnection.datagrams_to_send
+
+    def counting(self: AioquicFlowConnection, now: float) -> list[tuple[bytes, Any]]:
+        out = original(self, now)
+        sent.extend((self, self._is_client) for _ in out)
+        return out
+
+    harness = ClientFor([TestEcho()], server_options={"quic_engine": "aioquic"})
+    async with harness:
+        for resumption in (False, True):
+            monkeypatch.setattr(AioquicFlowConnection, "datagrams_to_send", counting)
+            sent.clear()
+            client = Client(harness.client_config(tls_resumption=resumption, quic_engine="aioquic"))
+            await client.connect()
+            monkeypatch.undo()
+            try:
+                conn = client.connection
+                assert conn is not None
+                transport = conn._transport
+                assert transport is not None
+                port = transport.get_extra_info("sockname")[1]
+                [server_conn] = [
+                    c for c in harness.server.connections if (c.peer_address or ("", 0))[1] == port
+                ]
+                ours = (conn._quic, server_conn._quic)
+                assert [is_client for engine, is_client in sent if engine in ours] == [
+                    True,
+                    False,
+                    True,
+                    False,
+                ]
+            finally:
+                await client.close()

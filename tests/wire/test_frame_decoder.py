@@ -93,6 +93,7 @@ def test_frame_type_numbers_match_the_wire_protocol() -> None:
         "DATA": 0x00,
         "HEADERS": 0x01,
         "TRAILERS": 0x02,
+        "COMPRESSED": 0x03,
         "HELLO": 0x10,
         "WELCOME": 0x11,
         "PING": 0x12,
@@ -247,7 +248,7 @@ def test_data_limit_is_inclusive() -> None:
         _decoder().feed(_header(FrameType.DATA, DATA_LIMIT + 1))
 
 
-_MESSAGE_TYPES = (FrameType.DATA, FrameType.MESSAGE)
+_MESSAGE_TYPES = (FrameType.DATA, FrameType.COMPRESSED, FrameType.MESSAGE)
 
 
 @pytest.mark.parametrize("ftype", [t for t in FrameType if t not in _MESSAGE_TYPES])
@@ -299,7 +300,7 @@ def test_frame_too_large_is_a_remote_protocol_error_with_excessive_load() -> Non
 # -- errors --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ftype", [0x03, 0x0F, 0x15, 0x7F, 0xFF])
+@pytest.mark.parametrize("ftype", [0x04, 0x0F, 0x15, 0x7F, 0xFF])
 def test_unknown_frame_type_is_malformed(ftype: int) -> None:
     """Check that an unknown type byte raises MalformedFrame naming the type in hex."""
     with pytest.raises(MalformedFrame, match=f"unknown frame type 0x{ftype:02x}"):

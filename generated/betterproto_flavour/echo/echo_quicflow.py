@@ -62,6 +62,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.UnaryUnaryCall[EchoReply]:
         """Say answers one request with one reply."""
         return self._channel.unary_unary(
@@ -70,6 +71,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def stream(
@@ -79,6 +81,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.UnaryStreamCall[EchoReply]:
         """Stream answers one request with `repeat` replies."""
         return self._channel.unary_stream(
@@ -87,6 +90,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def collect(
@@ -96,6 +100,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.StreamUnaryCall[EchoReply]:
         """Collect reads every request and answers once with their texts joined."""
         return self._channel.stream_unary(
@@ -104,6 +109,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def chat(
@@ -113,6 +119,7 @@ class EchoStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.StreamStreamCall[EchoReply]:
         """Chat answers every request as it arrives."""
         return self._channel.stream_stream(
@@ -121,6 +128,7 @@ class EchoStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
 

@@ -46,6 +46,7 @@ class NotifyStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.UnaryUnaryCall[Ack]:
         """Deliver hands one event to the client; its reply is the acknowledgement."""
         return self._channel.unary_unary(
@@ -54,6 +55,7 @@ class NotifyStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
     def feed(
@@ -63,6 +65,7 @@ class NotifyStub:
         timeout: float | None = None,
         metadata: quicflow.MetadataLike | None = None,
         wait_for_ready: bool | None = None,
+        compression: str | None = None,
     ) -> quicflow.StreamUnaryCall[Ack]:
         """Feed streams events to the client and gets one ack at the end."""
         return self._channel.stream_unary(
@@ -71,6 +74,7 @@ class NotifyStub:
             timeout=timeout,
             metadata=metadata,
             wait_for_ready=wait_for_ready,
+            compression=compression,
         )
 
 

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquicflow/wire/v1/frames.proto\x12\x10quicflow.wire.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x92\x01\n\x0b\x43\x61llHeaders\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x31\n\x08metadata\x18\x02 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x12\n\ntimeout_us\x18\x03 \x01(\x04\x12\x12\n\nmessage_id\x18\x04 \x01(\x0c\x12\x18\n\x10message_encoding\x18\x05 \x01(\t\"s\n\x0c\x43\x61llTrailers\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\x0c\"\xfc\x01\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.quicflow.wire.v1.Hello.LabelsEntry\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x01\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1c\n\x14heartbeat_timeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_message_size\x18\x05 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\"\x18\n\x04Ping\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x18\n\x04Pong\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"*\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\r\"r\n\nRawMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x12\n\nmessage_id\x18\x04 \x01(\x0c\"\x19\n\x06RawAck\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquicflow/wire/v1/frames.proto\x12\x10quicflow.wire.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x92\x01\n\x0b\x43\x61llHeaders\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x31\n\x08metadata\x18\x02 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x12\n\ntimeout_us\x18\x03 \x01(\x04\x12\x12\n\nmessage_id\x18\x04 \x01(\x0c\x12\x18\n\x10message_encoding\x18\x05 \x01(\t\"s\n\x0c\x43\x61llTrailers\x12\x0e\n\x06status\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x0f\n\x07\x64\x65tails\x18\x04 \x01(\x0c\"\x97\x02\n\x05Hello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x33\n\x06labels\x18\x04 \x03(\x0b\x32#.quicflow.wire.v1.Hello.LabelsEntry\x12\x1d\n\x15heartbeat_interval_ms\x18\x05 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\x19\n\x11message_encodings\x18\x07 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xba\x01\n\x07Welcome\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x11\n\tclient_id\x18\x02 \x01(\t\x12\x1d\n\x15heartbeat_interval_ms\x18\x03 \x01(\r\x12\x1c\n\x14heartbeat_timeout_ms\x18\x04 \x01(\r\x12\x18\n\x10max_message_size\x18\x05 \x01(\r\x12\x10\n\x08\x66\x65\x61tures\x18\x06 \x03(\t\x12\x19\n\x11message_encodings\x18\x07 \x03(\t\"\x18\n\x04Ping\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"\x18\n\x04Pong\x12\x10\n\x08sequence\x18\x01 \x01(\x04\"*\n\x06GoAway\x12\x0e\n\x06reason\x18\x01 \x01(\t\x12\x10\n\x08grace_ms\x18\x02 \x01(\r\"r\n\nRawMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\x12\x31\n\x08metadata\x18\x03 \x03(\x0b\x32\x1f.quicflow.wire.v1.MetadataEntry\x12\x12\n\nmessage_id\x18\x04 \x01(\x0c\"\x19\n\x06RawAck\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -40,19 +40,19 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CALLTRAILERS']._serialized_start=245
   _globals['_CALLTRAILERS']._serialized_end=360
   _globals['_HELLO']._serialized_start=363
-  _globals['_HELLO']._serialized_end=615
-  _globals['_HELLO_LABELSENTRY']._serialized_start=570
-  _globals['_HELLO_LABELSENTRY']._serialized_end=615
-  _globals['_WELCOME']._serialized_start=618
-  _globals['_WELCOME']._serialized_end=777
-  _globals['_PING']._serialized_start=779
-  _globals['_PING']._serialized_end=803
-  _globals['_PONG']._serialized_start=805
-  _globals['_PONG']._serialized_end=829
-  _globals['_GOAWAY']._serialized_start=831
-  _globals['_GOAWAY']._serialized_end=873
-  _globals['_RAWMESSAGE']._serialized_start=875
-  _globals['_RAWMESSAGE']._serialized_end=989
-  _globals['_RAWACK']._serialized_start=991
-  _globals['_RAWACK']._serialized_end=1016
+  _globals['_HELLO']._serialized_end=642
+  _globals['_HELLO_LABELSENTRY']._serialized_start=597
+  _globals['_HELLO_LABELSENTRY']._serialized_end=642
+  _globals['_WELCOME']._serialized_start=645
+  _globals['_WELCOME']._serialized_end=831
+  _globals['_PING']._serialized_start=833
+  _globals['_PING']._serialized_end=857
+  _globals['_PONG']._serialized_start=859
+  _globals['_PONG']._serialized_end=883
+  _globals['_GOAWAY']._serialized_start=885
+  _globals['_GOAWAY']._serialized_end=927
+  _globals['_RAWMESSAGE']._serialized_start=929
+  _globals['_RAWMESSAGE']._serialized_end=1043
+  _globals['_RAWACK']._serialized_start=1045
+  _globals['_RAWACK']._serialized_end=1070
 # @@protoc_insertion_point(module_scope)

@@ -41,7 +41,7 @@ class CallTrailers(_message.Message):
     def __init__(self, status: _Optional[int] = ..., message: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., details: _Optional[bytes] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "metadata", "labels", "heartbeat_interval_ms", "features")
+    __slots__ = ("protocol_version", "client_id", "metadata", "labels", "heartbeat_interval_ms", "features", "message_encodings")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -55,29 +55,33 @@ class Hello(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: str
     metadata: _containers.RepeatedCompositeFieldContainer[MetadataEntry]
     labels: _containers.ScalarMap[str, str]
     heartbeat_interval_ms: int
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    message_encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., labels: _Optional[_Mapping[str, str]] = ..., heartbeat_interval_ms: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., message_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Welcome(_message.Message):
-    __slots__ = ("protocol_version", "client_id", "heartbeat_interval_ms", "heartbeat_timeout_ms", "max_message_size", "features")
+    __slots__ = ("protocol_version", "client_id", "heartbeat_interval_ms", "heartbeat_timeout_ms", "max_message_size", "features", "message_encodings")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     CLIENT_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     FEATURES_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     client_id: str
     heartbeat_interval_ms: int
     heartbeat_timeout_ms: int
     max_message_size: int
     features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., heartbeat_timeout_ms: _Optional[int] = ..., max_message_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ...) -> None: ...
+    message_encodings: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., client_id: _Optional[str] = ..., heartbeat_interval_ms: _Optional[int] = ..., heartbeat_timeout_ms: _Optional[int] = ..., max_message_size: _Optional[int] = ..., features: _Optional[_Iterable[str]] = ..., message_encodings: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Ping(_message.Message):
     __slots__ = ("sequence",)
