@@ -209,6 +209,10 @@ SERVER_BAD: list[tuple[str, object]] = [
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
+    ("retry_policies", "not a mapping"),
+    ("retry_policies", {"/too/many/slashes": None}),
+    ("service_config", "{not json"),
+    ("service_config", 5),
     ("port", 0),  # a client must name the server's port
     ("port", 65536),
     ("port", "4433"),
