@@ -392,6 +392,12 @@ class ServerConfig(_Common):
     Retry first anyway (until the count falls below it again), so a flood of Initials from
     spoofed addresses holds at most this many half-open connections. 0: never
     (docs/limits.md)."""
+    gc_walk_limit: int = 200_000
+    """Objects a full garbage collection may walk: past it, the server freezes the heap
+    (``gc.freeze()``: its connections' long-lived objects leave the walk) and gives it back
+    once a quarter of those connections ended, so a collection never stops the loop for
+    long (docs/scale.md "Garbage collection"). Process-wide, while the server runs. 0:
+    leave the collector alone."""
     frame_timeout: float = 30.0
     """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
     byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
@@ -489,6 +495,7 @@ class ServerConfig(_Common):
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
+        _int_range("gc_walk_limit", self.gc_walk_limit, 0, 1_000_000_000)
         _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
         _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
         limit = self.receive_limit

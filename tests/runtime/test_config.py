@@ -180,6 +180,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("retry", "yes"),
     ("retry_threshold", -1),
     ("retry_threshold", 2.5),
+    ("gc_walk_limit", -1),
+    ("gc_walk_limit", 2.5),
     ("frame_timeout", 0),
     ("frame_timeout", math.inf),
     ("frame_timeout", 3601.0),
