@@ -776,16 +776,20 @@ def _clients(args: argparse.Namespace) -> int:
                         "calls_out": entry.calls_out,
                         "bytes_in": entry.bytes_in,
                         "bytes_out": entry.bytes_out,
+                        "node": entry.node or None,
                     }
                 )
             )
         return 0
     now = time.time()
-    rows = [("CLIENT", "ADDRESS", "CONNECTED", "HEARTBEAT", "RTT", "CALLS", "LABELS")]
+    # In a cluster, a NODE column (docs/cluster.md); a single server's table is unchanged.
+    nodes = any(e.node for e in clients)
+    head = ("CLIENT", "NODE") if nodes else ("CLIENT",)
+    rows = [(*head, "ADDRESS", "CONNECTED", "HEARTBEAT", "RTT", "CALLS", "LABELS")]
     for e in clients:
         rows.append(
             (
-                e.client_id,
+                *((e.client_id, e.node or "-") if nodes else (e.client_id,)),
                 e.address,
                 _ago(now - e.connected_since),
                 _ago(now - e.last_heartbeat) + " ago" if e.last_heartbeat else "-",

@@ -68,6 +68,7 @@ def _entry(info: ClientInfo) -> ClientEntry:
         calls_out=info.calls_out,
         bytes_in=info.bytes_in,
         bytes_out=info.bytes_out,
+        node=info.node,
     )
 
 

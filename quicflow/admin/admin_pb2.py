@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquicflow/admin/v1/admin.proto\x12\x11quicflow.admin.v1\"\x14\n\x12ListClientsRequest\"\xb3\x02\n\x0b\x43lientEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12:\n\x06labels\x18\x03 \x03(\x0b\x32*.quicflow.admin.v1.ClientEntry.LabelsEntry\x12\x17\n\x0f\x63onnected_since\x18\x04 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x05 \x01(\x01\x12\x0b\n\x03rtt\x18\x06 \x01(\x01\x12\r\n\x05state\x18\x07 \x01(\t\x12\x10\n\x08\x63\x61lls_in\x18\x08 \x01(\x04\x12\x11\n\tcalls_out\x18\t \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\n \x01(\x04\x12\x11\n\tbytes_out\x18\x0b \x01(\x04\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x13ListClientsResponse\x12/\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1e.quicflow.admin.v1.ClientEntry2e\n\x05\x41\x64min\x12\\\n\x0bListClients\x12%.quicflow.admin.v1.ListClientsRequest\x1a&.quicflow.admin.v1.ListClientsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dquicflow/admin/v1/admin.proto\x12\x11quicflow.admin.v1\"\x14\n\x12ListClientsRequest\"\xc1\x02\n\x0b\x43lientEntry\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12:\n\x06labels\x18\x03 \x03(\x0b\x32*.quicflow.admin.v1.ClientEntry.LabelsEntry\x12\x17\n\x0f\x63onnected_since\x18\x04 \x01(\x01\x12\x16\n\x0elast_heartbeat\x18\x05 \x01(\x01\x12\x0b\n\x03rtt\x18\x06 \x01(\x01\x12\r\n\x05state\x18\x07 \x01(\t\x12\x10\n\x08\x63\x61lls_in\x18\x08 \x01(\x04\x12\x11\n\tcalls_out\x18\t \x01(\x04\x12\x10\n\x08\x62ytes_in\x18\n \x01(\x04\x12\x11\n\tbytes_out\x18\x0b \x01(\x04\x12\x0c\n\x04node\x18\x0c \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"F\n\x13ListClientsResponse\x12/\n\x07\x63lients\x18\x01 \x03(\x0b\x32\x1e.quicflow.admin.v1.ClientEntry2e\n\x05\x41\x64min\x12\\\n\x0bListClients\x12%.quicflow.admin.v1.ListClientsRequest\x1a&.quicflow.admin.v1.ListClientsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,11 +36,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTCLIENTSREQUEST']._serialized_start=52
   _globals['_LISTCLIENTSREQUEST']._serialized_end=72
   _globals['_CLIENTENTRY']._serialized_start=75
-  _globals['_CLIENTENTRY']._serialized_end=382
-  _globals['_CLIENTENTRY_LABELSENTRY']._serialized_start=337
-  _globals['_CLIENTENTRY_LABELSENTRY']._serialized_end=382
-  _globals['_LISTCLIENTSRESPONSE']._serialized_start=384
-  _globals['_LISTCLIENTSRESPONSE']._serialized_end=454
-  _globals['_ADMIN']._serialized_start=456
-  _globals['_ADMIN']._serialized_end=557
+  _globals['_CLIENTENTRY']._serialized_end=396
+  _globals['_CLIENTENTRY_LABELSENTRY']._serialized_start=351
+  _globals['_CLIENTENTRY_LABELSENTRY']._serialized_end=396
+  _globals['_LISTCLIENTSRESPONSE']._serialized_start=398
+  _globals['_LISTCLIENTSRESPONSE']._serialized_end=468
+  _globals['_ADMIN']._serialized_start=470
+  _globals['_ADMIN']._serialized_end=571
 # @@protoc_insertion_point(module_scope)

@@ -11,7 +11,7 @@ class ListClientsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ClientEntry(_message.Message):
-    __slots__ = ("client_id", "address", "labels", "connected_since", "last_heartbeat", "rtt", "state", "calls_in", "calls_out", "bytes_in", "bytes_out")
+    __slots__ = ("client_id", "address", "labels", "connected_since", "last_heartbeat", "rtt", "state", "calls_in", "calls_out", "bytes_in", "bytes_out", "node")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -30,6 +30,7 @@ class ClientEntry(_message.Message):
     CALLS_OUT_FIELD_NUMBER: _ClassVar[int]
     BYTES_IN_FIELD_NUMBER: _ClassVar[int]
     BYTES_OUT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
     client_id: str
     address: str
     labels: _containers.ScalarMap[str, str]
@@ -41,7 +42,8 @@ class ClientEntry(_message.Message):
     calls_out: int
     bytes_in: int
     bytes_out: int
-    def __init__(self, client_id: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected_since: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., rtt: _Optional[float] = ..., state: _Optional[str] = ..., calls_in: _Optional[int] = ..., calls_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ...) -> None: ...
+    node: str
+    def __init__(self, client_id: _Optional[str] = ..., address: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., connected_since: _Optional[float] = ..., last_heartbeat: _Optional[float] = ..., rtt: _Optional[float] = ..., state: _Optional[str] = ..., calls_in: _Optional[int] = ..., calls_out: _Optional[int] = ..., bytes_in: _Optional[int] = ..., bytes_out: _Optional[int] = ..., node: _Optional[str] = ...) -> None: ...
 
 class ListClientsResponse(_message.Message):
     __slots__ = ("clients",)

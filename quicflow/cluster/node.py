@@ -228,7 +228,7 @@ class RemoteUnaryCall(UnaryUnaryCall[Resp]):
         if self._routcome is None:
             assert self._rtask is not None
             try:
-                self._routcome = await asyncio.shield(self._rtask)
+                self._routcome = await self._rtask
             except RpcError as exc:
                 self._routcome = CallOutcome(exc.code, exc.message, b"", exc.trailing_metadata)
                 self._rcode = exc.code
@@ -471,6 +471,9 @@ class ClusterNode:
         self._answers: dict[bytes, asyncio.Future[CallOutcome]] = {}
         self._promises = 0
         self._refresher: asyncio.Task[None] | None = None
+        self._waiting_on: dict[str, set[asyncio.Task[Any]]] = {}
+        """Routed calls waiting for an answer, by the node they wait on."""
+        self._abandoned: set[asyncio.Task[Any]] = set()
         self._closing = False
 
     # -- lifecycle --
@@ -623,6 +626,7 @@ class ClusterNode:
                 )
                 # Each step on its own: one failing (JetStream busy electing) must not
                 # starve the others, above all the healing in _check_registry.
+                self._abandon_dead()
                 for step in (
                     partial(self.backend.refresh, record),
                     self._check_registry,
@@ -820,23 +824,39 @@ class ClusterNode:
     async def _call_watching(self, client_id: str, call: RoutedCall, left: float) -> CallOutcome:
         """`backend.call`, abandoned (`_NodeDied`) if the client's node is declared dead
         while it waits: a killed node never answers, and waiting for the deadline would
-        hide that the client has moved on."""
-        view = self.backend.view
-        entry = view.lookup(client_id, self.backend.now())
-        task = asyncio.ensure_future(self.backend.call(client_id, call, left))
-        if entry is None:
-            return await task
+        hide that the client has moved on. The hot path only files the waiting task under
+        its node; the refresh loop (`_abandon_dead`) cancels the tasks of dead nodes."""
+        entry = self.backend.view.lookup(client_id, self.backend.now())
+        task = asyncio.current_task()
+        if entry is None or task is None:
+            return await self.backend.call(client_id, call, left)
         node_id = entry.registration.node_id
+        waiting = self._waiting_on.setdefault(node_id, set())
+        waiting.add(task)
         try:
-            while True:
-                done, _ = await asyncio.wait({task}, timeout=self.node_refresh)
-                if done:
-                    return task.result()
-                if not view.is_live(node_id, self.backend.now()):
-                    raise _NodeDied(node_id)
+            return await self.backend.call(client_id, call, left)
+        except asyncio.CancelledError:
+            if task in self._abandoned:
+                self._abandoned.discard(task)
+                task.uncancel()
+                raise _NodeDied(node_id) from None
+            raise
         finally:
-            if not task.done():
-                task.cancel()
+            waiting.discard(task)
+            if not waiting:
+                self._waiting_on.pop(node_id, None)
+
+    def _abandon_dead(self) -> None:
+        """Cancel routed calls waiting on nodes that are no longer live."""
+        view = self.backend.view
+        now = self.backend.now()
+        self._abandoned = {t for t in self._abandoned if not t.done()}
+        for node_id, tasks in list(self._waiting_on.items()):
+            if not view.is_live(node_id, now):
+                for task in tasks:
+                    if task not in self._abandoned:
+                        self._abandoned.add(task)
+                        task.cancel()
 
     async def _hold(self, client_id: str, call: RoutedCall, deadline: float) -> CallOutcome:
         """Keep the send in JetStream until the client is back (anywhere) or the deadline."""
