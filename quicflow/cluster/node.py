@@ -408,6 +408,10 @@ class _NodeDied(Exception):
         self.node_id = node_id
 
 
+class _NotUnary(Exception):
+    """Raised by `_CaptureChannel` when a `send` function makes a streaming call."""
+
+
 class _Captured(Exception):
     """Raised by `_CaptureChannel` once it has the call a `send` function makes."""
 
@@ -436,6 +440,19 @@ class _CaptureChannel(ClientChannel):
             timeout,
         )
         raise _Captured()
+
+    def unary_stream(self, method: Method[Any, Resp], request: Any, **kw: Any) -> Any:
+        raise _NotUnary()
+
+    def stream_unary(
+        self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
+    ) -> Any:
+        raise _NotUnary()
+
+    def stream_stream(
+        self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
+    ) -> Any:
+        raise _NotUnary()
 
 
 class ClusterNode:
@@ -1021,7 +1038,7 @@ class ClusterNode:
         ]
         answers: list[NodeAnswer] = []
         capture = _CaptureChannel(self)
-        with contextlib.suppress(_Captured):
+        with contextlib.suppress(_Captured, _NotUnary):
             await send(capture)
         timeout = client_timeout if client_timeout is not None else self.call_timeout
         if capture.call is not None and expected and self.backend.connected:
@@ -1065,15 +1082,27 @@ class ClusterNode:
         for node_id in expected - nodes.keys():
             missing = [e for e in registered if e.registration.node_id == node_id]
             nodes[node_id] = NodeOutcome(node_id, False, len(missing))
-            self.stats.broadcast_missing_nodes += 1
-            for entry in missing:
-                deliveries[entry.client_id] = Delivery(
-                    entry.client_id,
+            if capture.call is None:  # never asked: the send is not one unary call
+                status, code, why = (
+                    DeliveryStatus.FAILED,
+                    StatusCode.UNIMPLEMENTED,
+                    "only unary calls are routed across nodes",
+                )
+            elif not answers and not self.backend.connected:
+                status, code, why = (
+                    DeliveryStatus.FAILED,
+                    StatusCode.UNAVAILABLE,
+                    "the cluster backend is unreachable",
+                )
+            else:
+                self.stats.broadcast_missing_nodes += 1
+                status, code, why = (
                     DeliveryStatus.TIMED_OUT,
-                    None,
                     StatusCode.DEADLINE_EXCEEDED,
                     f"node {node_id} did not answer in time",
                 )
+            for entry in missing:
+                deliveries[entry.client_id] = Delivery(entry.client_id, status, None, code, why)
         mine = await local
         nodes[self.node_id] = NodeOutcome(self.node_id, True, len(mine))
         deliveries.update(mine.deliveries)
