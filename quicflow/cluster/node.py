@@ -834,9 +834,14 @@ class ClusterNode:
                     return outcome
                 self.stats.retried_stale += 1
                 await asyncio.sleep(min(0.01, max(left, 0)))
-        except BaseException:
+        except (RpcError, asyncio.CancelledError):
             self.stats.routed_out_failed += 1
             raise
+        except Exception as exc:
+            # NATS went away mid-call (nats-py raises its own errors then): the caller
+            # sees UNAVAILABLE, like any other failure to reach the cluster.
+            self.stats.routed_out_failed += 1
+            raise BackendUnavailable(f"the cluster backend failed: {exc!r}") from exc
 
     async def _call_watching(self, client_id: str, call: RoutedCall, left: float) -> CallOutcome:
         """`backend.call`, abandoned (`_NodeDied`) if the client's node is declared dead
@@ -1056,10 +1061,12 @@ class ClusterNode:
                 dict(labels or {}),
                 max_in_flight,
             )
-            with contextlib.suppress(BackendUnavailable):
+            try:
                 answers = await self.backend.broadcast(
                     bcall, expected, timeout + self.broadcast_grace
                 )
+            except Exception as exc:  # NATS away or failing: the other nodes are reported
+                logger.debug("cluster: broadcast could not ask the other nodes: %s", exc)
         for answer in answers:
             nodes[answer.node_id] = NodeOutcome(answer.node_id, True, len(answer.results))
             for result in answer.results:
