@@ -76,6 +76,10 @@ class Plan:
     close_max: float = 20.0
     hb_interval: float = 0.0
     """Heartbeat interval for server and clients; 0: the defaults (15 s)."""
+    fleet_nice: int = 10
+    """Niceness of the fleet processes: they stand in for clients on other machines, so
+    the server (and the bystander) get the CPU first; 0 shares it evenly (the issue's
+    first measurements did: twelve fleets then got twelve shares to the server's one)."""
     server_args: tuple[str, ...] = ()
     """Extra arguments for bench.scale_server (levers under test, e.g. ``--intake-batch 1``)."""
     phases: tuple[str, ...] = PHASES
@@ -316,8 +320,9 @@ class Run:
             raise RuntimeError("the server did not start")
         return time.perf_counter() - started
 
-    def fleet_argv(self, prefix: str, count: int, keep: int = 0) -> list[str]:
+    def fleet_argv(self, prefix: str, count: int, keep: int = 0, nice: int = 0) -> list[str]:
         argv = [sys.executable, "-m", "bench.scale_fleet", "--port", str(self.port)]
+        argv += ["--nice", str(nice)]
         argv += ["--ca", str(self.scratch / "certs" / "ca.pem"), "--count", str(count)]
         argv += ["--prefix", prefix, "--gate", str(self.plan.gate), "--keep", str(keep)]
         if self.plan.hb_interval:
@@ -439,7 +444,7 @@ class Run:
             for i in range(plan.fleets)
         ]
         for i, (fleet, count) in enumerate(zip(self.fleets, per, strict=True)):
-            await fleet.start(self.fleet_argv(f"f{i}", count), self.env())
+            await fleet.start(self.fleet_argv(f"f{i}", count, nice=plan.fleet_nice), self.env())
         ready = await asyncio.gather(*(f.wait_ready(plan.connect_max) for f in self.fleets))
         elapsed = self.now() - start
         cpu = cpu_seconds(self.server.pid) - cpu0
@@ -488,6 +493,8 @@ class Run:
             "gc_count": stats["gc_count"],
             "gc_objects": stats["gc_objects"],
             "gc_frozen": stats["gc_frozen"],
+            "gc_freezes": stats["gc_freezes"],
+            "gc_thaws": stats["gc_thaws"],
             "lag_worst_ms": round(stats["lag_worst_ms"], 1),
             "bystander": await self.bystander_window(),
             **self.cpu_window(start, end),
@@ -807,6 +814,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="a few clients, seconds")
     parser.add_argument("--clients", type=int, help="override the plan's client count")
     parser.add_argument("--engines", help="comma-separated: aioquic,qh3")
+    parser.add_argument("--fleet-nice", type=int, help="niceness of the fleets (default 10)")
     parser.add_argument("--phases", help="comma-separated subset of: " + ",".join(PHASES))
     parser.add_argument("--server-args", help="extra bench.scale_server arguments (levers)")
     parser.add_argument("--logs", type=Path, help="keep the children's logs (and certs) here")
@@ -815,6 +823,8 @@ def main() -> None:
     plan = SMOKE if args.smoke else QUICK if args.quick else FULL
     if args.clients:
         plan = replace(plan, clients=args.clients)
+    if args.fleet_nice is not None:
+        plan = replace(plan, fleet_nice=args.fleet_nice)
     if args.phases:
         plan = replace(plan, phases=tuple(args.phases.split(",")))
     if args.server_args:

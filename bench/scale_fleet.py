@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import sys
 import time
@@ -262,7 +263,10 @@ def main() -> None:
     parser.add_argument("--call-timeout", type=float, default=5.0)
     parser.add_argument("--hb-interval", type=float, default=0.0, help="0: the default")
     parser.add_argument("--backoff-max", type=float, default=0.0, help="0: the default")
+    parser.add_argument("--nice", type=int, default=0, help="lower this process's priority")
     args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)
     # A reconnect storm logs a line per attempt per client: keep only warnings.
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     quicflow.run(run(args))

@@ -96,6 +96,8 @@ class Watch:
 
 async def serve(args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
+    if args.gc != "default":
+        settings["gc_walk_limit"] = 0
     if args.hb_interval:
         settings.update(
             heartbeat_interval=args.hb_interval,
@@ -120,6 +122,7 @@ async def serve(args: argparse.Namespace) -> None:
 
     server.hooks.on_heartbeat_timeout(timed_out)
     lagger = asyncio.ensure_future(watch.lag())
+    background = [lagger]
     await server.start()
     if args.gc == "freeze":
         gc.freeze()
@@ -147,6 +150,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "gc_frozen": gc.get_freeze_count(),
                 # The endpoint's counter of shed handshakes (no public accessor yet).
                 "handshakes_shed": getattr(server._listener, "handshakes_shed", 0),
+                "gc_freezes": server._gc[0].freezes if server._gc else 0,
+                "gc_thaws": server._gc[0].thaws if server._gc else 0,
             }
             if cmd.get("objects"):  # objects the collector tracks (a full scan: idle only)
                 answer["gc_objects"] = len(gc.get_objects())
@@ -177,7 +182,8 @@ async def serve(args: argparse.Namespace) -> None:
         while line := await reader.readline():
             print(encode(await control(json.loads(line))), flush=True)
     finally:
-        lagger.cancel()
+        for task in background:
+            task.cancel()
         await server.stop(grace=1.0)
 
 
@@ -190,7 +196,12 @@ def main() -> None:
     # Levers measured against each other (docs/scale.md "What helped").
     parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
-    parser.add_argument("--gc", choices=("default", "freeze"), default="default")
+    parser.add_argument(
+        "--gc",
+        choices=("default", "off", "freeze"),
+        default="default",
+        help="default: the server's gc_walk_limit; off: 0; freeze: 0 and gc.freeze() at start",
+    )
     args = parser.parse_args()
     if args.intake_batch is not None:
         server_endpoint.INTAKE_BATCH = args.intake_batch

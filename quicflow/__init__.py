@@ -34,6 +34,7 @@ from .interceptors import ClientCallInfo, ClientInterceptor, ServerInterceptor
 from .loop import run
 from .metadata import Metadata, MetadataLike, MetadataValue
 from .metrics import LatencySummary, MethodMetrics, MetricsSnapshot, Throughput
+from .retry import RetryPolicy
 from .rpc import (
     Cardinality,
     Handler,
@@ -80,6 +81,7 @@ __all__ = [
     # config
     "ClientConfig",
     "ServerConfig",
+    "RetryPolicy",
     # event loop
     "run",
     # status and errors

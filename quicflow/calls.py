@@ -17,6 +17,7 @@ import asyncio
 import copy
 import logging
 import math
+import random
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
@@ -38,6 +39,7 @@ from .protocol.events import (
 )
 from .protocol.lane import ROUTE as LANE_ROUTE
 from .protocol.lane import encode_lane_message, raw_size
+from .retry import PREVIOUS_ATTEMPTS, RetryPolicy
 from .rpc import Method
 from .status import StatusCode
 from .wire.codec import ErrorCode
@@ -159,6 +161,10 @@ class CallTarget(Protocol):
         """The live connection, or raise `RpcError` (UNAVAILABLE) at once."""
         ...
 
+    def retry_policy(self, route: str) -> RetryPolicy | None:
+        """How calls to ``route`` are retried (None: they are not; quicflow/retry.py)."""
+        ...
+
     def lane_for_call(self) -> SendLane | None:
         """This side's message lane on the connection `connection_for_call` returns, once
         negotiated (None: there is none; one-way messages then go as calls)."""
@@ -220,6 +226,17 @@ class _Call(Generic[Req, Resp]):
         self._trailers_seen = False
         self._local_closed = False
         self._deadline: TimerHandleLike | None = None
+        self._deadline_at: float | None = None
+        policy = None if self._kind & _REQUEST_STREAMING else target.retry_policy(method.route)
+        self._policy = policy
+        """Retries (unary and server-streaming calls only: their one request can be sent
+        again); None: one attempt."""
+        self._retry_request: Any = request_or_requests if policy is not None else None
+        self._attempt = 1
+        self._retry_timer: TimerHandleLike | None = None
+        self._committed = False  # response HEADERS or a message arrived: no more retries
+        self._final = False  # ended by the caller (cancel, its deadline): no more retries
+        self._sent_metadata: Metadata = ()
         self._sender: asyncio.Task[None] | None = None
         self._info: ClientCallInfo | None = None
         self._started = False
@@ -365,6 +382,10 @@ class _Call(Generic[Req, Resp]):
         # Compress only with an encoding the peer accepts (wire-protocol.md §4.4).
         if encoding is not None and encoding not in conn.peer_encodings:
             encoding = None
+        if self._attempt == 1:
+            self._sent_metadata = metadata
+        else:  # a retry says how many attempts went before it (as gRPC does)
+            metadata = (*metadata, (PREVIOUS_ATTEMPTS, str(self._attempt - 1)))
         out = machine.send_headers(
             self._method.route,
             metadata,
@@ -372,9 +393,10 @@ class _Call(Generic[Req, Resp]):
             message_id=target.message_id,
             message_encoding=encoding or "",
         )
-        if timeout is not None:
+        if timeout is not None and self._deadline is None:  # once: it bounds every attempt
             clock = self._clock
-            self._deadline = clock.call_at(clock.time() + timeout, self._on_deadline)
+            self._deadline_at = clock.time() + timeout
+            self._deadline = clock.call_at(self._deadline_at, self._on_deadline)
         if self._kind & _REQUEST_STREAMING:
             conn.write(self._sid, out)
             self._sender = self._loop.create_task(self._pump(self._input))
@@ -483,6 +505,7 @@ class _Call(Generic[Req, Resp]):
                 case MessageReceived(data=payload):
                     self._messages.append(payload)
                     self.unread_bytes += len(payload)
+                    self._committed = True
                 case TrailersReceived():
                     self._trailers_seen = True
                     # final: resets after it are ignored
@@ -493,6 +516,7 @@ class _Call(Generic[Req, Resp]):
                     self._complete()
                 case HeadersReceived():
                     self._initial_metadata = event.metadata
+                    self._committed = True
                 case ProtocolViolation(error=err):
                     error = RpcError(err.status, f"bad response from the server: {err}")
                     if self._trailers_seen:
@@ -529,6 +553,7 @@ class _Call(Generic[Req, Resp]):
 
     def _on_deadline(self) -> None:
         self._deadline = None
+        self._final = True
         self._abort(
             RpcError(StatusCode.DEADLINE_EXCEEDED, "deadline exceeded"),
             ErrorCode.DEADLINE_EXCEEDED,
@@ -592,7 +617,12 @@ class _Call(Generic[Req, Resp]):
     def _done(self) -> None:
         if self._ended:
             return
+        if self._policy is not None and self._retry_due():
+            return  # the next attempt is scheduled; the call goes on
         self._ended = True
+        if self._retry_timer is not None:
+            self._retry_timer.cancel()
+            self._retry_timer = None
         parent = self._parent
         if parent is not None:
             self._parent = None
@@ -626,6 +656,83 @@ class _Call(Generic[Req, Resp]):
             finished.set_result(None)
         if self._info is not None and (self._error is not None or not self._messages):
             self._fire_end()
+
+    # -- retrying (quicflow/retry.py) --
+
+    def _retry_due(self) -> bool:
+        """If this attempt's failure is to be retried, clear it and schedule the next
+        attempt; True when one is scheduled."""
+        policy = self._policy
+        error = self._error
+        code = self._code
+        if (
+            policy is None
+            or error is None
+            or code is None
+            or self._final
+            or self._committed
+            or self._attempt >= policy.max_attempts
+            or not policy.retries(code)
+            or (policy.only_if_not_run and error.may_have_run)
+        ):
+            return False
+        clock = self._clock
+        delay = policy.delay(self._attempt, random.random())
+        if self._deadline_at is not None and clock.time() + delay >= self._deadline_at:
+            return False  # never start an attempt past the deadline
+        self._clear_attempt()
+        if self._mstats is not None:
+            self._mstats.retries += 1
+        info = self._info
+        if info is not None:
+            for interceptor in self._interceptors:
+                try:
+                    interceptor.on_retry(info, self._attempt, code, error.message)
+                except Exception:
+                    logger.exception("client interceptor failed in on_retry")
+        self._attempt += 1
+        self._retry_timer = clock.call_at(clock.time() + delay, self._next_attempt)
+        return True
+
+    def _clear_attempt(self) -> None:
+        """Forget the failed attempt: its stream, its answer so far, its status."""
+        conn = self._conn
+        if conn is not None:
+            conn.release(self._sid)
+        self._conn = None
+        self._sid = -1
+        self._machine = None
+        self._messages.clear()
+        self.unread_bytes = 0
+        self._initial_metadata = ()
+        self._trailing_metadata = ()
+        self._code = None
+        self._details = ""
+        self._error = None
+        self._trailers_seen = False
+        self._local_closed = False
+
+    def _next_attempt(self) -> None:
+        self._retry_timer = None
+        if self._ended:
+            return
+        timeout = None
+        if self._deadline_at is not None:
+            timeout = self._deadline_at - self._clock.time()
+        self._input = self._retry_request
+        self._start(self._sent_metadata, timeout)
+        deferred = self._deferred
+        if deferred is not None:
+            # No stream credit now: wait for it in a task (the caller awaits the answer),
+            # within the deadline, which _start_when_possible counts from the creation.
+            budget = None if self._deadline_at is None else self._deadline_at - self._created
+            self._deferred = (deferred[0], budget)
+            self._sender = self._loop.create_task(self._ensure_started())  # kept; ends with us
+
+    @property
+    def attempts(self) -> int:
+        """Attempts made so far (1 without retries; quicflow/retry.py)."""
+        return self._attempt
 
     def _fire_end(self) -> None:
         """Tell interceptors the call ended: once, after the last message was handed out."""
@@ -664,6 +771,7 @@ class _Call(Generic[Req, Resp]):
             try:
                 await waiter
             except asyncio.CancelledError:
+                self._final = True
                 self._abort(RpcError(StatusCode.CANCELLED, "call cancelled"), ErrorCode.CANCELLED)
                 raise
             finally:
@@ -737,6 +845,7 @@ class _Call(Generic[Req, Resp]):
         if self._ended:
             return False
         self._started = True
+        self._final = True
         self._abort(RpcError(StatusCode.CANCELLED, "call cancelled"), ErrorCode.CANCELLED)
         return True
 

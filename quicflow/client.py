@@ -50,6 +50,7 @@ from .protocol.dedup import RecentReplies
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatSender, HeartbeatTimedOut, PingDue
 from .protocol.lifecycle import ClientLifecycle, ClientState, LifecycleEvent
+from .retry import RetryPolicies, RetryPolicy
 from .rpc import Service
 from .sessions import Session
 from .status import StatusCode
@@ -263,6 +264,7 @@ class Client(ChannelMethods):
         self._lifecycle = ClientLifecycle()
         self._link: _Link | None = None
         self._interceptors: tuple[ClientInterceptor, ...] = tuple(config.interceptors)
+        self._retry = RetryPolicies(config.retry_table())
         self._backoff = Backoff(
             config.backoff_initial,
             config.backoff_multiplier,
@@ -352,6 +354,9 @@ class Client(ChannelMethods):
     @property
     def compression_threshold(self) -> int:
         return self.config.compression_threshold
+
+    def retry_policy(self, route: str) -> RetryPolicy | None:
+        return self._retry.for_route(route)
 
     @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:

@@ -18,6 +18,7 @@ from .errors import ConfigError
 if TYPE_CHECKING:
     from .auth import Authenticator
     from .interceptors import ClientInterceptor, ServerInterceptor
+    from .retry import RetryPolicy
 
 __all__ = ["ClientConfig", "ServerConfig"]
 
@@ -27,7 +28,7 @@ _MAX_HEARTBEAT = 3600.0
 _MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
 
 
-_CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator"})
+_CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator", "retry_policies"})
 
 
 def _parse_env(name: str, raw: str, annotation: object) -> Any:
@@ -259,6 +260,7 @@ class _Common:
                 "labels",
                 "token",
                 "admin_token",
+                "retry_policies",
             )
             and getattr(self, f.name) != f.default
         )
@@ -390,6 +392,12 @@ class ServerConfig(_Common):
     Retry first anyway (until the count falls below it again), so a flood of Initials from
     spoofed addresses holds at most this many half-open connections. 0: never
     (docs/limits.md)."""
+    gc_walk_limit: int = 200_000
+    """Objects a full garbage collection may walk: past it, the server freezes the heap
+    (``gc.freeze()``: its connections' long-lived objects leave the walk) and gives it back
+    once a quarter of those connections ended, so a collection never stops the loop for
+    long (docs/scale.md "Garbage collection"). Process-wide, while the server runs. 0:
+    leave the collector alone."""
     frame_timeout: float = 30.0
     """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
     byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and
@@ -487,6 +495,7 @@ class ServerConfig(_Common):
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
+        _int_range("gc_walk_limit", self.gc_walk_limit, 0, 1_000_000_000)
         _positive("frame_timeout", self.frame_timeout, maximum=3600.0)
         _int_range("connection_receive_limit", self.connection_receive_limit, 64 << 10, 1 << 40)
         limit = self.receive_limit
@@ -639,6 +648,13 @@ class ClientConfig(_Common):
     next address of ``host:port`` followed by these, round robin, with the usual backoff, so
     a node's death moves its clients to the others (docs/cluster.md). In the environment:
     comma-separated."""
+    retry_policies: Mapping[str, RetryPolicy] = field(default_factory=dict)
+    """Retry policies by route (``"/pkg.Service/Method"``), service (``"pkg.Service"``) or
+    ``""`` for every method; the most specific wins, and wins over ``service_config``
+    (quicflow/retry.py, docs/connections.md "Retries")."""
+    service_config: str | Mapping[str, Any] | None = None
+    """A gRPC service config (JSON text or its parsed object) whose ``methodConfig``
+    ``retryPolicy`` entries set retry policies as in grpc; other keys are ignored."""
 
     def __post_init__(self) -> None:
         self._validate_common()
@@ -697,6 +713,34 @@ class ClientConfig(_Common):
         for name in ("reconnect", "wait_for_ready"):
             if not isinstance(getattr(self, name), bool):
                 raise ConfigError(name, "must be True or False")
+        from .retry import RetryPolicy, parse_service_config
+
+        policies = self.retry_policies
+        if not isinstance(policies, Mapping):
+            raise ConfigError("retry_policies", f"must map routes to RetryPolicy, got {policies!r}")
+        for key, policy in policies.items():
+            if not isinstance(key, str) or (key.startswith("/") and key.count("/") != 2):
+                raise ConfigError(
+                    "retry_policies",
+                    f"keys are '/pkg.Service/Method', 'pkg.Service' or '', got {key!r}",
+                )
+            if not isinstance(policy, RetryPolicy):
+                raise ConfigError(
+                    f"retry_policies[{key!r}]", f"must be a RetryPolicy, got {policy!r}"
+                )
+        object.__setattr__(self, "retry_policies", dict(policies))
+        if self.service_config is not None:
+            if not isinstance(self.service_config, (str, Mapping)):
+                raise ConfigError("service_config", "must be JSON text or a mapping")
+            parse_service_config(self.service_config)  # ConfigError naming the path
+
+    def retry_table(self) -> dict[str, RetryPolicy]:
+        """Every retry policy: ``service_config``'s, then ``retry_policies`` over them."""
+        from .retry import parse_service_config
+
+        table = parse_service_config(self.service_config) if self.service_config else {}
+        table.update(self.retry_policies)
+        return table
 
     def addresses(self) -> tuple[tuple[str, int], ...]:
         """Every server to try, in rotation order: ``(host, port)`` first, then ``servers``

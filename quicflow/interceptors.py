@@ -60,6 +60,11 @@ class ClientInterceptor:
     def on_message_received(self, call: ClientCallInfo, message: object) -> None:
         """After a response message is decoded."""
 
+    def on_retry(self, call: ClientCallInfo, attempt: int, code: StatusCode, message: str) -> None:
+        """Attempt number ``attempt`` (from 1) failed with ``code`` and another attempt
+        follows after its backoff (quicflow/retry.py); ``on_end`` still comes once, at
+        the end of the last attempt."""
+
     def on_end(self, call: ClientCallInfo, code: StatusCode, message: str) -> None:
         """Once, when the call ends (``code`` is OK on success)."""
 

@@ -148,6 +148,7 @@ class MethodStats:
         "messages_received",
         "messages_sent",
         "method",
+        "retries",
         "started",
     )
 
@@ -160,6 +161,8 @@ class MethodStats:
         self.messages_received = 0
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.retries = 0
+        """Attempts after the first (calls made only; quicflow/retry.py)."""
         self.latency = Histogram()
 
     def finished(self, code: int, seconds: float) -> None:
@@ -178,6 +181,7 @@ class MethodStats:
             bytes_sent=self.bytes_sent,
             bytes_received=self.bytes_received,
             latency=self.latency.summary(),
+            retries=self.retries,
         )
 
 
@@ -263,6 +267,8 @@ class MethodMetrics:
     """Serialized size of the messages received."""
     latency: LatencySummary
     """Time from start to end of finished calls."""
+    retries: int = 0
+    """Attempts after the first (calls made with a retry policy; quicflow/retry.py)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,10 +26,14 @@ and metrics go. Without one, the API's no-op providers make this nearly free.
   ``grpc.server.call.sent_total_compressed_message_size`` and
   ``grpc.server.call.rcvd_total_compressed_message_size``, with the
   attributes ``grpc.method``, ``grpc.target`` (client) and ``grpc.status``.
-  QuicFlow makes one attempt per call (no retries yet), so attempt and call
-  durations are the same call measured twice. Message sizes are the
+  A call retried under a retry policy (quicflow/retry.py) counts one
+  ``attempt.started`` and one attempt duration and size per attempt, one
+  ``call.duration`` from the first attempt to the end of the last, and one
+  span with a ``retry`` event per failed attempt; without retries attempt
+  and call durations are the same call measured twice. Message sizes are the
   serialized sizes (``ByteSize()`` for protobuf messages, ``len(bytes(m))``
-  otherwise); nothing is compressed yet, so that is also the size sent.
+  otherwise): the interceptor sees messages, not frames, so with compression
+  (wire-protocol.md §4.4) they are the sizes before it.
 
 Both sides answer calls (server push), so each side takes both halves:
 ``ClientConfig(interceptors=[client_half], push_interceptors=[server_half])``
@@ -136,6 +140,7 @@ class _CallState:
     span: trace.Span
     started: float
     method: str
+    attempt_started: float = 0.0
     sent: int = 0
     received: int = 0
     keep: object = field(default=None)
@@ -217,7 +222,30 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         propagate.inject(carrier, context=trace.set_span_in_context(span))
         call.metadata.extend((key.lower(), value) for key, value in carrier.items())
         self._started.add(1, {"grpc.method": name, "grpc.target": self._target})
-        self._calls[id(call)] = _CallState(span, time.perf_counter(), name, keep=call)
+        now = time.perf_counter()
+        self._calls[id(call)] = _CallState(span, now, name, now, keep=call)
+
+    def on_retry(self, call: ClientCallInfo, attempt: int, code: StatusCode, message: str) -> None:
+        """Record the failed attempt's duration and sizes, count the next attempt as
+        started, and note the retry on the call's span."""
+        state = self._calls.get(id(call))
+        if state is None:
+            return
+        now = time.perf_counter()
+        attributes = {
+            "grpc.method": state.method,
+            "grpc.target": self._target,
+            "grpc.status": code.name,
+        }
+        self._attempt_duration.record(now - state.attempt_started, attributes)
+        self._sent.record(state.sent, attributes)
+        self._received.record(state.received, attributes)
+        state.span.add_event(
+            "retry", {"rpc.grpc.status_code": int(code), "quicflow.attempt": attempt}
+        )
+        self._started.add(1, {"grpc.method": state.method, "grpc.target": self._target})
+        state.attempt_started = now
+        state.sent = state.received = 0
 
     def on_message_sent(self, call: ClientCallInfo, message: object) -> None:
         """Add the request's serialized size to the call's total."""
@@ -236,14 +264,14 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         state = self._calls.pop(id(call), None)
         if state is None:
             return
-        elapsed = time.perf_counter() - state.started
+        now = time.perf_counter()
         attributes = {
             "grpc.method": state.method,
             "grpc.target": self._target,
             "grpc.status": code.name,
         }
-        self._attempt_duration.record(elapsed, attributes)
-        self._call_duration.record(elapsed, attributes)
+        self._attempt_duration.record(now - state.attempt_started, attributes)
+        self._call_duration.record(now - state.started, attributes)
         self._sent.record(state.sent, attributes)
         self._received.record(state.received, attributes)
         _end_span(state.span, code, message, code is not StatusCode.OK)

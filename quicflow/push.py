@@ -40,6 +40,7 @@ from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout
 from .hooks import Hooks
 from .interceptors import ClientInterceptor
 from .protocol.pending import PendingTable
+from .retry import RetryPolicy
 from .status import StatusCode
 
 if TYPE_CHECKING:
@@ -119,6 +120,9 @@ class ClientChannel(ChannelMethods):
     @property
     def compression_threshold(self) -> int:
         return self._server.config.compression_threshold
+
+    def retry_policy(self, route: str) -> RetryPolicy | None:
+        return None  # pushes are not retried: the application decides (acked sends, holds)
 
     @property
     def interceptors(self) -> tuple[ClientInterceptor, ...]:

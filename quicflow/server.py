@@ -25,13 +25,14 @@ from typing import Any, TypeVar
 from .admin import AdminService
 from .auth import HelloInfo, PeerInfo, allow_all
 from .calls import check_timeout
-from .clock import Clock, TimerHandleLike, wait_all
+from .clock import Clock, PolicyTimer, TimerHandleLike, wait_all
 from .cluster.node import ClusterNode
 from .config import ServerConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .endpoint import Endpoint
 from .errors import ConnectionClosed, RpcError, UsageError
+from .gcpause import GcGovernor
 from .health import SERVICE_NAME as HEALTH_SERVICE_NAME
 from .health import HealthService
 from .hooks import Hooks
@@ -96,6 +97,7 @@ class Server:
             config, interceptors=tuple(config.interceptors), replies=None, clock=clock
         )
         self._listener: QuicFlowServer | None = None
+        self._gc: tuple[GcGovernor, PolicyTimer] | None = None
         self._closed: asyncio.Event | None = None
         self._stopping = False
         self._connections: set[_ServerConnection] = set()
@@ -195,6 +197,8 @@ class Server:
             reset_key=load_reset_key(config.stateless_reset_key_file),
         )
         self._endpoint.start_metrics()
+        if config.gc_walk_limit:
+            self._gc = self._govern_gc(config.gc_walk_limit)
         if config.metrics_port is not None:
             from .http import MetricsEndpoint
 
@@ -216,6 +220,18 @@ class Server:
         logger.info(
             "serving %d routes on %s:%d", len(self._endpoint.handlers), config.host, self.port
         )
+
+    def _govern_gc(self, walk_limit: int) -> tuple[GcGovernor, PolicyTimer]:
+        listener = self._listener
+        assert listener is not None
+        governor = GcGovernor(walk_limit, now=self._endpoint.clock.time())
+
+        def look(now: float) -> None:
+            governor.poll(now, len(listener.connections), listener.connections_ended)
+
+        timer = self._endpoint.timer(governor.get_timer, look)
+        timer.arm()
+        return governor, timer
 
     @property
     def port(self) -> int:
@@ -497,6 +513,10 @@ class Server:
         self._promises.close()
         await self.dispatcher.close()
         self._endpoint.stop_metrics()
+        if self._gc is not None:
+            self._gc[1].stop()
+            self._gc[0].release()
+            self._gc = None
         if self._http is not None:
             await self._http.close()
             self._http = None

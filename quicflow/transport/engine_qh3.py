@@ -22,6 +22,9 @@ same code as with aioquic. What differs, and lives here:
   server cannot ask (qh3 2.1's TLS server has no CertificateRequest), so
   ``client_cert_mode`` needs the aioquic engine on the server.
 
+The private names of qh3 this module relies on are listed in `PRIVATE_USES` and
+checked against the installed qh3 by tests/transport/test_qh3_internals.py.
+
 Known qh3 behaviours: its server allows 100 concurrent streams per
 connection (calls beyond wait for credit like any other), and it rejects a
 self-signed certificate used directly as the server's (use a CA, as
@@ -40,6 +43,9 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
+    QuicConnectionCore as Qh3Core,
+)
+from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
     pull_quic_header as qh3_pull_quic_header,
 )
 from qh3.quic import events as qh3_events  # type: ignore[import-untyped,unused-ignore]
@@ -51,8 +57,27 @@ from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 from ..errors import ConfigError
+from .engine_aioquic import PrivateUse
 
-__all__ = ["Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
+__all__ = ["PRIVATE_USES", "Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
+
+PRIVATE_USES: tuple[PrivateUse, ...] = (
+    # Checked like engine_aioquic.PRIVATE_USES, by tests/transport/test_qh3_internals.py.
+    PrivateUse(
+        Qh3Connection,
+        "_call_core",
+        ("self", "operation", "args"),
+        "wrapped for one datagram: hand the padding to the last packet (_receive_padded)",
+    ),
+    PrivateUse(Qh3Connection, "_open_stream", ("self", "is_unidirectional"), "reserve a stream id"),
+    PrivateUse(Qh3Connection, "_core", None, "the Rust core: stream limits, RTT"),
+    PrivateUse(Qh3Connection, "_is_client", None, "only a server receives padded Initials"),
+    PrivateUse(Qh3Connection, "_handshake_complete", None, "padding matters before it"),
+    PrivateUse(Qh3Connection, "_configuration", None, "the connection id length"),
+    PrivateUse(Qh3Connection, "_close_event", None, "the close, before the draining ends"),
+    PrivateUse(Qh3Core, "stream_limits", None, "(peer bidi limit, _, bidi opened, _)"),
+    PrivateUse(Qh3Core, "smoothed_rtt", None, "the smoothed RTT"),
+)
 
 
 def _convert(event: Any) -> Any:

@@ -117,6 +117,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._in_pass = False
         self._read = self._started = 0
         self._backlog: deque[tuple[float, bytes, NetworkAddress]] = deque()
+        self.connections_ended = 0
+        """Connections that ended since the endpoint started."""
         self.handshakes_per_pass = HANDSHAKES_PER_PASS
         """New connections started per loop pass at most (0: no limit)."""
         self.handshakes_shed = 0
@@ -390,7 +392,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             if self._protocols.get(cid) is protocol:
                 del self._protocols[cid]
         protocol.cids.clear()
-        self.connections.discard(protocol)
+        if protocol in self.connections:
+            self.connections.discard(protocol)
+            self.connections_ended += 1
         self._handshaking.discard(protocol)
 
     def close(self) -> None:

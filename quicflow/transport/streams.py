@@ -126,10 +126,10 @@ class StreamRegistry:
             self.lanes.add(stream_id)
 
     def release(self, stream_id: int) -> None:
-        """Forget a stream's handler (and its drain waiter); wakes idle waiters once no
-        call is left."""
+        """Forget a stream's handler; wakes its drain waiter (which then returns) and,
+        once no call is left, idle waiters."""
         self.handlers.pop(stream_id, None)
-        self._drain_waiters.pop(stream_id, None)
+        self.wake_drain(stream_id)
         self.lanes.discard(stream_id)
         if self._idle_waiters and len(self.handlers) <= len(self.lanes):
             self._wake_idle()

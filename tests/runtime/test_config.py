@@ -180,6 +180,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("retry", "yes"),
     ("retry_threshold", -1),
     ("retry_threshold", 2.5),
+    ("gc_walk_limit", -1),
+    ("gc_walk_limit", 2.5),
     ("frame_timeout", 0),
     ("frame_timeout", math.inf),
     ("frame_timeout", 3601.0),
@@ -207,6 +209,10 @@ SERVER_BAD: list[tuple[str, object]] = [
 ]
 
 CLIENT_BAD: list[tuple[str, object]] = [
+    ("retry_policies", "not a mapping"),
+    ("retry_policies", {"/too/many/slashes": None}),
+    ("service_config", "{not json"),
+    ("service_config", 5),
     ("port", 0),  # a client must name the server's port
     ("port", 65536),
     ("port", "4433"),

@@ -300,3 +300,49 @@ def test_message_size_is_the_serialized_size_for_each_flavour() -> None:
     assert message_size(BetterEchoRequest(text="hello", repeat=3)) == 9
     assert message_size(b"\x00" * 7) == 7
     assert message_size(object()) == 0
+
+
+async def test_retried_calls_count_each_attempt_and_the_call_once(telemetry: Telemetry) -> None:
+    """Check that a call retried twice (a retry policy) counts three attempts started,
+    three attempt durations and sizes (two NOT_FOUND, one OK), one call duration and one
+    span with two retry events."""
+    from quicflow.retry import RetryPolicy
+
+    class Twice(TracedEcho):
+        failures = 2
+
+        async def say(self, request: EchoRequest, context: ServicerContext) -> EchoReply:
+            if self.failures:
+                self.failures -= 1
+                await context.abort(StatusCode.NOT_FOUND, "not yet")
+            return EchoReply(text=request.text)
+
+    policy = RetryPolicy(
+        max_attempts=3,
+        initial_backoff=0.001,
+        max_backoff=0.001,
+        backoff_multiplier=1.0,
+        retryable_status_codes=["NOT_FOUND"],
+    )
+    options = {"interceptors": [telemetry.client_half()], "retry_policies": {"": policy}}
+    async with ClientFor([Twice(telemetry)], client_options=options) as client:
+        call = EchoStub(client).say(EchoRequest(text="x"))
+        assert (await call).text == "x"
+        assert call.attempts == 3
+    metrics = telemetry.metrics()
+    [started] = metrics["grpc.client.attempt.started"]
+    assert started.value == 3
+    attempts = {
+        p.attributes["grpc.status"]: p.count for p in metrics["grpc.client.attempt.duration"]
+    }
+    assert attempts == {"NOT_FOUND": 2, "OK": 1}
+    sent = {
+        p.attributes["grpc.status"]: (p.count, p.sum)
+        for p in metrics["grpc.client.attempt.sent_total_compressed_message_size"]
+    }
+    size = EchoRequest(text="x").ByteSize()
+    assert sent == {"NOT_FOUND": (2, 2 * size), "OK": (1, size)}
+    [call_duration] = metrics["grpc.client.call.duration"]
+    assert call_duration.count == 1
+    [span] = telemetry.finished("echo.Echo/Say")
+    assert [e.name for e in span.events] == ["retry", "retry"]

@@ -79,7 +79,7 @@ def test_private_name_still_exists_in_aioquic(use: PrivateUse) -> None:
         )
 
 
-def _private_names_used(path: Path) -> set[str]:
+def private_names_used(path: Path) -> set[str]:
     """Private names (``_x``, not dunders) read, written or defined as methods on objects
     in ``path``: attributes of anything, and methods of its classes (overrides)."""
     tree = ast.parse(path.read_text())
@@ -99,7 +99,7 @@ def _private_names_used(path: Path) -> set[str]:
 def test_every_private_use_is_listed() -> None:
     """Check that the private names engine_aioquic.py uses are exactly those
     `PRIVATE_USES` lists (a new one must come with its entry, so with its check)."""
-    used = _private_names_used(TRANSPORT / "engine_aioquic.py")
+    used = private_names_used(TRANSPORT / "engine_aioquic.py")
     assert used == {use.name for use in PRIVATE_USES}
 
 

@@ -135,3 +135,17 @@ async def test_a_peer_stream_is_new_once_even_when_packets_reorder() -> None:
         True,
     ]
     assert streams.is_peer_call(5) and not streams.is_peer_call(0)
+
+
+async def test_a_writer_waiting_to_drain_returns_when_its_stream_is_released() -> None:
+    """Check that a writer waiting for its stream's send buffer returns when the stream
+    is released (reset, or its call ended) instead of waiting forever."""
+    engine = _Engine()
+    streams = _registry(engine)
+    streams.add(0, _Handler())
+    engine.buffered[0] = 150
+    draining = asyncio.create_task(streams.drain(0))
+    await asyncio.sleep(0)
+    streams.release(0)
+    await asyncio.wait_for(draining, 1.0)
+    assert streams.drain_waiting == 0

@@ -1,0 +1,114 @@
+"""Bounded garbage-collection pauses for a process holding many long-lived connections.
+
+CPython's full collection walks every tracked object. A server holding 10,000
+connections tracks millions (about 250 per connection with aioquic), so a full
+collection stops the event loop for hundreds of milliseconds to seconds, longer
+than QUIC's loss timers: every connection then retransmits at once. Most of those
+objects live as long as their connection. `GcGovernor` moves them out of the
+collector's sight with `gc.freeze()` whenever the objects the collector still
+walks pass ``walk_limit``, so a full collection never walks more than about that
+many; and it gives them back (`gc.unfreeze()`, then one collection) once enough
+connections have ended since that their cyclic garbage is worth the one long
+pause (frozen objects are still freed by reference counting; only reference
+cycles among them wait for the unfreeze).
+
+The decision is a pure function of counts (`GcGovernor.decide`); the server polls
+it once a second through its clock (`GcGovernor.get_timer`, `GcGovernor.poll`) while
+``ServerConfig.gc_walk_limit`` is not 0. docs/scale.md "Garbage collection".
+"""
+
+from __future__ import annotations
+
+import enum
+import gc
+import logging
+
+__all__ = ["GcAction", "GcGovernor"]
+
+logger = logging.getLogger("quicflow.gc")
+
+
+class GcAction(enum.Enum):
+    """What `GcGovernor.decide` asks for."""
+
+    NOTHING = "nothing"
+    FREEZE = "freeze"
+    """Move every tracked object out of the collector's walk (`gc.freeze`)."""
+    THAW = "thaw"
+    """Give frozen objects back (`gc.unfreeze`) and collect once: ended connections'
+    cycles are reclaimed."""
+
+
+class GcGovernor:
+    """Keeps the objects a full collection walks under ``walk_limit``.
+
+    Example::
+
+        governor = GcGovernor(now=clock.time())
+        timer = PolicyTimer(clock, governor.get_timer, lambda now: governor.poll(now, alive, ended))
+        timer.arm()
+    """
+
+    def __init__(
+        self,
+        walk_limit: int = 200_000,
+        thaw_fraction: float = 0.25,
+        *,
+        now: float = 0.0,
+        interval: float = 1.0,
+    ) -> None:
+        self.walk_limit = walk_limit
+        """Objects in the oldest generation (not frozen) past which everything is frozen."""
+        self.thaw_fraction = thaw_fraction
+        """Connections ended since the last thaw, as a fraction of those alive when the
+        heap was frozen, past which frozen objects are given back and collected."""
+        self.frozen_with = 0  # connections alive at the first freeze since the last thaw
+        self.ended_at_thaw = 0
+        self.freezes = 0
+        self.thaws = 0
+        self.interval = interval
+        """Seconds between looks (a look lists the oldest generation: ~1 ms per 20,000)."""
+        self._next: float | None = now + interval
+
+    def decide(self, walked: int, frozen: int, alive: int, ended: int) -> GcAction:
+        """The action for now: ``walked`` objects the oldest generation holds, ``frozen``
+        objects frozen, ``alive`` connections now, ``ended`` connections ended ever."""
+        churn = ended - self.ended_at_thaw
+        if frozen and churn > max(100, self.thaw_fraction * max(self.frozen_with, alive)):
+            return GcAction.THAW
+        if walked > self.walk_limit:
+            return GcAction.FREEZE
+        return GcAction.NOTHING
+
+    def apply(self, action: GcAction, alive: int, ended: int) -> None:
+        """Do what `decide` said (``alive`` and ``ended`` as given to it)."""
+        if action is GcAction.FREEZE:
+            if not gc.get_freeze_count():
+                self.frozen_with = alive
+            gc.freeze()
+            self.freezes += 1
+        elif action is GcAction.THAW:
+            gc.unfreeze()
+            gc.collect()
+            self.ended_at_thaw = ended
+            self.frozen_with = 0
+            self.thaws += 1
+            logger.info("gc: frozen objects given back and collected (%d connections ended)", ended)
+
+    def get_timer(self) -> float | None:
+        """When to look next (`PolicyTimer`'s ``next_deadline``)."""
+        return self._next
+
+    def poll(self, now: float, alive: int, ended: int) -> GcAction:
+        """Look now: decide and apply; the next look is `interval` seconds later."""
+        self._next = now + self.interval
+        walked = len(gc.get_objects(generation=2))
+        action = self.decide(walked, gc.get_freeze_count(), alive, ended)
+        self.apply(action, alive, ended)
+        return action
+
+    def release(self) -> None:
+        """Give back whatever this governor froze (the server stops)."""
+        if self.freezes > self.thaws:
+            gc.unfreeze()
+            self.thaws += 1

@@ -1,0 +1,59 @@
+"""`GcGovernor`: when the heap is frozen and when it is given back."""
+
+from __future__ import annotations
+
+import gc
+
+from quicflow.gcpause import GcAction, GcGovernor
+
+
+def test_freezes_once_the_walked_objects_pass_the_limit() -> None:
+    """Check that nothing happens at the limit and FREEZE one object past it."""
+    governor = GcGovernor(walk_limit=1000)
+    assert governor.decide(walked=1000, frozen=0, alive=10, ended=0) is GcAction.NOTHING
+    assert governor.decide(walked=1001, frozen=0, alive=10, ended=0) is GcAction.FREEZE
+
+
+def test_thaws_once_enough_connections_ended_since_the_freeze() -> None:
+    """Check that with 1,000 connections alive at the freeze, THAW comes after more than
+    250 ended (a quarter), not before, and counting restarts after the thaw."""
+    governor = GcGovernor(walk_limit=1000, thaw_fraction=0.25)
+    governor.frozen_with = 1000
+    assert governor.decide(walked=10, frozen=5000, alive=900, ended=250) is GcAction.NOTHING
+    assert governor.decide(walked=10, frozen=5000, alive=700, ended=251) is GcAction.THAW
+    governor.ended_at_thaw = 251
+    assert governor.decide(walked=10, frozen=5000, alive=700, ended=400) is GcAction.NOTHING
+
+
+def test_nothing_frozen_means_nothing_to_thaw() -> None:
+    """Check that churn alone never asks for THAW while nothing is frozen."""
+    governor = GcGovernor(walk_limit=1000)
+    assert governor.decide(walked=10, frozen=0, alive=0, ended=10_000) is GcAction.NOTHING
+
+
+def test_apply_freezes_and_thaws_the_real_collector() -> None:
+    """Check that FREEZE moves objects to the permanent generation and THAW gives them
+    all back."""
+    governor = GcGovernor()
+    try:
+        governor.apply(GcAction.FREEZE, alive=3, ended=0)
+        assert gc.get_freeze_count() > 0 and governor.frozen_with == 3
+        governor.apply(GcAction.THAW, alive=0, ended=7)
+        assert gc.get_freeze_count() == 0
+        assert (governor.ended_at_thaw, governor.frozen_with) == (7, 0)
+    finally:
+        gc.unfreeze()
+
+
+def test_polls_once_per_interval_and_releases_what_it_froze() -> None:
+    """Check that get_timer moves one interval past each poll, that a poll over the limit
+    freezes, and that release gives the frozen objects back."""
+    governor = GcGovernor(walk_limit=0, now=10.0, interval=1.0)
+    assert governor.get_timer() == 11.0
+    try:
+        assert governor.poll(11.0, alive=1, ended=0) is GcAction.FREEZE
+        assert governor.get_timer() == 12.0 and gc.get_freeze_count() > 0
+        governor.release()
+        assert gc.get_freeze_count() == 0
+    finally:
+        gc.unfreeze()

@@ -1,0 +1,69 @@
+"""qh3's private internals that the qh3 engine relies on are listed, and still there in
+the installed qh3 (see test_aioquic_internals.py for the same about aioquic)."""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+import pytest
+from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
+    QuicConnectionCore,
+    pull_quic_header,
+)
+from qh3.quic.configuration import (  # type: ignore[import-untyped,unused-ignore]
+    QuicConfiguration,
+)
+from qh3.quic.connection import QuicConnection  # type: ignore[import-untyped,unused-ignore]
+
+from quicflow.transport import engine_qh3
+from quicflow.transport.engine_aioquic import PrivateUse
+from quicflow.transport.engine_qh3 import PRIVATE_USES, Qh3FlowConnection
+from tests.transport.test_aioquic_internals import private_names_used
+
+
+def _live_instances() -> dict[type, object]:
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    conn.connect(("127.0.0.1", 4433), now=0.0)  # creates the Rust core
+    return {QuicConnection: conn, QuicConnectionCore: conn._core}
+
+
+@pytest.mark.parametrize("use", PRIVATE_USES, ids=lambda use: f"{use.owner.__name__}.{use.name}")
+def test_private_name_still_exists_in_qh3(use: PrivateUse) -> None:
+    """Check that each private name of qh3 the engine uses is still there: a method with
+    the parameters it is called with, or an attribute of a live instance."""
+    if use.params is not None:
+        method = getattr(use.owner, use.name, None)
+        assert callable(method), f"qh3 no longer has {use.owner.__name__}.{use.name}"
+        params = tuple(inspect.signature(method).parameters)
+        assert params == use.params, (
+            f"qh3 changed {use.owner.__name__}.{use.name}{params}; "
+            f"engine_qh3 relies on {use.params} ({use.why})"
+        )
+    else:
+        instance = _live_instances()[use.owner]
+        assert hasattr(instance, use.name), (
+            f"qh3's {use.owner.__name__} no longer has {use.name} ({use.why})"
+        )
+
+
+def test_every_private_use_of_qh3_is_listed() -> None:
+    """Check that the private names engine_qh3.py uses, besides those of its own class and
+    the cached configuration it keeps on aioquic's, are exactly those listed."""
+    own = {
+        name
+        for name in vars(Qh3FlowConnection)
+        if name.startswith("_") and not name.startswith("__")
+    } | {"_peer_address", "_path", "_quicflow_qh3"}
+    used = private_names_used(Path(engine_qh3.__file__)) - own
+    assert used == {use.name for use in PRIVATE_USES if use.name.startswith("_")}
+
+
+def test_header_parser_still_returns_the_packet_end_at_index_9() -> None:
+    """Check that qh3's header parser still answers a tuple whose item 9 is where the
+    packet ends, which `engine_qh3._padding_start` walks padded datagrams with."""
+    conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
+    conn.connect(("127.0.0.1", 4433), now=0.0)
+    datagram = conn.datagrams_to_send(now=0.0)[0][0]
+    end = pull_quic_header(datagram, 0, 8)[9]
+    assert isinstance(end, int) and 0 < end <= len(datagram)
