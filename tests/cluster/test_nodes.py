@@ -278,3 +278,23 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
         assert exported == documented
     finally:
         await client.close()
+
+
+async def test_streaming_calls_stay_local_and_say_so(two_nodes: tuple[Server, Server]) -> None:
+    """Check that a streaming call to a client on another node fails UNIMPLEMENTED, and a
+    broadcast of one reaches local clients and reports remote ones UNIMPLEMENTED."""
+    a, b = two_nodes
+    here, _ = await connect(a.port, "here")
+    there, _ = await connect(b.port, "there")
+    try:
+        await until(lambda: len(a.list_clients()) == 2)
+        with pytest.raises(RpcError) as refused:
+            await NotifyStub(a.client("there")).feed(iter([Event(seq=1)]))
+        assert refused.value.code is StatusCode.UNIMPLEMENTED
+        result = await a.broadcast(lambda ch: NotifyStub(ch).feed(iter([Event(seq=2)])))
+        assert result.deliveries["here"].status is DeliveryStatus.DELIVERED
+        assert result.deliveries["there"].status is DeliveryStatus.FAILED
+        assert result.deliveries["there"].code is StatusCode.UNIMPLEMENTED
+    finally:
+        await here.close()
+        await there.close()
