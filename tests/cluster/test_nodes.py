@@ -48,6 +48,9 @@ async def test_push_to_a_client_on_another_node_gets_its_ack(
         assert [e.text for e in inbox.events] == ["hi"]
         assert a.cluster is not None and a.cluster.stats.routed_out == 1
         assert b.cluster is not None and b.cluster.stats.routed_in == 1
+        # On its own node the client takes the local path: no NATS hop either way.
+        assert (await NotifyStub(b.client("c-1")).deliver(Event(seq=8))).seq == 8
+        assert b.cluster.stats.routed_out == 0 and b.cluster.stats.routed_in == 1
         with pytest.raises(RpcError) as failed:
             await NotifyStub(a.client("c-1")).deliver(Event(topic="fail"))
         assert failed.value.code is StatusCode.FAILED_PRECONDITION
