@@ -60,8 +60,9 @@ class Driver(abc.ABC):
         self.plaintext = plaintext
 
     @abc.abstractmethod
-    async def open(self, *, index: int | None = None) -> Any:
-        """A new connection, ready for calls (``index``: an idle client's number)."""
+    async def open(self, *, index: int | None = None, resume: bool = False) -> Any:
+        """A new connection, ready for calls (``index``: an idle client's number;
+        ``resume``: resume the TLS session of the connection before, if the system can)."""
 
     @abc.abstractmethod
     async def say(self, conn: Any, request: EchoRequest) -> EchoReply:
@@ -79,9 +80,9 @@ class Driver(abc.ABC):
     async def close(self, conn: Any) -> None:
         """Close a connection."""
 
-    async def open_ready(self, *, index: int | None = None) -> Any:
+    async def open_ready(self, *, index: int | None = None, resume: bool = False) -> Any:
         """A connection that has carried one call (the peers connect lazily)."""
-        conn = await self.open(index=index)
+        conn = await self.open(index=index, resume=resume)
         await self.say(conn, SMALL_REQUEST)
         return conn
 
@@ -89,7 +90,7 @@ class Driver(abc.ABC):
 class QuicFlowDriver(Driver):
     """QuicFlow: one `Client` per connection, serving Echo for the server's pushes."""
 
-    async def open(self, *, index: int | None = None) -> Any:
+    async def open(self, *, index: int | None = None, resume: bool = False) -> Any:
         from echo.echo_quicflow import EchoBase
 
         from quicflow import Client, ClientConfig, ServicerContext
@@ -110,15 +111,13 @@ class QuicFlowDriver(Driver):
                 max_datagram_size=datagram_size(),
                 client_id=None if index is not None and index < 0 else client_id,
                 labels=labels,
+                # Setup rows: a full handshake each, or each resuming the one before.
+                tls_resumption=resume,
             )
         )
         client.add_service(Echo())
         await client.connect()
         return client
-
-    async def open_ready(self, *, index: int | None = None) -> Any:
-        # QuicFlow's connect() already waits for the server's WELCOME.
-        return await self.open(index=index)
 
     async def say(self, conn: Any, request: EchoRequest) -> EchoReply:
         from echo.echo_quicflow import EchoStub
@@ -153,8 +152,11 @@ class GrpcAioDriver(Driver):
             root_certificates=(certs / "ca.pem").read_bytes()
         )
         self.stubs: dict[int, Any] = {}
+        from grpc.experimental import session_cache  # type: ignore[import-untyped]
 
-    async def open(self, *, index: int | None = None) -> Any:
+        self.session_cache: Any = session_cache.ssl_session_cache_lru(16)
+
+    async def open(self, *, index: int | None = None, resume: bool = False) -> Any:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),
@@ -162,6 +164,8 @@ class GrpcAioDriver(Driver):
             # A fresh connection per channel, as a separate client would have.
             ("grpc.use_local_subchannel_pool", 1),
         ]
+        if resume:  # gRPC's TLS session cache, shared by the channels that name it
+            options.append(("grpc.ssl_session_cache", self.session_cache))
         target = f"{HOST}:{self.port}"
         if self.plaintext:
             channel = self.grpc.aio.insecure_channel(target, options=options)
@@ -191,7 +195,7 @@ class GrpcAioDriver(Driver):
 class GrpclibDriver(Driver):
     """grpclib: one `Channel` per connection, handwritten stub (bench/grpclib_echo.py)."""
 
-    async def open(self, *, index: int | None = None) -> Any:
+    async def open(self, *, index: int | None = None, resume: bool = False) -> Any:
         import grpclib.client
         import grpclib.config
 
@@ -261,7 +265,7 @@ class Worker:
         if op == "compressed":
             return await self.compressed(int(command["size"]), n, deadline)
         if op == "connect":
-            return await self.connect(n, deadline)
+            return await self.connect(n, deadline, bool(command.get("resume", False)))
         if op == "idle":
             return await self.open_idle(n, limit)
         if op == "close_idle":
@@ -328,11 +332,13 @@ class Worker:
         elapsed = time.perf_counter() - start
         return {"n": done, "mib_per_s": done * size / MIB / elapsed}
 
-    async def connect(self, n: int, deadline: float) -> Answer:
+    async def connect(self, n: int, deadline: float, resume: bool = False) -> Answer:
         samples: list[float] = []
+        if resume:  # the first connection gets the ticket the measured ones resume with
+            await self.driver.close(await self.driver.open_ready(index=-1, resume=True))
         for _ in range(min(n, 10_000)):
             start = time.perf_counter()
-            conn = await self.driver.open_ready(index=-1)
+            conn = await self.driver.open_ready(index=-1, resume=resume)
             samples.append(time.perf_counter() - start)
             await self.driver.close(conn)
             if time.perf_counter() > deadline:

@@ -155,7 +155,7 @@ async def fleet_main(args: argparse.Namespace) -> None:
                     client_id=f"{args.prefix}{i}",
                     labels={"role": "fleet"},
                     heartbeat_interval=60.0,
-                    heartbeat_timeout=30.0,
+                    heartbeat_timeout=120.0,
                     connect_timeout=30.0,
                     metrics=False,
                 )

@@ -52,7 +52,7 @@ SMALL = 64
 
 MIB = 1 << 20
 
-MAX_MESSAGE = 8 * MIB
+MAX_MESSAGE = 32 * MIB
 """Largest message any system is configured to take (the 1 MiB stream fits easily)."""
 
 IDLE_CLIENT_PREFIX = "idle-"

@@ -64,6 +64,8 @@ class Plan:
     stream_big_n: int
     compressed_n: int
     stream_big_chunk: int
+    stream_huge_n: int
+    stream_huge_chunk: int
     stream_time: float
     connect_n: int
     connect_time: float
@@ -88,6 +90,8 @@ QUICK = Plan(
     stream_big_n=16,
     compressed_n=16,
     stream_big_chunk=4,
+    stream_huge_n=4,
+    stream_huge_chunk=2,
     stream_time=1.5,
     connect_n=8,
     connect_time=3.0,
@@ -112,6 +116,8 @@ SMOKE = Plan(
     stream_big_n=2,
     compressed_n=2,
     stream_big_chunk=1,
+    stream_huge_n=1,
+    stream_huge_chunk=1,
     stream_time=0.3,
     connect_n=2,
     connect_time=1.0,
@@ -138,6 +144,8 @@ FULL = Plan(
     stream_big_n=128,
     compressed_n=64,
     stream_big_chunk=8,
+    stream_huge_n=16,
+    stream_huge_chunk=4,
     stream_time=6.0,
     connect_n=30,
     connect_time=15.0,
@@ -427,6 +435,21 @@ class Bench:
         label = "server streaming 1 MiB messages"
         await self.measure([Row("stream_1mib", label, "MiB/s", False)], CHOSEN.systems, stream_big)
 
+        async def stream_huge(system: str) -> tuple[float]:
+            command = {
+                "op": "stream",
+                "size": 16 << 20,
+                "n": p.stream_huge_n,
+                "chunk": p.stream_huge_chunk,
+                "time": p.stream_time * 2,
+            }
+            return ((await self.ask(system, command))["mib_per_s"],)
+
+        label = "server streaming 16 MiB messages"
+        await self.measure(
+            [Row("stream_16mib", label, "MiB/s", False)], CHOSEN.systems, stream_huge
+        )
+
         async def compressed(system: str) -> tuple[float]:
             command = {"op": "compressed", "size": 1 << 20, "n": p.compressed_n, "time": 10.0}
             return ((await self.ask(system, command))["mib_per_s"],)
@@ -445,6 +468,23 @@ class Bench:
 
         label = "connection setup + first call, p50"
         await self.measure([Row("connect_ms", label, "ms", True)], CHOSEN.systems, connect)
+
+        async def resume(system: str) -> tuple[float]:
+            command = {
+                "op": "connect",
+                "n": p.connect_n,
+                "time": p.connect_time,
+                "resume": True,
+            }
+            return ((await self.ask(system, command))["p50_ms"],)
+
+        # grpclib has no TLS session reuse across channels to ask for.
+        label = "connection setup + first call, TLS resumed, p50"
+        await self.measure(
+            [Row("connect_resumed_ms", label, "ms", True)],
+            [s for s in CHOSEN.systems if s != "grpclib"],
+            resume,
+        )
 
         await self.measure(
             [Row("oneway", "one-way untyped messages/s, one connection", "msgs/s", False)],

@@ -721,9 +721,13 @@ class _Call(Generic[Req, Resp]):
             timeout = self._deadline_at - self._clock.time()
         self._input = self._retry_request
         self._start(self._sent_metadata, timeout)
-        if self._deferred is not None:
-            # No stream credit now: wait for it in a task (the caller awaits the answer).
-            self._loop.create_task(self._ensure_started())
+        deferred = self._deferred
+        if deferred is not None:
+            # No stream credit now: wait for it in a task (the caller awaits the answer),
+            # within the deadline, which _start_when_possible counts from the creation.
+            budget = None if self._deadline_at is None else self._deadline_at - self._created
+            self._deferred = (deferred[0], budget)
+            self._sender = self._loop.create_task(self._ensure_started())  # kept; ends with us
 
     @property
     def attempts(self) -> int:

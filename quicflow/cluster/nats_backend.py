@@ -40,6 +40,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
+from ..status import StatusCode
 from .backend import BackendHandler, BackendUnavailable, NotReachable
 from .codec import (
     BroadcastCall,
@@ -488,7 +489,11 @@ class NatsBackend:
         except ValueError as exc:
             logger.warning("cluster: undecodable routed call: %s", exc)
             return
-        outcome = await self._handler.routed_call(client_id, call)
+        try:
+            outcome = await self._handler.routed_call(client_id, call)
+        except Exception:
+            logger.exception("cluster: serving a routed call to %r failed", client_id)
+            outcome = CallOutcome(StatusCode.INTERNAL, "the client's node failed the call")
         if msg.reply:
             with contextlib.suppress(Exception):
                 await msg.respond(outcome.encode())

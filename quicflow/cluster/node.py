@@ -408,6 +408,10 @@ class _NodeDied(Exception):
         self.node_id = node_id
 
 
+class _NotUnary(Exception):
+    """Raised by `_CaptureChannel` when a `send` function makes a streaming call."""
+
+
 class _Captured(Exception):
     """Raised by `_CaptureChannel` once it has the call a `send` function makes."""
 
@@ -436,6 +440,19 @@ class _CaptureChannel(ClientChannel):
             timeout,
         )
         raise _Captured()
+
+    def unary_stream(self, method: Method[Any, Resp], request: Any, **kw: Any) -> Any:
+        raise _NotUnary()
+
+    def stream_unary(
+        self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
+    ) -> Any:
+        raise _NotUnary()
+
+    def stream_stream(
+        self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
+    ) -> Any:
+        raise _NotUnary()
 
 
 class ClusterNode:
@@ -817,9 +834,14 @@ class ClusterNode:
                     return outcome
                 self.stats.retried_stale += 1
                 await asyncio.sleep(min(0.01, max(left, 0)))
-        except BaseException:
+        except (RpcError, asyncio.CancelledError):
             self.stats.routed_out_failed += 1
             raise
+        except Exception as exc:
+            # NATS went away mid-call (nats-py raises its own errors then): the caller
+            # sees UNAVAILABLE, like any other failure to reach the cluster.
+            self.stats.routed_out_failed += 1
+            raise BackendUnavailable(f"the cluster backend failed: {exc!r}") from exc
 
     async def _call_watching(self, client_id: str, call: RoutedCall, left: float) -> CallOutcome:
         """`backend.call`, abandoned (`_NodeDied`) if the client's node is declared dead
@@ -1021,7 +1043,7 @@ class ClusterNode:
         ]
         answers: list[NodeAnswer] = []
         capture = _CaptureChannel(self)
-        with contextlib.suppress(_Captured):
+        with contextlib.suppress(_Captured, _NotUnary):
             await send(capture)
         timeout = client_timeout if client_timeout is not None else self.call_timeout
         if capture.call is not None and expected and self.backend.connected:
@@ -1039,10 +1061,12 @@ class ClusterNode:
                 dict(labels or {}),
                 max_in_flight,
             )
-            with contextlib.suppress(BackendUnavailable):
+            try:
                 answers = await self.backend.broadcast(
                     bcall, expected, timeout + self.broadcast_grace
                 )
+            except Exception as exc:  # NATS away or failing: the other nodes are reported
+                logger.debug("cluster: broadcast could not ask the other nodes: %s", exc)
         for answer in answers:
             nodes[answer.node_id] = NodeOutcome(answer.node_id, True, len(answer.results))
             for result in answer.results:
@@ -1065,15 +1089,27 @@ class ClusterNode:
         for node_id in expected - nodes.keys():
             missing = [e for e in registered if e.registration.node_id == node_id]
             nodes[node_id] = NodeOutcome(node_id, False, len(missing))
-            self.stats.broadcast_missing_nodes += 1
-            for entry in missing:
-                deliveries[entry.client_id] = Delivery(
-                    entry.client_id,
+            if capture.call is None:  # never asked: the send is not one unary call
+                status, code, why = (
+                    DeliveryStatus.FAILED,
+                    StatusCode.UNIMPLEMENTED,
+                    "only unary calls are routed across nodes",
+                )
+            elif not answers and not self.backend.connected:
+                status, code, why = (
+                    DeliveryStatus.FAILED,
+                    StatusCode.UNAVAILABLE,
+                    "the cluster backend is unreachable",
+                )
+            else:
+                self.stats.broadcast_missing_nodes += 1
+                status, code, why = (
                     DeliveryStatus.TIMED_OUT,
-                    None,
                     StatusCode.DEADLINE_EXCEEDED,
                     f"node {node_id} did not answer in time",
                 )
+            for entry in missing:
+                deliveries[entry.client_id] = Delivery(entry.client_id, status, None, code, why)
         mine = await local
         nodes[self.node_id] = NodeOutcome(self.node_id, True, len(mine))
         deliveries.update(mine.deliveries)

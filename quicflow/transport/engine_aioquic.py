@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls
-from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
@@ -37,6 +37,11 @@ from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientC
 __all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
+
+MAX_FRAME_DATA = 16383
+"""Most data bytes in one STREAM frame: aioquic writes the length as a 2-byte varint."""
+MIN_FRAME_DATA = 64
+"""Fewer bytes left in a packet than this: not worth another STREAM frame."""
 
 HANDSHAKE_DATAGRAM_SIZE = 1200
 """Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
@@ -167,6 +172,12 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(QuicConnection, "_max_datagram_size", None, "capped while Initial keys live"),
     PrivateUse(QuicConnection, "_cryptos", None, "whether Initial keys are still in use"),
     PrivateUse(QuicConnection, "_quic_logger", None, "a qlog trace: keep aioquic's own path"),
+    PrivateUse(
+        QuicConnection,
+        "_write_stream_frame",
+        ("self", "builder", "space", "stream", "max_offset"),
+        "overridden: several STREAM frames of at most 16,383 bytes per packet",
+    ),
     # QuicPacketRecovery (QuicConnection._loss)
     PrivateUse(QuicPacketRecovery, "_pacer", None, "replaced by our BytePacer"),
     PrivateUse(QuicPacketRecovery, "_rtt_smoothed", None, "the smoothed RTT"),
@@ -415,6 +426,49 @@ class AioquicFlowConnection(QuicConnection):
             return super().datagrams_to_send(now)
         finally:
             self._max_datagram_size = full
+
+    def _write_stream_frame(
+        self, builder: Any, space: Any, stream: QuicStream, max_offset: int
+    ) -> int:
+        # aioquic writes one STREAM frame per stream and packet, its length in a 2-byte
+        # varint (at most 16,383 bytes): in a larger packet the length overflowed and the
+        # peer failed to parse it. Here a packet takes as many frames of at most that
+        # size as fit, so datagrams above 16 KiB (loopback's 64 KiB) carry stream data.
+        if self._quic_logger is not None:
+            return int(super()._write_stream_frame(builder, space, stream, max_offset))
+        sender = stream.sender
+        stream_id = stream.stream_id
+        assert stream_id is not None  # a stream with data to send has its id
+        start = sender.highest_offset
+        while True:
+            offset = sender.next_offset
+            overhead = 3 + size_uint_var(stream_id) + (size_uint_var(offset) if offset else 0)
+            room = min(builder.remaining_flight_space - overhead, MAX_FRAME_DATA)
+            if room < MIN_FRAME_DATA:
+                break
+            frame = sender.get_frame(room, max_offset)
+            if frame is None:
+                break
+            frame_type = QuicFrameType.STREAM_BASE | 2  # with a length
+            if frame.offset:
+                frame_type |= 4
+            if frame.fin:
+                frame_type |= 1
+            end = frame.offset + len(frame.data)
+            buf = builder.start_frame(
+                frame_type,
+                capacity=overhead,
+                handler=sender.on_data_delivery,
+                handler_args=(frame.offset, end, frame.fin),
+            )
+            buf.push_uint_var(stream_id)
+            if frame.offset:
+                buf.push_uint_var(frame.offset)
+            buf.push_uint16(len(frame.data) | 0x4000)
+            buf.push_bytes(frame.data)
+            if frame.fin or len(frame.data) < room:
+                break  # the stream has no more to send now (or may not send more)
+        return int(sender.highest_offset - start)
 
     def _handle_padding_frame(self, context: Any, frame_type: int, buf: Buffer) -> None:
         # aioquic walks the padding byte by byte in Python; lstrip does it in C.

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from notify.notify_pb2 import Ack, Event
@@ -29,6 +29,9 @@ class Inbox(NotifyBase):
         if request.delay_ms:
             await asyncio.sleep(request.delay_ms / 1000)
         return Ack(client_id=self.client_id, seq=request.seq)
+
+    async def feed(self, requests: AsyncIterator[Event], context: ServicerContext) -> Ack:
+        return Ack(client_id=self.client_id, seq=sum([e.seq async for e in requests]))
 
 
 def node_config(urls: tuple[str, ...], node_id: str, **overrides: Any) -> ServerConfig:

@@ -48,6 +48,9 @@ async def test_push_to_a_client_on_another_node_gets_its_ack(
         assert [e.text for e in inbox.events] == ["hi"]
         assert a.cluster is not None and a.cluster.stats.routed_out == 1
         assert b.cluster is not None and b.cluster.stats.routed_in == 1
+        # On its own node the client takes the local path: no NATS hop either way.
+        assert (await NotifyStub(b.client("c-1")).deliver(Event(seq=8))).seq == 8
+        assert b.cluster.stats.routed_out == 0 and b.cluster.stats.routed_in == 1
         with pytest.raises(RpcError) as failed:
             await NotifyStub(a.client("c-1")).deliver(Event(topic="fail"))
         assert failed.value.code is StatusCode.FAILED_PRECONDITION
@@ -278,3 +281,23 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
         assert exported == documented
     finally:
         await client.close()
+
+
+async def test_streaming_calls_stay_local_and_say_so(two_nodes: tuple[Server, Server]) -> None:
+    """Check that a streaming call to a client on another node fails UNIMPLEMENTED, and a
+    broadcast of one reaches local clients and reports remote ones UNIMPLEMENTED."""
+    a, b = two_nodes
+    here, _ = await connect(a.port, "here")
+    there, _ = await connect(b.port, "there")
+    try:
+        await until(lambda: len(a.list_clients()) == 2)
+        with pytest.raises(RpcError) as refused:
+            await NotifyStub(a.client("there")).feed(iter([Event(seq=1)]))
+        assert refused.value.code is StatusCode.UNIMPLEMENTED
+        result = await a.broadcast(lambda ch: NotifyStub(ch).feed(iter([Event(seq=2)])))
+        assert result.deliveries["here"].status is DeliveryStatus.DELIVERED
+        assert result.deliveries["there"].status is DeliveryStatus.FAILED
+        assert result.deliveries["there"].code is StatusCode.UNIMPLEMENTED
+    finally:
+        await here.close()
+        await there.close()

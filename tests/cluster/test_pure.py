@@ -198,3 +198,14 @@ def test_kick_closes_only_the_superseded_session(
 ) -> None:
     """Check that a kick closes a session at or before the epoch it supersedes, never a newer."""
     assert kick_applies(local, superseded) is applies
+
+
+def test_refused_compare_and_set_names_the_real_revision() -> None:
+    """Check that the revision a refused KV write names is read back (the retry after a
+    read from a lagging replica uses it), and that other errors give None."""
+    from nats.js.errors import KeyWrongLastSequenceError
+
+    from quicflow.cluster.nats_backend import _last_sequence
+
+    assert _last_sequence(KeyWrongLastSequenceError(description="wrong last sequence: 37")) == 37
+    assert _last_sequence(ValueError("something else")) is None

@@ -243,3 +243,39 @@ async def test_only_if_not_run_retries_what_certainly_did_not_run() -> None:
             assert service.seen == [None, "1"]
         finally:
             await late.close()
+
+
+class FlakyThenSlow(Flaky):
+    """``busy`` requests sleep ``delay_ms`` (real time); others follow the script."""
+
+    async def say(self, request: EchoRequest, context: ServicerContext) -> EchoReply:
+        if request.text == "busy":
+            await asyncio.sleep(request.delay_ms / 1000)
+            return EchoReply(text="busy")
+        return await super().say(request, context)
+
+
+async def test_a_retry_waits_for_stream_credit_within_the_deadline() -> None:
+    """Check that a retry due while the connection's stream credit is used up waits for a
+    stream (instead of failing or hanging) and then succeeds."""
+    clock = FakeClock()
+    service = FlakyThenSlow(StatusCode.UNAVAILABLE)
+    async with _harness(service, clock) as client:
+        stub = EchoStub(client)
+        call = stub.say(EchoRequest(text="again"), timeout=60.0)
+        await _until(lambda: len(service.seen) == 1)
+        await asyncio.sleep(0.1)  # the failed attempt's stream credit comes back
+
+        async def busy() -> str:
+            return (await stub.say(EchoRequest(text="busy", delay_ms=300))).text
+
+        # More than the 128 streams the server allows at once: some wait for credit too.
+        calls = [asyncio.ensure_future(busy()) for _ in range(130)]
+        conn = client.connection
+        assert conn is not None
+        await _until(lambda: not conn.can_open_stream())
+        clock.advance(0.5)  # the retry falls due now, with no stream to open: it waits
+        assert not call.done() and call.attempts == 2
+        assert await asyncio.gather(*calls) == ["busy"] * 130
+        assert (await call).text == "again"
+        assert service.seen == [None, "1"]

@@ -65,11 +65,11 @@ COMMON_BAD: list[tuple[str, object]] = [
     ("idle_timeout", "60"),
     ("idle_timeout", None),
     ("idle_timeout", True),
-    # max_datagram_size: 0 (auto) or an int in [1200, 16384]
+    # max_datagram_size: 0 (auto) or an int in [1200, 65000]
     ("max_datagram_size", 1199),
     ("max_datagram_size", 1),
     ("max_datagram_size", 0.0),
-    ("max_datagram_size", 16385),
+    ("max_datagram_size", 65001),
     ("max_datagram_size", 1500.0),
     ("max_datagram_size", True),
     # congestion_control: "reno" or "cubic"

@@ -93,40 +93,86 @@ def test_padding_is_skipped_up_to_the_next_frame(tmp_path: Path) -> None:
 
 
 async def test_hello_leaves_with_the_clients_finished(monkeypatch: Any) -> None:
-    """Check that connect() takes two client datagrams, the Initial and one carrying both
-    the client's Finished and HELLO, and that the server answers with one datagram that
-    brings WELCOME: four datagrams until WELCOME (fresh or resumed), not six."""
-    sent: list[tuple[AioquicFlowConnection, bool]] = []
-    original = AioquicFlowConnection.datagrams_to_send
+    """Check that the server gets the client's Finished and HELLO in one datagram
+    (before, HELLO left a loop turn later, a datagram and a round trip more), for a full
+    and a resumed handshake: the server's HandshakeCompleted and the control stream's
+    first data come out of the same received datagram."""
+    seen: list[tuple[int, str]] = []
+    received = [0]
+    receive = AioquicFlowConnection.receive_datagram
+    next_event = AioquicFlowConnection.next_event
 
-    def counting(self: AioquicFlowConnection, now: float) -> list[tuple[bytes, Any]]:
-        out = original(self, now)
-        sent.extend((self, self._is_client) for _ in out)
-        return out
+    def counting_receive(self: AioquicFlowConnection, data: bytes, addr: Any, now: float) -> None:
+        if not self._is_client:
+            received[0] += 1
+        receive(self, data, addr, now)
+
+    def recording_next(self: AioquicFlowConnection) -> Any:
+        event = next_event(self)
+        if not self._is_client and event is not None:
+            seen.append((received[0], type(event).__name__))
+        return event
 
     harness = ClientFor([TestEcho()], server_options={"quic_engine": "aioquic"})
     async with harness:
         for resumption in (False, True):
-            monkeypatch.setattr(AioquicFlowConnection, "datagrams_to_send", counting)
-            sent.clear()
-            client = Client(harness.client_config(tls_resumption=resumption, quic_engine="aioquic"))
+            monkeypatch.setattr(AioquicFlowConnection, "receive_datagram", counting_receive)
+            monkeypatch.setattr(AioquicFlowConnection, "next_event", recording_next)
+            seen.clear()
+            config = harness.client_config(tls_resumption=resumption, quic_engine="aioquic")
+            client = Client(config)
             await client.connect()
             monkeypatch.undo()
             try:
-                conn = client.connection
-                assert conn is not None
-                transport = conn._transport
-                assert transport is not None
-                port = transport.get_extra_info("sockname")[1]
-                [server_conn] = [
-                    c for c in harness.server.connections if (c.peer_address or ("", 0))[1] == port
-                ]
-                ours = (conn._quic, server_conn._quic)
-                assert [is_client for engine, is_client in sent if engine in ours] == [
-                    True,
-                    False,
-                    True,
-                    False,
-                ]
+                [done] = [n for n, kind in seen if kind == "HandshakeCompleted"]
+                first_data = next(n for n, kind in seen if kind == "StreamDataReceived")
+                assert first_data == done, seen
             finally:
                 await client.close()
+
+
+def test_datagrams_above_16_kib_carry_stream_data_intact(tmp_path: Path) -> None:
+    """Check that with 65,000-byte datagrams a 300 KB write leaves in datagrams above
+    16 KiB, each packet holding several STREAM frames (one frame's length cannot exceed
+    16,383), and the peer receives every byte in order (aioquic's own writer put one
+    frame per packet and overflowed its 2-byte length)."""
+    certs = write_dev_certs(tmp_path / "certs")
+    configs: list[Any] = [
+        client_configuration(server_name="localhost", ca_file=str(certs.ca_file)),
+        server_configuration(cert_file=str(certs.cert_file), key_file=str(certs.key_file)),
+    ]
+    for config in configs:
+        config.alpn_protocols = ["quicflow"]
+        config.max_datagram_size = 65000
+    client = AioquicFlowConnection(configuration=configs[0], window=1 << 20)
+    client.connect(SERVER_ADDR, now=0.0)
+    [(first, _)] = client.datagrams_to_send(0.0)
+    server = AioquicFlowConnection(
+        configuration=configs[1],
+        window=1 << 20,
+        original_destination_connection_id=first[6 : 6 + first[5]],
+    )
+    server.receive_datagram(first, CLIENT_ADDR, 0.0)
+    _exchange(client, server, 0.0, [])
+    while client.next_event() is not None:
+        pass
+    payload = bytes(range(256)) * 1200  # 307,200 bytes
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, payload, end_stream=True)
+    received = bytearray()
+    sizes: list[int] = []
+    now = 0.01
+    for _ in range(50):
+        for data, _ in client.datagrams_to_send(now):
+            sizes.append(len(data))
+            server.receive_datagram(data, CLIENT_ADDR, now)
+        for data, _ in server.datagrams_to_send(now):
+            client.receive_datagram(data, SERVER_ADDR, now)
+        while (event := server.next_event()) is not None:
+            if isinstance(event, events.StreamDataReceived):
+                received += event.data
+        now += 0.01
+        if len(received) == len(payload):
+            break
+    assert bytes(received) == payload
+    assert max(sizes) > 3 * 16384
