@@ -1086,7 +1086,7 @@ class ChannelMethods:
     ) -> UnaryUnaryCall[Resp]:
         """Start a unary call; await the result for the response."""
         return UnaryUnaryCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             request,
             timeout,
@@ -1107,7 +1107,7 @@ class ChannelMethods:
     ) -> UnaryStreamCall[Resp]:
         """Start a server-streaming call; iterate the result for responses."""
         return UnaryStreamCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             request,
             timeout,
@@ -1128,7 +1128,7 @@ class ChannelMethods:
     ) -> StreamUnaryCall[Resp]:
         """Start a client-streaming call; await the result for the response."""
         return StreamUnaryCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             requests,
             timeout,
@@ -1149,7 +1149,7 @@ class ChannelMethods:
     ) -> StreamStreamCall[Resp]:
         """Start a bidirectional call; iterate the result for responses."""
         return StreamStreamCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             requests,
             timeout,
