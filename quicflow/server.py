@@ -348,7 +348,7 @@ class Server:
 
         Calls through it fail at once with `ClientNotConnected` if no client is
         connected under ``client_id``. In a cluster, a client on another node is
-        reached through its node (unary calls; docs/cluster.md).
+        reached through its node (all four call kinds; docs/cluster.md).
         """
         if self.cluster is not None:
             return self.cluster.channel(client_id)

@@ -288,7 +288,7 @@ async def test_streaming_calls_reach_other_nodes(two_nodes: tuple[Server, Server
     UNIMPLEMENTED), and a broadcast of one reaches the clients of both nodes."""
     a, b = two_nodes
     here, _ = await connect(a.port, "here")
-    there, inbox = await connect(b.port, "there")
+    there, _ = await connect(b.port, "there")
     try:
         await until(lambda: len(a.list_clients()) == 2)
         ack = await NotifyStub(a.client("there")).feed(iter([Event(seq=1), Event(seq=4)]))

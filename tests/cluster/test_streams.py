@@ -17,6 +17,7 @@ from echo.echo_quicflow import EchoStub
 
 from quicflow import Client, RpcError, Server, StatusCode
 from quicflow.cluster.natsserver import NatsServer
+from quicflow.cluster.streams import ServedStream
 from quicflow.push import DeliveryStatus
 
 from .nodes import StreamEcho, client_config, start_node, until
@@ -153,8 +154,9 @@ async def test_a_slow_reader_holds_at_most_the_window(two_nodes: tuple[Server, S
         await asyncio.sleep(0.3)
         # Not running ahead: the window, plus what QUIC flow control lets b buffer.
         assert echo.yielded == stalled < 1_000
-        (routed,) = a.cluster.streams_out if a.cluster is not None else ()
-        assert routed.buffered <= WINDOW
+        assert a.cluster is not None
+        (routed,) = a.cluster.streams_out
+        assert routed.buffered == WINDOW - 1  # one read, no CREDIT yet: the owner stopped
         for _ in range(3 * WINDOW):
             assert await call.read() is not None
         await until(lambda: echo.yielded > stalled)
@@ -238,3 +240,39 @@ async def test_broadcast_of_a_streaming_send_reaches_every_node(
     finally:
         await here.close()
         await there.close()
+
+
+async def test_a_lost_frame_fails_the_stream_unavailable(
+    two_nodes: tuple[Server, Server], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check that a frame lost between the nodes (the owner's fifth frame dropped before
+    NATS) ends the stream UNAVAILABLE on a, never a silently short success, and that the
+    client's handler on b is cancelled."""
+    a, b = two_nodes
+    client, echo = await _echo_client(b, "s-7")
+    published = 0
+    original = ServedStream._publish
+
+    async def lossy(self: ServedStream, data: bytes) -> None:
+        nonlocal published
+        published += 1
+        if published != 5:  # OPENED, HEADERS, 3 MESSAGEs: the third reply is lost
+            await original(self, data)
+
+    monkeypatch.setattr(ServedStream, "_publish", lossy)
+    try:
+        await _registered(a, "s-7", "b")
+        call = EchoStub(a.client("s-7")).stream(
+            EchoRequest(text="x", repeat=1000, delay_ms=5), timeout=5.0
+        )
+        got = []
+        with pytest.raises(RpcError) as failed:
+            async for reply in call:
+                got.append(reply.index)
+        assert failed.value.code is StatusCode.UNAVAILABLE
+        assert "frames lost" in failed.value.message
+        assert got == [0, 1]
+        async with asyncio.timeout(2.0):
+            await echo.cancelled.wait()
+    finally:
+        await client.close()
