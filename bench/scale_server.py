@@ -96,6 +96,10 @@ class Watch:
 
 async def serve(args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
+    if not args.no_reset_key:
+        # The deployment a restart should recover fast in: the stateless reset key survives
+        # the restart, so the new server resets each old client at its next packet.
+        settings["stateless_reset_key_file"] = str(args.certs / "reset.key")
     if args.gc != "default":
         settings["gc_walk_limit"] = 0
     if args.hb_interval:
@@ -195,6 +199,7 @@ def main() -> None:
     parser.add_argument("--hb-interval", type=float, default=0.0, help="0: the default")
     # Levers measured against each other (docs/scale.md "What helped").
     parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
+    parser.add_argument("--no-reset-key", action="store_true", help="no stateless reset key")
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
     parser.add_argument(
         "--gc",

@@ -56,6 +56,7 @@ class GcGovernor:
         *,
         now: float = 0.0,
         interval: float = 1.0,
+        thaw_interval: float = 60.0,
     ) -> None:
         self.walk_limit = walk_limit
         """Objects in the oldest generation (not frozen) past which everything is frozen."""
@@ -66,21 +67,34 @@ class GcGovernor:
         self.ended_at_thaw = 0
         self.freezes = 0
         self.thaws = 0
+        self.thaw_interval = thaw_interval
+        """Seconds from one thaw (or the start) to the next, at least."""
+        self.thawed_at = now
         self.interval = interval
         """Seconds between looks (a look lists the oldest generation: ~1 ms per 20,000)."""
         self._next: float | None = now + interval
 
-    def decide(self, walked: int, frozen: int, alive: int, ended: int) -> GcAction:
-        """The action for now: ``walked`` objects the oldest generation holds, ``frozen``
-        objects frozen, ``alive`` connections now, ``ended`` connections ended ever."""
+    def decide(
+        self, walked: int, frozen: int, alive: int, ended: int, now: float = 0.0
+    ) -> GcAction:
+        """The action at ``now``: ``walked`` objects the oldest generation holds, ``frozen``
+        objects frozen, ``alive`` connections now, ``ended`` connections ended ever.
+
+        A thaw costs one full collection over the whole heap, so it comes at most once
+        per `thaw_interval`: in a storm, thousands of handshakes that never finish end
+        too, and counting them must not turn into a long pause every second."""
         churn = ended - self.ended_at_thaw
-        if frozen and churn > max(100, self.thaw_fraction * max(self.frozen_with, alive)):
+        if (
+            frozen
+            and churn > max(100, self.thaw_fraction * max(self.frozen_with, alive))
+            and now >= self.thawed_at + self.thaw_interval
+        ):
             return GcAction.THAW
         if walked > self.walk_limit:
             return GcAction.FREEZE
         return GcAction.NOTHING
 
-    def apply(self, action: GcAction, alive: int, ended: int) -> None:
+    def apply(self, action: GcAction, alive: int, ended: int, now: float = 0.0) -> None:
         """Do what `decide` said (``alive`` and ``ended`` as given to it)."""
         if action is GcAction.FREEZE:
             if not gc.get_freeze_count():
@@ -91,6 +105,7 @@ class GcGovernor:
             gc.unfreeze()
             gc.collect()
             self.ended_at_thaw = ended
+            self.thawed_at = now
             self.frozen_with = 0
             self.thaws += 1
             logger.info("gc: frozen objects given back and collected (%d connections ended)", ended)
@@ -103,8 +118,8 @@ class GcGovernor:
         """Look now: decide and apply; the next look is `interval` seconds later."""
         self._next = now + self.interval
         walked = len(gc.get_objects(generation=2))
-        action = self.decide(walked, gc.get_freeze_count(), alive, ended)
-        self.apply(action, alive, ended)
+        action = self.decide(walked, gc.get_freeze_count(), alive, ended, now)
+        self.apply(action, alive, ended, now)
         return action
 
     def release(self) -> None:

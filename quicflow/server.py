@@ -195,6 +195,8 @@ class Server:
             if config.tls_session_tickets and config.client_cert_mode == "none"
             else None,
             reset_key=load_reset_key(config.stateless_reset_key_file),
+            max_connections=config.max_connections,
+            on_refused=self._refused,
         )
         self._endpoint.start_metrics()
         if config.gc_walk_limit:
@@ -280,23 +282,19 @@ class Server:
         if self._stopping:
             conn.refuse("server is shutting down")
             return
-        if self._listener is not None and len(self._listener.connections) > (
-            self.config.max_connections
-        ):
-            # Over the cap (this one included): refuse before any work for it. The client
-            # sees UNAVAILABLE and retries with backoff; connections already here are untouched.
-            conn.refuse("too many connections")
-            self._connections_refused += 1
-            if self.metrics is not None:
-                self.metrics.connections_refused += 1
-            if self._connections_refused == 1 or self._connections_refused % 1000 == 0:
-                logger.warning(
-                    "refused a connection: max_connections (%d) reached (%d refused so far)",
-                    self.config.max_connections,
-                    self._connections_refused,
-                )
-            return
         self._connections.add(_ServerConnection(self, conn))
+
+    def _refused(self, reason: str) -> None:
+        """The endpoint refused a connection at ``max_connections``."""
+        self._connections_refused += 1
+        if self.metrics is not None:
+            self.metrics.connections_refused += 1
+        if self._connections_refused == 1 or self._connections_refused % 1000 == 0:
+            logger.warning(
+                "refused a connection: max_connections (%d) reached (%d refused so far)",
+                self.config.max_connections,
+                self._connections_refused,
+            )
 
     # -- sessions --
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,14 @@ def test_configuration_doc_lists_exactly_the_config_fields() -> None:
                 name = row[0].strip("`")
                 env = "code only" if name in _CODE_ONLY else f"`{prefix}{name.upper()}`"
                 assert row[4].startswith(env), f"{name}: environment variable should be {env}"
+
+
+def test_wire_protocol_examples_put_calls_on_call_streams() -> None:
+    """Check that the worked examples of docs/wire-protocol.md put a call on a call stream:
+    a client-initiated bidirectional stream other than 0, which is the control stream
+    (§2), so that a peer written from the page sends its first call on stream 4."""
+    text = (ROOT / "docs" / "wire-protocol.md").read_text()
+    section = text[text.index("### §3.3") : text.index("## §4")]
+    streams = [int(n) for n in re.findall(r"→ (?:client|server), stream (\d+)\*\*", section)]
+    assert len(streams) == 2, streams
+    assert all(n % 4 == 0 and n != 0 for n in streams), streams

@@ -268,8 +268,23 @@ def _dynamic_lines(file: File, uses: _Uses) -> list[str]:
 
 
 def _source_comment(source: str) -> str:
+    """``# source: <path>``, the path broken after a ``/`` onto ``#   `` lines where the
+    line would pass LINE_LENGTH. Never ``# noqa: E501``: ruff's defaults do not enable
+    E501 and flag such a comment as unused (RUF100), as does a config whose line length
+    the line fits; a path segment longer than a line stays whole."""
     line = f"# source: {source}"
-    return line if len(line) <= LINE_LENGTH else f"{line}  # noqa: E501"
+    if len(line) <= LINE_LENGTH:
+        return line
+    lines: list[str] = []
+    current = "# source: "
+    fresh = True  # nothing of the path on `current` yet
+    for piece in re.findall(r"[^/]*/|[^/]+$", source):
+        if not fresh and len(current) + len(piece) > LINE_LENGTH:
+            lines.append(current)
+            current = "#   "
+        current += piece
+        fresh = False
+    return "\n".join([*lines, current])
 
 
 def render_file(file: File) -> str:

@@ -450,6 +450,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         try:
             quic.receive_datagram(cast(bytes, data), addr, now=now)
             self._process_events()
+            self.receive_more(now)
         finally:
             self._receiving = False
         if self._delivered:
@@ -472,6 +473,10 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             # (3 PTO), but every call on this connection is over now.
             self._terminated(close_event)
         self.streams.progressed()
+
+    def receive_more(self, now: float) -> None:
+        """Feed the engine more datagrams already waiting, before the one transmit that
+        answers them all (a client reads its own socket: `client_connect`)."""
 
     def _path_changed(self) -> None:
         # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic

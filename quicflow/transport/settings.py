@@ -112,6 +112,10 @@ def bind_error(exc: OSError, what: str, host: str, port: int) -> OSError:
     same errno whose text names the address and what to do ("Address already in use" alone
     does not say which address)."""
     where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if exc.errno is None and isinstance(exc.__cause__, OSError):
+        # uvloop raises OSError("could not bind to local_addr ...") without an errno, the
+        # system's error ("Address already in use") as its cause.
+        exc = exc.__cause__
     text = f"cannot bind {what} {where}: {exc.strerror or exc}"
     hint = _BIND_HINTS.get(exc.errno or 0)
     return OSError(exc.errno, f"{text} ({hint})" if hint else text)

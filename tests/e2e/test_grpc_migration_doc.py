@@ -54,3 +54,14 @@ def test_the_quicflow_side_of_the_example_type_checks(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_page_says_deadlines_and_cancellation_propagate() -> None:
+    """Check that the page's deadline-propagation row says what QuicFlow does (a call made
+    in a handler inherits its deadline and cancellation, docs/overview.md) and how to opt
+    out, not that it is done by hand as in grpc.aio."""
+    rows = [line for line in DOC.read_text().splitlines() if line.startswith("| deadline propag")]
+    assert len(rows) == 1, rows
+    quicflow_side = rows[0].split("|")[2]
+    assert "by hand" not in quicflow_side
+    assert "inherit" in quicflow_side and "quicflow.detached()" in quicflow_side

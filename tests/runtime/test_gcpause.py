@@ -17,12 +17,28 @@ def test_freezes_once_the_walked_objects_pass_the_limit() -> None:
 def test_thaws_once_enough_connections_ended_since_the_freeze() -> None:
     """Check that with 1,000 connections alive at the freeze, THAW comes after more than
     250 ended (a quarter), not before, and counting restarts after the thaw."""
-    governor = GcGovernor(walk_limit=1000, thaw_fraction=0.25)
+    governor = GcGovernor(walk_limit=1000, thaw_fraction=0.25, thaw_interval=0.0)
     governor.frozen_with = 1000
     assert governor.decide(walked=10, frozen=5000, alive=900, ended=250) is GcAction.NOTHING
     assert governor.decide(walked=10, frozen=5000, alive=700, ended=251) is GcAction.THAW
     governor.ended_at_thaw = 251
     assert governor.decide(walked=10, frozen=5000, alive=700, ended=400) is GcAction.NOTHING
+
+
+def test_thaws_at_most_once_per_thaw_interval() -> None:
+    """Check that a thaw due by churn waits until thaw_interval after the last one (a
+    storm's failed handshakes must not cost a full collection every second)."""
+    governor = GcGovernor(walk_limit=1000, now=100.0, thaw_interval=60.0)
+    governor.frozen_with = 1000
+    assert governor.decide(10, 5000, alive=500, ended=900, now=159.9) is GcAction.NOTHING
+    assert governor.decide(10, 5000, alive=500, ended=900, now=160.0) is GcAction.THAW
+    try:
+        governor.apply(GcAction.THAW, alive=500, ended=900, now=160.0)
+        governor.frozen_with = 500
+        assert governor.decide(10, 5000, alive=0, ended=2000, now=219.9) is GcAction.NOTHING
+        assert governor.decide(10, 5000, alive=0, ended=2000, now=220.0) is GcAction.THAW
+    finally:
+        gc.unfreeze()
 
 
 def test_nothing_frozen_means_nothing_to_thaw() -> None:
