@@ -346,7 +346,7 @@ class Server:
 
         Calls through it fail at once with `ClientNotConnected` if no client is
         connected under ``client_id``. In a cluster, a client on another node is
-        reached through its node (unary calls; docs/cluster.md).
+        reached through its node (all four call kinds; docs/cluster.md).
         """
         if self.cluster is not None:
             return self.cluster.channel(client_id)
@@ -375,21 +375,15 @@ class Server:
             ArgumentError: ``client_timeout`` is NaN or over `MAX_CALL_TIMEOUT`.
         """
         check_timeout(client_timeout, "client_timeout")
+        if client_timeout is None:
+            client_timeout = self.config.push_timeout
+        max_in_flight = max_in_flight or self.config.broadcast_max_in_flight
         if self.cluster is not None:
             return await self.cluster.broadcast(
-                send,
-                labels=labels,
-                client_timeout=self.config.push_timeout
-                if client_timeout is None
-                else client_timeout,
-                max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+                send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
             )
         return await broadcast(
-            self,
-            send,
-            labels=labels,
-            client_timeout=self.config.push_timeout if client_timeout is None else client_timeout,
-            max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+            self, send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
         )
 
     def async_send(

@@ -55,6 +55,11 @@ class BackendHandler(Protocol):
         """A message arrived in this node's inbox (a kick, a held send's answer)."""
         ...
 
+    async def stream_opened(self, client_id: str, data: bytes, reply: str) -> None:
+        """Serve a routed stream (``data``: a `StreamOpen`; ``reply``: the caller's
+        subject for frames) to its end."""
+        ...
+
     def connection_changed(self, connected: bool) -> None:
         """The engine was lost (False) or is back (True: re-register everything)."""
         ...
@@ -122,6 +127,24 @@ class ClusterBackend(Protocol):
     ) -> list[NodeAnswer]:
         """Ask every other node; return the answers that came by ``timeout`` (or once
         every node in ``expected`` answered)."""
+        ...
+
+    def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:
+        """A fresh subject of this node's own for one routed stream's frames: returns
+        (token, subject); ``on_data`` gets each frame, or None for "no responders"."""
+        ...
+
+    def close_stream_inbox(self, token: str) -> None:
+        """Stop delivering frames for ``token``."""
+        ...
+
+    async def open_stream(self, client_id: str, data: bytes, reply: str) -> None:
+        """Send a `StreamOpen` to whichever node holds ``client_id``; its frames (or
+        "no responders") come back on ``reply``."""
+        ...
+
+    async def send_frame(self, subject: str, data: bytes) -> None:
+        """Publish one routed-stream frame (fire and forget; frames are numbered)."""
         ...
 
     async def send_to_node(self, node_id: str, data: bytes) -> None:

@@ -59,6 +59,8 @@ logger = logging.getLogger("quicflow.cluster")
 
 _QUEUE = "qf"
 _NO_RESPONDERS = "503"
+_STREAM_HEADER = "Qf-Stream"
+"""Set on a routed stream's open (on the client's subject, beside unary calls)."""
 
 
 class NatsBackend:
@@ -484,6 +486,13 @@ class NatsBackend:
 
     async def _answer_call(self, client_id: str, msg: Msg) -> None:
         assert self._handler is not None
+        if msg.headers and msg.headers.get(_STREAM_HEADER):
+            if msg.reply:
+                try:
+                    await self._handler.stream_opened(client_id, msg.data, msg.reply)
+                except Exception:
+                    logger.exception("cluster: serving a routed stream to %r failed", client_id)
+            return
         try:
             call = RoutedCall.decode(msg.data)
         except ValueError as exc:
@@ -530,6 +539,31 @@ class NatsBackend:
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             raise NotReachable(client_id)
         return CallOutcome.decode(msg.data)
+
+    def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                on_data(None)
+            else:
+                on_data(msg.data)
+
+        self._waiting[token] = got
+        return token, f"{self._inbox}.{token}"
+
+    def close_stream_inbox(self, token: str) -> None:
+        self._waiting.pop(token, None)
+
+    async def open_stream(self, client_id: str, data: bytes, reply: str) -> None:
+        nc = self._require()
+        await nc.publish(
+            self.names.client(client_id), data, reply=reply, headers={_STREAM_HEADER: "1"}
+        )
+
+    async def send_frame(self, subject: str, data: bytes) -> None:
+        nc = self._require()
+        await nc.publish(subject, data)
 
     async def broadcast(
         self, call: BroadcastCall, expected: set[str], timeout: float

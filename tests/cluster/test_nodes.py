@@ -283,21 +283,21 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
         await client.close()
 
 
-async def test_streaming_calls_stay_local_and_say_so(two_nodes: tuple[Server, Server]) -> None:
-    """Check that a streaming call to a client on another node fails UNIMPLEMENTED, and a
-    broadcast of one reaches local clients and reports remote ones UNIMPLEMENTED."""
+async def test_streaming_calls_reach_other_nodes(two_nodes: tuple[Server, Server]) -> None:
+    """Check that a client-streaming call to a client on another node is routed (once
+    UNIMPLEMENTED), and a broadcast of one reaches the clients of both nodes."""
     a, b = two_nodes
     here, _ = await connect(a.port, "here")
     there, _ = await connect(b.port, "there")
     try:
         await until(lambda: len(a.list_clients()) == 2)
-        with pytest.raises(RpcError) as refused:
-            await NotifyStub(a.client("there")).feed(iter([Event(seq=1)]))
-        assert refused.value.code is StatusCode.UNIMPLEMENTED
+        ack = await NotifyStub(a.client("there")).feed(iter([Event(seq=1), Event(seq=4)]))
+        assert (ack.client_id, ack.seq) == ("there", 5)
         result = await a.broadcast(lambda ch: NotifyStub(ch).feed(iter([Event(seq=2)])))
         assert result.deliveries["here"].status is DeliveryStatus.DELIVERED
-        assert result.deliveries["there"].status is DeliveryStatus.FAILED
-        assert result.deliveries["there"].code is StatusCode.UNIMPLEMENTED
+        assert result.deliveries["there"].status is DeliveryStatus.DELIVERED
+        reply = result.deliveries["there"].reply
+        assert reply is not None and (reply.client_id, reply.seq) == ("there", 2)
     finally:
         await here.close()
         await there.close()
