@@ -11,6 +11,7 @@ implement the same methods. The node never sees NATS types.
 Errors a backend raises:
 
 * `NotReachable`: nobody holds the client right now (NATS "no responders");
+* `HoldFull`: the client already has ``hold_max_count`` sends held, cluster-wide;
 * `BackendUnavailable` (an `RpcError` with UNAVAILABLE): the engine cannot
   be reached; callers fail fast, nothing is queued;
 * `TimeoutError`: no answer by the deadline.
@@ -26,11 +27,15 @@ from ..status import StatusCode
 from .codec import BroadcastCall, CallOutcome, NodeAnswer, NodeRecord, Registration, RoutedCall
 from .view import ClusterView, Entry
 
-__all__ = ["BackendHandler", "BackendUnavailable", "ClusterBackend", "NotReachable"]
+__all__ = ["BackendHandler", "BackendUnavailable", "ClusterBackend", "HoldFull", "NotReachable"]
 
 
 class NotReachable(Exception):
     """No node holds the client (it is not connected anywhere)."""
+
+
+class HoldFull(Exception):
+    """The client's hold slots are full (``hold_max_count`` sends held for it)."""
 
 
 class BackendUnavailable(RpcError):
@@ -156,7 +161,16 @@ class ClusterBackend(Protocol):
         ...
 
     async def hold(self, client_id: str, call: RoutedCall, ttl: float) -> int:
-        """Keep ``call`` durably for ``ttl`` seconds; return its sequence number."""
+        """Keep ``call`` durably for ``ttl`` seconds; return its sequence number.
+
+        Raises:
+            HoldFull: ``client_id`` already has its maximum of held sends.
+        """
+        ...
+
+    async def take_back(self, seq: int) -> bool:
+        """Delete one held send that was not delivered; False if it is gone already
+        (a node is delivering it, or it expired)."""
         ...
 
     async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:

@@ -35,13 +35,13 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
 from ..status import StatusCode
-from .backend import BackendHandler, BackendUnavailable, NotReachable
+from .backend import BackendHandler, BackendUnavailable, HoldFull, NotReachable
 from .codec import (
     BroadcastCall,
     CallOutcome,
@@ -59,6 +59,8 @@ logger = logging.getLogger("quicflow.cluster")
 
 _QUEUE = "qf"
 _NO_RESPONDERS = "503"
+_PER_SUBJECT_FULL = 10077
+"""JetStream's error code: maximum messages per subject exceeded (discard new)."""
 _STREAM_HEADER = "Qf-Stream"
 """Set on a routed stream's open (on the client's subject, beside unary calls)."""
 
@@ -84,6 +86,7 @@ class NatsBackend:
         js_timeout: float = 2.0,
         reconnect_wait: float = 0.25,
         held_max_age: float = 3600.0,
+        held_per_client: int = -1,
     ) -> None:
         self.names = names
         self.node_id = node_id
@@ -93,6 +96,8 @@ class NatsBackend:
         self.js_timeout = js_timeout
         self.reconnect_wait = reconnect_wait
         self.held_max_age = held_max_age
+        self.held_per_client = held_per_client
+        """Held sends kept per client (the stream refuses one more); -1: no limit."""
         self.view = ClusterView(node_ttl)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -214,6 +219,10 @@ class NatsBackend:
                         num_replicas=self.replicas,
                         storage=StorageType.FILE,
                         duplicate_window=120.0,
+                        # hold_max_count per client, cluster-wide: one more is refused.
+                        max_msgs_per_subject=self.held_per_client,
+                        discard=DiscardPolicy.NEW,
+                        discard_new_per_subject=self.held_per_client > 0,
                     )
                 )
                 return
@@ -629,14 +638,28 @@ class NatsBackend:
         js = self._js
         assert js is not None
         headers = {"Nats-Msg-Id": call.message_id.hex()} if call.message_id else None
-        ack = await js.publish(
-            self.names.held(client_id),
-            call.encode(),
-            stream=self.names.held_stream,
-            headers=headers,
-            msg_ttl=max(ttl, 1.0),
-        )
+        try:
+            ack = await js.publish(
+                self.names.held(client_id),
+                call.encode(),
+                stream=self.names.held_stream,
+                headers=headers,
+                msg_ttl=max(ttl, 1.0),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _PER_SUBJECT_FULL:
+                raise HoldFull(client_id) from exc
+            raise
         return int(ack.seq)
+
+    async def take_back(self, seq: int) -> bool:
+        self._require()
+        js = self._js
+        assert js is not None
+        try:
+            return bool(await js.delete_msg(self.names.held_stream, seq))
+        except nats.js.errors.NotFoundError:
+            return False
 
     async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:
         self._require()

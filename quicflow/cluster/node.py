@@ -67,7 +67,7 @@ from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
 from ..wire.codec import ErrorCode
-from .backend import BackendUnavailable, ClusterBackend, NotReachable
+from .backend import BackendUnavailable, ClusterBackend, HoldFull, NotReachable
 from .codec import (
     STREAM_REQUESTS,
     STREAM_RESPONSES,
@@ -89,7 +89,14 @@ from .streams import (
 )
 from .view import Entry, kick_applies
 
-__all__ = ["ClusterBroadcastResult", "ClusterHost", "ClusterNode", "ClusterStats", "NodeOutcome"]
+__all__ = [
+    "ClusterBroadcastResult",
+    "ClusterHost",
+    "ClusterNode",
+    "ClusterStats",
+    "HoldRefused",
+    "NodeOutcome",
+]
 
 logger = logging.getLogger("quicflow.cluster")
 
@@ -167,6 +174,8 @@ class ClusterStats:
     """Sends kept in JetStream for an absent client."""
     held_delivered: int = 0
     """Held sends this node delivered to a client that came back here."""
+    held_expired: int = 0
+    """Held sends taken back after ``hold_max_age`` (the client did not come back)."""
     broadcasts: int = 0
     broadcast_missing_nodes: int = 0
     kicks_sent: int = 0
@@ -433,6 +442,11 @@ class ClusterChannel(ClientChannel):
 async def _swallow(call: Awaitable[Any]) -> None:
     with contextlib.suppress(RpcError):
         await call
+
+
+class HoldRefused(ClientNotConnected):
+    """A held send that failed for good: the client's hold slots are full, or it did not
+    come back within ``hold_max_age``. Not retried."""
 
 
 class _NodeDied(Exception):
@@ -950,12 +964,23 @@ class ClusterNode:
                         task.cancel()
 
     async def _hold(self, client_id: str, call: RoutedCall, deadline: float) -> CallOutcome:
-        """Keep the send in JetStream until the client is back (anywhere) or the deadline."""
+        """Keep the send in JetStream until the client is back (anywhere), for at most
+        ``hold_max_age`` and never past the deadline; at most ``hold_max_count`` sends are
+        held per client, cluster-wide (the stream refuses one more)."""
         loop = asyncio.get_running_loop()
+        max_age = self.server.config.hold_max_age
+        until_age = loop.time() + max_age
         future: asyncio.Future[CallOutcome] = loop.create_future()
         self._answers[call.message_id] = future
         try:
-            seq = await self.backend.hold(client_id, call, deadline - loop.time())
+            try:
+                seq = await self.backend.hold(
+                    client_id, call, min(deadline, until_age) - loop.time()
+                )
+            except HoldFull:
+                raise HoldRefused(
+                    message=f"client {client_id!r} is not connected and its hold slots are full"
+                ) from None
             self.stats.held += 1
             # It may have connected between "no responders" and the hold: try once more.
             with contextlib.suppress(NotReachable, TimeoutError):
@@ -965,6 +990,17 @@ class ClusterNode:
                     with contextlib.suppress(Exception):
                         await self.backend.drop_held(seq)
                     return outcome
+            try:
+                async with asyncio.timeout(max(min(deadline, until_age) - loop.time(), 0)):
+                    return await future
+            except TimeoutError:
+                pass
+            if until_age < deadline and await self.backend.take_back(seq):
+                self.stats.held_expired += 1
+                raise HoldRefused(
+                    message=f"client {client_id!r} did not come back within {max_age} s"
+                ) from None
+            # Already being delivered (or the deadline came first): wait for the answer.
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0)):
                     return await future
@@ -1069,6 +1105,8 @@ class ClusterNode:
                     channel = ClusterChannel(self, client_id, message_id, holdable=holdable)
                     try:
                         return await send(channel)
+                    except HoldRefused:
+                        raise
                     except (ConnectionClosed, ClientNotConnected) as exc:
                         if not holdable and not self.reachable(client_id):
                             raise
@@ -1304,6 +1342,7 @@ async def join(server: ClusterHost) -> ClusterNode:
         list(config.cluster_nats_urls),
         node_ttl=config.cluster_node_ttl,
         replicas=config.cluster_replicas,
+        held_per_client=config.hold_max_count if config.hold_max_count > 0 else -1,
     )
     node = ClusterNode(
         server,
