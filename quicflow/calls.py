@@ -39,6 +39,7 @@ from .protocol.events import (
 )
 from .protocol.lane import ROUTE as LANE_ROUTE
 from .protocol.lane import encode_lane_message, raw_size
+from .protocol.numbers import MAX_DURATION
 from .retry import PREVIOUS_ATTEMPTS, RetryPolicy
 from .rpc import Method
 from .status import StatusCode
@@ -69,7 +70,7 @@ Resp = TypeVar("Resp")
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
 
-MAX_CALL_TIMEOUT = 315_360_000.0
+MAX_CALL_TIMEOUT = MAX_DURATION
 """The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
 the configs. A longer one is a mistake (pass None for no deadline), and up to it the
 deadline travels exactly in the wire's microseconds (docs/limits.md)."""

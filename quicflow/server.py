@@ -375,21 +375,15 @@ class Server:
             ArgumentError: ``client_timeout`` is NaN or over `MAX_CALL_TIMEOUT`.
         """
         check_timeout(client_timeout, "client_timeout")
+        if client_timeout is None:
+            client_timeout = self.config.push_timeout
+        max_in_flight = max_in_flight or self.config.broadcast_max_in_flight
         if self.cluster is not None:
             return await self.cluster.broadcast(
-                send,
-                labels=labels,
-                client_timeout=self.config.push_timeout
-                if client_timeout is None
-                else client_timeout,
-                max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+                send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
             )
         return await broadcast(
-            self,
-            send,
-            labels=labels,
-            client_timeout=self.config.push_timeout if client_timeout is None else client_timeout,
-            max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+            self, send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
         )
 
     def async_send(

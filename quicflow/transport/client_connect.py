@@ -266,7 +266,7 @@ async def _attempt(
         # address aioquic passes to sendto (uvloop refuses it, EISCONN, on a socket
         # connected by hand), as long as it is the address the loop connected to.
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _ClientProtocol(connection, settings=settings),
+            lambda: _ClientProtocol(connection, settings=settings, on_handshake=on_handshake),
             remote_addr=(ip, port),
             family=family,
         )
@@ -277,8 +277,6 @@ async def _attempt(
         grow_buffers(sock)
     peer = transport.get_extra_info("peername") or (ip, port)
     try:
-        if on_handshake is not None:
-            protocol.on_handshake = lambda: on_handshake(protocol)
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
             async with asyncio.timeout_at(deadline):
