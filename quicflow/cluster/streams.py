@@ -39,20 +39,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable
+from typing import Any, Protocol, TypeVar
 
 from ..calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
 from ..errors import ClientNotConnected, RpcError
 from ..metadata import Metadata, MetadataLike, normalize_metadata
-from ..push import ClientChannel
+from ..push import ClientChannel, PushHost
 from ..rpc import Cardinality, Method
 from ..status import StatusCode
-from .backend import BackendUnavailable
+from .backend import BackendUnavailable, ClusterBackend
 from .codec import STREAM_REQUESTS, STREAM_RESPONSES, Frame, FrameType, RoutedCall, StreamOpen
-
-if TYPE_CHECKING:
-    from .node import ClusterNode
 
 __all__ = [
     "RemoteStreamStreamCall",
@@ -65,6 +62,43 @@ __all__ = [
 logger = logging.getLogger("quicflow.cluster")
 
 Resp = TypeVar("Resp")
+
+
+class StreamStats(Protocol):
+    """The counters a routed stream keeps (`node.ClusterStats` has them)."""
+
+    retried_stale: int
+    streams_out: int
+    streams_out_failed: int
+    streams_in: int
+    streams_in_refused: int
+
+
+class StreamNode(Protocol):
+    """What a routed stream needs of its node (`node.ClusterNode`): the seam that keeps
+    this module from importing node.py, which imports it."""
+
+    @property
+    def backend(self) -> ClusterBackend: ...
+    @property
+    def server(self) -> PushHost: ...
+    @property
+    def node_id(self) -> str: ...
+    @property
+    def call_timeout(self) -> float: ...
+    @property
+    def stream_window(self) -> int: ...
+    @property
+    def max_in_flight(self) -> int: ...
+    @property
+    def stats(self) -> StreamStats: ...
+    @property
+    def streams_out(self) -> set[RoutedStream]: ...
+    @property
+    def streams_in(self) -> set[ServedStream]: ...
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]: ...
+    def is_local(self, client_id: str) -> bool: ...
+
 
 _CARDINALITY = {
     STREAM_RESPONSES: Cardinality.UNARY_STREAM,
@@ -87,7 +121,7 @@ class RoutedStream:
 
     def __init__(
         self,
-        node: ClusterNode,
+        node: StreamNode,
         client_id: str,
         method: Method[Any, Any],
         kind: int,
@@ -515,7 +549,7 @@ class RemoteStreamUnaryCall(_RemoteStreamMixin, StreamUnaryCall[Resp]):
 class ServedStream:
     """The owning node's side of one routed stream: runs it as a local QUIC call."""
 
-    def __init__(self, node: ClusterNode, client_id: str, open_: StreamOpen, reply: str) -> None:
+    def __init__(self, node: StreamNode, client_id: str, open_: StreamOpen, reply: str) -> None:
         self._node = node
         self._backend = node.backend
         self.client_id = client_id
