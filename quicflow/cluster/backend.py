@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..errors import RpcError
+from ..sessions import ClientInfo
 from ..status import StatusCode
 from .codec import BroadcastCall, CallOutcome, NodeAnswer, NodeRecord, Registration, RoutedCall
 from .view import ClusterView, Entry
@@ -58,6 +59,11 @@ class BackendHandler(Protocol):
 
     def node_message(self, data: bytes) -> None:
         """A message arrived in this node's inbox (a kick, a held send's answer)."""
+        ...
+
+    def local_infos(self, client_id: str | None) -> list[ClientInfo]:
+        """Live snapshots of ``client_id`` if it is here (else none), or of every local
+        client (None)."""
         ...
 
     async def stream_opened(self, client_id: str, data: bytes, reply: str) -> None:
@@ -132,6 +138,23 @@ class ClusterBackend(Protocol):
     ) -> list[NodeAnswer]:
         """Ask every other node; return the answers that came by ``timeout`` (or once
         every node in ``expected`` answered)."""
+        ...
+
+    async def client_info(self, client_id: str, timeout: float) -> list[ClientInfo]:
+        """Ask whichever node holds ``client_id`` for its live snapshot (an empty list:
+        that node no longer has it).
+
+        Raises:
+            NotReachable: no node holds the client.
+            TimeoutError: no answer by ``timeout``.
+        """
+        ...
+
+    async def all_client_infos(
+        self, expected: set[str], timeout: float
+    ) -> dict[str, list[ClientInfo]]:
+        """Ask every other node for its clients' live snapshots; the answers by node that
+        came by ``timeout`` (or once every node in ``expected`` answered)."""
         ...
 
     def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:

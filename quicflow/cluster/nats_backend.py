@@ -40,6 +40,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
+from ..sessions import ClientInfo
 from ..status import StatusCode
 from .backend import BackendHandler, BackendUnavailable, HoldFull, NotReachable
 from .codec import (
@@ -49,6 +50,8 @@ from .codec import (
     NodeRecord,
     Registration,
     RoutedCall,
+    decode_client_infos,
+    encode_client_infos,
 )
 from .subjects import Names, decode_token, encode_token
 from .view import ClusterView, Entry
@@ -61,6 +64,10 @@ _QUEUE = "qf"
 _NO_RESPONDERS = "503"
 _PER_SUBJECT_FULL = 10077
 """JetStream's error code: maximum messages per subject exceeded (discard new)."""
+_INFO_HEADER = "Qf-Info"
+"""Set on a live-info request (client subject: one client; ``all``: every node's, with
+the asking node's id as its value). The answer carries ``Qf-Node``."""
+_NODE_HEADER = "Qf-Node"
 _STREAM_HEADER = "Qf-Stream"
 """Set on a routed stream's open (on the client's subject, beside unary calls)."""
 
@@ -495,6 +502,9 @@ class NatsBackend:
 
     async def _answer_call(self, client_id: str, msg: Msg) -> None:
         assert self._handler is not None
+        if msg.headers and msg.headers.get(_INFO_HEADER):
+            await self._answer_info(msg, client_id)
+            return
         if msg.headers and msg.headers.get(_STREAM_HEADER):
             if msg.reply:
                 try:
@@ -607,7 +617,83 @@ class NatsBackend:
         return list(answers.values())
 
     async def _on_broadcast(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get(_INFO_HEADER):
+            if msg.headers[_INFO_HEADER] != self.node_id:  # the asker lists its own
+                self._spawn(self._answer_info(msg, None))
+            return
         self._spawn(self._answer_broadcast(msg))
+
+    async def _answer_info(self, msg: Msg, client_id: str | None) -> None:
+        assert self._handler is not None
+        nc = self._nc
+        if not msg.reply or nc is None:
+            return
+        data = encode_client_infos(self._handler.local_infos(client_id))
+        with contextlib.suppress(Exception):
+            await nc.publish(msg.reply, data, headers={_NODE_HEADER: self.node_id})
+
+    async def client_info(self, client_id: str, timeout: float) -> list[ClientInfo]:
+        nc = self._require()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if not future.done():
+                future.set_result(msg)
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(
+                self.names.client(client_id),
+                b"",
+                reply=f"{self._inbox}.{token}",
+                headers={_INFO_HEADER: self.node_id},
+            )
+            async with asyncio.timeout(timeout):
+                msg = await future
+        finally:
+            self._waiting.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise NotReachable(client_id)
+        return decode_client_infos(msg.data)
+
+    async def all_client_infos(
+        self, expected: set[str], timeout: float
+    ) -> dict[str, list[ClientInfo]]:
+        nc = self._require()
+        answers: dict[str, list[ClientInfo]] = {}
+        complete = asyncio.Event()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                complete.set()
+                return
+            node = (msg.headers or {}).get(_NODE_HEADER, "")
+            try:
+                answers[node] = decode_client_infos(msg.data)
+            except ValueError as exc:
+                logger.warning("cluster: undecodable client info from %r: %s", node, exc)
+                return
+            if expected <= answers.keys():
+                complete.set()
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(
+                self.names.all,
+                b"",
+                reply=f"{self._inbox}.{token}",
+                headers={_INFO_HEADER: self.node_id},
+            )
+            if expected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await complete.wait()
+        finally:
+            self._waiting.pop(token, None)
+        return answers
 
     async def _answer_broadcast(self, msg: Msg) -> None:
         assert self._handler is not None

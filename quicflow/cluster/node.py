@@ -1269,6 +1269,69 @@ class ClusterNode:
                     out.append(_remote_info(entry.client_id, entry.registration))
         return sorted(out, key=lambda i: i.client_id)
 
+    def local_infos(self, client_id: str | None) -> list[ClientInfo]:
+        if client_id is None:
+            sessions = list(self.server.sessions)
+        else:
+            one = self.server.sessions.get(client_id)
+            sessions = [] if one is None or one.conn.is_closed else [one]
+        return [_with_node(s.info(), self.node_id) for s in sessions]
+
+    async def fetch_client_info(self, client_id: str, timeout: float | None = None) -> ClientInfo:
+        """A live snapshot of a client on any node: a remote one's node is asked (heartbeat,
+        RTT, call and byte counts as that node sees them).
+
+        Raises:
+            ClientNotConnected: not connected to any node.
+            Timeout: its node did not answer within ``timeout`` (default: the broadcast
+                grace).
+            BackendUnavailable: NATS is not reachable.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.broadcast_grace if timeout is None else timeout)
+        while True:
+            local = self.local_infos(client_id)
+            if local:
+                return local[0]
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Timeout(message=f"no live info for {client_id!r} in time")
+            if not self.backend.connected:
+                raise BackendUnavailable()
+            try:
+                infos = await self.backend.client_info(client_id, left)
+            except NotReachable:
+                raise ClientNotConnected(message=f"client {client_id!r} is not connected") from None
+            except TimeoutError:
+                raise Timeout(message=f"the node of {client_id!r} did not answer in time") from None
+            except RpcError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(f"the cluster backend failed: {exc!r}") from exc
+            if infos:
+                return infos[0]
+            await asyncio.sleep(0.01)  # it moved meanwhile: ask again where it is now
+
+    async def fetch_clients(self, local: list[ClientInfo]) -> list[ClientInfo]:
+        """`list_clients` with live rows from every node that answers within the broadcast
+        grace; the clients of a node that does not are listed from the registry."""
+        now = self.backend.now()
+        expected = {n for n in self.backend.view.live_nodes(now) if n != self.node_id}
+        answers: dict[str, list[ClientInfo]] = {}
+        if expected and self.backend.connected:
+            with contextlib.suppress(Exception):
+                answers = await self.backend.all_client_infos(expected, self.broadcast_grace)
+        listed = {info.client_id: _with_node(info, self.node_id) for info in local}
+        for node_id, infos in answers.items():
+            if node_id == self.node_id:
+                continue
+            for info in infos:
+                listed.setdefault(info.client_id, info)
+        for info in self.list_clients([]):
+            if info.node not in answers:
+                listed.setdefault(info.client_id, info)
+        return sorted(listed.values(), key=lambda i: i.client_id)
+
     def client_info(self, client_id: str) -> ClientInfo:
         """A remote client's snapshot from the registry.
 

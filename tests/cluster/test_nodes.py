@@ -12,6 +12,7 @@ from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyStub
 
 from quicflow import ClientNotConnected, RpcError, Server, StatusCode
+from quicflow.admin import ADMIN_TOKEN_KEY, AdminStub, ListClientsRequest
 from quicflow.cluster.natsserver import NatsServer
 from quicflow.cluster.node import ClusterBroadcastResult
 from quicflow.push import ClientChannel, DeliveryStatus
@@ -107,6 +108,52 @@ async def test_list_and_info_are_cluster_wide(two_nodes: tuple[Server, Server]) 
     finally:
         await c1.close()
         await c2.close()
+
+
+TOKEN = "admin-token-for-tests"
+
+
+async def test_live_info_for_a_client_on_another_node(nats_server: NatsServer) -> None:
+    """Check that fetch_client_info on node a asks node b for its client's live figures
+    (calls, bytes, RTT, heartbeat: the registry has none of them), that fetch_clients and
+    the admin service's rows carry them, and that a client connected nowhere is
+    ClientNotConnected."""
+    urls = (nats_server.url,)
+    a = await start_node(urls, "a", admin_token=TOKEN)
+    b = await start_node(urls, "b")
+    remote, _ = await connect(b.port, "far", heartbeat_interval=0.2)
+    admin, _ = await connect(a.port, "ops")
+    try:
+        await until(lambda: _registered(a, "far", "b"))
+        for seq in (1, 2, 3):
+            await NotifyStub(a.client("far")).deliver(Event(seq=seq))
+        await until(lambda: b.get_client_info("far").last_heartbeat is not None)
+        assert a.get_client_info("far").calls_out == 0  # the registry's row
+        info = await a.fetch_client_info("far")
+        assert (info.client_id, info.node, info.calls_out) == ("far", "b", 3)
+        assert info.rtt is not None and info.last_heartbeat is not None
+        there = b.get_client_info("far")
+        assert (info.connected_since, info.bytes_in, info.bytes_out) == (
+            there.connected_since,
+            there.bytes_in,
+            there.bytes_out,
+        )
+        rows = {i.client_id: i for i in await a.fetch_clients()}
+        assert rows.keys() == {"far", "ops"} and rows["far"].calls_out == 3
+        assert rows["ops"].node == "a"
+        reply = await AdminStub(admin).list_clients(
+            ListClientsRequest(), metadata=[(ADMIN_TOKEN_KEY, TOKEN)]
+        )
+        listed = {e.client_id: e for e in reply.clients}
+        assert (listed["far"].node, listed["far"].calls_out) == ("b", 3)
+        assert listed["far"].rtt > 0
+        with pytest.raises(ClientNotConnected):
+            await a.fetch_client_info("nowhere")
+    finally:
+        await remote.close()
+        await admin.close()
+        await a.stop()
+        await b.stop()
 
 
 async def test_async_send_to_a_remote_client_resolves_with_its_ack(
