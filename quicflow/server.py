@@ -115,7 +115,7 @@ class Server:
         """The grpc.health.v1 statuses this server reports: ``server.health.set(name, status)``."""
         if config.health:
             self._endpoint.add_handlers(self.health.__quicflow_handlers__())
-        admin = AdminService(self.list_clients, config.admin_token)
+        admin = AdminService(self.fetch_clients, config.admin_token)
         self._endpoint.add_handlers(admin.__quicflow_handlers__())
         if config.reflection:  # it reads the live route table: later services are listed too
             handlers = self._endpoint.handlers
@@ -469,6 +469,27 @@ class Server:
         if self.cluster is not None and client_id not in self.sessions:
             return self.cluster.client_info(client_id)
         return self.sessions.require(client_id).info()
+
+    async def fetch_client_info(self, client_id: str) -> ClientInfo:
+        """`get_client_info` with live figures for a client on another node: that node is
+        asked for its heartbeat, RTT, call and byte counts (within
+        ``cluster_broadcast_grace``). Without a cluster, the same as `get_client_info`.
+
+        Raises:
+            ClientNotConnected: no client is connected under that id (on any node).
+        """
+        if self.cluster is not None and client_id not in self.sessions:
+            return await self.cluster.fetch_client_info(client_id)
+        return self.get_client_info(client_id)
+
+    async def fetch_clients(self) -> list[ClientInfo]:
+        """`list_clients` with live figures for clients on other nodes (each live node is
+        asked once; one that does not answer within ``cluster_broadcast_grace`` is listed
+        from the registry). Without a cluster, the same as `list_clients`."""
+        local = sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        if self.cluster is not None:
+            return await self.cluster.fetch_clients(local)
+        return local
 
     # -- stopping --
 

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..metadata import Metadata
+from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
 
 __all__ = [
@@ -52,6 +53,8 @@ __all__ = [
     "Frame",
     "FrameType",
     "StreamOpen",
+    "decode_client_infos",
+    "encode_client_infos",
     "NodeAnswer",
     "NodeRecord",
     "Registration",
@@ -437,6 +440,62 @@ class Frame:
             frame = cls(kind, seq)
         r.end()
         return frame
+
+
+def encode_client_infos(infos: list[ClientInfo]) -> bytes:
+    """Live client snapshots as JSON (a node's answer to an info request)."""
+    return json.dumps(
+        [
+            {
+                "id": i.client_id,
+                "addr": i.remote_address,
+                "since": i.connected_since,
+                "hb_at": i.last_heartbeat,
+                "missed": i.missed_heartbeats,
+                "rtt": i.rtt,
+                "hb": i.heartbeat_interval,
+                "calls_in": i.calls_in,
+                "calls_out": i.calls_out,
+                "bytes_in": i.bytes_in,
+                "bytes_out": i.bytes_out,
+                "labels": dict(i.labels),
+                "state": i.state.value,
+                "node": i.node,
+            }
+            for i in infos
+        ],
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_client_infos(data: bytes) -> list[ClientInfo]:
+    """What `encode_client_infos` made.
+
+    Raises:
+        ValueError: not such a list.
+    """
+    try:
+        return [
+            ClientInfo(
+                client_id=str(o["id"]),
+                remote_address=str(o["addr"]),
+                connected_since=float(o["since"]),
+                last_heartbeat=None if o["hb_at"] is None else float(o["hb_at"]),
+                missed_heartbeats=int(o["missed"]),
+                rtt=None if o["rtt"] is None else float(o["rtt"]),
+                heartbeat_interval=float(o["hb"]),
+                calls_in=int(o["calls_in"]),
+                calls_out=int(o["calls_out"]),
+                bytes_in=int(o["bytes_in"]),
+                bytes_out=int(o["bytes_out"]),
+                labels={str(k): str(v) for k, v in o["labels"].items()},
+                state=SessionState(o["state"]),
+                node=str(o["node"]),
+            )
+            for o in json.loads(data)
+        ]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad client info: {exc!r}") from exc
 
 
 # -- binary helpers --

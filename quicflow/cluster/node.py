@@ -67,7 +67,7 @@ from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
 from ..wire.codec import ErrorCode
-from .backend import BackendUnavailable, ClusterBackend, NotReachable
+from .backend import BackendUnavailable, ClusterBackend, HoldFull, NotReachable
 from .codec import (
     STREAM_REQUESTS,
     STREAM_RESPONSES,
@@ -89,7 +89,14 @@ from .streams import (
 )
 from .view import Entry, kick_applies
 
-__all__ = ["ClusterBroadcastResult", "ClusterHost", "ClusterNode", "ClusterStats", "NodeOutcome"]
+__all__ = [
+    "ClusterBroadcastResult",
+    "ClusterHost",
+    "ClusterNode",
+    "ClusterStats",
+    "HoldRefused",
+    "NodeOutcome",
+]
 
 logger = logging.getLogger("quicflow.cluster")
 
@@ -167,6 +174,8 @@ class ClusterStats:
     """Sends kept in JetStream for an absent client."""
     held_delivered: int = 0
     """Held sends this node delivered to a client that came back here."""
+    held_expired: int = 0
+    """Held sends taken back after ``hold_max_age`` (the client did not come back)."""
     broadcasts: int = 0
     broadcast_missing_nodes: int = 0
     kicks_sent: int = 0
@@ -433,6 +442,11 @@ class ClusterChannel(ClientChannel):
 async def _swallow(call: Awaitable[Any]) -> None:
     with contextlib.suppress(RpcError):
         await call
+
+
+class HoldRefused(ClientNotConnected):
+    """A held send that failed for good: the client's hold slots are full, or it did not
+    come back within ``hold_max_age``. Not retried."""
 
 
 class _NodeDied(Exception):
@@ -950,12 +964,23 @@ class ClusterNode:
                         task.cancel()
 
     async def _hold(self, client_id: str, call: RoutedCall, deadline: float) -> CallOutcome:
-        """Keep the send in JetStream until the client is back (anywhere) or the deadline."""
+        """Keep the send in JetStream until the client is back (anywhere), for at most
+        ``hold_max_age`` and never past the deadline; at most ``hold_max_count`` sends are
+        held per client, cluster-wide (the stream refuses one more)."""
         loop = asyncio.get_running_loop()
+        max_age = self.server.config.hold_max_age
+        until_age = loop.time() + max_age
         future: asyncio.Future[CallOutcome] = loop.create_future()
         self._answers[call.message_id] = future
         try:
-            seq = await self.backend.hold(client_id, call, deadline - loop.time())
+            try:
+                seq = await self.backend.hold(
+                    client_id, call, min(deadline, until_age) - loop.time()
+                )
+            except HoldFull:
+                raise HoldRefused(
+                    message=f"client {client_id!r} is not connected and its hold slots are full"
+                ) from None
             self.stats.held += 1
             # It may have connected between "no responders" and the hold: try once more.
             with contextlib.suppress(NotReachable, TimeoutError):
@@ -965,6 +990,17 @@ class ClusterNode:
                     with contextlib.suppress(Exception):
                         await self.backend.drop_held(seq)
                     return outcome
+            try:
+                async with asyncio.timeout(max(min(deadline, until_age) - loop.time(), 0)):
+                    return await future
+            except TimeoutError:
+                pass
+            if until_age < deadline and await self.backend.take_back(seq):
+                self.stats.held_expired += 1
+                raise HoldRefused(
+                    message=f"client {client_id!r} did not come back within {max_age} s"
+                ) from None
+            # Already being delivered (or the deadline came first): wait for the answer.
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0)):
                     return await future
@@ -1069,6 +1105,8 @@ class ClusterNode:
                     channel = ClusterChannel(self, client_id, message_id, holdable=holdable)
                     try:
                         return await send(channel)
+                    except HoldRefused:
+                        raise
                     except (ConnectionClosed, ClientNotConnected) as exc:
                         if not holdable and not self.reachable(client_id):
                             raise
@@ -1231,6 +1269,69 @@ class ClusterNode:
                     out.append(_remote_info(entry.client_id, entry.registration))
         return sorted(out, key=lambda i: i.client_id)
 
+    def local_infos(self, client_id: str | None) -> list[ClientInfo]:
+        if client_id is None:
+            sessions = list(self.server.sessions)
+        else:
+            one = self.server.sessions.get(client_id)
+            sessions = [] if one is None or one.conn.is_closed else [one]
+        return [_with_node(s.info(), self.node_id) for s in sessions]
+
+    async def fetch_client_info(self, client_id: str, timeout: float | None = None) -> ClientInfo:
+        """A live snapshot of a client on any node: a remote one's node is asked (heartbeat,
+        RTT, call and byte counts as that node sees them).
+
+        Raises:
+            ClientNotConnected: not connected to any node.
+            Timeout: its node did not answer within ``timeout`` (default: the broadcast
+                grace).
+            BackendUnavailable: NATS is not reachable.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.broadcast_grace if timeout is None else timeout)
+        while True:
+            local = self.local_infos(client_id)
+            if local:
+                return local[0]
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Timeout(message=f"no live info for {client_id!r} in time")
+            if not self.backend.connected:
+                raise BackendUnavailable()
+            try:
+                infos = await self.backend.client_info(client_id, left)
+            except NotReachable:
+                raise ClientNotConnected(message=f"client {client_id!r} is not connected") from None
+            except TimeoutError:
+                raise Timeout(message=f"the node of {client_id!r} did not answer in time") from None
+            except RpcError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(f"the cluster backend failed: {exc!r}") from exc
+            if infos:
+                return infos[0]
+            await asyncio.sleep(0.01)  # it moved meanwhile: ask again where it is now
+
+    async def fetch_clients(self, local: list[ClientInfo]) -> list[ClientInfo]:
+        """`list_clients` with live rows from every node that answers within the broadcast
+        grace; the clients of a node that does not are listed from the registry."""
+        now = self.backend.now()
+        expected = {n for n in self.backend.view.live_nodes(now) if n != self.node_id}
+        answers: dict[str, list[ClientInfo]] = {}
+        if expected and self.backend.connected:
+            with contextlib.suppress(Exception):
+                answers = await self.backend.all_client_infos(expected, self.broadcast_grace)
+        listed = {info.client_id: _with_node(info, self.node_id) for info in local}
+        for node_id, infos in answers.items():
+            if node_id == self.node_id:
+                continue
+            for info in infos:
+                listed.setdefault(info.client_id, info)
+        for info in self.list_clients([]):
+            if info.node not in answers:
+                listed.setdefault(info.client_id, info)
+        return sorted(listed.values(), key=lambda i: i.client_id)
+
     def client_info(self, client_id: str) -> ClientInfo:
         """A remote client's snapshot from the registry.
 
@@ -1304,6 +1405,7 @@ async def join(server: ClusterHost) -> ClusterNode:
         list(config.cluster_nats_urls),
         node_ttl=config.cluster_node_ttl,
         replicas=config.cluster_replicas,
+        held_per_client=config.hold_max_count if config.hold_max_count > 0 else -1,
     )
     node = ClusterNode(
         server,

@@ -21,9 +21,12 @@ from quicflow.cluster.codec import (
     Registration,
     RoutedCall,
     StreamOpen,
+    decode_client_infos,
+    encode_client_infos,
 )
 from quicflow.cluster.subjects import Names, decode_token, encode_token
 from quicflow.cluster.view import ClusterView, kick_applies
+from quicflow.sessions import ClientInfo, SessionState
 from quicflow.status import StatusCode
 
 _TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
@@ -261,3 +264,19 @@ def test_stream_frames_refuse_unknown_types_and_truncation() -> None:
         Frame.decode(good[:-1])
     with pytest.raises(ValueError):
         Frame.decode(good + b"x")
+
+
+def test_client_infos_round_trip_and_refuse_garbage() -> None:
+    """Check that live client snapshots survive encode/decode (None fields included) and
+    that a malformed answer is a ValueError."""
+    infos = [
+        ClientInfo("a", "127.0.0.1:1", 1.5, None, 0, None, 5.0, 1, 2, 3, 4, {}, node="n"),
+        ClientInfo(
+            "b.c", "[::1]:2", 2.5, 9.25, 1, 0.003, 1.0, 5, 6, 7, 8, {"zone": "x"},
+            SessionState.DRAINING, "m",
+        ),
+    ]  # fmt: skip
+    assert decode_client_infos(encode_client_infos(infos)) == infos
+    for bad in (b"{", b'[{"id": "a"}]', b"[1]", b'[{"state": "nope"}]'):
+        with pytest.raises(ValueError):
+            decode_client_infos(bad)
