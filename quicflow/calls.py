@@ -19,7 +19,7 @@ import logging
 import math
 import random
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 
 from .clock import Clock, TimerHandleLike
@@ -39,6 +39,7 @@ from .protocol.events import (
 )
 from .protocol.lane import ROUTE as LANE_ROUTE
 from .protocol.lane import encode_lane_message, raw_size
+from .protocol.numbers import MAX_DURATION
 from .retry import PREVIOUS_ATTEMPTS, RetryPolicy
 from .rpc import Method
 from .status import StatusCode
@@ -69,7 +70,7 @@ Resp = TypeVar("Resp")
 _REQUEST_STREAMING = 1
 _RESPONSE_STREAMING = 2
 
-MAX_CALL_TIMEOUT = 315_360_000.0
+MAX_CALL_TIMEOUT = MAX_DURATION
 """The longest per-call ``timeout``, seconds: ten years, the bound of every duration in
 the configs. A longer one is a mistake (pass None for no deadline), and up to it the
 deadline travels exactly in the wire's microseconds (docs/limits.md)."""
@@ -318,37 +319,35 @@ class _Call(Generic[Req, Resp]):
     async def _wait_until_ready(self, budget: float | None) -> float | None:
         """Wait for a connection (wait_for_ready) within the call's deadline (``budget``
         seconds from its creation); return the time left."""
-        if budget is None:
-            await self._target.wait_ready()
-            return None
-        left = budget - (self._clock.time() - self._created)
-        try:
-            async with clock_timeout(self._clock, max(left, 0.0)):
-                await self._target.wait_ready()
-        except TimeoutError:
-            raise RpcError(
-                StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a connection"
-            ) from None
-        return budget - (self._clock.time() - self._created)
+        return await self._wait_within(budget, self._target.wait_ready, "a connection")
 
     async def _wait_for_stream_credit(self, budget: float | None) -> float | None:
         """Wait until the connection may open one more stream, within the call's deadline
         (``budget`` seconds from its creation); return the time left."""
-        while True:
-            conn = self._target.connection_for_call()
-            if conn.can_open_stream():
-                break
-            if budget is None:
-                await conn.wait_stream_credit()  # no deadline: no timeout to arm
-                continue
+        while not (conn := self._target.connection_for_call()).can_open_stream():
+            await self._wait_within(budget, conn.wait_stream_credit, "a stream")
+        return self._time_left(budget)
+
+    async def _wait_within(
+        self, budget: float | None, wait: Callable[[], Awaitable[None]], what: str
+    ) -> float | None:
+        """Await ``wait()`` within the call's deadline (``budget`` seconds from its
+        creation; None: no deadline, no timeout armed); return the time left."""
+        if budget is None:
+            await wait()
+            return None
+        try:
             left = budget - (self._clock.time() - self._created)
-            try:
-                async with clock_timeout(self._clock, max(left, 0.0)):
-                    await conn.wait_stream_credit()
-            except TimeoutError:
-                raise RpcError(
-                    StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a stream"
-                ) from None
+            async with clock_timeout(self._clock, max(left, 0.0)):
+                await wait()
+        except TimeoutError:
+            raise RpcError(
+                StatusCode.DEADLINE_EXCEEDED, f"deadline exceeded while waiting for {what}"
+            ) from None
+        return self._time_left(budget)
+
+    def _time_left(self, budget: float | None) -> float | None:
+        """Seconds left of ``budget`` (counted from the call's creation); None: no deadline."""
         return None if budget is None else budget - (self._clock.time() - self._created)
 
     def _start(self, metadata: Metadata, timeout: float | None) -> None:
@@ -1088,7 +1087,7 @@ class ChannelMethods:
     ) -> UnaryUnaryCall[Resp]:
         """Start a unary call; await the result for the response."""
         return UnaryUnaryCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             request,
             timeout,
@@ -1109,7 +1108,7 @@ class ChannelMethods:
     ) -> UnaryStreamCall[Resp]:
         """Start a server-streaming call; iterate the result for responses."""
         return UnaryStreamCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             request,
             timeout,
@@ -1130,7 +1129,7 @@ class ChannelMethods:
     ) -> StreamUnaryCall[Resp]:
         """Start a client-streaming call; await the result for the response."""
         return StreamUnaryCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             requests,
             timeout,
@@ -1151,7 +1150,7 @@ class ChannelMethods:
     ) -> StreamStreamCall[Resp]:
         """Start a bidirectional call; iterate the result for responses."""
         return StreamStreamCall(
-            cast(CallTarget, self),
+            self._as_target(),
             method,
             requests,
             timeout,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Self
 
 from .errors import ConfigError
+from .protocol.numbers import MAX_DURATION
 
 if TYPE_CHECKING:
     from .auth import Authenticator
@@ -25,7 +26,7 @@ __all__ = ["ClientConfig", "ServerConfig"]
 _MIB = 1 << 20
 _MAX_FRAME = 0xFFFF_FFFF
 _MAX_HEARTBEAT = 3600.0
-_MAX_DURATION = 315_360_000.0  # ten years: far beyond any deadline, still exact in microseconds
+_MAX_DURATION = MAX_DURATION  # ten years (quicflow/protocol/numbers.py)
 
 
 _CODE_ONLY = frozenset({"interceptors", "push_interceptors", "authenticator", "retry_policies"})

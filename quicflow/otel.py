@@ -232,6 +232,17 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         if state is None:
             return
         now = time.perf_counter()
+        self._record_attempt(state, code, now)
+        state.span.add_event(
+            "retry", {"rpc.grpc.status_code": int(code), "quicflow.attempt": attempt}
+        )
+        self._started.add(1, {"grpc.method": state.method, "grpc.target": self._target})
+        state.attempt_started = now
+        state.sent = state.received = 0
+
+    def _record_attempt(self, state: _CallState, code: StatusCode, now: float) -> dict[str, str]:
+        """Record the attempt that ended with ``code`` (its duration and sizes); return the
+        attributes it was recorded with."""
         attributes = {
             "grpc.method": state.method,
             "grpc.target": self._target,
@@ -240,12 +251,7 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         self._attempt_duration.record(now - state.attempt_started, attributes)
         self._sent.record(state.sent, attributes)
         self._received.record(state.received, attributes)
-        state.span.add_event(
-            "retry", {"rpc.grpc.status_code": int(code), "quicflow.attempt": attempt}
-        )
-        self._started.add(1, {"grpc.method": state.method, "grpc.target": self._target})
-        state.attempt_started = now
-        state.sent = state.received = 0
+        return attributes
 
     def on_message_sent(self, call: ClientCallInfo, message: object) -> None:
         """Add the request's serialized size to the call's total."""
@@ -265,15 +271,8 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         if state is None:
             return
         now = time.perf_counter()
-        attributes = {
-            "grpc.method": state.method,
-            "grpc.target": self._target,
-            "grpc.status": code.name,
-        }
-        self._attempt_duration.record(now - state.attempt_started, attributes)
+        attributes = self._record_attempt(state, code, now)
         self._call_duration.record(now - state.started, attributes)
-        self._sent.record(state.sent, attributes)
-        self._received.record(state.received, attributes)
         _end_span(state.span, code, message, code is not StatusCode.OK)
 
 

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from .errors import ConfigError
+from .protocol.numbers import MAX_DURATION
 from .status import StatusCode
 
 __all__ = ["PREVIOUS_ATTEMPTS", "RetryPolicies", "RetryPolicy", "parse_service_config"]
@@ -56,8 +57,6 @@ MAX_ATTEMPTS_LIMIT: Final = 10
 """The most attempts a policy may ask for (gRPC caps at 5 silently; QuicFlow refuses more
 than this instead)."""
 
-_MAX_DURATION: Final = 315_360_000.0  # ten years, the bound of every duration in the configs
-
 
 def _error(prefix: str, name: str, message: str) -> ConfigError:
     return ConfigError(f"{prefix}{name}", message)
@@ -66,7 +65,7 @@ def _error(prefix: str, name: str, message: str) -> ConfigError:
 def _seconds(prefix: str, name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _error(prefix, name, f"must be a number of seconds, got {value!r}")
-    if not math.isfinite(value) or not 0 < value <= _MAX_DURATION:
+    if not math.isfinite(value) or not 0 < value <= MAX_DURATION:
         raise _error(prefix, name, f"must be greater than 0 and at most ten years, got {value!r}")
     return float(value)
 

@@ -115,7 +115,7 @@ class Server:
         """The grpc.health.v1 statuses this server reports: ``server.health.set(name, status)``."""
         if config.health:
             self._endpoint.add_handlers(self.health.__quicflow_handlers__())
-        admin = AdminService(self.list_clients, config.admin_token)
+        admin = AdminService(self.fetch_clients, config.admin_token)
         self._endpoint.add_handlers(admin.__quicflow_handlers__())
         if config.reflection:  # it reads the live route table: later services are listed too
             handlers = self._endpoint.handlers
@@ -195,6 +195,8 @@ class Server:
             if config.tls_session_tickets and config.client_cert_mode == "none"
             else None,
             reset_key=load_reset_key(config.stateless_reset_key_file),
+            max_connections=config.max_connections,
+            on_refused=self._refused,
         )
         self._endpoint.start_metrics()
         if config.gc_walk_limit:
@@ -285,23 +287,19 @@ class Server:
         if self._stopping:
             conn.refuse("server is shutting down")
             return
-        if self._listener is not None and len(self._listener.connections) > (
-            self.config.max_connections
-        ):
-            # Over the cap (this one included): refuse before any work for it. The client
-            # sees UNAVAILABLE and retries with backoff; connections already here are untouched.
-            conn.refuse("too many connections")
-            self._connections_refused += 1
-            if self.metrics is not None:
-                self.metrics.connections_refused += 1
-            if self._connections_refused == 1 or self._connections_refused % 1000 == 0:
-                logger.warning(
-                    "refused a connection: max_connections (%d) reached (%d refused so far)",
-                    self.config.max_connections,
-                    self._connections_refused,
-                )
-            return
         self._connections.add(_ServerConnection(self, conn))
+
+    def _refused(self, reason: str) -> None:
+        """The endpoint refused a connection at ``max_connections``."""
+        self._connections_refused += 1
+        if self.metrics is not None:
+            self.metrics.connections_refused += 1
+        if self._connections_refused == 1 or self._connections_refused % 1000 == 0:
+            logger.warning(
+                "refused a connection: max_connections (%d) reached (%d refused so far)",
+                self.config.max_connections,
+                self._connections_refused,
+            )
 
     # -- sessions --
 
@@ -353,7 +351,7 @@ class Server:
 
         Calls through it fail at once with `ClientNotConnected` if no client is
         connected under ``client_id``. In a cluster, a client on another node is
-        reached through its node (unary calls; docs/cluster.md).
+        reached through its node (all four call kinds; docs/cluster.md).
         """
         if self.cluster is not None:
             return self.cluster.channel(client_id)
@@ -382,21 +380,15 @@ class Server:
             ArgumentError: ``client_timeout`` is NaN or over `MAX_CALL_TIMEOUT`.
         """
         check_timeout(client_timeout, "client_timeout")
+        if client_timeout is None:
+            client_timeout = self.config.push_timeout
+        max_in_flight = max_in_flight or self.config.broadcast_max_in_flight
         if self.cluster is not None:
             return await self.cluster.broadcast(
-                send,
-                labels=labels,
-                client_timeout=self.config.push_timeout
-                if client_timeout is None
-                else client_timeout,
-                max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+                send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
             )
         return await broadcast(
-            self,
-            send,
-            labels=labels,
-            client_timeout=self.config.push_timeout if client_timeout is None else client_timeout,
-            max_in_flight=max_in_flight or self.config.broadcast_max_in_flight,
+            self, send, labels=labels, client_timeout=client_timeout, max_in_flight=max_in_flight
         )
 
     def async_send(
@@ -482,6 +474,27 @@ class Server:
         if self.cluster is not None and client_id not in self.sessions:
             return self.cluster.client_info(client_id)
         return self.sessions.require(client_id).info()
+
+    async def fetch_client_info(self, client_id: str) -> ClientInfo:
+        """`get_client_info` with live figures for a client on another node: that node is
+        asked for its heartbeat, RTT, call and byte counts (within
+        ``cluster_broadcast_grace``). Without a cluster, the same as `get_client_info`.
+
+        Raises:
+            ClientNotConnected: no client is connected under that id (on any node).
+        """
+        if self.cluster is not None and client_id not in self.sessions:
+            return await self.cluster.fetch_client_info(client_id)
+        return self.get_client_info(client_id)
+
+    async def fetch_clients(self) -> list[ClientInfo]:
+        """`list_clients` with live figures for clients on other nodes (each live node is
+        asked once; one that does not answer within ``cluster_broadcast_grace`` is listed
+        from the registry). Without a cluster, the same as `list_clients`."""
+        local = sorted((s.info() for s in self.sessions), key=lambda i: i.client_id)
+        if self.cluster is not None:
+            return await self.cluster.fetch_clients(local)
+        return local
 
     # -- stopping --
 

@@ -15,7 +15,8 @@ authenticator, like any call.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Callable, Mapping
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, ClassVar
 
 from ..calls import Channel
@@ -75,14 +76,17 @@ def _entry(info: ClientInfo) -> ClientEntry:
 class AdminService(Service):
     """Serves the admin rpcs for one server.
 
-    ``list_clients`` returns the server's client snapshots; ``admin_token`` is
-    the token callers must present (None: the service refuses everyone).
+    ``list_clients`` returns (or, as a coroutine function, resolves to) the
+    server's client snapshots; ``admin_token`` is the token callers must
+    present (None: the service refuses everyone).
     """
 
     SERVICE_NAME: ClassVar[str] = SERVICE_NAME
 
     def __init__(
-        self, list_clients: Callable[[], list[ClientInfo]], admin_token: str | None
+        self,
+        list_clients: Callable[[], list[ClientInfo] | Awaitable[list[ClientInfo]]],
+        admin_token: str | None,
     ) -> None:
         self._list_clients = list_clients
         self._token = admin_token.encode() if admin_token else None
@@ -106,7 +110,10 @@ class AdminService(Service):
     ) -> ListClientsResponse:
         """Every connected client, sorted by id (admin token required)."""
         self._authorize(context)
-        return ListClientsResponse(clients=[_entry(info) for info in self._list_clients()])
+        infos = self._list_clients()
+        if inspect.isawaitable(infos):
+            infos = await infos
+        return ListClientsResponse(clients=[_entry(info) for info in infos])
 
     def __quicflow_handlers__(self) -> Mapping[str, Handler]:
         """Map ListClients to its handler."""

@@ -11,6 +11,7 @@ implement the same methods. The node never sees NATS types.
 Errors a backend raises:
 
 * `NotReachable`: nobody holds the client right now (NATS "no responders");
+* `HoldFull`: the client already has ``hold_max_count`` sends held, cluster-wide;
 * `BackendUnavailable` (an `RpcError` with UNAVAILABLE): the engine cannot
   be reached; callers fail fast, nothing is queued;
 * `TimeoutError`: no answer by the deadline.
@@ -22,15 +23,20 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from ..errors import RpcError
+from ..sessions import ClientInfo
 from ..status import StatusCode
 from .codec import BroadcastCall, CallOutcome, NodeAnswer, NodeRecord, Registration, RoutedCall
 from .view import ClusterView, Entry
 
-__all__ = ["BackendHandler", "BackendUnavailable", "ClusterBackend", "NotReachable"]
+__all__ = ["BackendHandler", "BackendUnavailable", "ClusterBackend", "HoldFull", "NotReachable"]
 
 
 class NotReachable(Exception):
     """No node holds the client (it is not connected anywhere)."""
+
+
+class HoldFull(Exception):
+    """The client's hold slots are full (``hold_max_count`` sends held for it)."""
 
 
 class BackendUnavailable(RpcError):
@@ -53,6 +59,16 @@ class BackendHandler(Protocol):
 
     def node_message(self, data: bytes) -> None:
         """A message arrived in this node's inbox (a kick, a held send's answer)."""
+        ...
+
+    def local_infos(self, client_id: str | None) -> list[ClientInfo]:
+        """Live snapshots of ``client_id`` if it is here (else none), or of every local
+        client (None)."""
+        ...
+
+    async def stream_opened(self, client_id: str, data: bytes, reply: str) -> None:
+        """Serve a routed stream (``data``: a `StreamOpen`; ``reply``: the caller's
+        subject for frames) to its end."""
         ...
 
     def connection_changed(self, connected: bool) -> None:
@@ -124,6 +140,41 @@ class ClusterBackend(Protocol):
         every node in ``expected`` answered)."""
         ...
 
+    async def client_info(self, client_id: str, timeout: float) -> list[ClientInfo]:
+        """Ask whichever node holds ``client_id`` for its live snapshot (an empty list:
+        that node no longer has it).
+
+        Raises:
+            NotReachable: no node holds the client.
+            TimeoutError: no answer by ``timeout``.
+        """
+        ...
+
+    async def all_client_infos(
+        self, expected: set[str], timeout: float
+    ) -> dict[str, list[ClientInfo]]:
+        """Ask every other node for its clients' live snapshots; the answers by node that
+        came by ``timeout`` (or once every node in ``expected`` answered)."""
+        ...
+
+    def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:
+        """A fresh subject of this node's own for one routed stream's frames: returns
+        (token, subject); ``on_data`` gets each frame, or None for "no responders"."""
+        ...
+
+    def close_stream_inbox(self, token: str) -> None:
+        """Stop delivering frames for ``token``."""
+        ...
+
+    async def open_stream(self, client_id: str, data: bytes, reply: str) -> None:
+        """Send a `StreamOpen` to whichever node holds ``client_id``; its frames (or
+        "no responders") come back on ``reply``."""
+        ...
+
+    async def send_frame(self, subject: str, data: bytes) -> None:
+        """Publish one routed-stream frame (fire and forget; frames are numbered)."""
+        ...
+
     async def send_to_node(self, node_id: str, data: bytes) -> None:
         """Deliver ``data`` to a node's inbox (fire and forget)."""
         ...
@@ -133,7 +184,16 @@ class ClusterBackend(Protocol):
         ...
 
     async def hold(self, client_id: str, call: RoutedCall, ttl: float) -> int:
-        """Keep ``call`` durably for ``ttl`` seconds; return its sequence number."""
+        """Keep ``call`` durably for ``ttl`` seconds; return its sequence number.
+
+        Raises:
+            HoldFull: ``client_id`` already has its maximum of held sends.
+        """
+        ...
+
+    async def take_back(self, seq: int) -> bool:
+        """Delete one held send that was not delivered; False if it is gone already
+        (a node is delivering it, or it expired)."""
         ...
 
     async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:

@@ -18,22 +18,43 @@ u32 length + bytes; ``md`` = u16 count, then per pair ``str`` key, u8 kind
     NodeAnswer  : u8 version=1, str node, u32 count, then per client:
                   str client id, u8 delivery (0 delivered, 1 failed, 2 timed out),
                   CallOutcome
+    StreamOpen  : u8 version=1, u8 kind (1 = requests stream, 2 = responses
+                  stream), u32 window, RoutedCall (its payload: the one request,
+                  or empty when requests stream)
+    Frame       : u8 version=1, u8 type, u32 seq, then by type:
+                  1 OPENED     str node, str subject, u32 credit
+                  2 HEADERS    md initial metadata
+                  3 MESSAGE    the message bytes (the rest of the frame)
+                  4 CREDIT     u32 more messages the peer may send
+                  5 HALF_CLOSE (nothing)
+                  6 END        u8 code, u8 flags (1 = not here), str message, md trailing
+                  7 CANCEL     u8 code, str message
+
+A routed stream's frames are numbered per direction from 0; a gap is a lost
+frame and ends the stream UNAVAILABLE (quicflow/cluster/streams.py).
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..metadata import Metadata
+from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
 
 __all__ = [
     "BroadcastCall",
     "CallOutcome",
     "ClientOutcome",
+    "Frame",
+    "FrameType",
+    "StreamOpen",
+    "decode_client_infos",
+    "encode_client_infos",
     "NodeAnswer",
     "NodeRecord",
     "Registration",
@@ -288,6 +309,195 @@ class NodeRecord:
         )
 
 
+STREAM_REQUESTS = 1
+"""`StreamOpen.kind` bit: the caller streams requests."""
+STREAM_RESPONSES = 2
+"""`StreamOpen.kind` bit: the client streams responses."""
+
+
+@dataclass(frozen=True, slots=True)
+class StreamOpen:
+    """The first message of a routed streaming call (to the client's subject)."""
+
+    call: RoutedCall
+    """Route, metadata, timeout, message id, origin; ``payload`` is the one request
+    (server-streaming) or empty (the requests follow as MESSAGE frames)."""
+    kind: int
+    """`STREAM_REQUESTS` | `STREAM_RESPONSES` bits."""
+    window: int
+    """Response messages the owning node may send before it gets CREDIT."""
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION, self.kind))
+        out += struct.pack(">I", self.window)
+        out += self.call.encode()
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> StreamOpen:
+        r = _Reader(data)
+        r.version()
+        kind = r.u8()
+        if not kind or kind & ~(STREAM_REQUESTS | STREAM_RESPONSES):
+            raise ValueError(f"bad stream kind {kind}")
+        window = r.u32()
+        if window < 1:
+            raise ValueError("a stream window must be at least 1")
+        call = RoutedCall._read(r)
+        r.end()
+        return cls(call, kind, window)
+
+
+class FrameType(enum.IntEnum):
+    """What a routed stream's frame carries."""
+
+    OPENED = 1
+    HEADERS = 2
+    MESSAGE = 3
+    CREDIT = 4
+    HALF_CLOSE = 5
+    END = 6
+    CANCEL = 7
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame of a routed stream, either way (see the module docstring)."""
+
+    type: FrameType
+    seq: int
+    payload: bytes = b""
+    """MESSAGE: the serialized message."""
+    metadata: Metadata = ()
+    """HEADERS: initial metadata; END: trailing metadata."""
+    credit: int = 0
+    """OPENED: request messages the caller may send; CREDIT: how many more."""
+    node: str = ""
+    """OPENED: the owning node's id."""
+    subject: str = ""
+    """OPENED: where the caller sends its frames."""
+    code: StatusCode = StatusCode.OK
+    """END, CANCEL."""
+    message: str = ""
+    """END, CANCEL: the status message."""
+    not_here: bool = False
+    """END before OPENED: the client is not on this node; nothing was sent, retry."""
+
+    def encode(self) -> bytes:
+        out = bytearray((VERSION, self.type))
+        out += struct.pack(">I", self.seq)
+        kind = self.type
+        if kind is FrameType.OPENED:
+            _put_str(out, self.node)
+            _put_str(out, self.subject)
+            out += struct.pack(">I", self.credit)
+        elif kind is FrameType.HEADERS:
+            _put_md(out, self.metadata)
+        elif kind is FrameType.MESSAGE:
+            out += self.payload
+        elif kind is FrameType.CREDIT:
+            out += struct.pack(">I", self.credit)
+        elif kind is FrameType.END:
+            out += bytes((self.code.value, 1 if self.not_here else 0))
+            _put_str(out, self.message)
+            _put_md(out, self.metadata)
+        elif kind is FrameType.CANCEL:
+            out.append(self.code.value)
+            _put_str(out, self.message)
+        return bytes(out)
+
+    @classmethod
+    def decode(cls, data: bytes) -> Frame:
+        r = _Reader(data)
+        r.version()
+        raw = r.u8()
+        try:
+            kind = FrameType(raw)
+        except ValueError:
+            raise ValueError(f"unknown stream frame type {raw}") from None
+        seq = r.u32()
+        if kind is FrameType.OPENED:
+            node = r.str()
+            subject = r.str()
+            frame = cls(kind, seq, node=node, subject=subject, credit=r.u32())
+        elif kind is FrameType.HEADERS:
+            frame = cls(kind, seq, metadata=r.md())
+        elif kind is FrameType.MESSAGE:
+            frame = cls(kind, seq, payload=r.rest())
+        elif kind is FrameType.CREDIT:
+            frame = cls(kind, seq, credit=r.u32())
+        elif kind is FrameType.END:
+            code = StatusCode.from_wire(r.u8())
+            flags = r.u8()
+            message = r.str()
+            frame = cls(
+                kind, seq, code=code, not_here=bool(flags & 1), message=message, metadata=r.md()
+            )
+        elif kind is FrameType.CANCEL:
+            code = StatusCode.from_wire(r.u8())
+            frame = cls(kind, seq, code=code, message=r.str())
+        else:
+            frame = cls(kind, seq)
+        r.end()
+        return frame
+
+
+def encode_client_infos(infos: list[ClientInfo]) -> bytes:
+    """Live client snapshots as JSON (a node's answer to an info request)."""
+    return json.dumps(
+        [
+            {
+                "id": i.client_id,
+                "addr": i.remote_address,
+                "since": i.connected_since,
+                "hb_at": i.last_heartbeat,
+                "missed": i.missed_heartbeats,
+                "rtt": i.rtt,
+                "hb": i.heartbeat_interval,
+                "calls_in": i.calls_in,
+                "calls_out": i.calls_out,
+                "bytes_in": i.bytes_in,
+                "bytes_out": i.bytes_out,
+                "labels": dict(i.labels),
+                "state": i.state.value,
+                "node": i.node,
+            }
+            for i in infos
+        ],
+        separators=(",", ":"),
+    ).encode()
+
+
+def decode_client_infos(data: bytes) -> list[ClientInfo]:
+    """What `encode_client_infos` made.
+
+    Raises:
+        ValueError: not such a list.
+    """
+    try:
+        return [
+            ClientInfo(
+                client_id=str(o["id"]),
+                remote_address=str(o["addr"]),
+                connected_since=float(o["since"]),
+                last_heartbeat=None if o["hb_at"] is None else float(o["hb_at"]),
+                missed_heartbeats=int(o["missed"]),
+                rtt=None if o["rtt"] is None else float(o["rtt"]),
+                heartbeat_interval=float(o["hb"]),
+                calls_in=int(o["calls_in"]),
+                calls_out=int(o["calls_out"]),
+                bytes_in=int(o["bytes_in"]),
+                bytes_out=int(o["bytes_out"]),
+                labels={str(k): str(v) for k, v in o["labels"].items()},
+                state=SessionState(o["state"]),
+                node=str(o["node"]),
+            )
+            for o in json.loads(data)
+        ]
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ValueError(f"bad client info: {exc!r}") from exc
+
+
 # -- binary helpers --
 
 
@@ -359,6 +569,9 @@ class _Reader:
 
     def blob(self) -> bytes:
         return bytes(self._take(self.u32()))
+
+    def rest(self) -> bytes:
+        return bytes(self._take(len(self._data) - self._pos))
 
     def md(self) -> Metadata:
         (count,) = struct.unpack(">H", self._take(2))

@@ -35,13 +35,14 @@ import nats.js.errors
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.aio.subscription import Subscription
-from nats.js.api import KeyValueConfig, StorageType, StreamConfig
+from nats.js.api import DiscardPolicy, KeyValueConfig, StorageType, StreamConfig
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 from nats.nuid import NUID
 
+from ..sessions import ClientInfo
 from ..status import StatusCode
-from .backend import BackendHandler, BackendUnavailable, NotReachable
+from .backend import BackendHandler, BackendUnavailable, HoldFull, NotReachable
 from .codec import (
     BroadcastCall,
     CallOutcome,
@@ -49,6 +50,8 @@ from .codec import (
     NodeRecord,
     Registration,
     RoutedCall,
+    decode_client_infos,
+    encode_client_infos,
 )
 from .subjects import Names, decode_token, encode_token
 from .view import ClusterView, Entry
@@ -59,6 +62,14 @@ logger = logging.getLogger("quicflow.cluster")
 
 _QUEUE = "qf"
 _NO_RESPONDERS = "503"
+_PER_SUBJECT_FULL = 10077
+"""JetStream's error code: maximum messages per subject exceeded (discard new)."""
+_INFO_HEADER = "Qf-Info"
+"""Set on a live-info request (client subject: one client; ``all``: every node's, with
+the asking node's id as its value). The answer carries ``Qf-Node``."""
+_NODE_HEADER = "Qf-Node"
+_STREAM_HEADER = "Qf-Stream"
+"""Set on a routed stream's open (on the client's subject, beside unary calls)."""
 
 
 class NatsBackend:
@@ -82,6 +93,7 @@ class NatsBackend:
         js_timeout: float = 2.0,
         reconnect_wait: float = 0.25,
         held_max_age: float = 3600.0,
+        held_per_client: int = -1,
     ) -> None:
         self.names = names
         self.node_id = node_id
@@ -91,6 +103,8 @@ class NatsBackend:
         self.js_timeout = js_timeout
         self.reconnect_wait = reconnect_wait
         self.held_max_age = held_max_age
+        self.held_per_client = held_per_client
+        """Held sends kept per client (the stream refuses one more); -1: no limit."""
         self.view = ClusterView(node_ttl)
         self._nc: NatsClient | None = None
         self._js: JetStreamContext | None = None
@@ -212,6 +226,10 @@ class NatsBackend:
                         num_replicas=self.replicas,
                         storage=StorageType.FILE,
                         duplicate_window=120.0,
+                        # hold_max_count per client, cluster-wide: one more is refused.
+                        max_msgs_per_subject=self.held_per_client,
+                        discard=DiscardPolicy.NEW,
+                        discard_new_per_subject=self.held_per_client > 0,
                     )
                 )
                 return
@@ -484,6 +502,16 @@ class NatsBackend:
 
     async def _answer_call(self, client_id: str, msg: Msg) -> None:
         assert self._handler is not None
+        if msg.headers and msg.headers.get(_INFO_HEADER):
+            await self._answer_info(msg, client_id)
+            return
+        if msg.headers and msg.headers.get(_STREAM_HEADER):
+            if msg.reply:
+                try:
+                    await self._handler.stream_opened(client_id, msg.data, msg.reply)
+                except Exception:
+                    logger.exception("cluster: serving a routed stream to %r failed", client_id)
+            return
         try:
             call = RoutedCall.decode(msg.data)
         except ValueError as exc:
@@ -531,6 +559,31 @@ class NatsBackend:
             raise NotReachable(client_id)
         return CallOutcome.decode(msg.data)
 
+    def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                on_data(None)
+            else:
+                on_data(msg.data)
+
+        self._waiting[token] = got
+        return token, f"{self._inbox}.{token}"
+
+    def close_stream_inbox(self, token: str) -> None:
+        self._waiting.pop(token, None)
+
+    async def open_stream(self, client_id: str, data: bytes, reply: str) -> None:
+        nc = self._require()
+        await nc.publish(
+            self.names.client(client_id), data, reply=reply, headers={_STREAM_HEADER: "1"}
+        )
+
+    async def send_frame(self, subject: str, data: bytes) -> None:
+        nc = self._require()
+        await nc.publish(subject, data)
+
     async def broadcast(
         self, call: BroadcastCall, expected: set[str], timeout: float
     ) -> list[NodeAnswer]:
@@ -564,7 +617,83 @@ class NatsBackend:
         return list(answers.values())
 
     async def _on_broadcast(self, msg: Msg) -> None:
+        if msg.headers and msg.headers.get(_INFO_HEADER):
+            if msg.headers[_INFO_HEADER] != self.node_id:  # the asker lists its own
+                self._spawn(self._answer_info(msg, None))
+            return
         self._spawn(self._answer_broadcast(msg))
+
+    async def _answer_info(self, msg: Msg, client_id: str | None) -> None:
+        assert self._handler is not None
+        nc = self._nc
+        if not msg.reply or nc is None:
+            return
+        data = encode_client_infos(self._handler.local_infos(client_id))
+        with contextlib.suppress(Exception):
+            await nc.publish(msg.reply, data, headers={_NODE_HEADER: self.node_id})
+
+    async def client_info(self, client_id: str, timeout: float) -> list[ClientInfo]:
+        nc = self._require()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Msg] = loop.create_future()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if not future.done():
+                future.set_result(msg)
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(
+                self.names.client(client_id),
+                b"",
+                reply=f"{self._inbox}.{token}",
+                headers={_INFO_HEADER: self.node_id},
+            )
+            async with asyncio.timeout(timeout):
+                msg = await future
+        finally:
+            self._waiting.pop(token, None)
+        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+            raise NotReachable(client_id)
+        return decode_client_infos(msg.data)
+
+    async def all_client_infos(
+        self, expected: set[str], timeout: float
+    ) -> dict[str, list[ClientInfo]]:
+        nc = self._require()
+        answers: dict[str, list[ClientInfo]] = {}
+        complete = asyncio.Event()
+        token = self._new_token()
+
+        def got(msg: Msg) -> None:
+            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
+                complete.set()
+                return
+            node = (msg.headers or {}).get(_NODE_HEADER, "")
+            try:
+                answers[node] = decode_client_infos(msg.data)
+            except ValueError as exc:
+                logger.warning("cluster: undecodable client info from %r: %s", node, exc)
+                return
+            if expected <= answers.keys():
+                complete.set()
+
+        self._waiting[token] = got
+        try:
+            await nc.publish(
+                self.names.all,
+                b"",
+                reply=f"{self._inbox}.{token}",
+                headers={_INFO_HEADER: self.node_id},
+            )
+            if expected:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(timeout):
+                        await complete.wait()
+        finally:
+            self._waiting.pop(token, None)
+        return answers
 
     async def _answer_broadcast(self, msg: Msg) -> None:
         assert self._handler is not None
@@ -595,14 +724,28 @@ class NatsBackend:
         js = self._js
         assert js is not None
         headers = {"Nats-Msg-Id": call.message_id.hex()} if call.message_id else None
-        ack = await js.publish(
-            self.names.held(client_id),
-            call.encode(),
-            stream=self.names.held_stream,
-            headers=headers,
-            msg_ttl=max(ttl, 1.0),
-        )
+        try:
+            ack = await js.publish(
+                self.names.held(client_id),
+                call.encode(),
+                stream=self.names.held_stream,
+                headers=headers,
+                msg_ttl=max(ttl, 1.0),
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == _PER_SUBJECT_FULL:
+                raise HoldFull(client_id) from exc
+            raise
         return int(ack.seq)
+
+    async def take_back(self, seq: int) -> bool:
+        self._require()
+        js = self._js
+        assert js is not None
+        try:
+            return bool(await js.delete_msg(self.names.held_stream, seq))
+        except nats.js.errors.NotFoundError:
+            return False
 
     async def held_for(self, client_id: str) -> list[tuple[int, RoutedCall]]:
         self._require()

@@ -67,8 +67,10 @@ from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
 from ..status import StatusCode
 from ..wire.codec import ErrorCode
-from .backend import BackendUnavailable, ClusterBackend, NotReachable
+from .backend import BackendUnavailable, ClusterBackend, HoldFull, NotReachable
 from .codec import (
+    STREAM_REQUESTS,
+    STREAM_RESPONSES,
     BroadcastCall,
     CallOutcome,
     ClientOutcome,
@@ -76,10 +78,25 @@ from .codec import (
     NodeRecord,
     Registration,
     RoutedCall,
+    StreamOpen,
 )
-from .view import kick_applies
+from .streams import (
+    RemoteStreamStreamCall,
+    RemoteStreamUnaryCall,
+    RemoteUnaryStreamCall,
+    RoutedStream,
+    ServedStream,
+)
+from .view import Entry, kick_applies
 
-__all__ = ["ClusterBroadcastResult", "ClusterHost", "ClusterNode", "ClusterStats", "NodeOutcome"]
+__all__ = [
+    "ClusterBroadcastResult",
+    "ClusterHost",
+    "ClusterNode",
+    "ClusterStats",
+    "HoldRefused",
+    "NodeOutcome",
+]
 
 logger = logging.getLogger("quicflow.cluster")
 
@@ -157,6 +174,8 @@ class ClusterStats:
     """Sends kept in JetStream for an absent client."""
     held_delivered: int = 0
     """Held sends this node delivered to a client that came back here."""
+    held_expired: int = 0
+    """Held sends taken back after ``hold_max_age`` (the client did not come back)."""
     broadcasts: int = 0
     broadcast_missing_nodes: int = 0
     kicks_sent: int = 0
@@ -164,6 +183,13 @@ class ClusterStats:
     registrations: int = 0
     stale_removed: int = 0
     """Registrations of dead nodes this node deleted."""
+    streams_out: int = 0
+    """Streaming calls this node routed to a client on another node."""
+    streams_out_failed: int = 0
+    streams_in: int = 0
+    """Streaming calls other nodes routed to a client here."""
+    streams_in_refused: int = 0
+    """Routed streams refused: over the in-flight bound."""
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -286,13 +312,6 @@ class RemoteUnaryCall(UnaryUnaryCall[Resp]):
         return f"<RemoteUnaryCall {self._method.route}>"
 
 
-def _streaming_unsupported(client_id: str) -> RpcError:
-    return RpcError(
-        StatusCode.UNIMPLEMENTED,
-        f"client {client_id!r} is on another node: only unary calls are routed across nodes",
-    )
-
-
 class ClusterChannel(ClientChannel):
     """`server.client(id)` in a cluster: the local path when the client is here, else
     routed to its node. It follows the id: each call looks again."""
@@ -349,21 +368,46 @@ class ClusterChannel(ClientChannel):
     def unary_stream(self, method: Method[Any, Resp], request: Any, **kw: Any) -> Any:
         if self._local():
             return super().unary_stream(method, request, **kw)
-        raise _streaming_unsupported(self.client_id)
+        return RemoteUnaryStreamCall(self._stream(method, STREAM_RESPONSES, request, **kw))
 
     def stream_unary(
         self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
     ) -> Any:
         if self._local():
             return super().stream_unary(method, requests, **kw)
-        raise _streaming_unsupported(self.client_id)
+        return RemoteStreamUnaryCall(self._stream(method, STREAM_REQUESTS, requests, **kw))
 
     def stream_stream(
         self, method: Method[Any, Resp], requests: AsyncIterable[Any] | Iterable[Any], **kw: Any
     ) -> Any:
         if self._local():
             return super().stream_stream(method, requests, **kw)
-        raise _streaming_unsupported(self.client_id)
+        return RemoteStreamStreamCall(
+            self._stream(method, STREAM_REQUESTS | STREAM_RESPONSES, requests, **kw)
+        )
+
+    def _stream(
+        self,
+        method: Method[Any, Any],
+        kind: int,
+        request_or_requests: Any,
+        *,
+        timeout: float | None = None,
+        metadata: MetadataLike | None = None,
+        wait_for_ready: bool | None = None,
+        compression: str | None = None,
+    ) -> RoutedStream:
+        # Routed through NATS to the client's node: ``compression`` applies to QUIC only.
+        return RoutedStream(
+            self._node,
+            self.client_id,
+            method,
+            kind,
+            request_or_requests,
+            timeout,
+            metadata,
+            self.message_id,
+        )
 
     async def send_message(
         self,
@@ -398,6 +442,11 @@ class ClusterChannel(ClientChannel):
 async def _swallow(call: Awaitable[Any]) -> None:
     with contextlib.suppress(RpcError):
         await call
+
+
+class HoldRefused(ClientNotConnected):
+    """A held send that failed for good: the client's hold slots are full, or it did not
+    come back within ``hold_max_age``. Not retried."""
 
 
 class _NodeDied(Exception):
@@ -469,6 +518,7 @@ class ClusterNode:
         call_timeout: float = 30.0,
         broadcast_grace: float = 1.0,
         max_in_flight: int = 1000,
+        stream_window: int = 16,
     ) -> None:
         self.server = server
         self.backend = backend
@@ -478,6 +528,12 @@ class ClusterNode:
         self.call_timeout = call_timeout
         self.broadcast_grace = broadcast_grace
         self.max_in_flight = max_in_flight
+        self.stream_window = stream_window
+        """Messages a routed stream may have unacknowledged per direction (its credit)."""
+        self.streams_out: set[RoutedStream] = set()
+        """Routed streams this node called, not ended."""
+        self.streams_in: set[ServedStream] = set()
+        """Routed streams this node serves, not ended."""
         self.stats = ClusterStats()
         self.started = time.time()
         self._epochs: dict[str, int] = {}
@@ -526,6 +582,7 @@ class ClusterNode:
         for future in self._answers.values():
             if not future.done():
                 future.set_exception(ConnectionClosed(message="the server is shutting down"))
+        self._end_streams(StatusCode.UNAVAILABLE, "the node is shutting down")
         await self.backend.close()
 
     @property
@@ -632,8 +689,17 @@ class ClusterNode:
             self._chain(client_id, self._up)
 
     def connection_changed(self, connected: bool) -> None:
-        if connected and not self._closing:
+        if not connected:
+            # Frames may be lost while NATS is away: end the streams rather than stall.
+            self._end_streams(StatusCode.UNAVAILABLE, "lost the cluster backend mid-stream")
+        elif not self._closing:
             self.spawn(self._reconcile())
+
+    def _end_streams(self, code: StatusCode, why: str) -> None:
+        for out in list(self.streams_out):
+            out.fail(code, why)
+        for served in list(self.streams_in):
+            served.abort(code, why)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -758,6 +824,15 @@ class ClusterNode:
             message_id=call.message_id,
         )
 
+    async def stream_opened(self, client_id: str, data: bytes, reply: str) -> None:
+        """Serve a routed stream opened by another node (until it ends)."""
+        try:
+            open_ = StreamOpen.decode(data)
+        except ValueError as exc:
+            logger.warning("cluster: undecodable stream open: %s", exc)
+            return
+        await ServedStream(self, client_id, open_, reply).run()
+
     async def broadcast_call(self, call: BroadcastCall) -> NodeAnswer:
         method = raw_method(call.call.route)
         routed = call.call
@@ -869,9 +944,17 @@ class ClusterNode:
                 self._waiting_on.pop(node_id, None)
 
     def _abandon_dead(self) -> None:
-        """Cancel routed calls waiting on nodes that are no longer live."""
+        """Cancel routed calls waiting on nodes that are no longer live; end the routed
+        streams whose other node is no longer live."""
         view = self.backend.view
         now = self.backend.now()
+        for out in list(self.streams_out):
+            owner = out.owner_node
+            if owner is not None and not view.is_live(owner, now):
+                out.fail(StatusCode.UNAVAILABLE, f"node {owner} died mid-stream")
+        for served in list(self.streams_in):
+            if served.origin and not view.is_live(served.origin, now):
+                served.abort(StatusCode.CANCELLED, f"the calling node {served.origin} died")
         self._abandoned = {t for t in self._abandoned if not t.done()}
         for node_id, tasks in list(self._waiting_on.items()):
             if not view.is_live(node_id, now):
@@ -881,12 +964,23 @@ class ClusterNode:
                         task.cancel()
 
     async def _hold(self, client_id: str, call: RoutedCall, deadline: float) -> CallOutcome:
-        """Keep the send in JetStream until the client is back (anywhere) or the deadline."""
+        """Keep the send in JetStream until the client is back (anywhere), for at most
+        ``hold_max_age`` and never past the deadline; at most ``hold_max_count`` sends are
+        held per client, cluster-wide (the stream refuses one more)."""
         loop = asyncio.get_running_loop()
+        max_age = self.server.config.hold_max_age
+        until_age = loop.time() + max_age
         future: asyncio.Future[CallOutcome] = loop.create_future()
         self._answers[call.message_id] = future
         try:
-            seq = await self.backend.hold(client_id, call, deadline - loop.time())
+            try:
+                seq = await self.backend.hold(
+                    client_id, call, min(deadline, until_age) - loop.time()
+                )
+            except HoldFull:
+                raise HoldRefused(
+                    message=f"client {client_id!r} is not connected and its hold slots are full"
+                ) from None
             self.stats.held += 1
             # It may have connected between "no responders" and the hold: try once more.
             with contextlib.suppress(NotReachable, TimeoutError):
@@ -896,6 +990,17 @@ class ClusterNode:
                     with contextlib.suppress(Exception):
                         await self.backend.drop_held(seq)
                     return outcome
+            try:
+                async with asyncio.timeout(max(min(deadline, until_age) - loop.time(), 0)):
+                    return await future
+            except TimeoutError:
+                pass
+            if until_age < deadline and await self.backend.take_back(seq):
+                self.stats.held_expired += 1
+                raise HoldRefused(
+                    message=f"client {client_id!r} did not come back within {max_age} s"
+                ) from None
+            # Already being delivered (or the deadline came first): wait for the answer.
             try:
                 async with asyncio.timeout(max(deadline - loop.time(), 0)):
                     return await future
@@ -1000,6 +1105,8 @@ class ClusterNode:
                     channel = ClusterChannel(self, client_id, message_id, holdable=holdable)
                     try:
                         return await send(channel)
+                    except HoldRefused:
+                        raise
                     except (ConnectionClosed, ClientNotConnected) as exc:
                         if not holdable and not self.reachable(client_id):
                             raise
@@ -1086,16 +1193,19 @@ class ClusterNode:
                     deliveries[result.client_id] = Delivery(
                         result.client_id, DeliveryStatus.DELIVERED, reply
                     )
+        if capture.call is None:
+            # A streaming send is not one request to fan out: each remote client gets
+            # its own routed stream, with the broadcast's window and per-client timeout.
+            routed = await self._broadcast_routed(send, registered, timeout, max_in_flight)
+            deliveries.update(routed)
+            now = self.backend.now()
+            for node_id in expected:
+                mine = [e for e in registered if e.registration.node_id == node_id]
+                nodes[node_id] = NodeOutcome(node_id, view.is_live(node_id, now), len(mine))
         for node_id in expected - nodes.keys():
             missing = [e for e in registered if e.registration.node_id == node_id]
             nodes[node_id] = NodeOutcome(node_id, False, len(missing))
-            if capture.call is None:  # never asked: the send is not one unary call
-                status, code, why = (
-                    DeliveryStatus.FAILED,
-                    StatusCode.UNIMPLEMENTED,
-                    "only unary calls are routed across nodes",
-                )
-            elif not answers and not self.backend.connected:
+            if not answers and not self.backend.connected:
                 status, code, why = (
                     DeliveryStatus.FAILED,
                     StatusCode.UNAVAILABLE,
@@ -1115,6 +1225,40 @@ class ClusterNode:
         deliveries.update(mine.deliveries)
         return ClusterBroadcastResult(deliveries, nodes)
 
+    async def _broadcast_routed(
+        self,
+        send: Callable[[ClientChannel], Awaitable[T]],
+        entries: list[Entry],
+        timeout: float,
+        max_in_flight: int,
+    ) -> dict[str, Delivery[T]]:
+        gate = asyncio.Semaphore(max(max_in_flight, 1))
+
+        async def one(client_id: str) -> Delivery[T]:
+            async with gate:
+                try:
+                    async with asyncio.timeout(timeout):
+                        reply = await send(ClusterChannel(self, client_id))
+                except TimeoutError:
+                    return Delivery(
+                        client_id,
+                        DeliveryStatus.TIMED_OUT,
+                        None,
+                        StatusCode.DEADLINE_EXCEEDED,
+                        "no reply in time",
+                    )
+                except RpcError as exc:
+                    status = (
+                        DeliveryStatus.TIMED_OUT
+                        if exc.code is StatusCode.DEADLINE_EXCEEDED
+                        else DeliveryStatus.FAILED
+                    )
+                    return Delivery(client_id, status, None, exc.code, exc.message)
+                return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+
+        results = await asyncio.gather(*(one(e.client_id) for e in entries))
+        return {d.client_id: d for d in results}
+
     def list_clients(self, local: list[ClientInfo]) -> list[ClientInfo]:
         """Local snapshots plus every client registered on another live node."""
         here = {info.client_id for info in local}
@@ -1124,6 +1268,69 @@ class ClusterNode:
                 if entry.client_id not in here and entry.registration.node_id != self.node_id:
                     out.append(_remote_info(entry.client_id, entry.registration))
         return sorted(out, key=lambda i: i.client_id)
+
+    def local_infos(self, client_id: str | None) -> list[ClientInfo]:
+        if client_id is None:
+            sessions = list(self.server.sessions)
+        else:
+            one = self.server.sessions.get(client_id)
+            sessions = [] if one is None or one.conn.is_closed else [one]
+        return [_with_node(s.info(), self.node_id) for s in sessions]
+
+    async def fetch_client_info(self, client_id: str, timeout: float | None = None) -> ClientInfo:
+        """A live snapshot of a client on any node: a remote one's node is asked (heartbeat,
+        RTT, call and byte counts as that node sees them).
+
+        Raises:
+            ClientNotConnected: not connected to any node.
+            Timeout: its node did not answer within ``timeout`` (default: the broadcast
+                grace).
+            BackendUnavailable: NATS is not reachable.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + (self.broadcast_grace if timeout is None else timeout)
+        while True:
+            local = self.local_infos(client_id)
+            if local:
+                return local[0]
+            left = deadline - loop.time()
+            if left <= 0:
+                raise Timeout(message=f"no live info for {client_id!r} in time")
+            if not self.backend.connected:
+                raise BackendUnavailable()
+            try:
+                infos = await self.backend.client_info(client_id, left)
+            except NotReachable:
+                raise ClientNotConnected(message=f"client {client_id!r} is not connected") from None
+            except TimeoutError:
+                raise Timeout(message=f"the node of {client_id!r} did not answer in time") from None
+            except RpcError:
+                raise
+            except Exception as exc:
+                raise BackendUnavailable(f"the cluster backend failed: {exc!r}") from exc
+            if infos:
+                return infos[0]
+            await asyncio.sleep(0.01)  # it moved meanwhile: ask again where it is now
+
+    async def fetch_clients(self, local: list[ClientInfo]) -> list[ClientInfo]:
+        """`list_clients` with live rows from every node that answers within the broadcast
+        grace; the clients of a node that does not are listed from the registry."""
+        now = self.backend.now()
+        expected = {n for n in self.backend.view.live_nodes(now) if n != self.node_id}
+        answers: dict[str, list[ClientInfo]] = {}
+        if expected and self.backend.connected:
+            with contextlib.suppress(Exception):
+                answers = await self.backend.all_client_infos(expected, self.broadcast_grace)
+        listed = {info.client_id: _with_node(info, self.node_id) for info in local}
+        for node_id, infos in answers.items():
+            if node_id == self.node_id:
+                continue
+            for info in infos:
+                listed.setdefault(info.client_id, info)
+        for info in self.list_clients([]):
+            if info.node not in answers:
+                listed.setdefault(info.client_id, info)
+        return sorted(listed.values(), key=lambda i: i.client_id)
 
     def client_info(self, client_id: str) -> ClientInfo:
         """A remote client's snapshot from the registry.
@@ -1198,6 +1405,7 @@ async def join(server: ClusterHost) -> ClusterNode:
         list(config.cluster_nats_urls),
         node_ttl=config.cluster_node_ttl,
         replicas=config.cluster_replicas,
+        held_per_client=config.hold_max_count if config.hold_max_count > 0 else -1,
     )
     node = ClusterNode(
         server,

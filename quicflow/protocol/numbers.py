@@ -9,8 +9,14 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Final
 
-__all__ = ["finite", "positive_seconds"]
+__all__ = ["MAX_DURATION", "finite", "positive_seconds"]
+
+MAX_DURATION: Final = 315_360_000.0
+"""Ten years, in seconds: the bound of every duration (the configs' settings, a call's
+``timeout``, a retry policy's backoffs). Far beyond any deadline, and still exact in the
+wire's microseconds (docs/limits.md)."""
 
 
 def finite(name: str, value: object) -> float:

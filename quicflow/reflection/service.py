@@ -48,24 +48,23 @@ V1ALPHA_SERVICE_NAME = "grpc.reflection.v1alpha.ServerReflection"
 V1ALPHA_FILE_NAME = "grpc_reflection/v1alpha/reflection.proto"
 """The name grpcio-reflection registers v1alpha under; our private copy uses it too."""
 
-INFO: Method[ServerReflectionRequest, ServerReflectionResponse] = Method(
-    f"/{SERVICE_NAME}/ServerReflectionInfo",
-    Cardinality.STREAM_STREAM,
-    ServerReflectionRequest.SerializeToString,
-    ServerReflectionRequest.FromString,
-    ServerReflectionResponse.SerializeToString,
-    ServerReflectionResponse.FromString,
-)
+
+def _info_method(service: str) -> Method[ServerReflectionRequest, ServerReflectionResponse]:
+    """The ``ServerReflectionInfo`` method of ``service`` (v1 and v1alpha share messages)."""
+    return Method(
+        f"/{service}/ServerReflectionInfo",
+        Cardinality.STREAM_STREAM,
+        ServerReflectionRequest.SerializeToString,
+        ServerReflectionRequest.FromString,
+        ServerReflectionResponse.SerializeToString,
+        ServerReflectionResponse.FromString,
+    )
+
+
+INFO = _info_method(SERVICE_NAME)
 """``/grpc.reflection.v1.ServerReflection/ServerReflectionInfo``."""
 
-INFO_V1ALPHA: Method[ServerReflectionRequest, ServerReflectionResponse] = Method(
-    f"/{V1ALPHA_SERVICE_NAME}/ServerReflectionInfo",
-    Cardinality.STREAM_STREAM,
-    ServerReflectionRequest.SerializeToString,
-    ServerReflectionRequest.FromString,
-    ServerReflectionResponse.SerializeToString,
-    ServerReflectionResponse.FromString,
-)
+INFO_V1ALPHA = _info_method(V1ALPHA_SERVICE_NAME)
 """``/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo``: v1alpha's messages
 have v1's fields and numbers, so v1's classes read and write them unchanged."""
 

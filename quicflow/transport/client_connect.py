@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hmac
 import logging
+import os
 import re
 import socket
 from collections.abc import Callable
@@ -23,6 +25,10 @@ from .settings import TransportSettings, datagram_size_for, grow_buffers
 from .tls import ClientTicketCache
 
 __all__ = ["connect"]
+
+READ_BATCH = 64
+"""Datagrams a client reads at most per loop pass beyond the one the loop handed it."""
+_LARGEST_DATAGRAM = 65535
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -42,17 +48,62 @@ class _ClientProtocol(QuicFlowProtocol):
     refused: ConnectionRefusedError | None = None
     """Set when the peer's host refused a datagram before the handshake completed."""
 
+    _reader: socket.socket | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # Our own handle on the socket, to read what else has arrived in one go: the
+            # loop hands over one datagram per pass (asyncio) or per read (uvloop), and a
+            # transmit (an ACK) followed each; a burst of them now gets one.
+            with contextlib.suppress(OSError, ValueError):
+                reader = socket.socket(sock.family, sock.type, fileno=os.dup(sock.fileno()))
+                reader.setblocking(False)
+                self._reader = reader
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._reader is not None:
+            self._reader.close()  # our duplicate would keep the port bound
+            self._reader = None
+        super().connection_lost(exc)
+
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        if isinstance(data, bytes) and self._is_reset(data):
+            logger.info("stateless reset from %s: the server lost this connection", addr)
+            self.reset_by_peer()
+            return
+        super().datagram_received(data, addr)
+
+    def receive_more(self, now: float) -> None:
+        reader = self._reader
+        if reader is None:
+            return
+        quic = self._quic
+        for _ in range(READ_BATCH):
+            if self.closed_error is not None:
+                return
+            try:
+                data, addr = reader.recvfrom(_LARGEST_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # an ICMP error queued on the socket
+                self.error_received(exc)
+                return
+            if self._is_reset(data):
+                self.reset_by_peer()
+                return
+            quic.receive_datagram(data, addr, now=now)
+            self._process_events()
+
+    def _is_reset(self, data: bytes) -> bool:
         # A stateless reset: a short-header datagram ending with the token the server
         # announced for the connection ID we send to (RFC 9000 §10.3). aioquic does not
         # look for them; qh3's core does (its engine returns no token).
-        if len(data) >= SMALLEST_RESET and isinstance(data, bytes) and not data[0] & 0x80:
-            token = self._quic.peer_reset_token()
-            if token is not None and hmac.compare_digest(data[-RESET_TOKEN_SIZE:], token):
-                logger.info("stateless reset from %s: the server lost this connection", addr)
-                self.reset_by_peer()
-                return
-        super().datagram_received(data, addr)
+        if len(data) < SMALLEST_RESET or data[0] & 0x80:
+            return False
+        token = self._quic.peer_reset_token()
+        return token is not None and hmac.compare_digest(data[-RESET_TOKEN_SIZE:], token)
 
     def error_received(self, exc: Exception) -> None:
         if self._connected or not isinstance(exc, ConnectionRefusedError):
@@ -215,7 +266,7 @@ async def _attempt(
         # address aioquic passes to sendto (uvloop refuses it, EISCONN, on a socket
         # connected by hand), as long as it is the address the loop connected to.
         transport, protocol = await loop.create_datagram_endpoint(
-            lambda: _ClientProtocol(connection, settings=settings),
+            lambda: _ClientProtocol(connection, settings=settings, on_handshake=on_handshake),
             remote_addr=(ip, port),
             family=family,
         )
@@ -226,8 +277,6 @@ async def _attempt(
         grow_buffers(sock)
     peer = transport.get_extra_info("peername") or (ip, port)
     try:
-        if on_handshake is not None:
-            protocol.on_handshake = lambda: on_handshake(protocol)
         protocol.connect(cast(NetworkAddress, peer))
         if protocol.refused is None:  # not refused while the first datagram was sent
             async with asyncio.timeout_at(deadline):

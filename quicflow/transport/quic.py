@@ -82,7 +82,12 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         *,
         settings: TransportSettings,
         router: ConnectionRouter | None = None,
+        on_handshake: Callable[[QuicFlowProtocol], None] | None = None,
     ) -> None:
+        """``router``: the server endpoint this connection reports to (None: a client's).
+        ``on_handshake``: called once as the handshake completes, before the datagram
+        that completes it is answered, so what it writes leaves with the client's
+        Finished (HELLO does)."""
         self._loop = asyncio.get_running_loop()
         self._quic = quic
         self._router = router
@@ -93,11 +98,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._connected = False
         self._connected_waiter: asyncio.Future[None] | None = None
         self._early: list[events.QuicEvent] | None = [] if router is not None else None
-        self.on_handshake: Callable[[], None] | None = None
-        """Called once as the handshake completes, before the datagram that completes it
-        is answered: what it writes leaves with the client's Finished (HELLO does)."""
         """A server's stream events that came before the handshake completed (0-RTT),
         held until it does (docs/security.md, "Session resumption and 0-RTT")."""
+        self._on_handshake = on_handshake
         self._closed = asyncio.Event()
         self.settings = settings
         self.streams = StreamRegistry(
@@ -423,9 +426,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 if router is not None:
                     router.handshake_completed(self)
                 self._connected = True
-                first_flight, self.on_handshake = self.on_handshake, None
+                first_flight, self._on_handshake = self._on_handshake, None
                 if first_flight is not None:
-                    first_flight()
+                    first_flight(self)
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_result(None)
@@ -450,6 +453,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         try:
             quic.receive_datagram(cast(bytes, data), addr, now=now)
             self._process_events()
+            self.receive_more(now)
         finally:
             self._receiving = False
         if self._delivered:
@@ -472,6 +476,10 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             # (3 PTO), but every call on this connection is over now.
             self._terminated(close_event)
         self.streams.progressed()
+
+    def receive_more(self, now: float) -> None:
+        """Feed the engine more datagrams already waiting, before the one transmit that
+        answers them all (a client reads its own socket: `client_connect`)."""
 
     def _path_changed(self) -> None:
         # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic

@@ -87,7 +87,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         retry_threshold: int = 0,
         tickets: ServerTicketStore | None = None,
         reset_key: bytes | None = None,
+        max_connections: int = 0,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
+        self.max_connections = max_connections
+        """Connections at most (0: no cap); one more is refused in its handshake."""
+        self.connections_refused = 0
+        """Connections refused at ``max_connections``."""
+        self._on_refused = on_refused
         self._always_retry = retry
         self.retry_threshold = retry_threshold
         """Handshakes in progress from which every new connection must pass a Retry."""
@@ -267,6 +274,16 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 return
             protocol = self._accept(header.destination_cid, addr, original_cid, retry_cid)
             protocol.datagram_received(data, addr)
+            cap = self.max_connections
+            if cap and len(self.connections) > cap:
+                # Over the cap (this one included): refused before the runtime does any
+                # work for it. Its client sees UNAVAILABLE and retries with backoff; the
+                # connections already here are untouched.
+                protocol.refuse("too many connections")
+                self.connections_refused += 1
+                if self._on_refused is not None:
+                    self._on_refused("too many connections")
+                return
             # Only now does the connection know its peer's address, so only now may
             # the runtime look at it (and, say, close it at once).
             self._on_connection(protocol)
@@ -422,11 +439,14 @@ async def serve(
     retry_threshold: int = 0,
     tickets: ServerTicketStore | None = None,
     reset_key: bytes | None = None,
+    max_connections: int = 0,
+    on_refused: Callable[[str], None] | None = None,
 ) -> QuicFlowServer:
     """Bind a UDP socket and accept QUIC connections on it (``retry``: validate client
     addresses with a QUIC Retry first; ``retry_threshold``: do so while that many
     handshakes are in progress; ``tickets``: let clients resume TLS sessions;
-    ``reset_key``: derive stateless reset tokens from it, None: a random key; see
+    ``reset_key``: derive stateless reset tokens from it, None: a random key;
+    ``max_connections``: refuse connections beyond it, telling ``on_refused``; see
     `QuicFlowServer`)."""
     loop = asyncio.get_running_loop()
     settings.apply(configuration)
@@ -450,6 +470,8 @@ async def serve(
                 retry_threshold=retry_threshold,
                 tickets=tickets,
                 reset_key=reset_key,
+                max_connections=max_connections,
+                on_refused=on_refused,
             ),
             local_addr=(host, port),
             reuse_port=None,

@@ -29,7 +29,6 @@ __all__ = [
     "IDENTITY",
     "KNOWN_ENCODINGS",
     "UnsupportedEncoding",
-    "available_encodings",
     "check_compression",
     "compress",
     "decompress",
@@ -64,11 +63,6 @@ ENCODINGS: Final[tuple[str, ...]] = ("gzip", "zstd") if _zstd is not None else (
 
 class UnsupportedEncoding(MalformedFrame):
     """A message names an encoding this side does not support."""
-
-
-def available_encodings() -> tuple[str, ...]:
-    """The encodings this process supports (`ENCODINGS`)."""
-    return ENCODINGS
 
 
 def check_compression(name: str, value: object, error: Callable[[str, str], Exception]) -> None:

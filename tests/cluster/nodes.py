@@ -6,10 +6,20 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+from echo.echo_pb2 import EchoReply, EchoRequest
+from echo.echo_quicflow import EchoBase
 from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyBase
 
-from quicflow import Client, ClientConfig, Server, ServerConfig, ServicerContext, StatusCode
+from quicflow import (
+    Client,
+    ClientConfig,
+    RpcError,
+    Server,
+    ServerConfig,
+    ServicerContext,
+    StatusCode,
+)
 from quicflow.testing import dev_certs
 
 
@@ -94,3 +104,61 @@ async def until(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
         if loop.time() > deadline:
             raise AssertionError(f"condition not met within {timeout} s")
         await asyncio.sleep(0.01)
+
+
+class StreamEcho(EchoBase):
+    """A client's Echo service for routed streams: records what it saw.
+
+    ``stream`` yields ``repeat`` replies (``delay_ms`` apart); ``collect`` joins the
+    texts; ``chat`` upper-cases each request (``stop`` fails FAILED_PRECONDITION).
+    """
+
+    def __init__(self) -> None:
+        self.yielded = 0
+        self.received: list[str] = []
+        self.cancelled = asyncio.Event()
+        self.metadata: tuple[tuple[str, str | bytes], ...] = ()
+        self.time_remaining: float | None = None
+
+    async def stream(
+        self, request: EchoRequest, context: ServicerContext
+    ) -> AsyncIterator[EchoReply]:
+        self.metadata = tuple(context.invocation_metadata())
+        self.time_remaining = context.time_remaining()
+        await context.send_initial_metadata([("from", "client")])
+        try:
+            for i in range(request.repeat):
+                if request.delay_ms:
+                    await asyncio.sleep(request.delay_ms / 1000)
+                yield EchoReply(text=request.text, index=i)
+                self.yielded = i + 1
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        context.set_trailing_metadata([("count", str(request.repeat))])
+
+    async def collect(
+        self, requests: AsyncIterator[EchoRequest], context: ServicerContext
+    ) -> EchoReply:
+        try:
+            async for request in requests:
+                self.received.append(request.text)
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return EchoReply(text=",".join(self.received))
+
+    async def chat(
+        self, requests: AsyncIterator[EchoRequest], context: ServicerContext
+    ) -> AsyncIterator[EchoReply]:
+        i = 0
+        try:
+            async for request in requests:
+                self.received.append(request.text)
+                if request.text == "stop":
+                    raise RpcError(StatusCode.FAILED_PRECONDITION, "told to stop")
+                yield EchoReply(text=request.text.upper(), index=i)
+                i += 1
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise

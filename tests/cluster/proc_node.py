@@ -3,7 +3,8 @@
 ``python -m tests.cluster.proc_node --nats URL[,URL] --node-id a --port P`` serves a
 node of cluster ``t`` and prints ``listening <port>`` once it has joined. A client may
 drive it with untyped ``ctl`` messages (JSON in, JSON out): ``push``, ``async_send``,
-``broadcast``, ``list``, ``stats`` (see `handle`).
+``broadcast``, ``list``, ``stats``, and the streaming calls ``stream``, ``collect``,
+``chat`` to a client's Echo service (see `handle`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from echo.echo_pb2 import EchoRequest
+from echo.echo_quicflow import EchoStub
 from notify.notify_pb2 import Event
 from notify.notify_quicflow import NotifyStub
 
@@ -70,12 +73,50 @@ async def handle(server: Server, request: dict[str, Any]) -> dict[str, Any]:
             "deliveries": {c: d.status.value for c, d in result.deliveries.items()},
             "nodes": nodes,
         }
+    if op in ("stream", "collect", "chat"):
+        return await _streaming(server, request)
     if op == "list":
         return {"clients": [[i.client_id, i.node] for i in server.list_clients()]}
     if op == "stats":
         assert server.cluster is not None
         return {"stats": server.cluster.stats.as_dict(), "nodes": server.cluster.nodes()}
     return {"error": "INVALID_ARGUMENT", "message": f"unknown op {op!r}"}
+
+
+async def _streaming(server: Server, request: dict[str, Any]) -> dict[str, Any]:
+    """One routed streaming call; ``cancel_after`` replies read, it is cancelled."""
+    loop = asyncio.get_running_loop()
+    start = loop.time()
+    stub = EchoStub(server.client(request["to"]))
+    timeout = request.get("timeout", 5.0)
+    texts: list[str] = request.get("texts", [])
+    replies: list[str] = []
+    op = request["op"]
+    try:
+        if op == "collect":
+            reply = await stub.collect((EchoRequest(text=t) for t in texts), timeout=timeout)
+            replies.append(reply.text)
+        else:
+            call = (
+                stub.stream(
+                    EchoRequest(
+                        text=request.get("text", "x"),
+                        repeat=request.get("repeat", 1),
+                        delay_ms=request.get("delay_ms", 0),
+                    ),
+                    timeout=timeout,
+                )
+                if op == "stream"
+                else stub.chat((EchoRequest(text=t) for t in texts), timeout=timeout)
+            )
+            cancel_after = request.get("cancel_after")
+            async for item in call:
+                replies.append(item.text)
+                if cancel_after is not None and len(replies) >= cancel_after:
+                    call.cancel()
+    except RpcError as exc:
+        return {**_error(exc), "replies": replies, "elapsed": loop.time() - start}
+    return {"replies": replies, "elapsed": loop.time() - start}
 
 
 async def serve(args: argparse.Namespace) -> None:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
-from notify.notify_pb2 import Event
+from notify.notify_pb2 import Ack, Event
 from notify.notify_quicflow import NotifyStub
 
 from quicflow import ClientNotConnected, RpcError, Server, StatusCode
+from quicflow.admin import ADMIN_TOKEN_KEY, AdminStub, ListClientsRequest
 from quicflow.cluster.natsserver import NatsServer
 from quicflow.cluster.node import ClusterBroadcastResult
-from quicflow.push import DeliveryStatus
+from quicflow.push import ClientChannel, DeliveryStatus
 
 from .nodes import connect, start_node, until
 
@@ -109,6 +110,52 @@ async def test_list_and_info_are_cluster_wide(two_nodes: tuple[Server, Server]) 
         await c2.close()
 
 
+TOKEN = "admin-token-for-tests"
+
+
+async def test_live_info_for_a_client_on_another_node(nats_server: NatsServer) -> None:
+    """Check that fetch_client_info on node a asks node b for its client's live figures
+    (calls, bytes, RTT, heartbeat: the registry has none of them), that fetch_clients and
+    the admin service's rows carry them, and that a client connected nowhere is
+    ClientNotConnected."""
+    urls = (nats_server.url,)
+    a = await start_node(urls, "a", admin_token=TOKEN)
+    b = await start_node(urls, "b")
+    remote, _ = await connect(b.port, "far", heartbeat_interval=0.2)
+    admin, _ = await connect(a.port, "ops")
+    try:
+        await until(lambda: _registered(a, "far", "b"))
+        for seq in (1, 2, 3):
+            await NotifyStub(a.client("far")).deliver(Event(seq=seq))
+        await until(lambda: b.get_client_info("far").last_heartbeat is not None)
+        assert a.get_client_info("far").calls_out == 0  # the registry's row
+        info = await a.fetch_client_info("far")
+        assert (info.client_id, info.node, info.calls_out) == ("far", "b", 3)
+        assert info.rtt is not None and info.last_heartbeat is not None
+        there = b.get_client_info("far")
+        assert (info.connected_since, info.bytes_in, info.bytes_out) == (
+            there.connected_since,
+            there.bytes_in,
+            there.bytes_out,
+        )
+        rows = {i.client_id: i for i in await a.fetch_clients()}
+        assert rows.keys() == {"far", "ops"} and rows["far"].calls_out == 3
+        assert rows["ops"].node == "a"
+        reply = await AdminStub(admin).list_clients(
+            ListClientsRequest(), metadata=[(ADMIN_TOKEN_KEY, TOKEN)]
+        )
+        listed = {e.client_id: e for e in reply.clients}
+        assert (listed["far"].node, listed["far"].calls_out) == ("b", 3)
+        assert listed["far"].rtt > 0
+        with pytest.raises(ClientNotConnected):
+            await a.fetch_client_info("nowhere")
+    finally:
+        await remote.close()
+        await admin.close()
+        await a.stop()
+        await b.stop()
+
+
 async def test_async_send_to_a_remote_client_resolves_with_its_ack(
     two_nodes: tuple[Server, Server],
 ) -> None:
@@ -201,6 +248,64 @@ async def test_held_send_is_delivered_where_the_client_comes_back(nats_server: N
         await b.stop()
 
 
+async def test_hold_max_count_is_per_client_cluster_wide(nats_server: NatsServer) -> None:
+    """Check that with hold_max_count=2, two sends to an absent client (from node a) are
+    held, a third (from node b) fails ClientNotConnected at once, not at its deadline, and
+    the two held ones are delivered when the client comes back."""
+    urls = (nats_server.url,)
+    a = await start_node(urls, "a", hold_max_count=2)
+    b = await start_node(urls, "b", hold_max_count=2)
+    try:
+
+        def deliver(seq: int) -> Callable[[ClientChannel], Awaitable[Ack]]:
+            return lambda ch: NotifyStub(ch).deliver(Event(seq=seq))
+
+        held = [a.async_send("away", deliver(n), timeout=5.0) for n in (1, 2)]
+        await until(lambda: a.cluster is not None and a.cluster.stats.held == 2)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        third = b.async_send("away", lambda ch: NotifyStub(ch).deliver(Event(seq=3)), timeout=5.0)
+        with pytest.raises(ClientNotConnected, match="hold slots are full"):
+            await third
+        assert loop.time() - start < 1.0
+        client, inbox = await connect(b.port, "away")
+        try:
+            assert sorted([(await p).seq for p in held]) == [1, 2]
+            assert sorted(e.seq for e in inbox.events) == [1, 2]
+        finally:
+            await client.close()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+async def test_hold_max_age_bounds_a_cluster_held_send(nats_server: NatsServer) -> None:
+    """Check that a held send whose client stays away fails ClientNotConnected after
+    hold_max_age (0.5 s), well before its 5 s deadline, and is not delivered when the
+    client comes back afterwards."""
+    urls = (nats_server.url,)
+    a = await start_node(urls, "a", hold_max_count=10, hold_max_age=0.5)
+    b = await start_node(urls, "b", hold_max_count=10, hold_max_age=0.5)
+    try:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        promise = a.async_send("gone", lambda ch: NotifyStub(ch).deliver(Event(seq=4)), timeout=5.0)
+        with pytest.raises(ClientNotConnected, match=r"did not come back within 0\.5 s"):
+            await promise
+        assert 0.5 <= loop.time() - start < 2.0
+        assert a.cluster is not None and a.cluster.stats.held_expired == 1
+        client, inbox = await connect(b.port, "gone")
+        try:
+            await asyncio.sleep(0.3)
+            assert inbox.events == []
+            assert b.cluster is not None and b.cluster.stats.held_delivered == 0
+        finally:
+            await client.close()
+    finally:
+        await a.stop()
+        await b.stop()
+
+
 async def test_nats_outage_fails_cluster_work_fast_and_recovers(nats_server: NatsServer) -> None:
     """Check that without NATS local pushes work and remote ones fail UNAVAILABLE at once,
     and that once NATS is back both nodes re-register their clients."""
@@ -283,21 +388,21 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
         await client.close()
 
 
-async def test_streaming_calls_stay_local_and_say_so(two_nodes: tuple[Server, Server]) -> None:
-    """Check that a streaming call to a client on another node fails UNIMPLEMENTED, and a
-    broadcast of one reaches local clients and reports remote ones UNIMPLEMENTED."""
+async def test_streaming_calls_reach_other_nodes(two_nodes: tuple[Server, Server]) -> None:
+    """Check that a client-streaming call to a client on another node is routed (once
+    UNIMPLEMENTED), and a broadcast of one reaches the clients of both nodes."""
     a, b = two_nodes
     here, _ = await connect(a.port, "here")
     there, _ = await connect(b.port, "there")
     try:
         await until(lambda: len(a.list_clients()) == 2)
-        with pytest.raises(RpcError) as refused:
-            await NotifyStub(a.client("there")).feed(iter([Event(seq=1)]))
-        assert refused.value.code is StatusCode.UNIMPLEMENTED
+        ack = await NotifyStub(a.client("there")).feed(iter([Event(seq=1), Event(seq=4)]))
+        assert (ack.client_id, ack.seq) == ("there", 5)
         result = await a.broadcast(lambda ch: NotifyStub(ch).feed(iter([Event(seq=2)])))
         assert result.deliveries["here"].status is DeliveryStatus.DELIVERED
-        assert result.deliveries["there"].status is DeliveryStatus.FAILED
-        assert result.deliveries["there"].code is StatusCode.UNIMPLEMENTED
+        assert result.deliveries["there"].status is DeliveryStatus.DELIVERED
+        reply = result.deliveries["there"].reply
+        assert reply is not None and (reply.client_id, reply.seq) == ("there", 2)
     finally:
         await here.close()
         await there.close()

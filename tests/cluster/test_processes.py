@@ -14,7 +14,7 @@ import pytest
 from quicflow import Client
 from quicflow.cluster.natsserver import NatsCluster, NatsServer
 
-from .nodes import Inbox, client_config, until
+from .nodes import Inbox, StreamEcho, client_config, until
 from .procs import NodeProc
 
 pytestmark = pytest.mark.faults
@@ -45,7 +45,12 @@ class Clients:
         self.all: list[Client] = []
 
     async def connect(
-        self, node: NodeProc, client_id: str, *more: NodeProc, **overrides: object
+        self,
+        node: NodeProc,
+        client_id: str,
+        *more: NodeProc,
+        echo: StreamEcho | None = None,
+        **overrides: object,
     ) -> tuple[Client, Inbox]:
         inbox = Inbox(client_id)
         config = client_config(
@@ -59,6 +64,8 @@ class Clients:
         )
         client = Client(config)
         client.add_service(inbox)
+        if echo is not None:
+            client.add_service(echo)
         await client.connect()
         self.all.append(client)
         return client, inbox
@@ -236,3 +243,80 @@ async def test_all_nats_down_and_back(
     await _listed(a, [("here", "a"), ("there", "b")], timeout=10.0)
     await _listed(b, [("here", "a"), ("there", "b")], timeout=5.0)
     assert (await a.do("push", to="there", seq=3))["seq"] == 3
+
+
+async def test_streaming_calls_from_a_to_a_client_on_c(
+    nodes: list[NodeProc], clients: Clients
+) -> None:
+    """Check that server-streaming, client-streaming and bidirectional calls made on node a
+    reach the client on node c and every reply comes back in order."""
+    a, _, c = nodes
+    echo = StreamEcho()
+    await clients.connect(c, "echo-c", echo=echo)
+    await _listed(a, [("echo-c", "c")])
+    answer = await a.do("stream", to="echo-c", text="s", repeat=50)
+    assert answer["replies"] == ["s"] * 50 and "error" not in answer
+    texts = [f"r{i}" for i in range(40)]  # over the credit window of 16
+    answer = await a.do("collect", to="echo-c", texts=texts)
+    assert answer["replies"] == [",".join(texts)]
+    echo.received.clear()
+    answer = await a.do("chat", to="echo-c", texts=["a", "b", "c"])
+    assert answer["replies"] == ["A", "B", "C"] and echo.received == ["a", "b", "c"]
+    answer = await a.do("chat", to="echo-c", texts=["a", "stop"])
+    assert answer["error"] == "FAILED_PRECONDITION" and answer["replies"] == ["A"]
+    assert (await a.do("stream", to="nowhere"))["error"] == "UNAVAILABLE"
+
+
+async def test_cancel_mid_stream_resets_the_stream_on_the_owning_node(
+    nodes: list[NodeProc], clients: Clients
+) -> None:
+    """Check that a routed stream cancelled on node a (after 3 replies) cancels the
+    handler of the client on node c."""
+    a, _, c = nodes
+    echo = StreamEcho()
+    await clients.connect(c, "echo-c", echo=echo)
+    await _listed(a, [("echo-c", "c")])
+    answer = await a.do("stream", to="echo-c", repeat=1000, delay_ms=20, cancel_after=3)
+    assert (answer["error"], answer["replies"]) == ("CANCELLED", ["x", "x", "x"])
+    async with asyncio.timeout(2.0):
+        await echo.cancelled.wait()
+    assert echo.yielded < 100
+
+
+async def test_deadline_of_a_routed_stream_travels(nodes: list[NodeProc], clients: Clients) -> None:
+    """Check that a routed stream's deadline ends it DEADLINE_EXCEEDED on node a and the
+    client's handler on node c sees the deadline and is cancelled."""
+    a, _, c = nodes
+    echo = StreamEcho()
+    await clients.connect(c, "echo-c", echo=echo)
+    await _listed(a, [("echo-c", "c")])
+    answer = await a.do("stream", to="echo-c", repeat=1000, delay_ms=50, timeout=0.5)
+    assert answer["error"] == "DEADLINE_EXCEEDED" and 0 < len(answer["replies"]) < 20
+    assert echo.time_remaining is not None and 0 < echo.time_remaining <= 0.5
+    async with asyncio.timeout(2.0):
+        await echo.cancelled.wait()
+
+
+@pytest.mark.serial  # measures a real-time bound
+async def test_owning_node_killed_mid_stream_is_unavailable_within_the_ttl(
+    nodes: list[NodeProc], clients: Clients
+) -> None:
+    """Check that SIGKILLing node c while a routed stream from a to c's client runs ends the
+    stream UNAVAILABLE on a within the node TTL (plus refresh slack), long before its
+    deadline, with the replies that arrived before."""
+    a, _, c = nodes
+    echo = StreamEcho()
+    await clients.connect(c, "echo-c", echo=echo, reconnect=False)
+    await _listed(a, [("echo-c", "c")])
+    stream = asyncio.ensure_future(
+        a.do("stream", 30.0, to="echo-c", repeat=100_000, delay_ms=10, timeout=20.0)
+    )
+    await until(lambda: echo.yielded >= 5)
+    loop = asyncio.get_running_loop()
+    killed = loop.time()
+    c.kill()
+    answer = await stream
+    assert answer["error"] == "UNAVAILABLE", answer
+    assert "died mid-stream" in answer["message"]
+    assert loop.time() - killed < NODE_TTL + 1.0
+    assert len(answer["replies"]) >= 5

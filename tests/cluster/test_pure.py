@@ -9,16 +9,24 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from quicflow.cluster.codec import (
+    STREAM_REQUESTS,
+    STREAM_RESPONSES,
     BroadcastCall,
     CallOutcome,
     ClientOutcome,
+    Frame,
+    FrameType,
     NodeAnswer,
     NodeRecord,
     Registration,
     RoutedCall,
+    StreamOpen,
+    decode_client_infos,
+    encode_client_infos,
 )
 from quicflow.cluster.subjects import Names, decode_token, encode_token
 from quicflow.cluster.view import ClusterView, kick_applies
+from quicflow.sessions import ClientInfo, SessionState
 from quicflow.status import StatusCode
 
 _TOKEN_CHARS = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
@@ -209,3 +217,66 @@ def test_refused_compare_and_set_names_the_real_revision() -> None:
 
     assert _last_sequence(KeyWrongLastSequenceError(description="wrong last sequence: 37")) == 37
     assert _last_sequence(ValueError("something else")) is None
+
+
+def test_stream_open_round_trips_and_refuses_bad_kinds() -> None:
+    """Check that a StreamOpen survives encode/decode and that a kind with no bits, an
+    unknown bit or a zero window is refused."""
+    call = RoutedCall("/echo.Echo/Chat", b"", (("k", "v"),), 2.5, b"id", "node-a")
+    opened = StreamOpen(call, STREAM_REQUESTS | STREAM_RESPONSES, 16)
+    assert StreamOpen.decode(opened.encode()) == opened
+    for kind, window in ((0, 16), (4, 16), (STREAM_RESPONSES, 0)):
+        with pytest.raises(ValueError):
+            StreamOpen.decode(StreamOpen(call, kind, window).encode())
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [
+        Frame(FrameType.OPENED, 0, node="c", subject="_QF.abc.7", credit=16),
+        Frame(FrameType.HEADERS, 1, metadata=(("a", "b"), ("x-bin", b"\x00"))),
+        Frame(FrameType.MESSAGE, 2, payload=b"\x00\x01payload"),
+        Frame(FrameType.MESSAGE, 3),
+        Frame(FrameType.CREDIT, 4, credit=8),
+        Frame(FrameType.HALF_CLOSE, 5),
+        Frame(
+            FrameType.END,
+            6,
+            code=StatusCode.UNAVAILABLE,
+            message="gone",
+            metadata=(("t", "1"),),
+            not_here=True,
+        ),
+        Frame(FrameType.CANCEL, 2**32 - 1, code=StatusCode.CANCELLED, message="call cancelled"),
+    ],
+)
+def test_stream_frames_round_trip(frame: Frame) -> None:
+    """Check that each frame type survives encode/decode field for field."""
+    assert Frame.decode(frame.encode()) == frame
+
+
+def test_stream_frames_refuse_unknown_types_and_truncation() -> None:
+    """Check that an unknown frame type, a truncated frame and trailing bytes are refused."""
+    good = Frame(FrameType.CREDIT, 1, credit=3).encode()
+    with pytest.raises(ValueError, match="unknown stream frame type"):
+        Frame.decode(bytes((1, 99)) + good[2:])
+    with pytest.raises(ValueError):
+        Frame.decode(good[:-1])
+    with pytest.raises(ValueError):
+        Frame.decode(good + b"x")
+
+
+def test_client_infos_round_trip_and_refuse_garbage() -> None:
+    """Check that live client snapshots survive encode/decode (None fields included) and
+    that a malformed answer is a ValueError."""
+    infos = [
+        ClientInfo("a", "127.0.0.1:1", 1.5, None, 0, None, 5.0, 1, 2, 3, 4, {}, node="n"),
+        ClientInfo(
+            "b.c", "[::1]:2", 2.5, 9.25, 1, 0.003, 1.0, 5, 6, 7, 8, {"zone": "x"},
+            SessionState.DRAINING, "m",
+        ),
+    ]  # fmt: skip
+    assert decode_client_infos(encode_client_infos(infos)) == infos
+    for bad in (b"{", b'[{"id": "a"}]', b"[1]", b'[{"state": "nope"}]'):
+        with pytest.raises(ValueError):
+            decode_client_infos(bad)

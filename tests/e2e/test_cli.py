@@ -137,8 +137,8 @@ def test_call_unary_from_a_proto_prints_json(served: Served) -> None:
     assert json.loads(result.stdout) == {"text": "hello"}
 
 
-def test_call_server_stream_from_a_descriptor_set(served: Served, tmp_path: Path) -> None:
-    """Check that `call --descriptor-set` streams one JSON line per reply (input from stdin)."""
+def echo_descriptor_set(tmp_path: Path) -> Path:
+    """echo/echo.proto and its imports compiled by protoc into a descriptor set file."""
     descriptor_set = tmp_path / "echo.pb"
     subprocess.run(
         [
@@ -152,6 +152,12 @@ def test_call_server_stream_from_a_descriptor_set(served: Served, tmp_path: Path
         ],
         check=True,
     )
+    return descriptor_set
+
+
+def test_call_server_stream_from_a_descriptor_set(served: Served, tmp_path: Path) -> None:
+    """Check that `call --descriptor-set` streams one JSON line per reply (input from stdin)."""
+    descriptor_set = echo_descriptor_set(tmp_path)
     result = quicflow(
         "call",
         "/echo.Echo/Stream",
@@ -180,19 +186,7 @@ def without_grpc_tools(*args: str) -> subprocess.CompletedProcess[str]:
 def test_call_needs_grpcio_tools_only_for_a_proto(served: Served, tmp_path: Path) -> None:
     """Check that without grpcio-tools `call --descriptor-set` still works and `--proto` says
     what to install or use instead."""
-    descriptor_set = tmp_path / "echo.pb"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "grpc_tools.protoc",
-            f"-I{ROOT / 'proto'}",
-            "--include_imports",
-            f"--descriptor_set_out={descriptor_set}",
-            "echo/echo.proto",
-        ],
-        check=True,
-    )
+    descriptor_set = echo_descriptor_set(tmp_path)
     args = ["call", "echo.Echo/Say", '{"text": "no protoc"}', *served.connection()]
     done = without_grpc_tools(*args, "--descriptor-set", str(descriptor_set))
     assert done.returncode == 0, done.stderr

@@ -19,7 +19,7 @@ import pytest
 from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
-from quicflow import Client, ClientState, StatusCode
+from quicflow import Client, ClientState, RpcError, StatusCode
 from quicflow.sessions import ClientInfo
 from quicflow.testing import ClientFor, FakeClock
 from quicflow.wire import ErrorCode
@@ -237,9 +237,9 @@ async def test_reconnect_waits_exactly_the_backoff_delays() -> None:
             await _until(functools.partial(_has, waits, attempt + 1))
         assert [round(at - start, 6) for _, _, at in waits] == [0.0, 0.1, 0.3, 0.7]
         assert client.state is ClientState.RECONNECTING
-        with pytest.raises(Exception) as failed:
+        with pytest.raises(RpcError) as failed:
             await EchoStub(client).say(EchoRequest(text="x"))
-        assert getattr(failed.value, "code", None) is StatusCode.UNAVAILABLE
+        assert failed.value.code is StatusCode.UNAVAILABLE
 
 
 async def test_silent_client_info_before_eviction() -> None:

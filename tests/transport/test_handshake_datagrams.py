@@ -9,11 +9,14 @@ from typing import Any
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
+from echo.echo_pb2 import EchoRequest
+from echo.echo_quicflow import EchoStub
 
 from quicflow import Client
 from quicflow.certs import write_dev_certs
 from quicflow.testing import ClientFor
 from quicflow.transport.engine_aioquic import HANDSHAKE_DATAGRAM_SIZE, AioquicFlowConnection
+from quicflow.transport.quic import QuicFlowProtocol
 from quicflow.transport.tls import client_configuration, server_configuration
 from tests.e2e.service import TestEcho
 
@@ -176,3 +179,35 @@ def test_datagrams_above_16_kib_carry_stream_data_intact(tmp_path: Path) -> None
             break
     assert bytes(received) == payload
     assert max(sizes) > 3 * 16384
+
+
+async def test_client_reads_a_burst_then_transmits_once(monkeypatch: Any) -> None:
+    """Check that a client receiving a burst (a 2 MiB reply in 1,200-byte datagrams)
+    feeds the engine what has arrived and answers with one transmit: fewer than one
+    transmit per two datagrams received (one per datagram before, each an ACK)."""
+    received = [0]
+    transmits = [0]
+    receive = AioquicFlowConnection.receive_datagram
+    transmit = QuicFlowProtocol.transmit
+
+    def counting_receive(self: AioquicFlowConnection, data: bytes, addr: Any, now: float) -> None:
+        if self._is_client:
+            received[0] += 1
+        receive(self, data, addr, now)
+
+    def counting_transmit(self: QuicFlowProtocol) -> None:
+        if self._quic.configuration.is_client:
+            transmits[0] += 1
+        transmit(self)
+
+    options = {"max_datagram_size": 1200, "max_message_size": 4 << 20, "quic_engine": "aioquic"}
+    harness = ClientFor([TestEcho()], server_options=options, client_options=options)
+    async with harness as client:
+        text = "z" * (2 << 20)
+        monkeypatch.setattr(AioquicFlowConnection, "receive_datagram", counting_receive)
+        monkeypatch.setattr(QuicFlowProtocol, "transmit", counting_transmit)
+        reply = await EchoStub(client).say(EchoRequest(text=text), timeout=30)
+        monkeypatch.undo()
+        assert reply.text == text
+    assert received[0] > 1000
+    assert transmits[0] < received[0] / 2, (transmits[0], received[0])
