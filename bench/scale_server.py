@@ -96,6 +96,8 @@ class Watch:
 
 async def serve(args: argparse.Namespace) -> None:
     settings: dict[str, Any] = {}
+    if args.broadcast_window:
+        settings["broadcast_max_in_flight"] = args.broadcast_window
     if not args.no_reset_key:
         # The deployment a restart should recover fast in: the stateless reset key survives
         # the restart, so the new server resets each old client at its next packet.
@@ -199,6 +201,7 @@ def main() -> None:
     parser.add_argument("--hb-interval", type=float, default=0.0, help="0: the default")
     # Levers measured against each other (docs/scale.md "What helped").
     parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
+    parser.add_argument("--broadcast-window", type=int, default=0, help="0: the default")
     parser.add_argument("--no-reset-key", action="store_true", help="no stateless reset key")
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
     parser.add_argument(

@@ -75,17 +75,25 @@ class GcGovernor:
         self._next: float | None = now + interval
 
     def decide(
-        self, walked: int, frozen: int, alive: int, ended: int, now: float = 0.0
+        self,
+        walked: int,
+        frozen: int,
+        alive: int,
+        ended: int,
+        now: float = 0.0,
+        busy: bool = False,
     ) -> GcAction:
         """The action at ``now``: ``walked`` objects the oldest generation holds, ``frozen``
         objects frozen, ``alive`` connections now, ``ended`` connections ended ever.
 
         A thaw costs one full collection over the whole heap, so it comes at most once
         per `thaw_interval`: in a storm, thousands of handshakes that never finish end
-        too, and counting them must not turn into a long pause every second."""
+        too, and counting them must not turn into a long pause every second. Nor while
+        ``busy`` (handshakes in progress): a storm is the worst moment for that pause."""
         churn = ended - self.ended_at_thaw
         if (
             frozen
+            and not busy
             and churn > max(100, self.thaw_fraction * max(self.frozen_with, alive))
             and now >= self.thawed_at + self.thaw_interval
         ):
@@ -114,11 +122,11 @@ class GcGovernor:
         """When to look next (`PolicyTimer`'s ``next_deadline``)."""
         return self._next
 
-    def poll(self, now: float, alive: int, ended: int) -> GcAction:
+    def poll(self, now: float, alive: int, ended: int, busy: bool = False) -> GcAction:
         """Look now: decide and apply; the next look is `interval` seconds later."""
         self._next = now + self.interval
         walked = len(gc.get_objects(generation=2))
-        action = self.decide(walked, gc.get_freeze_count(), alive, ended, now)
+        action = self.decide(walked, gc.get_freeze_count(), alive, ended, now, busy)
         self.apply(action, alive, ended, now)
         return action
 

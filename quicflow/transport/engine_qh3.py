@@ -42,6 +42,8 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+from qh3 import tls as qh3_tls  # type: ignore[import-untyped,unused-ignore]
+from qh3._hazmat import Buffer as Qh3Buffer  # type: ignore[import-untyped,unused-ignore]
 from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
     QuicConnectionCore as Qh3Core,
 )
@@ -54,6 +56,12 @@ from qh3.quic.configuration import (  # type: ignore[import-untyped,unused-ignor
 )
 from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
     QuicConnection as Qh3Connection,
+)
+from qh3.quic.packet import (  # type: ignore[import-untyped,unused-ignore]
+    pull_quic_transport_parameters as qh3_pull_parameters,
+)
+from qh3.quic.packet import (  # type: ignore[import-untyped,unused-ignore]
+    push_quic_transport_parameters as qh3_push_parameters,
 )
 
 from ..errors import ConfigError
@@ -70,6 +78,12 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "wrapped for one datagram: hand the padding to the last packet (_receive_padded)",
     ),
     PrivateUse(Qh3Connection, "_open_stream", ("self", "is_unidirectional"), "reserve a stream id"),
+    PrivateUse(
+        Qh3Connection,
+        "_create_tls",
+        ("self", "remote_source_cid"),
+        "overridden: a client announces its max_datagram_size, not qh3's fixed 1,472",
+    ),
     PrivateUse(Qh3Connection, "_core", None, "the Rust core: stream limits, RTT"),
     PrivateUse(Qh3Connection, "_is_client", None, "only a server receives padded Initials"),
     PrivateUse(Qh3Connection, "_handshake_complete", None, "padding matters before it"),
@@ -78,6 +92,24 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(Qh3Core, "stream_limits", None, "(peer bidi limit, _, bidi opened, _)"),
     PrivateUse(Qh3Core, "smoothed_rtt", None, "the smoothed RTT"),
 )
+
+
+def _announce_datagram_size(context: Any, size: int) -> None:
+    """Make a qh3 client's transport parameters announce ``size`` as the largest UDP payload
+    it takes: qh3 always announces 1,472, so a qh3 server never sent it more, however large
+    the datagrams both ends were configured for (65,000 on loopback)."""
+    if size <= 1472:
+        return
+    extensions = []
+    for kind, data in context.handshake_extensions:
+        if kind == qh3_tls.ExtensionType.QUIC_TRANSPORT_PARAMETERS:
+            parameters = qh3_pull_parameters(Qh3Buffer(data=data))
+            parameters.max_udp_payload_size = size
+            buf = Qh3Buffer(capacity=len(data) + 16)
+            qh3_push_parameters(buf, parameters)
+            data = buf.data
+        extensions.append((kind, data))
+    context.handshake_extensions = extensions
 
 
 def _convert(event: Any) -> Any:
@@ -126,6 +158,12 @@ class Qh3FlowConnection(Qh3Connection):
         self.client_certificate = None  # a qh3 server cannot ask for one
         self._peer_address: Any = None
         self._path: object | None = None
+
+    def _create_tls(self, remote_source_cid: bytes | None) -> Any:
+        bridge = super()._create_tls(remote_source_cid)
+        if self._is_client:
+            _announce_datagram_size(bridge.tls, self._configuration.max_datagram_size)
+        return bridge
 
     def next_event(self) -> Any:
         while True:

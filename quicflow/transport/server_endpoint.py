@@ -125,7 +125,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._read = self._started = 0
         self._backlog: deque[tuple[float, bytes, NetworkAddress]] = deque()
         self.connections_ended = 0
-        """Connections that ended since the endpoint started."""
+        """Connections that ended after their handshake completed, since the endpoint
+        started (handshakes that never finish are not counted)."""
         self.handshakes_per_pass = HANDSHAKES_PER_PASS
         """New connections started per loop pass at most (0: no limit)."""
         self.handshakes_shed = 0
@@ -411,7 +412,8 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         protocol.cids.clear()
         if protocol in self.connections:
             self.connections.discard(protocol)
-            self.connections_ended += 1
+            if protocol not in self._handshaking:
+                self.connections_ended += 1
         self._handshaking.discard(protocol)
 
     def close(self) -> None:

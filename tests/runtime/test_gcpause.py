@@ -73,3 +73,12 @@ def test_polls_once_per_interval_and_releases_what_it_froze() -> None:
         assert gc.get_freeze_count() == 0
     finally:
         gc.unfreeze()
+
+
+def test_never_thaws_while_handshakes_are_in_progress() -> None:
+    """Check that a thaw due by churn and interval waits while the server is busy with
+    handshakes (a storm), and comes once it is not."""
+    governor = GcGovernor(walk_limit=1000, thaw_interval=0.0)
+    governor.frozen_with = 1000
+    assert governor.decide(10, 5000, 0, 2000, now=5.0, busy=True) is GcAction.NOTHING
+    assert governor.decide(10, 5000, 0, 2000, now=5.0, busy=False) is GcAction.THAW

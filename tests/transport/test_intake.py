@@ -122,3 +122,15 @@ async def test_established_connections_go_before_new_handshakes(
     await _settle()
     assert recorder.seen == [0]
     assert len(endpoint.connections) == 4
+
+
+async def test_only_connections_past_their_handshake_count_as_ended(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that a connection ending mid-handshake leaves connections_ended alone (a storm's
+    failed handshakes are not churn of long-lived connections)."""
+    _burst(endpoint.port, [_initial()[0]])
+    await _settle()
+    [protocol] = list(endpoint.connections)
+    endpoint.connection_ended(protocol)
+    assert (len(endpoint.connections), endpoint.connections_ended) == (0, 0)
