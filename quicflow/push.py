@@ -164,6 +164,10 @@ class ClientChannel(ChannelMethods):
         session = self._server.sessions.get(self.client_id)
         return session.message_lane if session is not None else None
 
+    def encodings_for_call(self) -> frozenset[str]:
+        session = self._server.sessions.get(self.client_id)
+        return session.peer_encodings if session is not None else frozenset()
+
     async def wait_ready(self) -> None:
         self.connection_for_call()  # raises: push does not wait for a client to come back
 

@@ -19,13 +19,14 @@ u32 length + bytes; ``md`` = u16 count, then per pair ``str`` key, u8 kind
                   str client id, u8 delivery (0 delivered, 1 failed, 2 timed out),
                   CallOutcome
     StreamOpen  : u8 version=1, u8 kind (1 = requests stream, 2 = responses
-                  stream), u32 window, RoutedCall (its payload: the one request,
+                  stream), u32 window (bytes), RoutedCall (its payload: the one request,
                   or empty when requests stream)
     Frame       : u8 version=1, u8 type, u32 seq, then by type:
-                  1 OPENED     str node, str subject, u32 credit
+                  1 OPENED     str node, str subject, u32 credit (bytes)
                   2 HEADERS    md initial metadata
                   3 MESSAGE    the message bytes (the rest of the frame)
-                  4 CREDIT     u32 more messages the peer may send
+                  4 CREDIT     u32 more bytes the peer may send (a message
+                               costs its length + 64)
                   5 HALF_CLOSE (nothing)
                   6 END        u8 code, u8 flags (1 = not here), str message, md trailing
                   7 CANCEL     u8 code, str message
@@ -325,7 +326,8 @@ class StreamOpen:
     kind: int
     """`STREAM_REQUESTS` | `STREAM_RESPONSES` bits."""
     window: int
-    """Response messages the owning node may send before it gets CREDIT."""
+    """Bytes of responses the owning node may send before it gets CREDIT (each message
+    costs its length plus 64)."""
 
     def encode(self) -> bytes:
         out = bytearray((VERSION, self.kind))
@@ -371,7 +373,7 @@ class Frame:
     metadata: Metadata = ()
     """HEADERS: initial metadata; END: trailing metadata."""
     credit: int = 0
-    """OPENED: request messages the caller may send; CREDIT: how many more."""
+    """OPENED: request bytes the caller may send; CREDIT: how many more."""
     node: str = ""
     """OPENED: the owning node's id."""
     subject: str = ""
@@ -383,9 +385,10 @@ class Frame:
     not_here: bool = False
     """END before OPENED: the client is not on this node; nothing was sent, retry."""
 
-    def encode(self) -> bytes:
+    def encode(self, seq: int | None = None) -> bytes:
+        """The frame's bytes, numbered ``seq`` (default: its own ``seq``)."""
         out = bytearray((VERSION, self.type))
-        out += struct.pack(">I", self.seq)
+        out += struct.pack(">I", self.seq if seq is None else seq)
         kind = self.type
         if kind is FrameType.OPENED:
             _put_str(out, self.node)

@@ -518,7 +518,7 @@ class ClusterNode:
         call_timeout: float = 30.0,
         broadcast_grace: float = 1.0,
         max_in_flight: int = 1000,
-        stream_window: int = 16,
+        stream_window: int = 256 * 1024,
     ) -> None:
         self.server = server
         self.backend = backend
@@ -529,7 +529,8 @@ class ClusterNode:
         self.broadcast_grace = broadcast_grace
         self.max_in_flight = max_in_flight
         self.stream_window = stream_window
-        """Messages a routed stream may have unacknowledged per direction (its credit)."""
+        """Bytes a routed stream may have unconsumed per direction (its credit window;
+        each message counts its length plus 64)."""
         self.streams_out: set[RoutedStream] = set()
         """Routed streams this node called, not ended."""
         self.streams_in: set[ServedStream] = set()

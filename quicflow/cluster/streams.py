@@ -16,11 +16,14 @@ a *routed stream* over core NATS (no JetStream):
    and one END from the owner; MESSAGE, HALF_CLOSE or CANCEL from the caller;
    CREDIT both ways.
 
-Bounds: each side may have at most ``window`` MESSAGE frames unacknowledged
-(the receiver grants CREDIT as the messages are consumed: by the user reading
-on the caller, by the QUIC call on the owner), so a routed stream buffers at
-most ``window`` messages per direction on each node, and a slow reader slows
-the client down through QUIC flow control rather than growing a queue.
+Bounds: credit counts bytes, each message costing its length plus
+`MESSAGE_OVERHEAD` (64). A side may send a MESSAGE while what it sent is below
+what the receiver granted (``window`` at first, then each CREDIT); the
+receiver grants back what its side consumed (the user reading on the caller,
+the QUIC call on the owner) once that reaches half the window. So a routed
+stream buffers at most ``window`` bytes plus one message per direction on
+each node, and a slow reader slows the client down through QUIC flow control
+rather than growing a queue.
 
 Failure, never false success: frames are numbered per direction; a gap (a
 frame NATS lost, e.g. across a reconnect) ends the stream UNAVAILABLE on both
@@ -111,9 +114,56 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _grant_every(window: int) -> int:
-    """Credit is granted back in batches of half the window (at least one message)."""
-    return max(window // 2, 1)
+MESSAGE_OVERHEAD = 64
+"""Bytes of credit a message costs beyond its own length (what holding it costs Python),
+so a window also bounds how many tiny messages wait."""
+
+
+def message_cost(payload: bytes) -> int:
+    """The credit one MESSAGE frame uses."""
+    return len(payload) + MESSAGE_OVERHEAD
+
+
+class _Outgoing:
+    """Send credit (sans-IO): a MESSAGE may go while what was sent is below what the peer
+    granted, so at most the window plus one message is ever unconsumed."""
+
+    __slots__ = ("granted", "sent")
+
+    def __init__(self, window: int = 0) -> None:
+        self.granted = window
+        self.sent = 0
+
+    def open(self) -> bool:
+        return self.sent < self.granted
+
+
+class _Incoming:
+    """Receive credit (sans-IO): checks the peer kept to it, grants back as consumed."""
+
+    __slots__ = ("granted", "pending", "received", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.granted = window
+        self.received = 0
+        self.pending = 0
+
+    def accept(self, cost: int) -> bool:
+        """Count an arriving message; False if the peer had no credit to send it."""
+        if self.received >= self.granted:
+            return False
+        self.received += cost
+        return True
+
+    def consumed(self, cost: int) -> int:
+        """Count a consumed message; the credit to grant back now (0: not yet)."""
+        self.pending += cost
+        if self.pending < max(self.window // 2, 1):
+            return 0
+        grant, self.pending = self.pending, 0
+        self.granted += grant
+        return grant
 
 
 class RoutedStream:
@@ -151,9 +201,12 @@ class RoutedStream:
         self._opening: asyncio.Future[Frame | None] | None = None
         self._send_seq = 0
         self._recv_seq = 0
-        self._credit = 0
+        self._out = _Outgoing()
+        self._in = _Incoming(self._window)
+        self._outbox: list[tuple[str, bytes]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
-        self._consumed = 0
+        self._buffered_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -243,36 +296,38 @@ class RoutedStream:
         except Exception as exc:
             self.fail(StatusCode.INTERNAL, f"could not serialize the request: {exc}")
             return False
-        while self._credit <= 0:
+        while not self._out.open():
             if self._code is not None:
                 return False
             self._credit_changed.clear()
             await self._credit_changed.wait()
         if self._code is not None:
             return False
-        self._credit -= 1
+        self._out.sent += message_cost(data)
         self._send(Frame(FrameType.MESSAGE, 0, payload=data))
         return True
 
     # -- frames --
 
     def _send(self, frame: Frame) -> None:
-        """Number ``frame`` and publish it to the owner (in order: publishing appends to
-        the NATS client's buffer before it first yields, and tasks start in order)."""
+        """Number ``frame`` and queue it for the owner (one flusher task per stream
+        publishes the queue in order)."""
         subject = self._owner_subject
         if subject is None:
             return
-        data = Frame(
-            frame.type,
-            self._send_seq,
-            frame.payload,
-            frame.metadata,
-            frame.credit,
-            code=frame.code,
-            message=frame.message,
-        ).encode()
+        self._outbox.append((subject, frame.encode(self._send_seq)))
         self._send_seq += 1
-        self._node.spawn(self._publish(subject, data))
+        if self._flusher is None:
+            self._flusher = self._node.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                for subject, data in batch:
+                    await self._publish(subject, data)
+        finally:
+            self._flusher = None
 
     async def _publish(self, subject: str, data: bytes) -> None:
         try:
@@ -313,7 +368,7 @@ class RoutedStream:
             if kind is FrameType.OPENED:
                 self._owner_subject = frame.subject
                 self.owner_node = frame.node
-                self._credit = frame.credit
+                self._out.granted = frame.credit
                 opening.set_result(frame)
             elif kind is FrameType.END:
                 opening.set_result(frame)
@@ -323,12 +378,13 @@ class RoutedStream:
         if kind is FrameType.HEADERS:
             self._initial = frame.metadata
         elif kind is FrameType.MESSAGE:
-            if len(self._messages) >= self._window:
+            if not self._in.accept(message_cost(frame.payload)):
                 self.fail(StatusCode.INTERNAL, "the client's node sent past its credit")
                 return
             self._messages.append(frame.payload)
+            self._buffered_bytes += len(frame.payload)
         elif kind is FrameType.CREDIT:
-            self._credit += frame.credit
+            self._out.granted += frame.credit
             self._credit_changed.set()
         elif kind is FrameType.END:
             self._end(frame.code, frame.message, frame.metadata)
@@ -393,10 +449,10 @@ class RoutedStream:
         while True:
             if self._messages:
                 data = self._messages.popleft()
-                self._consumed += 1
-                if self._consumed >= _grant_every(self._window) and self._code is None:
-                    self._send(Frame(FrameType.CREDIT, 0, credit=self._consumed))
-                    self._consumed = 0
+                self._buffered_bytes -= len(data)
+                grant = self._in.consumed(message_cost(data))
+                if grant and self._code is None:
+                    self._send(Frame(FrameType.CREDIT, 0, credit=grant))
                 return data
             if self._error is not None:
                 raise self._error
@@ -446,8 +502,13 @@ class RoutedStream:
 
     @property
     def buffered(self) -> int:
-        """Response messages received and not read yet (at most the window)."""
+        """Response messages received and not read yet."""
         return len(self._messages)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Their bytes: with the per-message overhead, at most the window plus one message."""
+        return self._buffered_bytes
 
 
 class _RemoteStreamMixin:
@@ -562,29 +623,32 @@ class ServedStream:
         self._requests: deque[bytes] = deque()
         self._requests_changed = asyncio.Event()
         self._half_closed = False
-        self._credit = open_.window
+        self._out = _Outgoing(open_.window)
+        self._in = _Incoming(self._window)
+        self._outbox: list[bytes] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
-        self._consumed = 0
         self._token: str | None = None
         self._call: Any = None
         self._over: RpcError | None = None
         """Why the stream ended early (cancel from the caller, lost frames, caller gone)."""
 
     def _send(self, frame: Frame) -> None:
-        data = Frame(
-            frame.type,
-            self._send_seq,
-            frame.payload,
-            frame.metadata,
-            frame.credit,
-            frame.node,
-            frame.subject,
-            frame.code,
-            frame.message,
-            frame.not_here,
-        ).encode()
+        """Number ``frame`` and queue it for the caller (published in order by one
+        flusher task per stream)."""
+        self._outbox.append(frame.encode(self._send_seq))
         self._send_seq += 1
-        self._node.spawn(self._publish(data))
+        if self._flusher is None:
+            self._flusher = self._node.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                for data in batch:
+                    await self._publish(data)
+        finally:
+            self._flusher = None
 
     async def _publish(self, data: bytes) -> None:
         try:
@@ -621,7 +685,7 @@ class ServedStream:
         self._recv_seq += 1
         kind = frame.type
         if kind is FrameType.MESSAGE:
-            if self._half_closed or len(self._requests) >= self._window:
+            if self._half_closed or not self._in.accept(message_cost(frame.payload)):
                 self.abort(StatusCode.INTERNAL, "the calling node sent past its credit")
                 return
             self._requests.append(frame.payload)
@@ -630,7 +694,7 @@ class ServedStream:
             self._half_closed = True
             self._requests_changed.set()
         elif kind is FrameType.CREDIT:
-            self._credit += frame.credit
+            self._out.granted += frame.credit
             self._credit_changed.set()
         elif kind is FrameType.CANCEL:
             self.abort(frame.code, frame.message or "cancelled by the calling node")
@@ -647,17 +711,16 @@ class ServedStream:
             if self._over is not None:
                 return
             data = self._requests.popleft()
-            self._consumed += 1
-            if self._consumed >= _grant_every(self._window):
-                self._send(Frame(FrameType.CREDIT, 0, credit=self._consumed))
-                self._consumed = 0
+            grant = self._in.consumed(message_cost(data))
+            if grant:
+                self._send(Frame(FrameType.CREDIT, 0, credit=grant))
             yield data
 
-    async def _reply_credit(self) -> None:
-        while self._credit <= 0 and self._over is None:
+    async def _reply_credit(self, reply: bytes) -> None:
+        while not self._out.open() and self._over is None:
             self._credit_changed.clear()
             await self._credit_changed.wait()
-        self._credit -= 1
+        self._out.sent += message_cost(reply)
 
     async def run(self) -> None:
         """Serve the stream to its end (the caller hears END in every case)."""
@@ -722,7 +785,7 @@ class ServedStream:
                 # Returns at the first message (not consumed), the trailers or an error.
                 self._send(Frame(FrameType.HEADERS, 0, metadata=await call.initial_metadata()))
                 async for reply in call:
-                    await self._reply_credit()
+                    await self._reply_credit(reply)
                     if self._over is not None:
                         break
                     self._send(Frame(FrameType.MESSAGE, 0, payload=reply))

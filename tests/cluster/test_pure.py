@@ -24,6 +24,7 @@ from quicflow.cluster.codec import (
     decode_client_infos,
     encode_client_infos,
 )
+from quicflow.cluster.streams import MESSAGE_OVERHEAD, _Incoming, _Outgoing, message_cost
 from quicflow.cluster.subjects import Names, decode_token, encode_token
 from quicflow.cluster.view import ClusterView, kick_applies
 from quicflow.sessions import ClientInfo, SessionState
@@ -280,3 +281,22 @@ def test_client_infos_round_trip_and_refuse_garbage() -> None:
     for bad in (b"{", b'[{"id": "a"}]', b"[1]", b'[{"state": "nope"}]'):
         with pytest.raises(ValueError):
             decode_client_infos(bad)
+
+
+def test_stream_credit_allows_the_window_plus_one_message_and_grants_at_half() -> None:
+    """Check the routed-stream credit rules: a sender may send while below its grant (so
+    one message may overshoot), a receiver refuses a message sent with no credit left and
+    grants back once half its window was consumed."""
+    assert message_cost(b"abc") == 3 + MESSAGE_OVERHEAD
+    out, inc = _Outgoing(1000), _Incoming(1000)
+    sent = 0
+    while out.open():
+        out.sent += 300
+        assert inc.accept(300)
+        sent += 1
+    assert sent == 4 and out.sent == 1200  # the fourth overshoots; a fifth may not go
+    assert not inc.accept(300)
+    assert inc.consumed(300) == 0  # 300 < 500: no grant yet
+    assert inc.consumed(300) == 600  # half the window reached: grant what was consumed
+    out.granted += 600
+    assert out.open() and inc.granted == 1600

@@ -22,7 +22,7 @@ from quicflow.push import DeliveryStatus
 
 from .nodes import StreamEcho, client_config, start_node, until
 
-WINDOW = 16  # ClusterNode.stream_window's default
+WINDOW = 256 * 1024  # ClusterNode.stream_window's default (bytes)
 
 
 @pytest.fixture
@@ -89,8 +89,8 @@ async def test_client_streaming_and_bidi_to_a_client_on_another_node(
     try:
         await _registered(a, "s-2", "b")
         stub = EchoStub(a.client("s-2"))
-        texts = [f"t{i}" for i in range(3 * WINDOW)]
-        reply = await stub.collect(EchoRequest(text=t) for t in texts)
+        texts = [f"t{i}" for i in range(100)]  # 100 x 10 kB: the window ~4 times over
+        reply = await stub.collect(EchoRequest(text=t, payload=bytes(10_000)) for t in texts)
         assert reply.text == ",".join(texts)
 
         async def requests() -> AsyncIterator[EchoRequest]:
@@ -156,8 +156,11 @@ async def test_a_slow_reader_holds_at_most_the_window(two_nodes: tuple[Server, S
         assert echo.yielded == stalled < 1_000
         assert a.cluster is not None
         (routed,) = a.cluster.streams_out
-        assert routed.buffered == WINDOW - 1  # one read, no CREDIT yet: the owner stopped
-        for _ in range(3 * WINDOW):
+        # One read, no CREDIT yet (under half the window consumed): the owner stopped at
+        # the window (each message costs its ~20 kB + 64).
+        cost = 20_000 + 64 + 8
+        assert WINDOW - 2 * cost <= routed.buffered_bytes <= WINDOW + cost
+        for _ in range(40):
             assert await call.read() is not None
         await until(lambda: echo.yielded > stalled)
         call.cancel()
