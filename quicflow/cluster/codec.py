@@ -30,6 +30,8 @@ u32 length + bytes; ``md`` = u16 count, then per pair ``str`` key, u8 kind
                   5 HALF_CLOSE (nothing)
                   6 END        u8 code, u8 flags (1 = not here), str message, md trailing
                   7 CANCEL     u8 code, str message
+                  8 MESSAGES   u32 count, then per message u32 length + bytes
+                               (several MESSAGEs in one NATS message)
 
 A routed stream's frames are numbered per direction from 0; a gap is a lost
 frame and ends the stream UNAVAILABLE (quicflow/cluster/streams.py).
@@ -360,6 +362,7 @@ class FrameType(enum.IntEnum):
     HALF_CLOSE = 5
     END = 6
     CANCEL = 7
+    MESSAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -370,6 +373,8 @@ class Frame:
     seq: int
     payload: bytes = b""
     """MESSAGE: the serialized message."""
+    payloads: tuple[bytes, ...] = ()
+    """MESSAGES: the serialized messages, in order."""
     metadata: Metadata = ()
     """HEADERS: initial metadata; END: trailing metadata."""
     credit: int = 0
@@ -407,6 +412,10 @@ class Frame:
         elif kind is FrameType.CANCEL:
             out.append(self.code.value)
             _put_str(out, self.message)
+        elif kind is FrameType.MESSAGES:
+            out += struct.pack(">I", len(self.payloads))
+            for payload in self.payloads:
+                _put_blob(out, payload)
         return bytes(out)
 
     @classmethod
@@ -439,6 +448,8 @@ class Frame:
         elif kind is FrameType.CANCEL:
             code = StatusCode.from_wire(r.u8())
             frame = cls(kind, seq, code=code, message=r.str())
+        elif kind is FrameType.MESSAGES:
+            frame = cls(kind, seq, payloads=tuple(r.blob() for _ in range(r.u32())))
         else:
             frame = cls(kind, seq)
         r.end()

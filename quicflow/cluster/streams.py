@@ -14,7 +14,8 @@ a *routed stream* over core NATS (no JetStream):
    nothing was sent) or END RESOURCE_EXHAUSTED (too many streams served).
 3. Then frames flow both ways (codec.py has the layout): HEADERS and MESSAGE
    and one END from the owner; MESSAGE, HALF_CLOSE or CANCEL from the caller;
-   CREDIT both ways.
+   CREDIT both ways. Messages queued together go as one MESSAGES frame (one
+   NATS message, up to `BATCH_BYTES` of messages).
 
 Bounds: credit counts bytes, each message costing its length plus
 `MESSAGE_OVERHEAD` (64). A side may send a MESSAGE while what it sent is below
@@ -124,6 +125,40 @@ def message_cost(payload: bytes) -> int:
     return len(payload) + MESSAGE_OVERHEAD
 
 
+BATCH_BYTES = 64 * 1024
+"""MESSAGEs queued together are sent as one MESSAGES frame of at most this many bytes
+of messages (a larger message goes alone)."""
+
+
+def coalesce(frames: list[Frame]) -> list[Frame]:
+    """``frames`` with each run of MESSAGE frames merged into MESSAGES frames of at most
+    `BATCH_BYTES` (one NATS message each), order kept."""
+    out: list[Frame] = []
+    run: list[bytes] = []
+    size = 0
+
+    def close_run() -> None:
+        nonlocal size
+        if len(run) == 1:
+            out.append(Frame(FrameType.MESSAGE, 0, payload=run[0]))
+        elif run:
+            out.append(Frame(FrameType.MESSAGES, 0, payloads=tuple(run)))
+        run.clear()
+        size = 0
+
+    for frame in frames:
+        if frame.type is not FrameType.MESSAGE:
+            close_run()
+            out.append(frame)
+            continue
+        if run and size + len(frame.payload) > BATCH_BYTES:
+            close_run()
+        run.append(frame.payload)
+        size += len(frame.payload)
+    close_run()
+    return out
+
+
 class _Outgoing:
     """Send credit (sans-IO): a MESSAGE may go while what was sent is below what the peer
     granted, so at most the window plus one message is ever unconsumed."""
@@ -203,7 +238,7 @@ class RoutedStream:
         self._recv_seq = 0
         self._out = _Outgoing()
         self._in = _Incoming(self._window)
-        self._outbox: list[tuple[str, bytes]] = []
+        self._outbox: list[Frame] = []
         self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
         self._buffered_bytes = 0
@@ -312,11 +347,9 @@ class RoutedStream:
     def _send(self, frame: Frame) -> None:
         """Number ``frame`` and queue it for the owner (one flusher task per stream
         publishes the queue in order)."""
-        subject = self._owner_subject
-        if subject is None:
+        if self._owner_subject is None:
             return
-        self._outbox.append((subject, frame.encode(self._send_seq)))
-        self._send_seq += 1
+        self._outbox.append(frame)
         if self._flusher is None:
             self._flusher = self._node.spawn(self._flush())
 
@@ -324,7 +357,11 @@ class RoutedStream:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                for subject, data in batch:
+                for frame in coalesce(batch):
+                    data = frame.encode(self._send_seq)
+                    self._send_seq += 1
+                    subject = self._owner_subject
+                    assert subject is not None
                     await self._publish(subject, data)
         finally:
             self._flusher = None
@@ -377,12 +414,13 @@ class RoutedStream:
             return
         if kind is FrameType.HEADERS:
             self._initial = frame.metadata
-        elif kind is FrameType.MESSAGE:
-            if not self._in.accept(message_cost(frame.payload)):
-                self.fail(StatusCode.INTERNAL, "the client's node sent past its credit")
-                return
-            self._messages.append(frame.payload)
-            self._buffered_bytes += len(frame.payload)
+        elif kind is FrameType.MESSAGE or kind is FrameType.MESSAGES:
+            for payload in frame.payloads if kind is FrameType.MESSAGES else (frame.payload,):
+                if not self._in.accept(message_cost(payload)):
+                    self.fail(StatusCode.INTERNAL, "the client's node sent past its credit")
+                    return
+                self._messages.append(payload)
+                self._buffered_bytes += len(payload)
         elif kind is FrameType.CREDIT:
             self._out.granted += frame.credit
             self._credit_changed.set()
@@ -625,7 +663,7 @@ class ServedStream:
         self._half_closed = False
         self._out = _Outgoing(open_.window)
         self._in = _Incoming(self._window)
-        self._outbox: list[bytes] = []
+        self._outbox: list[Frame] = []
         self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
         self._token: str | None = None
@@ -636,8 +674,7 @@ class ServedStream:
     def _send(self, frame: Frame) -> None:
         """Number ``frame`` and queue it for the caller (published in order by one
         flusher task per stream)."""
-        self._outbox.append(frame.encode(self._send_seq))
-        self._send_seq += 1
+        self._outbox.append(frame)
         if self._flusher is None:
             self._flusher = self._node.spawn(self._flush())
 
@@ -645,7 +682,9 @@ class ServedStream:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                for data in batch:
+                for frame in coalesce(batch):
+                    data = frame.encode(self._send_seq)
+                    self._send_seq += 1
                     await self._publish(data)
         finally:
             self._flusher = None
@@ -684,11 +723,12 @@ class ServedStream:
             return
         self._recv_seq += 1
         kind = frame.type
-        if kind is FrameType.MESSAGE:
-            if self._half_closed or not self._in.accept(message_cost(frame.payload)):
-                self.abort(StatusCode.INTERNAL, "the calling node sent past its credit")
-                return
-            self._requests.append(frame.payload)
+        if kind is FrameType.MESSAGE or kind is FrameType.MESSAGES:
+            for payload in frame.payloads if kind is FrameType.MESSAGES else (frame.payload,):
+                if self._half_closed or not self._in.accept(message_cost(payload)):
+                    self.abort(StatusCode.INTERNAL, "the calling node sent past its credit")
+                    return
+                self._requests.append(payload)
             self._requests_changed.set()
         elif kind is FrameType.HALF_CLOSE:
             self._half_closed = True

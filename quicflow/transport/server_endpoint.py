@@ -111,7 +111,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self.resets_sent = 0
         """Stateless resets sent (datagrams for connections this server does not know)."""
         self._handshaking: set[QuicFlowProtocol] = set()
-        self._retrying = False  # the threshold was passed (logged once per episode)
+        self._retrying: int | None = None
+        """`retries_sent` when automatic Retry last turned on; None: not since handshakes in
+        progress fell below half ``retry_threshold`` (so an episode is logged once)."""
         self.receive_budget = ByteBudget(settings.receive_limit)
         """Bytes of large unfinished frames all connections may hold (each connection's
         `QuicFlowProtocol.receive_budget` has this one as its parent)."""
@@ -332,17 +334,27 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if self._always_retry:
             return True
         threshold = self.retry_threshold
-        busy = bool(threshold) and len(self._handshaking) >= threshold
-        if busy != self._retrying:
-            self._retrying = busy
-            if busy:
-                logger.warning(
-                    "%d handshakes in progress (retry_threshold): new connections must "
-                    "validate their address with a QUIC Retry first",
-                    len(self._handshaking),
-                )
-            else:
-                logger.info("handshakes in progress below retry_threshold: Retry off again")
+        handshakes = len(self._handshaking)
+        busy = bool(threshold) and handshakes >= threshold
+        # During a flood the count hovers around the threshold: log the episode's start
+        # once, and its end once the count is below half the threshold.
+        if busy and self._retrying is None:
+            self._retrying = self.retries_sent
+            logger.warning(
+                "%d handshakes in progress (retry_threshold %d): new connections must "
+                "validate their address with a QUIC Retry first",
+                handshakes,
+                threshold,
+            )
+        elif self._retrying is not None and handshakes * 2 < threshold:
+            logger.info(
+                "%d handshakes in progress, below half of retry_threshold %d: automatic "
+                "Retry off again (%d Retries sent)",
+                handshakes,
+                threshold,
+                self.retries_sent - self._retrying,
+            )
+            self._retrying = None
         return busy
 
     def _send_retry(

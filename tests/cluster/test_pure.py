@@ -24,7 +24,14 @@ from quicflow.cluster.codec import (
     decode_client_infos,
     encode_client_infos,
 )
-from quicflow.cluster.streams import MESSAGE_OVERHEAD, _Incoming, _Outgoing, message_cost
+from quicflow.cluster.streams import (
+    BATCH_BYTES,
+    MESSAGE_OVERHEAD,
+    _Incoming,
+    _Outgoing,
+    coalesce,
+    message_cost,
+)
 from quicflow.cluster.subjects import Names, decode_token, encode_token
 from quicflow.cluster.view import ClusterView, kick_applies
 from quicflow.sessions import ClientInfo, SessionState
@@ -249,6 +256,7 @@ def test_stream_open_round_trips_and_refuses_bad_kinds() -> None:
             not_here=True,
         ),
         Frame(FrameType.CANCEL, 2**32 - 1, code=StatusCode.CANCELLED, message="call cancelled"),
+        Frame(FrameType.MESSAGES, 7, payloads=(b"a", b"", b"\x00" * 300)),
     ],
 )
 def test_stream_frames_round_trip(frame: Frame) -> None:
@@ -300,3 +308,20 @@ def test_stream_credit_allows_the_window_plus_one_message_and_grants_at_half() -
     assert inc.consumed(300) == 600  # half the window reached: grant what was consumed
     out.granted += 600
     assert out.open() and inc.granted == 1600
+
+
+def test_queued_messages_are_coalesced_in_order_up_to_the_batch_size() -> None:
+    """Check that runs of MESSAGE frames become MESSAGES frames of at most BATCH_BYTES, a
+    lone message stays a MESSAGE, other frames keep their place, and nothing is reordered."""
+    msg = [Frame(FrameType.MESSAGE, 0, payload=bytes([i]) * 1000) for i in range(100)]
+    credit = Frame(FrameType.CREDIT, 0, credit=5)
+    half = Frame(FrameType.HALF_CLOSE, 0)
+    out = coalesce([msg[0], credit, *msg[1:], half, msg[0]])
+    assert out[0] == msg[0] and out[1] == credit and out[-2:] == [half, msg[0]]
+    batches = out[2:-2]
+    assert all(f.type is FrameType.MESSAGES for f in batches)
+    assert all(sum(map(len, f.payloads)) <= BATCH_BYTES for f in batches)
+    assert [p for f in batches for p in f.payloads] == [m.payload for m in msg[1:]]
+    assert len(batches) == 2  # 99 kB in 64 KiB batches
+    big = Frame(FrameType.MESSAGE, 0, payload=bytes(BATCH_BYTES + 1))
+    assert coalesce([msg[0], big]) == [msg[0], big]  # a larger message goes alone
