@@ -42,8 +42,9 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..metadata import Metadata
 from ..sessions import ClientInfo, SessionState
@@ -67,6 +68,8 @@ __all__ = [
 VERSION = 1
 _NO_TIMEOUT = 0xFFFF_FFFF
 _DELIVERY = ("delivered", "failed", "timed_out")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +108,7 @@ class RoutedCall:
 
     @classmethod
     def decode(cls, data: bytes) -> RoutedCall:
-        reader = _Reader(data)
-        call = cls._read(reader)
-        reader.end()
-        return call
+        return _read_all(data, cls._read)
 
     @classmethod
     def _read(cls, r: _Reader) -> RoutedCall:
@@ -158,10 +158,7 @@ class CallOutcome:
 
     @classmethod
     def decode(cls, data: bytes) -> CallOutcome:
-        reader = _Reader(data)
-        outcome = cls._read(reader)
-        reader.end()
-        return outcome
+        return _read_all(data, cls._read)
 
     @classmethod
     def _read(cls, r: _Reader) -> CallOutcome:
@@ -259,16 +256,15 @@ class Registration:
     heartbeat_interval: float = 0.0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _json(
             {
                 "node": self.node_id,
                 "since": self.connected_since,
                 "addr": self.remote_address,
                 "labels": dict(self.labels),
                 "hb": self.heartbeat_interval,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Registration:
@@ -294,15 +290,14 @@ class NodeRecord:
     clients: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _json(
             {
                 "node": self.node_id,
                 "addr": self.address,
                 "started": self.started,
                 "clients": self.clients,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> NodeRecord:
@@ -458,7 +453,7 @@ class Frame:
 
 def encode_client_infos(infos: list[ClientInfo]) -> bytes:
     """Live client snapshots as JSON (a node's answer to an info request)."""
-    return json.dumps(
+    return _json(
         [
             {
                 "id": i.client_id,
@@ -477,9 +472,8 @@ def encode_client_infos(infos: list[ClientInfo]) -> bytes:
                 "node": i.node,
             }
             for i in infos
-        ],
-        separators=(",", ":"),
-    ).encode()
+        ]
+    )
 
 
 def decode_client_infos(data: bytes) -> list[ClientInfo]:
@@ -512,7 +506,20 @@ def decode_client_infos(data: bytes) -> list[ClientInfo]:
         raise ValueError(f"bad client info: {exc!r}") from exc
 
 
+def _json(value: object) -> bytes:
+    """``value`` as compact JSON (the registry records, info answers)."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 # -- binary helpers --
+
+
+def _read_all(data: bytes, read: Callable[[_Reader], T]) -> T:
+    """``read(reader)`` over all of ``data``; ValueError if bytes are left over."""
+    reader = _Reader(data)
+    value = read(reader)
+    reader.end()
+    return value
 
 
 def _put_str(out: bytearray, text: str) -> None:

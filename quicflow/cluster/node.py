@@ -62,6 +62,7 @@ from ..push import (
     Promise,
     PushHost,
     broadcast,
+    deliver_one,
 )
 from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
@@ -1237,25 +1238,9 @@ class ClusterNode:
 
         async def one(client_id: str) -> Delivery[T]:
             async with gate:
-                try:
-                    async with asyncio.timeout(timeout):
-                        reply = await send(ClusterChannel(self, client_id))
-                except TimeoutError:
-                    return Delivery(
-                        client_id,
-                        DeliveryStatus.TIMED_OUT,
-                        None,
-                        StatusCode.DEADLINE_EXCEEDED,
-                        "no reply in time",
-                    )
-                except RpcError as exc:
-                    status = (
-                        DeliveryStatus.TIMED_OUT
-                        if exc.code is StatusCode.DEADLINE_EXCEEDED
-                        else DeliveryStatus.FAILED
-                    )
-                    return Delivery(client_id, status, None, exc.code, exc.message)
-                return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+                return await deliver_one(
+                    client_id, send, ClusterChannel(self, client_id), asyncio.timeout(timeout)
+                )
 
         results = await asyncio.gather(*(one(e.client_id) for e in entries))
         return {d.client_id: d for d in results}

@@ -43,7 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+)
 from typing import Any, Protocol, TypeVar
 
 from ..calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
@@ -201,7 +208,51 @@ class _Incoming:
         return grant
 
 
-class RoutedStream:
+class _FrameLink:
+    """What both ends of a routed stream share: frames out are numbered and queued, one
+    flusher task per stream publishes the queue in order; frames in must come in order."""
+
+    _node: StreamNode
+    _send_seq: int
+    _recv_seq: int
+    _outbox: list[Frame]
+    _flusher: asyncio.Task[None] | None
+
+    def _send(self, frame: Frame) -> None:
+        """Number ``frame`` and queue it for the other node."""
+        self._outbox.append(frame)
+        if self._flusher is None:
+            self._flusher = self._node.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                for frame in coalesce(batch):
+                    data = frame.encode(self._send_seq)
+                    self._send_seq += 1
+                    await self._publish(data)
+        finally:
+            self._flusher = None
+
+    async def _publish(self, data: bytes) -> None:
+        """Send one encoded frame to the other node (failing the stream if it cannot)."""
+        raise NotImplementedError
+
+    def _in_order(self, frame: Frame, stop: Callable[[StatusCode, str], None]) -> bool:
+        """Whether ``frame`` is the next one expected; if not, ``stop`` the stream
+        UNAVAILABLE (a frame was lost between nodes)."""
+        if frame.seq != self._recv_seq:
+            stop(
+                StatusCode.UNAVAILABLE,
+                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
+            )
+            return False
+        self._recv_seq += 1
+        return True
+
+
+class RoutedStream(_FrameLink):
     """The calling node's side of one routed stream (see the module docstring)."""
 
     def __init__(
@@ -345,28 +396,13 @@ class RoutedStream:
     # -- frames --
 
     def _send(self, frame: Frame) -> None:
-        """Number ``frame`` and queue it for the owner (one flusher task per stream
-        publishes the queue in order)."""
-        if self._owner_subject is None:
-            return
-        self._outbox.append(frame)
-        if self._flusher is None:
-            self._flusher = self._node.spawn(self._flush())
+        """Number ``frame`` and queue it for the owner (nothing before it is known)."""
+        if self._owner_subject is not None:
+            super()._send(frame)
 
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                for frame in coalesce(batch):
-                    data = frame.encode(self._send_seq)
-                    self._send_seq += 1
-                    subject = self._owner_subject
-                    assert subject is not None
-                    await self._publish(subject, data)
-        finally:
-            self._flusher = None
-
-    async def _publish(self, subject: str, data: bytes) -> None:
+    async def _publish(self, data: bytes) -> None:
+        subject = self._owner_subject
+        assert subject is not None
         try:
             await self._backend.send_frame(subject, data)
         except Exception as exc:
@@ -393,13 +429,8 @@ class RoutedStream:
                 if self._token is not None:
                     self._backend.close_stream_inbox(self._token)
             return
-        if frame.seq != self._recv_seq:
-            self.fail(
-                StatusCode.UNAVAILABLE,
-                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
-            )
+        if not self._in_order(frame, self.fail):
             return
-        self._recv_seq += 1
         kind = frame.type
         if opening is not None and not opening.done():
             if kind is FrameType.OPENED:
@@ -645,7 +676,7 @@ class RemoteStreamUnaryCall(_RemoteStreamMixin, StreamUnaryCall[Resp]):
         return reply
 
 
-class ServedStream:
+class ServedStream(_FrameLink):
     """The owning node's side of one routed stream: runs it as a local QUIC call."""
 
     def __init__(self, node: StreamNode, client_id: str, open_: StreamOpen, reply: str) -> None:
@@ -670,24 +701,6 @@ class ServedStream:
         self._call: Any = None
         self._over: RpcError | None = None
         """Why the stream ended early (cancel from the caller, lost frames, caller gone)."""
-
-    def _send(self, frame: Frame) -> None:
-        """Number ``frame`` and queue it for the caller (published in order by one
-        flusher task per stream)."""
-        self._outbox.append(frame)
-        if self._flusher is None:
-            self._flusher = self._node.spawn(self._flush())
-
-    async def _flush(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                for frame in coalesce(batch):
-                    data = frame.encode(self._send_seq)
-                    self._send_seq += 1
-                    await self._publish(data)
-        finally:
-            self._flusher = None
 
     async def _publish(self, data: bytes) -> None:
         try:
@@ -715,13 +728,8 @@ class ServedStream:
         except ValueError as exc:
             self.abort(StatusCode.INTERNAL, f"bad frame from the calling node: {exc}")
             return
-        if frame.seq != self._recv_seq:
-            self.abort(
-                StatusCode.UNAVAILABLE,
-                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
-            )
+        if not self._in_order(frame, self.abort):
             return
-        self._recv_seq += 1
         kind = frame.type
         if kind is FrameType.MESSAGE or kind is FrameType.MESSAGES:
             for payload in frame.payloads if kind is FrameType.MESSAGES else (frame.payload,):
