@@ -31,6 +31,7 @@ import platform
 import statistics
 import subprocess
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -92,11 +93,21 @@ async def node_main(args: argparse.Namespace) -> None:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         return {"elapsed": loop.time() - start, "latencies": latencies, "errors": errors}
 
+    async def feed_n(to: str, n: int) -> dict[str, Any]:
+        """One client-streaming call of ``n`` small events (a routed stream when ``to``
+        is on another node)."""
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        ack = await NotifyStub(server.client(to)).feed(Event(seq=1) for _ in range(n))
+        return {"elapsed": loop.time() - start, "acked": ack.seq}
+
     async def handle(message: Message) -> bytes:
         req = json.loads(message.payload)
         op = req["op"]
         if op == "push_n":
             out = await push_n(req["to"], req["n"], req["concurrency"])
+        elif op == "feed_n":
+            out = await feed_n(req["to"], req["n"])
         elif op == "cpu":
             times = os.times()
             out = {"cpu": times.user + times.system}
@@ -141,6 +152,9 @@ async def fleet_main(args: argparse.Namespace) -> None:
     class Inbox(NotifyBase):
         async def deliver(self, request: Event, context: ServicerContext) -> Ack:
             return Ack(seq=request.seq)
+
+        async def feed(self, requests: AsyncIterator[Event], context: ServicerContext) -> Ack:
+            return Ack(seq=sum([e.seq async for e in requests]))
 
     gate = asyncio.Semaphore(8)  # a handshake storm on a shared 2-core box measures nothing
 
@@ -325,6 +339,25 @@ async def drive(args: argparse.Namespace) -> dict[str, Any]:
         results["repeats"] = args.repeats
         results["cross_vs_local"] = results["cross_per_s"] / results["local_per_s"]
 
+        # Streaming: one client-streaming call of n_stream events, local then routed (a
+        # routed stream: a credit window of 16 messages each way), interleaved.
+        n_stream = 5000 if args.quick else 20000
+        await bench("a", "feed_n", to="target-0", n=500)  # warm-up
+        streamed: dict[str, list[dict[str, float]]] = {"local": [], "cross": []}
+        for _ in range(args.repeats):
+            for key, sender in (("local", "b"), ("cross", "a")):
+                cpu_a, cpu_b = nodes["a"].cpu(), nodes["b"].cpu()
+                run = await bench(sender, "feed_n", to="target-0", n=n_stream)
+                assert run["acked"] == n_stream, run
+                da, db = nodes["a"].cpu() - cpu_a, nodes["b"].cpu() - cpu_b
+                streamed[key].append(
+                    {"per_s": n_stream / run["elapsed"], "cpu": (da + db) / n_stream * 1e6}
+                )
+        for key, runs in streamed.items():
+            results[f"stream_{key}_per_s"] = statistics.median(r["per_s"] for r in runs)
+            results[f"stream_{key}_cpu_us_per_msg"] = statistics.median(r["cpu"] for r in runs)
+        results["stream_messages"] = n_stream
+
         # Broadcast: clients spread over three nodes.
         per_node = max(1, args.clients // 3)
         spawned = []
@@ -376,6 +409,15 @@ def table(r: dict[str, Any]) -> str:
             "node CPU per routed push (sender + owner)",
             f"{r['cross_cpu_us_per_msg']:.0f} µs "
             f"({r['cross_cpu_us_sender']:.0f} + {r['cross_cpu_us_owner']:.0f})",
+        ),
+        (
+            f"streamed messages/s, one client-streaming call of {r['stream_messages']:,}, "
+            "local / cross-node (median)",
+            f"{r['stream_local_per_s']:,.0f} / {r['stream_cross_per_s']:,.0f}",
+        ),
+        (
+            "node CPU per streamed message, local / cross-node (both nodes)",
+            f"{r['stream_local_cpu_us_per_msg']:.0f} / {r['stream_cross_cpu_us_per_msg']:.0f} µs",
         ),
         (
             f"broadcast to {r['broadcast_clients']:,} clients on 3 nodes (median of 3)",

@@ -171,6 +171,12 @@ class CallTarget(Protocol):
         negotiated (None: there is none; one-way messages then go as calls)."""
         ...
 
+    def encodings_for_call(self) -> frozenset[str]:
+        """Message encodings the peer accepts on the connection `connection_for_call`
+        returns (its HELLO or WELCOME, wire-protocol.md §4.4): calls compress only with
+        these."""
+        ...
+
     async def wait_ready(self) -> None:
         """Wait until `ready`; raise `RpcError` if that can no longer happen."""
         ...
@@ -429,7 +435,7 @@ class _Call(Generic[Req, Resp]):
         self._sid = conn.open_stream(self)
         encoding = self._compression
         # Compress only with an encoding the peer accepts (wire-protocol.md §4.4).
-        if encoding is not None and encoding not in conn.peer_encodings:
+        if encoding is not None and encoding not in target.encodings_for_call():
             encoding = None
         if self._attempt == 1:
             self._sent_metadata = metadata

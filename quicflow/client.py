@@ -89,6 +89,7 @@ class _Link:
         "endpoint",
         "heartbeat",
         "message_lane",
+        "peer_encodings",
         "timer",
         "welcome",
     )
@@ -106,6 +107,9 @@ class _Link:
         self.timer: PolicyTimer | None = None
         self.message_lane: SendLane | None = None
         """Our message lane to the server, once negotiated (wire-protocol.md §11.1)."""
+        self.peer_encodings: frozenset[str] = frozenset()
+        """Message encodings the server accepts (its WELCOME, wire-protocol.md §4.4): we
+        compress only with these."""
 
     # StreamHandler for the control stream
     unread_bytes = 0
@@ -208,6 +212,11 @@ class _ClientSide:
         """The established link, once WELCOME came (its loss is the client's to handle)."""
         self.session: Session | None = None
         self.requires_session = False
+
+    @property
+    def peer_encodings(self) -> frozenset[str]:
+        link = self.link
+        return link.peer_encodings if link is not None else frozenset()
 
     def stream_opened(self, stream_id: int) -> IncomingCall:
         return self.client._endpoint.answer(self, stream_id)
@@ -363,6 +372,11 @@ class Client(ChannelMethods):
         """Our message lane on the connection calls go to, once negotiated."""
         link = self._link
         return link.message_lane if link is not None else None
+
+    def encodings_for_call(self) -> frozenset[str]:
+        """Message encodings the server accepts on the connection calls go to."""
+        link = self._link
+        return link.peer_encodings if link is not None else frozenset()
 
     def connection_for_call(self) -> QuicFlowProtocol:
         link = self._link
@@ -535,7 +549,7 @@ class Client(ChannelMethods):
         self.server_limits = welcome
         if LANE_FEATURE in welcome.features:
             link.message_lane = SendLane(conn)
-        conn.peer_encodings = frozenset(welcome.message_encodings)
+        link.peer_encodings = frozenset(welcome.message_encodings)
         # §9.3: ping at the interval the server granted; wait for a pong no longer than
         # either side's timeout (the server's is a suggestion, ours the user's bound).
         link.start_heartbeat(

@@ -57,6 +57,7 @@ class GcGovernor:
         now: float = 0.0,
         interval: float = 1.0,
         thaw_interval: float = 60.0,
+        quiet_time: float = 10.0,
     ) -> None:
         self.walk_limit = walk_limit
         """Objects in the oldest generation (not frozen) past which everything is frozen."""
@@ -70,6 +71,9 @@ class GcGovernor:
         self.thaw_interval = thaw_interval
         """Seconds from one thaw (or the start) to the next, at least."""
         self.thawed_at = now
+        self.quiet_time = quiet_time
+        """Seconds without handshakes in progress before a thaw may come."""
+        self.busy_at = now
         self.interval = interval
         """Seconds between looks (a look lists the oldest generation: ~1 ms per 20,000)."""
         self._next: float | None = now + interval
@@ -123,10 +127,15 @@ class GcGovernor:
         return self._next
 
     def poll(self, now: float, alive: int, ended: int, busy: bool = False) -> GcAction:
-        """Look now: decide and apply; the next look is `interval` seconds later."""
+        """Look now: decide and apply; the next look is `interval` seconds later. The
+        server counts as busy until it was not for `quiet_time` seconds (a storm's
+        handshakes in progress can drop to none for a moment)."""
         self._next = now + self.interval
+        if busy:
+            self.busy_at = now
         walked = len(gc.get_objects(generation=2))
-        action = self.decide(walked, gc.get_freeze_count(), alive, ended, now, busy)
+        quiet = now - self.busy_at >= self.quiet_time
+        action = self.decide(walked, gc.get_freeze_count(), alive, ended, now, not quiet)
         self.apply(action, alive, ended, now)
         return action
 

@@ -119,6 +119,12 @@ class CallerLink(Protocol):
         ...
 
     @property
+    def peer_encodings(self) -> frozenset[str]:
+        """Message encodings the caller accepts (its HELLO or WELCOME, wire-protocol.md
+        §4.4): responses compress only with these."""
+        ...
+
+    @property
     def requires_session(self) -> bool:
         """True on the server: a call needs an accepted HELLO (wire-protocol.md §9.2)."""
         ...
@@ -569,7 +575,7 @@ class IncomingCall(ServicerContext):
         encoding = self._compression
         if encoding is None:
             encoding = self._config_compression
-        if encoding is None or encoding not in self._conn.peer_encodings:
+        if encoding is None or encoding not in self._link.peer_encodings:
             return ""
         return encoding
 

@@ -31,6 +31,7 @@ import enum
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Generator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
@@ -164,6 +165,10 @@ class ClientChannel(ChannelMethods):
         session = self._server.sessions.get(self.client_id)
         return session.message_lane if session is not None else None
 
+    def encodings_for_call(self) -> frozenset[str]:
+        session = self._server.sessions.get(self.client_id)
+        return session.peer_encodings if session is not None else frozenset()
+
     async def wait_ready(self) -> None:
         self.connection_for_call()  # raises: push does not wait for a client to come back
 
@@ -225,6 +230,35 @@ class BroadcastResult(Generic[T]):
         )
 
 
+async def deliver_one(
+    client_id: str,
+    send: Callable[[ClientChannel], Awaitable[T]],
+    channel: ClientChannel,
+    deadline: AbstractAsyncContextManager[object],
+) -> Delivery[T]:
+    """One client's part of a broadcast: ``send(channel)`` within ``deadline`` (which
+    raises `TimeoutError` when it expires), as a `Delivery`."""
+    try:
+        async with deadline:
+            reply = await send(channel)
+    except TimeoutError:
+        return Delivery(
+            client_id,
+            DeliveryStatus.TIMED_OUT,
+            None,
+            StatusCode.DEADLINE_EXCEEDED,
+            "no reply in time",
+        )
+    except RpcError as exc:
+        status = (
+            DeliveryStatus.TIMED_OUT
+            if exc.code is StatusCode.DEADLINE_EXCEEDED
+            else DeliveryStatus.FAILED
+        )
+        return Delivery(client_id, status, None, exc.code, exc.message)
+    return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+
+
 async def broadcast(
     server: PushHost,
     send: Callable[[ClientChannel], Awaitable[T]],
@@ -245,24 +279,12 @@ async def broadcast(
 
     async def one(client_id: str) -> Delivery[T]:
         async with gate:
-            try:
-                async with timeout(server.clock, client_timeout):
-                    reply = await send(ClientChannel(server, client_id))
-            except TimeoutError:
-                return Delivery(
-                    client_id,
-                    DeliveryStatus.TIMED_OUT,
-                    None,
-                    StatusCode.DEADLINE_EXCEEDED,
-                    "no reply in time",
-                )
-            except RpcError as exc:
-                if exc.code is StatusCode.DEADLINE_EXCEEDED:
-                    return Delivery(
-                        client_id, DeliveryStatus.TIMED_OUT, None, exc.code, exc.message
-                    )
-                return Delivery(client_id, DeliveryStatus.FAILED, None, exc.code, exc.message)
-            return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+            return await deliver_one(
+                client_id,
+                send,
+                ClientChannel(server, client_id),
+                timeout(server.clock, client_timeout),
+            )
 
     metrics = server.metrics
     if metrics is not None:

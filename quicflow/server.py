@@ -601,6 +601,12 @@ class _ServerConnection:
         self.resets = ResetBudget(rate, rate, clock.time()) if rate else None
         conn.attach(self)
 
+    @property
+    def peer_encodings(self) -> frozenset[str]:
+        """Message encodings the client accepts, once its session is open."""
+        session = self.session
+        return session.peer_encodings if session is not None else frozenset()
+
     # -- what the connection tells us (transport.ConnectionListener) --
 
     def call_reset(self) -> None:
@@ -750,7 +756,7 @@ class _ServerConnection:
         )
         if lanes:
             session.message_lane = SendLane(conn)
-        conn.peer_encodings = frozenset(hello.message_encodings)
+        session.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
             monitor.get_timer, lambda now: self._check_heartbeat(session, now)
         )

@@ -79,6 +79,7 @@ class Session:
         "last_heartbeat",
         "message_lane",
         "monitor",
+        "peer_encodings",
         "state",
         "timer",
     )
@@ -108,6 +109,9 @@ class Session:
         self.message_lane: SendLane | None = None
         """The server's message lane to this client, once negotiated (wire-protocol.md
         §11.1)."""
+        self.peer_encodings: frozenset[str] = frozenset()
+        """Message encodings the client accepts (its HELLO, wire-protocol.md §4.4): the
+        server compresses only with these."""
 
     def end(self) -> bool:
         """Mark the session CLOSED and stop its heartbeat checks; False if it already was."""

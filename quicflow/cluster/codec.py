@@ -19,16 +19,19 @@ u32 length + bytes; ``md`` = u16 count, then per pair ``str`` key, u8 kind
                   str client id, u8 delivery (0 delivered, 1 failed, 2 timed out),
                   CallOutcome
     StreamOpen  : u8 version=1, u8 kind (1 = requests stream, 2 = responses
-                  stream), u32 window, RoutedCall (its payload: the one request,
+                  stream), u32 window (bytes), RoutedCall (its payload: the one request,
                   or empty when requests stream)
     Frame       : u8 version=1, u8 type, u32 seq, then by type:
-                  1 OPENED     str node, str subject, u32 credit
+                  1 OPENED     str node, str subject, u32 credit (bytes)
                   2 HEADERS    md initial metadata
                   3 MESSAGE    the message bytes (the rest of the frame)
-                  4 CREDIT     u32 more messages the peer may send
+                  4 CREDIT     u32 more bytes the peer may send (a message
+                               costs its length + 64)
                   5 HALF_CLOSE (nothing)
                   6 END        u8 code, u8 flags (1 = not here), str message, md trailing
                   7 CANCEL     u8 code, str message
+                  8 MESSAGES   u32 count, then per message u32 length + bytes
+                               (several MESSAGEs in one NATS message)
 
 A routed stream's frames are numbered per direction from 0; a gap is a lost
 frame and ends the stream UNAVAILABLE (quicflow/cluster/streams.py).
@@ -39,8 +42,9 @@ from __future__ import annotations
 import enum
 import json
 import struct
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ..metadata import Metadata
 from ..sessions import ClientInfo, SessionState
@@ -64,6 +68,8 @@ __all__ = [
 VERSION = 1
 _NO_TIMEOUT = 0xFFFF_FFFF
 _DELIVERY = ("delivered", "failed", "timed_out")
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,10 +108,7 @@ class RoutedCall:
 
     @classmethod
     def decode(cls, data: bytes) -> RoutedCall:
-        reader = _Reader(data)
-        call = cls._read(reader)
-        reader.end()
-        return call
+        return _read_all(data, cls._read)
 
     @classmethod
     def _read(cls, r: _Reader) -> RoutedCall:
@@ -155,10 +158,7 @@ class CallOutcome:
 
     @classmethod
     def decode(cls, data: bytes) -> CallOutcome:
-        reader = _Reader(data)
-        outcome = cls._read(reader)
-        reader.end()
-        return outcome
+        return _read_all(data, cls._read)
 
     @classmethod
     def _read(cls, r: _Reader) -> CallOutcome:
@@ -256,16 +256,15 @@ class Registration:
     heartbeat_interval: float = 0.0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _json(
             {
                 "node": self.node_id,
                 "since": self.connected_since,
                 "addr": self.remote_address,
                 "labels": dict(self.labels),
                 "hb": self.heartbeat_interval,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> Registration:
@@ -291,15 +290,14 @@ class NodeRecord:
     clients: int = 0
 
     def encode(self) -> bytes:
-        return json.dumps(
+        return _json(
             {
                 "node": self.node_id,
                 "addr": self.address,
                 "started": self.started,
                 "clients": self.clients,
-            },
-            separators=(",", ":"),
-        ).encode()
+            }
+        )
 
     @classmethod
     def decode(cls, data: bytes) -> NodeRecord:
@@ -325,7 +323,8 @@ class StreamOpen:
     kind: int
     """`STREAM_REQUESTS` | `STREAM_RESPONSES` bits."""
     window: int
-    """Response messages the owning node may send before it gets CREDIT."""
+    """Bytes of responses the owning node may send before it gets CREDIT (each message
+    costs its length plus 64)."""
 
     def encode(self) -> bytes:
         out = bytearray((VERSION, self.kind))
@@ -358,6 +357,7 @@ class FrameType(enum.IntEnum):
     HALF_CLOSE = 5
     END = 6
     CANCEL = 7
+    MESSAGES = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -368,10 +368,12 @@ class Frame:
     seq: int
     payload: bytes = b""
     """MESSAGE: the serialized message."""
+    payloads: tuple[bytes, ...] = ()
+    """MESSAGES: the serialized messages, in order."""
     metadata: Metadata = ()
     """HEADERS: initial metadata; END: trailing metadata."""
     credit: int = 0
-    """OPENED: request messages the caller may send; CREDIT: how many more."""
+    """OPENED: request bytes the caller may send; CREDIT: how many more."""
     node: str = ""
     """OPENED: the owning node's id."""
     subject: str = ""
@@ -383,9 +385,10 @@ class Frame:
     not_here: bool = False
     """END before OPENED: the client is not on this node; nothing was sent, retry."""
 
-    def encode(self) -> bytes:
+    def encode(self, seq: int | None = None) -> bytes:
+        """The frame's bytes, numbered ``seq`` (default: its own ``seq``)."""
         out = bytearray((VERSION, self.type))
-        out += struct.pack(">I", self.seq)
+        out += struct.pack(">I", self.seq if seq is None else seq)
         kind = self.type
         if kind is FrameType.OPENED:
             _put_str(out, self.node)
@@ -404,6 +407,10 @@ class Frame:
         elif kind is FrameType.CANCEL:
             out.append(self.code.value)
             _put_str(out, self.message)
+        elif kind is FrameType.MESSAGES:
+            out += struct.pack(">I", len(self.payloads))
+            for payload in self.payloads:
+                _put_blob(out, payload)
         return bytes(out)
 
     @classmethod
@@ -436,6 +443,8 @@ class Frame:
         elif kind is FrameType.CANCEL:
             code = StatusCode.from_wire(r.u8())
             frame = cls(kind, seq, code=code, message=r.str())
+        elif kind is FrameType.MESSAGES:
+            frame = cls(kind, seq, payloads=tuple(r.blob() for _ in range(r.u32())))
         else:
             frame = cls(kind, seq)
         r.end()
@@ -444,7 +453,7 @@ class Frame:
 
 def encode_client_infos(infos: list[ClientInfo]) -> bytes:
     """Live client snapshots as JSON (a node's answer to an info request)."""
-    return json.dumps(
+    return _json(
         [
             {
                 "id": i.client_id,
@@ -463,9 +472,8 @@ def encode_client_infos(infos: list[ClientInfo]) -> bytes:
                 "node": i.node,
             }
             for i in infos
-        ],
-        separators=(",", ":"),
-    ).encode()
+        ]
+    )
 
 
 def decode_client_infos(data: bytes) -> list[ClientInfo]:
@@ -498,7 +506,20 @@ def decode_client_infos(data: bytes) -> list[ClientInfo]:
         raise ValueError(f"bad client info: {exc!r}") from exc
 
 
+def _json(value: object) -> bytes:
+    """``value`` as compact JSON (the registry records, info answers)."""
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 # -- binary helpers --
+
+
+def _read_all(data: bytes, read: Callable[[_Reader], T]) -> T:
+    """``read(reader)`` over all of ``data``; ValueError if bytes are left over."""
+    reader = _Reader(data)
+    value = read(reader)
+    reader.end()
+    return value
 
 
 def _put_str(out: bytearray, text: str) -> None:

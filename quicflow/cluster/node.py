@@ -62,6 +62,7 @@ from ..push import (
     Promise,
     PushHost,
     broadcast,
+    deliver_one,
 )
 from ..rpc import Cardinality, Method
 from ..sessions import ClientInfo, SessionState
@@ -518,7 +519,7 @@ class ClusterNode:
         call_timeout: float = 30.0,
         broadcast_grace: float = 1.0,
         max_in_flight: int = 1000,
-        stream_window: int = 16,
+        stream_window: int = 256 * 1024,
     ) -> None:
         self.server = server
         self.backend = backend
@@ -529,7 +530,8 @@ class ClusterNode:
         self.broadcast_grace = broadcast_grace
         self.max_in_flight = max_in_flight
         self.stream_window = stream_window
-        """Messages a routed stream may have unacknowledged per direction (its credit)."""
+        """Bytes a routed stream may have unconsumed per direction (its credit window;
+        each message counts its length plus 64)."""
         self.streams_out: set[RoutedStream] = set()
         """Routed streams this node called, not ended."""
         self.streams_in: set[ServedStream] = set()
@@ -1236,25 +1238,9 @@ class ClusterNode:
 
         async def one(client_id: str) -> Delivery[T]:
             async with gate:
-                try:
-                    async with asyncio.timeout(timeout):
-                        reply = await send(ClusterChannel(self, client_id))
-                except TimeoutError:
-                    return Delivery(
-                        client_id,
-                        DeliveryStatus.TIMED_OUT,
-                        None,
-                        StatusCode.DEADLINE_EXCEEDED,
-                        "no reply in time",
-                    )
-                except RpcError as exc:
-                    status = (
-                        DeliveryStatus.TIMED_OUT
-                        if exc.code is StatusCode.DEADLINE_EXCEEDED
-                        else DeliveryStatus.FAILED
-                    )
-                    return Delivery(client_id, status, None, exc.code, exc.message)
-                return Delivery(client_id, DeliveryStatus.DELIVERED, reply)
+                return await deliver_one(
+                    client_id, send, ClusterChannel(self, client_id), asyncio.timeout(timeout)
+                )
 
         results = await asyncio.gather(*(one(e.client_id) for e in entries))
         return {d.client_id: d for d in results}

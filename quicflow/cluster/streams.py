@@ -14,13 +14,17 @@ a *routed stream* over core NATS (no JetStream):
    nothing was sent) or END RESOURCE_EXHAUSTED (too many streams served).
 3. Then frames flow both ways (codec.py has the layout): HEADERS and MESSAGE
    and one END from the owner; MESSAGE, HALF_CLOSE or CANCEL from the caller;
-   CREDIT both ways.
+   CREDIT both ways. Messages queued together go as one MESSAGES frame (one
+   NATS message, up to `BATCH_BYTES` of messages).
 
-Bounds: each side may have at most ``window`` MESSAGE frames unacknowledged
-(the receiver grants CREDIT as the messages are consumed: by the user reading
-on the caller, by the QUIC call on the owner), so a routed stream buffers at
-most ``window`` messages per direction on each node, and a slow reader slows
-the client down through QUIC flow control rather than growing a queue.
+Bounds: credit counts bytes, each message costing its length plus
+`MESSAGE_OVERHEAD` (64). A side may send a MESSAGE while what it sent is below
+what the receiver granted (``window`` at first, then each CREDIT); the
+receiver grants back what its side consumed (the user reading on the caller,
+the QUIC call on the owner) once that reaches half the window. So a routed
+stream buffers at most ``window`` bytes plus one message per direction on
+each node, and a slow reader slows the client down through QUIC flow control
+rather than growing a queue.
 
 Failure, never false success: frames are numbered per direction; a gap (a
 frame NATS lost, e.g. across a reconnect) ends the stream UNAVAILABLE on both
@@ -39,7 +43,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Coroutine, Generator, Iterable
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+)
 from typing import Any, Protocol, TypeVar
 
 from ..calls import StreamStreamCall, StreamUnaryCall, UnaryStreamCall
@@ -111,12 +122,137 @@ def _identity(data: bytes) -> bytes:
     return data
 
 
-def _grant_every(window: int) -> int:
-    """Credit is granted back in batches of half the window (at least one message)."""
-    return max(window // 2, 1)
+MESSAGE_OVERHEAD = 64
+"""Bytes of credit a message costs beyond its own length (what holding it costs Python),
+so a window also bounds how many tiny messages wait."""
 
 
-class RoutedStream:
+def message_cost(payload: bytes) -> int:
+    """The credit one MESSAGE frame uses."""
+    return len(payload) + MESSAGE_OVERHEAD
+
+
+BATCH_BYTES = 64 * 1024
+"""MESSAGEs queued together are sent as one MESSAGES frame of at most this many bytes
+of messages (a larger message goes alone)."""
+
+
+def coalesce(frames: list[Frame]) -> list[Frame]:
+    """``frames`` with each run of MESSAGE frames merged into MESSAGES frames of at most
+    `BATCH_BYTES` (one NATS message each), order kept."""
+    out: list[Frame] = []
+    run: list[bytes] = []
+    size = 0
+
+    def close_run() -> None:
+        nonlocal size
+        if len(run) == 1:
+            out.append(Frame(FrameType.MESSAGE, 0, payload=run[0]))
+        elif run:
+            out.append(Frame(FrameType.MESSAGES, 0, payloads=tuple(run)))
+        run.clear()
+        size = 0
+
+    for frame in frames:
+        if frame.type is not FrameType.MESSAGE:
+            close_run()
+            out.append(frame)
+            continue
+        if run and size + len(frame.payload) > BATCH_BYTES:
+            close_run()
+        run.append(frame.payload)
+        size += len(frame.payload)
+    close_run()
+    return out
+
+
+class _Outgoing:
+    """Send credit (sans-IO): a MESSAGE may go while what was sent is below what the peer
+    granted, so at most the window plus one message is ever unconsumed."""
+
+    __slots__ = ("granted", "sent")
+
+    def __init__(self, window: int = 0) -> None:
+        self.granted = window
+        self.sent = 0
+
+    def open(self) -> bool:
+        return self.sent < self.granted
+
+
+class _Incoming:
+    """Receive credit (sans-IO): checks the peer kept to it, grants back as consumed."""
+
+    __slots__ = ("granted", "pending", "received", "window")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.granted = window
+        self.received = 0
+        self.pending = 0
+
+    def accept(self, cost: int) -> bool:
+        """Count an arriving message; False if the peer had no credit to send it."""
+        if self.received >= self.granted:
+            return False
+        self.received += cost
+        return True
+
+    def consumed(self, cost: int) -> int:
+        """Count a consumed message; the credit to grant back now (0: not yet)."""
+        self.pending += cost
+        if self.pending < max(self.window // 2, 1):
+            return 0
+        grant, self.pending = self.pending, 0
+        self.granted += grant
+        return grant
+
+
+class _FrameLink:
+    """What both ends of a routed stream share: frames out are numbered and queued, one
+    flusher task per stream publishes the queue in order; frames in must come in order."""
+
+    _node: StreamNode
+    _send_seq: int
+    _recv_seq: int
+    _outbox: list[Frame]
+    _flusher: asyncio.Task[None] | None
+
+    def _send(self, frame: Frame) -> None:
+        """Number ``frame`` and queue it for the other node."""
+        self._outbox.append(frame)
+        if self._flusher is None:
+            self._flusher = self._node.spawn(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                for frame in coalesce(batch):
+                    data = frame.encode(self._send_seq)
+                    self._send_seq += 1
+                    await self._publish(data)
+        finally:
+            self._flusher = None
+
+    async def _publish(self, data: bytes) -> None:
+        """Send one encoded frame to the other node (failing the stream if it cannot)."""
+        raise NotImplementedError
+
+    def _in_order(self, frame: Frame, stop: Callable[[StatusCode, str], None]) -> bool:
+        """Whether ``frame`` is the next one expected; if not, ``stop`` the stream
+        UNAVAILABLE (a frame was lost between nodes)."""
+        if frame.seq != self._recv_seq:
+            stop(
+                StatusCode.UNAVAILABLE,
+                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
+            )
+            return False
+        self._recv_seq += 1
+        return True
+
+
+class RoutedStream(_FrameLink):
     """The calling node's side of one routed stream (see the module docstring)."""
 
     def __init__(
@@ -151,9 +287,12 @@ class RoutedStream:
         self._opening: asyncio.Future[Frame | None] | None = None
         self._send_seq = 0
         self._recv_seq = 0
-        self._credit = 0
+        self._out = _Outgoing()
+        self._in = _Incoming(self._window)
+        self._outbox: list[Frame] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
-        self._consumed = 0
+        self._buffered_bytes = 0
         self._deadline: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._pump: asyncio.Task[None] | None = None
@@ -243,38 +382,27 @@ class RoutedStream:
         except Exception as exc:
             self.fail(StatusCode.INTERNAL, f"could not serialize the request: {exc}")
             return False
-        while self._credit <= 0:
+        while not self._out.open():
             if self._code is not None:
                 return False
             self._credit_changed.clear()
             await self._credit_changed.wait()
         if self._code is not None:
             return False
-        self._credit -= 1
+        self._out.sent += message_cost(data)
         self._send(Frame(FrameType.MESSAGE, 0, payload=data))
         return True
 
     # -- frames --
 
     def _send(self, frame: Frame) -> None:
-        """Number ``frame`` and publish it to the owner (in order: publishing appends to
-        the NATS client's buffer before it first yields, and tasks start in order)."""
-        subject = self._owner_subject
-        if subject is None:
-            return
-        data = Frame(
-            frame.type,
-            self._send_seq,
-            frame.payload,
-            frame.metadata,
-            frame.credit,
-            code=frame.code,
-            message=frame.message,
-        ).encode()
-        self._send_seq += 1
-        self._node.spawn(self._publish(subject, data))
+        """Number ``frame`` and queue it for the owner (nothing before it is known)."""
+        if self._owner_subject is not None:
+            super()._send(frame)
 
-    async def _publish(self, subject: str, data: bytes) -> None:
+    async def _publish(self, data: bytes) -> None:
+        subject = self._owner_subject
+        assert subject is not None
         try:
             await self._backend.send_frame(subject, data)
         except Exception as exc:
@@ -301,19 +429,14 @@ class RoutedStream:
                 if self._token is not None:
                     self._backend.close_stream_inbox(self._token)
             return
-        if frame.seq != self._recv_seq:
-            self.fail(
-                StatusCode.UNAVAILABLE,
-                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
-            )
+        if not self._in_order(frame, self.fail):
             return
-        self._recv_seq += 1
         kind = frame.type
         if opening is not None and not opening.done():
             if kind is FrameType.OPENED:
                 self._owner_subject = frame.subject
                 self.owner_node = frame.node
-                self._credit = frame.credit
+                self._out.granted = frame.credit
                 opening.set_result(frame)
             elif kind is FrameType.END:
                 opening.set_result(frame)
@@ -322,13 +445,15 @@ class RoutedStream:
             return
         if kind is FrameType.HEADERS:
             self._initial = frame.metadata
-        elif kind is FrameType.MESSAGE:
-            if len(self._messages) >= self._window:
-                self.fail(StatusCode.INTERNAL, "the client's node sent past its credit")
-                return
-            self._messages.append(frame.payload)
+        elif kind is FrameType.MESSAGE or kind is FrameType.MESSAGES:
+            for payload in frame.payloads if kind is FrameType.MESSAGES else (frame.payload,):
+                if not self._in.accept(message_cost(payload)):
+                    self.fail(StatusCode.INTERNAL, "the client's node sent past its credit")
+                    return
+                self._messages.append(payload)
+                self._buffered_bytes += len(payload)
         elif kind is FrameType.CREDIT:
-            self._credit += frame.credit
+            self._out.granted += frame.credit
             self._credit_changed.set()
         elif kind is FrameType.END:
             self._end(frame.code, frame.message, frame.metadata)
@@ -393,10 +518,10 @@ class RoutedStream:
         while True:
             if self._messages:
                 data = self._messages.popleft()
-                self._consumed += 1
-                if self._consumed >= _grant_every(self._window) and self._code is None:
-                    self._send(Frame(FrameType.CREDIT, 0, credit=self._consumed))
-                    self._consumed = 0
+                self._buffered_bytes -= len(data)
+                grant = self._in.consumed(message_cost(data))
+                if grant and self._code is None:
+                    self._send(Frame(FrameType.CREDIT, 0, credit=grant))
                 return data
             if self._error is not None:
                 raise self._error
@@ -446,8 +571,13 @@ class RoutedStream:
 
     @property
     def buffered(self) -> int:
-        """Response messages received and not read yet (at most the window)."""
+        """Response messages received and not read yet."""
         return len(self._messages)
+
+    @property
+    def buffered_bytes(self) -> int:
+        """Their bytes: with the per-message overhead, at most the window plus one message."""
+        return self._buffered_bytes
 
 
 class _RemoteStreamMixin:
@@ -546,7 +676,7 @@ class RemoteStreamUnaryCall(_RemoteStreamMixin, StreamUnaryCall[Resp]):
         return reply
 
 
-class ServedStream:
+class ServedStream(_FrameLink):
     """The owning node's side of one routed stream: runs it as a local QUIC call."""
 
     def __init__(self, node: StreamNode, client_id: str, open_: StreamOpen, reply: str) -> None:
@@ -562,29 +692,15 @@ class ServedStream:
         self._requests: deque[bytes] = deque()
         self._requests_changed = asyncio.Event()
         self._half_closed = False
-        self._credit = open_.window
+        self._out = _Outgoing(open_.window)
+        self._in = _Incoming(self._window)
+        self._outbox: list[Frame] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._credit_changed = asyncio.Event()
-        self._consumed = 0
         self._token: str | None = None
         self._call: Any = None
         self._over: RpcError | None = None
         """Why the stream ended early (cancel from the caller, lost frames, caller gone)."""
-
-    def _send(self, frame: Frame) -> None:
-        data = Frame(
-            frame.type,
-            self._send_seq,
-            frame.payload,
-            frame.metadata,
-            frame.credit,
-            frame.node,
-            frame.subject,
-            frame.code,
-            frame.message,
-            frame.not_here,
-        ).encode()
-        self._send_seq += 1
-        self._node.spawn(self._publish(data))
 
     async def _publish(self, data: bytes) -> None:
         try:
@@ -612,25 +728,21 @@ class ServedStream:
         except ValueError as exc:
             self.abort(StatusCode.INTERNAL, f"bad frame from the calling node: {exc}")
             return
-        if frame.seq != self._recv_seq:
-            self.abort(
-                StatusCode.UNAVAILABLE,
-                f"frames lost between nodes (expected {self._recv_seq}, got {frame.seq})",
-            )
+        if not self._in_order(frame, self.abort):
             return
-        self._recv_seq += 1
         kind = frame.type
-        if kind is FrameType.MESSAGE:
-            if self._half_closed or len(self._requests) >= self._window:
-                self.abort(StatusCode.INTERNAL, "the calling node sent past its credit")
-                return
-            self._requests.append(frame.payload)
+        if kind is FrameType.MESSAGE or kind is FrameType.MESSAGES:
+            for payload in frame.payloads if kind is FrameType.MESSAGES else (frame.payload,):
+                if self._half_closed or not self._in.accept(message_cost(payload)):
+                    self.abort(StatusCode.INTERNAL, "the calling node sent past its credit")
+                    return
+                self._requests.append(payload)
             self._requests_changed.set()
         elif kind is FrameType.HALF_CLOSE:
             self._half_closed = True
             self._requests_changed.set()
         elif kind is FrameType.CREDIT:
-            self._credit += frame.credit
+            self._out.granted += frame.credit
             self._credit_changed.set()
         elif kind is FrameType.CANCEL:
             self.abort(frame.code, frame.message or "cancelled by the calling node")
@@ -647,17 +759,16 @@ class ServedStream:
             if self._over is not None:
                 return
             data = self._requests.popleft()
-            self._consumed += 1
-            if self._consumed >= _grant_every(self._window):
-                self._send(Frame(FrameType.CREDIT, 0, credit=self._consumed))
-                self._consumed = 0
+            grant = self._in.consumed(message_cost(data))
+            if grant:
+                self._send(Frame(FrameType.CREDIT, 0, credit=grant))
             yield data
 
-    async def _reply_credit(self) -> None:
-        while self._credit <= 0 and self._over is None:
+    async def _reply_credit(self, reply: bytes) -> None:
+        while not self._out.open() and self._over is None:
             self._credit_changed.clear()
             await self._credit_changed.wait()
-        self._credit -= 1
+        self._out.sent += message_cost(reply)
 
     async def run(self) -> None:
         """Serve the stream to its end (the caller hears END in every case)."""
@@ -722,7 +833,7 @@ class ServedStream:
                 # Returns at the first message (not consumed), the trailers or an error.
                 self._send(Frame(FrameType.HEADERS, 0, metadata=await call.initial_metadata()))
                 async for reply in call:
-                    await self._reply_credit()
+                    await self._reply_credit(reply)
                     if self._over is not None:
                         break
                     self._send(Frame(FrameType.MESSAGE, 0, payload=reply))

@@ -120,9 +120,6 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.listener: ConnectionListener = Unattached()
         """Hears of the peer's new streams, premature resets, nudges and the end
         (`attach`)."""
-        self.peer_encodings: frozenset[str] = frozenset()
-        """Message encodings the peer accepts (its HELLO or WELCOME, wire-protocol.md
-        §4.4); the runtime sets it, and compresses only with these."""
         self.closed_error: ConnectionClosed | None = None
         self.close_code: int | None = None
         """The CONNECTION_CLOSE error code once the connection ended."""

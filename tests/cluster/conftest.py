@@ -7,11 +7,14 @@ test may SIGKILL one of. Both are ended by their PIDs when the test ends.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from quicflow import Server
 from quicflow.cluster.natsserver import NatsCluster, NatsServer
+
+from .nodes import node_pair
 
 
 @pytest.fixture
@@ -34,3 +37,10 @@ def nats_cluster() -> Iterator[NatsCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+async def two_nodes(nats_server: NatsServer) -> AsyncIterator[tuple[Server, Server]]:
+    """Nodes "a" and "b" of cluster "t" on one nats-server."""
+    async with node_pair((nats_server.url,)) as nodes:
+        yield nodes

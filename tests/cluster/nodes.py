@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from typing import Any
 
 from echo.echo_pb2 import EchoReply, EchoRequest
@@ -68,6 +69,25 @@ async def start_node(urls: tuple[str, ...], node_id: str, **overrides: Any) -> S
     server = Server(node_config(urls, node_id, **overrides))
     await server.start()
     return server
+
+
+@asynccontextmanager
+async def node_pair(
+    urls: tuple[str, ...], **overrides: Any
+) -> AsyncIterator[tuple[Server, Server]]:
+    """Nodes "a" and "b" of cluster "t" (both with ``overrides``), stopped when the block ends."""
+    a = await start_node(urls, "a", **overrides)
+    b = await start_node(urls, "b", **overrides)
+    try:
+        yield a, b
+    finally:
+        await a.stop()
+        await b.stop()
+
+
+def registered(server: Server, client_id: str, node: str) -> bool:
+    """Whether ``server`` lists ``client_id`` as connected to ``node``."""
+    return any(i.client_id == client_id and i.node == node for i in server.list_clients())
 
 
 def client_config(port: int | list[int], client_id: str, **overrides: Any) -> ClientConfig:

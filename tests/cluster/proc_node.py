@@ -94,7 +94,10 @@ async def _streaming(server: Server, request: dict[str, Any]) -> dict[str, Any]:
     op = request["op"]
     try:
         if op == "collect":
-            reply = await stub.collect((EchoRequest(text=t) for t in texts), timeout=timeout)
+            pad = bytes(request.get("pad", 0))
+            reply = await stub.collect(
+                (EchoRequest(text=t, payload=pad) for t in texts), timeout=timeout
+            )
             replies.append(reply.text)
         else:
             call = (

@@ -26,6 +26,7 @@ def test_cluster_demo_runs_and_shows_clients_moving() -> None:
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
     assert "node a got: carol seq=1" in out
+    assert "node a got: carol acked 3 events" in out  # a routed stream
     assert "resolved: alice seq=2" in out
     assert "'a': 'answered=True clients=1'" in out
     assert "7 client(s)" in out  # quicflow clients on node b lists the whole cluster

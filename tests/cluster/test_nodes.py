@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -17,23 +17,7 @@ from quicflow.cluster.natsserver import NatsServer
 from quicflow.cluster.node import ClusterBroadcastResult
 from quicflow.push import ClientChannel, DeliveryStatus
 
-from .nodes import connect, start_node, until
-
-
-@pytest.fixture
-async def two_nodes(nats_server: NatsServer) -> AsyncIterator[tuple[Server, Server]]:
-    """Nodes "a" and "b" of cluster "t" on one nats-server."""
-    a = await start_node((nats_server.url,), "a")
-    b = await start_node((nats_server.url,), "b")
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
-
-
-def _registered(server: Server, client_id: str, node: str) -> bool:
-    return any(i.client_id == client_id and i.node == node for i in server.list_clients())
+from .nodes import connect, node_pair, registered, start_node, until
 
 
 async def test_push_to_a_client_on_another_node_gets_its_ack(
@@ -43,7 +27,7 @@ async def test_push_to_a_client_on_another_node_gets_its_ack(
     a, b = two_nodes
     client, inbox = await connect(b.port, "c-1")
     try:
-        await until(lambda: _registered(a, "c-1", "b"))
+        await until(lambda: registered(a, "c-1", "b"))
         ack = await NotifyStub(a.client("c-1")).deliver(Event(seq=7, text="hi"))
         assert (ack.client_id, ack.seq) == ("c-1", 7)
         assert [e.text for e in inbox.events] == ["hi"]
@@ -69,7 +53,7 @@ async def test_client_ids_with_subject_characters_are_routed(
     client, inbox = await connect(b.port, odd)
     other, other_inbox = await connect(b.port, "x")
     try:
-        await until(lambda: _registered(a, odd, "b") and _registered(a, "x", "b"))
+        await until(lambda: registered(a, odd, "b") and registered(a, "x", "b"))
         ack = await NotifyStub(a.client(odd)).deliver(Event(seq=1))
         assert ack.client_id == odd
         assert len(inbox.events) == 1 and other_inbox.events == []
@@ -124,7 +108,7 @@ async def test_live_info_for_a_client_on_another_node(nats_server: NatsServer) -
     remote, _ = await connect(b.port, "far", heartbeat_interval=0.2)
     admin, _ = await connect(a.port, "ops")
     try:
-        await until(lambda: _registered(a, "far", "b"))
+        await until(lambda: registered(a, "far", "b"))
         for seq in (1, 2, 3):
             await NotifyStub(a.client("far")).deliver(Event(seq=seq))
         await until(lambda: b.get_client_info("far").last_heartbeat is not None)
@@ -163,7 +147,7 @@ async def test_async_send_to_a_remote_client_resolves_with_its_ack(
     a, b = two_nodes
     client, inbox = await connect(b.port, "c-1")
     try:
-        await until(lambda: _registered(a, "c-1", "b"))
+        await until(lambda: registered(a, "c-1", "b"))
         promise = a.async_send("c-1", lambda ch: NotifyStub(ch).deliver(Event(seq=3)))
         ack = await promise
         assert ack.seq == 3
@@ -207,15 +191,15 @@ async def test_same_id_on_another_node_replaces_the_old_session(
     a, b = two_nodes
     old, old_inbox = await connect(a.port, "dup", reconnect=False)
     try:
-        await until(lambda: _registered(b, "dup", "a"))
+        await until(lambda: registered(b, "dup", "a"))
         new, new_inbox = await connect(b.port, "dup")
         try:
             await until(lambda: "dup" not in a.sessions)
-            await until(lambda: _registered(a, "dup", "b"))
+            await until(lambda: registered(a, "dup", "b"))
             ack = await NotifyStub(a.client("dup")).deliver(Event(seq=1))
             assert ack.seq == 1 and len(new_inbox.events) == 1 and old_inbox.events == []
             await asyncio.sleep(0.3)  # the old node's late unregister must not remove it
-            assert _registered(a, "dup", "b") and _registered(b, "dup", "b")
+            assert registered(a, "dup", "b") and registered(b, "dup", "b")
         finally:
             await new.close()
     finally:
@@ -226,9 +210,7 @@ async def test_held_send_is_delivered_where_the_client_comes_back(nats_server: N
     """Check that an acked send to an absent client waits in JetStream and is delivered once,
     by the node the client connects to, resolving the sender's promise."""
     urls = (nats_server.url,)
-    a = await start_node(urls, "a", hold_max_count=10)
-    b = await start_node(urls, "b", hold_max_count=10)
-    try:
+    async with node_pair(urls, hold_max_count=10) as (a, b):
         promise = a.async_send("late", lambda ch: NotifyStub(ch).deliver(Event(seq=9)), timeout=5.0)
         await asyncio.sleep(0.2)
         assert not promise.done()
@@ -243,9 +225,6 @@ async def test_held_send_is_delivered_where_the_client_comes_back(nats_server: N
             assert b.cluster is not None and b.cluster.stats.held_delivered == 1
         finally:
             await client.close()
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_hold_max_count_is_per_client_cluster_wide(nats_server: NatsServer) -> None:
@@ -253,9 +232,7 @@ async def test_hold_max_count_is_per_client_cluster_wide(nats_server: NatsServer
     held, a third (from node b) fails ClientNotConnected at once, not at its deadline, and
     the two held ones are delivered when the client comes back."""
     urls = (nats_server.url,)
-    a = await start_node(urls, "a", hold_max_count=2)
-    b = await start_node(urls, "b", hold_max_count=2)
-    try:
+    async with node_pair(urls, hold_max_count=2) as (a, b):
 
         def deliver(seq: int) -> Callable[[ClientChannel], Awaitable[Ack]]:
             return lambda ch: NotifyStub(ch).deliver(Event(seq=seq))
@@ -274,9 +251,6 @@ async def test_hold_max_count_is_per_client_cluster_wide(nats_server: NatsServer
             assert sorted(e.seq for e in inbox.events) == [1, 2]
         finally:
             await client.close()
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_hold_max_age_bounds_a_cluster_held_send(nats_server: NatsServer) -> None:
@@ -284,9 +258,7 @@ async def test_hold_max_age_bounds_a_cluster_held_send(nats_server: NatsServer) 
     hold_max_age (0.5 s), well before its 5 s deadline, and is not delivered when the
     client comes back afterwards."""
     urls = (nats_server.url,)
-    a = await start_node(urls, "a", hold_max_count=10, hold_max_age=0.5)
-    b = await start_node(urls, "b", hold_max_count=10, hold_max_age=0.5)
-    try:
+    async with node_pair(urls, hold_max_count=10, hold_max_age=0.5) as (a, b):
         loop = asyncio.get_running_loop()
         start = loop.time()
         promise = a.async_send("gone", lambda ch: NotifyStub(ch).deliver(Event(seq=4)), timeout=5.0)
@@ -301,60 +273,51 @@ async def test_hold_max_age_bounds_a_cluster_held_send(nats_server: NatsServer) 
             assert b.cluster is not None and b.cluster.stats.held_delivered == 0
         finally:
             await client.close()
-    finally:
-        await a.stop()
-        await b.stop()
 
 
 async def test_nats_outage_fails_cluster_work_fast_and_recovers(nats_server: NatsServer) -> None:
     """Check that without NATS local pushes work and remote ones fail UNAVAILABLE at once,
     and that once NATS is back both nodes re-register their clients."""
     urls = (nats_server.url,)
-    a = await start_node(urls, "a")
-    b = await start_node(urls, "b")
-    ca, _ = await connect(a.port, "ca")
-    cb, _ = await connect(b.port, "cb")
-    try:
-        await until(lambda: len(a.list_clients()) == 2)
-        nats_server.kill()
-        await until(lambda: a.cluster is not None and not a.cluster.backend.connected)
-        assert (await NotifyStub(a.client("ca")).deliver(Event(seq=1))).seq == 1
-        loop = asyncio.get_running_loop()
-        start = loop.time()
-        with pytest.raises(RpcError) as failed:
-            await NotifyStub(a.client("cb")).deliver(Event(seq=2))
-        assert failed.value.code is StatusCode.UNAVAILABLE
-        assert loop.time() - start < 0.5
-        assert [i.client_id for i in a.list_clients()] == ["ca"]
-        nats_server.start()
-        await until(lambda: len(a.list_clients()) == 2 and len(b.list_clients()) == 2, 10.0)
-        assert (await NotifyStub(a.client("cb")).deliver(Event(seq=3))).seq == 3
-    finally:
-        await ca.close()
-        await cb.close()
-        await a.stop()
-        await b.stop()
+    async with node_pair(urls) as (a, b):
+        ca, _ = await connect(a.port, "ca")
+        cb, _ = await connect(b.port, "cb")
+        try:
+            await until(lambda: len(a.list_clients()) == 2)
+            nats_server.kill()
+            await until(lambda: a.cluster is not None and not a.cluster.backend.connected)
+            assert (await NotifyStub(a.client("ca")).deliver(Event(seq=1))).seq == 1
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            with pytest.raises(RpcError) as failed:
+                await NotifyStub(a.client("cb")).deliver(Event(seq=2))
+            assert failed.value.code is StatusCode.UNAVAILABLE
+            assert loop.time() - start < 0.5
+            assert [i.client_id for i in a.list_clients()] == ["ca"]
+            nats_server.start()
+            await until(lambda: len(a.list_clients()) == 2 and len(b.list_clients()) == 2, 10.0)
+            assert (await NotifyStub(a.client("cb")).deliver(Event(seq=3))).seq == 3
+        finally:
+            await ca.close()
+            await cb.close()
 
 
 async def test_clients_move_to_the_next_node_when_theirs_stops(nats_server: NatsServer) -> None:
     """Check that a client given both nodes reconnects to the other when its node stops,
     and is then listed and reachable there."""
     urls = (nats_server.url,)
-    a = await start_node(urls, "a")
-    b = await start_node(urls, "b")
-    client, inbox = await connect(a.port, "mover", servers=[f"127.0.0.1:{b.port}"])
-    try:
-        await until(lambda: _registered(b, "mover", "a"))
-        await a.stop(grace=0.1)
-        await until(lambda: _registered(b, "mover", "b"))
-        assert client.server_address == ("127.0.0.1", b.port)
-        assert [i.client_id for i in b.list_clients()] == ["mover"]
-        ack = await NotifyStub(b.client("mover")).deliver(Event(seq=4))
-        assert ack.seq == 4 and len(inbox.events) == 1
-    finally:
-        await client.close()
-        await a.stop()
-        await b.stop()
+    async with node_pair(urls) as (a, b):
+        client, inbox = await connect(a.port, "mover", servers=[f"127.0.0.1:{b.port}"])
+        try:
+            await until(lambda: registered(b, "mover", "a"))
+            await a.stop(grace=0.1)
+            await until(lambda: registered(b, "mover", "b"))
+            assert client.server_address == ("127.0.0.1", b.port)
+            assert [i.client_id for i in b.list_clients()] == ["mover"]
+            ack = await NotifyStub(b.client("mover")).deliver(Event(seq=4))
+            assert ack.seq == 4 and len(inbox.events) == 1
+        finally:
+            await client.close()
 
 
 async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, Server]) -> None:
@@ -366,7 +329,7 @@ async def test_status_and_prometheus_show_the_cluster(two_nodes: tuple[Server, S
     a, b = two_nodes
     client, _ = await connect(b.port, "c-1")
     try:
-        await until(lambda: _registered(a, "c-1", "b"))
+        await until(lambda: registered(a, "c-1", "b"))
         await NotifyStub(a.client("c-1")).deliver(Event(seq=1))
         doc = status_document(a)
         cluster = doc["cluster"]

@@ -256,8 +256,8 @@ async def test_streaming_calls_from_a_to_a_client_on_c(
     await _listed(a, [("echo-c", "c")])
     answer = await a.do("stream", to="echo-c", text="s", repeat=50)
     assert answer["replies"] == ["s"] * 50 and "error" not in answer
-    texts = [f"r{i}" for i in range(40)]  # over the credit window of 16
-    answer = await a.do("collect", to="echo-c", texts=texts)
+    texts = [f"r{i}" for i in range(40)]  # 40 x 20 kB: over the 256 KiB credit window
+    answer = await a.do("collect", to="echo-c", texts=texts, pad=20_000)
     assert answer["replies"] == [",".join(texts)]
     echo.received.clear()
     answer = await a.do("chat", to="echo-c", texts=["a", "b", "c"])
@@ -320,3 +320,29 @@ async def test_owning_node_killed_mid_stream_is_unavailable_within_the_ttl(
     assert "died mid-stream" in answer["message"]
     assert loop.time() - killed < NODE_TTL + 1.0
     assert len(answer["replies"]) >= 5
+
+
+@pytest.mark.serial  # measures a real-time bound
+async def test_calling_node_killed_mid_stream_cancels_the_clients_handler(
+    nodes: list[NodeProc], clients: Clients
+) -> None:
+    """Check that SIGKILLing node a while its routed stream to c's client runs makes node c
+    cancel the stream within the node TTL (plus refresh slack), long before the stream's
+    deadline: the client's handler is cancelled and stops yielding."""
+    a, _, c = nodes
+    echo = StreamEcho()
+    await clients.connect(c, "echo-c", echo=echo)
+    await _listed(a, [("echo-c", "c")])
+    asyncio.ensure_future(
+        a.do("stream", 30.0, to="echo-c", repeat=100_000, delay_ms=10, timeout=20.0)
+    ).add_done_callback(lambda f: f.exception())  # a dies: its answer never comes
+    await until(lambda: echo.yielded >= 5)
+    loop = asyncio.get_running_loop()
+    killed = loop.time()
+    a.kill()
+    async with asyncio.timeout(NODE_TTL + 2.0):
+        await echo.cancelled.wait()
+    assert loop.time() - killed < NODE_TTL + 1.0
+    stopped = echo.yielded
+    await asyncio.sleep(0.2)
+    assert echo.yielded == stopped

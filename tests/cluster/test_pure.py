@@ -24,6 +24,14 @@ from quicflow.cluster.codec import (
     decode_client_infos,
     encode_client_infos,
 )
+from quicflow.cluster.streams import (
+    BATCH_BYTES,
+    MESSAGE_OVERHEAD,
+    _Incoming,
+    _Outgoing,
+    coalesce,
+    message_cost,
+)
 from quicflow.cluster.subjects import Names, decode_token, encode_token
 from quicflow.cluster.view import ClusterView, kick_applies
 from quicflow.sessions import ClientInfo, SessionState
@@ -248,6 +256,7 @@ def test_stream_open_round_trips_and_refuses_bad_kinds() -> None:
             not_here=True,
         ),
         Frame(FrameType.CANCEL, 2**32 - 1, code=StatusCode.CANCELLED, message="call cancelled"),
+        Frame(FrameType.MESSAGES, 7, payloads=(b"a", b"", b"\x00" * 300)),
     ],
 )
 def test_stream_frames_round_trip(frame: Frame) -> None:
@@ -280,3 +289,39 @@ def test_client_infos_round_trip_and_refuse_garbage() -> None:
     for bad in (b"{", b'[{"id": "a"}]', b"[1]", b'[{"state": "nope"}]'):
         with pytest.raises(ValueError):
             decode_client_infos(bad)
+
+
+def test_stream_credit_allows_the_window_plus_one_message_and_grants_at_half() -> None:
+    """Check the routed-stream credit rules: a sender may send while below its grant (so
+    one message may overshoot), a receiver refuses a message sent with no credit left and
+    grants back once half its window was consumed."""
+    assert message_cost(b"abc") == 3 + MESSAGE_OVERHEAD
+    out, inc = _Outgoing(1000), _Incoming(1000)
+    sent = 0
+    while out.open():
+        out.sent += 300
+        assert inc.accept(300)
+        sent += 1
+    assert sent == 4 and out.sent == 1200  # the fourth overshoots; a fifth may not go
+    assert not inc.accept(300)
+    assert inc.consumed(300) == 0  # 300 < 500: no grant yet
+    assert inc.consumed(300) == 600  # half the window reached: grant what was consumed
+    out.granted += 600
+    assert out.open() and inc.granted == 1600
+
+
+def test_queued_messages_are_coalesced_in_order_up_to_the_batch_size() -> None:
+    """Check that runs of MESSAGE frames become MESSAGES frames of at most BATCH_BYTES, a
+    lone message stays a MESSAGE, other frames keep their place, and nothing is reordered."""
+    msg = [Frame(FrameType.MESSAGE, 0, payload=bytes([i]) * 1000) for i in range(100)]
+    credit = Frame(FrameType.CREDIT, 0, credit=5)
+    half = Frame(FrameType.HALF_CLOSE, 0)
+    out = coalesce([msg[0], credit, *msg[1:], half, msg[0]])
+    assert out[0] == msg[0] and out[1] == credit and out[-2:] == [half, msg[0]]
+    batches = out[2:-2]
+    assert all(f.type is FrameType.MESSAGES for f in batches)
+    assert all(sum(map(len, f.payloads)) <= BATCH_BYTES for f in batches)
+    assert [p for f in batches for p in f.payloads] == [m.payload for m in msg[1:]]
+    assert len(batches) == 2  # 99 kB in 64 KiB batches
+    big = Frame(FrameType.MESSAGE, 0, payload=bytes(BATCH_BYTES + 1))
+    assert coalesce([msg[0], big]) == [msg[0], big]  # a larger message goes alone

@@ -16,25 +16,12 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import Client, RpcError, Server, StatusCode
-from quicflow.cluster.natsserver import NatsServer
 from quicflow.cluster.streams import ServedStream
 from quicflow.push import DeliveryStatus
 
-from .nodes import StreamEcho, client_config, start_node, until
+from .nodes import StreamEcho, client_config, registered, until
 
-WINDOW = 16  # ClusterNode.stream_window's default
-
-
-@pytest.fixture
-async def two_nodes(nats_server: NatsServer) -> AsyncIterator[tuple[Server, Server]]:
-    """Nodes "a" and "b" of cluster "t" on one nats-server."""
-    a = await start_node((nats_server.url,), "a")
-    b = await start_node((nats_server.url,), "b")
-    try:
-        yield a, b
-    finally:
-        await a.stop()
-        await b.stop()
+WINDOW = 256 * 1024  # ClusterNode.stream_window's default (bytes)
 
 
 async def _echo_client(server: Server, client_id: str) -> tuple[Client, StreamEcho]:
@@ -43,12 +30,6 @@ async def _echo_client(server: Server, client_id: str) -> tuple[Client, StreamEc
     client.add_service(echo)
     await client.connect()
     return client, echo
-
-
-async def _registered(server: Server, client_id: str, node: str) -> None:
-    await until(
-        lambda: any(i.client_id == client_id and i.node == node for i in server.list_clients())
-    )
 
 
 async def test_server_streaming_to_a_client_on_another_node(
@@ -60,7 +41,7 @@ async def test_server_streaming_to_a_client_on_another_node(
     a, b = two_nodes
     client, echo = await _echo_client(b, "s-1")
     try:
-        await _registered(a, "s-1", "b")
+        await until(lambda: registered(a, "s-1", "b"))
         call = EchoStub(a.client("s-1")).stream(
             EchoRequest(text="hi", repeat=40), timeout=4.0, metadata=[("who", "node-a")]
         )
@@ -87,10 +68,10 @@ async def test_client_streaming_and_bidi_to_a_client_on_another_node(
     a, b = two_nodes
     client, echo = await _echo_client(b, "s-2")
     try:
-        await _registered(a, "s-2", "b")
+        await until(lambda: registered(a, "s-2", "b"))
         stub = EchoStub(a.client("s-2"))
-        texts = [f"t{i}" for i in range(3 * WINDOW)]
-        reply = await stub.collect(EchoRequest(text=t) for t in texts)
+        texts = [f"t{i}" for i in range(100)]  # 100 x 10 kB: the window ~4 times over
+        reply = await stub.collect(EchoRequest(text=t, payload=bytes(10_000)) for t in texts)
         assert reply.text == ",".join(texts)
 
         async def requests() -> AsyncIterator[EchoRequest]:
@@ -118,7 +99,7 @@ async def test_bidi_turn_by_turn(two_nodes: tuple[Server, Server]) -> None:
     a, b = two_nodes
     client, _ = await _echo_client(b, "s-3")
     try:
-        await _registered(a, "s-3", "b")
+        await until(lambda: registered(a, "s-3", "b"))
         queue: asyncio.Queue[EchoRequest | None] = asyncio.Queue()
 
         async def requests() -> AsyncIterator[EchoRequest]:
@@ -143,7 +124,7 @@ async def test_a_slow_reader_holds_at_most_the_window(two_nodes: tuple[Server, S
     a, b = two_nodes
     client, echo = await _echo_client(b, "s-4")
     try:
-        await _registered(a, "s-4", "b")
+        await until(lambda: registered(a, "s-4", "b"))
         call = EchoStub(a.client("s-4")).stream(
             EchoRequest(text="x" * 20_000, repeat=10_000), timeout=10.0
         )
@@ -156,8 +137,11 @@ async def test_a_slow_reader_holds_at_most_the_window(two_nodes: tuple[Server, S
         assert echo.yielded == stalled < 1_000
         assert a.cluster is not None
         (routed,) = a.cluster.streams_out
-        assert routed.buffered == WINDOW - 1  # one read, no CREDIT yet: the owner stopped
-        for _ in range(3 * WINDOW):
+        # One read, no CREDIT yet (under half the window consumed): the owner stopped at
+        # the window (each message costs its ~20 kB + 64).
+        cost = 20_000 + 64 + 8
+        assert WINDOW - 2 * cost <= routed.buffered_bytes <= WINDOW + cost
+        for _ in range(40):
             assert await call.read() is not None
         await until(lambda: echo.yielded > stalled)
         call.cancel()
@@ -173,7 +157,7 @@ async def test_cancel_mid_stream_resets_the_clients_handler(
     a, b = two_nodes
     client, echo = await _echo_client(b, "s-5")
     try:
-        await _registered(a, "s-5", "b")
+        await until(lambda: registered(a, "s-5", "b"))
         call = EchoStub(a.client("s-5")).stream(
             EchoRequest(text="x", repeat=1000, delay_ms=20), timeout=10.0
         )
@@ -194,7 +178,7 @@ async def test_deadline_travels_and_ends_the_stream(two_nodes: tuple[Server, Ser
     a, b = two_nodes
     client, echo = await _echo_client(b, "s-6")
     try:
-        await _registered(a, "s-6", "b")
+        await until(lambda: registered(a, "s-6", "b"))
         call = EchoStub(a.client("s-6")).stream(
             EchoRequest(text="x", repeat=1000, delay_ms=50), timeout=0.4
         )
@@ -261,7 +245,7 @@ async def test_a_lost_frame_fails_the_stream_unavailable(
 
     monkeypatch.setattr(ServedStream, "_publish", lossy)
     try:
-        await _registered(a, "s-7", "b")
+        await until(lambda: registered(a, "s-7", "b"))
         call = EchoStub(a.client("s-7")).stream(
             EchoRequest(text="x", repeat=1000, delay_ms=5), timeout=5.0
         )

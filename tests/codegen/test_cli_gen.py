@@ -54,6 +54,46 @@ def test_gen_betterproto_flavour_skips_editions_files_one_line_each(
     ]
 
 
+def test_gen_betterproto_flavour_skips_a_file_betterproto_cannot_write(
+    tmp_path: Path,
+) -> None:
+    """Check that a file on which betterproto's plugin fails (its code for a type from a
+    package named with a Python keyword does not parse) is named in one line and skipped,
+    that the rest of the directory is generated (the keyword package itself included:
+    it has no service, so no QuicFlow module),
+    and that the run exits 1."""
+    protos = tmp_path / "protos"
+    shutil.copytree(CASES / "all_kinds" / "proto", protos)
+    (protos / "kw").mkdir()
+    (protos / "kw" / "item.proto").write_text(
+        'syntax = "proto3";\npackage class;\nmessage Item { string name = 1; }\n'
+    )
+    (protos / "uses").mkdir()
+    (protos / "uses" / "uses.proto").write_text(
+        'syntax = "proto3";\npackage uses;\nimport "kw/item.proto";\n'
+        "message Box { class.Item item = 1; }\n"
+        "service Boxes { rpc Get(Box) returns (Box); }\n"
+    )
+    out = tmp_path / "out"
+    done = run(
+        [str(BIN / "quicflow"), "gen", str(protos), "--out", str(out), "--flavour", "betterproto"]
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    assert line.startswith(
+        "quicflow gen: skipped uses/uses.proto: betterproto 2.0.0b7 cannot generate it "
+        "(black.parsing.InvalidInput: cannot parse: "
+    ), line
+    assert line.endswith("(use --flavour protobuf)"), line
+    assert "generated 2 .proto file(s)" in done.stdout
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.py")) == [
+        "__init__.py",
+        "class/__init__.py",
+        "demo/__init__.py",
+        "demo/demo_quicflow.py",
+    ]
+
+
 def test_gen_reports_a_crashed_plugin_in_one_short_line(tmp_path: Path) -> None:
     """Check that a plugin's traceback through protoc becomes its last line, not every frame."""
     proto = CASES / "all_kinds" / "proto"

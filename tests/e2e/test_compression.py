@@ -8,13 +8,21 @@ in a few KiB was compressed.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase, EchoStub
 
-from quicflow import ArgumentError, ConfigError, RpcError, ServicerContext, StatusCode, UsageError
+from quicflow import (
+    ArgumentError,
+    Client,
+    ConfigError,
+    RpcError,
+    ServicerContext,
+    StatusCode,
+    UsageError,
+)
 from quicflow.config import ClientConfig, ServerConfig
 from quicflow.testing import ClientFor
 from quicflow.wire.compression import ENCODINGS
@@ -125,12 +133,59 @@ async def test_an_encoding_the_peer_does_not_accept_is_not_used() -> None:
     async with harness as client:
         link = client._link
         assert link is not None
-        assert link.conn.peer_encodings == frozenset(ENCODINGS)
-        link.conn.peer_encodings = frozenset()
+        assert link.peer_encodings == frozenset(ENCODINGS)
+        link.peer_encodings = frozenset()
         reply = await EchoStub(client).say(EchoRequest(payload=BIG))
         assert reply.payload == BIG
         bytes_in, _ = _traffic(harness)
         assert bytes_in > len(BIG)
+
+
+def _count_writes(monkeypatch: pytest.MonkeyPatch, conn: object) -> Callable[[], int]:
+    """Count the bytes ``conn`` is asked to write on call streams (not the control stream)."""
+    written = [0]
+    write = conn.write  # type: ignore[attr-defined]
+
+    def counting(stream_id: int, data: bytes, end_stream: bool = False) -> bool:
+        if stream_id != 0:
+            written[0] += len(data)
+        result: bool = write(stream_id, data, end_stream)
+        return result
+
+    monkeypatch.setattr(conn, "write", counting)
+    return lambda: written[0]
+
+
+@pytest.mark.parametrize("client_accepts", [True, False])
+async def test_pushed_calls_compress_with_what_the_other_side_accepts(
+    monkeypatch: pytest.MonkeyPatch, client_accepts: bool
+) -> None:
+    """Check that a server push and the client's answer to it are compressed when both
+    sides choose gzip (each reads what the other accepts from its session or its link), and
+    that a server whose session records no accepted encoding pushes uncompressed."""
+    harness = ClientFor([TestEcho()], server_options={"compression": "gzip"})
+    async with harness:
+        client = Client(harness.client_config(client_id="pushed", compression="gzip"))
+        client.add_service(Compressing())
+        await client.connect()
+        try:
+            session = harness.server.sessions.get("pushed")
+            link = client._link
+            assert session is not None and link is not None
+            assert session.peer_encodings == link.peer_encodings == frozenset(ENCODINGS)
+            if not client_accepts:
+                session.peer_encodings = frozenset()
+            pushed = _count_writes(monkeypatch, session.conn)
+            answered = _count_writes(monkeypatch, link.conn)
+            reply = await EchoStub(harness.server.client("pushed")).say(EchoRequest(payload=BIG))
+            assert reply.payload == BIG
+            assert answered() < 5_000
+            if client_accepts:
+                assert pushed() < 5_000
+            else:
+                assert pushed() > len(BIG)
+        finally:
+            await client.close()
 
 
 async def test_a_message_inflating_past_the_limit_is_resource_exhausted() -> None:

@@ -64,7 +64,7 @@ def test_apply_freezes_and_thaws_the_real_collector() -> None:
 def test_polls_once_per_interval_and_releases_what_it_froze() -> None:
     """Check that get_timer moves one interval past each poll, that a poll over the limit
     freezes, and that release gives the frozen objects back."""
-    governor = GcGovernor(walk_limit=0, now=10.0, interval=1.0)
+    governor = GcGovernor(walk_limit=0, now=10.0, interval=1.0, quiet_time=0.0)
     assert governor.get_timer() == 11.0
     try:
         assert governor.poll(11.0, alive=1, ended=0) is GcAction.FREEZE
@@ -82,3 +82,16 @@ def test_never_thaws_while_handshakes_are_in_progress() -> None:
     governor.frozen_with = 1000
     assert governor.decide(10, 5000, 0, 2000, now=5.0, busy=True) is GcAction.NOTHING
     assert governor.decide(10, 5000, 0, 2000, now=5.0, busy=False) is GcAction.THAW
+
+
+def test_a_moment_without_handshakes_is_not_quiet_enough_to_thaw() -> None:
+    """Check that poll holds a due thaw until quiet_time seconds passed without a busy look,
+    and lets it through after."""
+    governor = GcGovernor(walk_limit=10**9, now=0.0, thaw_interval=0.0, quiet_time=10.0)
+    try:
+        governor.apply(GcAction.FREEZE, alive=1000, ended=0)
+        assert governor.poll(1.0, alive=0, ended=2000, busy=True) is GcAction.NOTHING
+        assert governor.poll(10.9, alive=0, ended=2000) is GcAction.NOTHING
+        assert governor.poll(11.0, alive=0, ended=2000) is GcAction.THAW
+    finally:
+        gc.unfreeze()

@@ -101,6 +101,7 @@ class _Side:
         self.conn = conn
         self.session = None
         self.requires_session = False
+        self.peer_encodings: frozenset[str] = frozenset()
 
 
 def _call(header_timeout: float = 10.0) -> tuple[IncomingCall, _Conn, FakeClock]:
