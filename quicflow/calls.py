@@ -182,6 +182,10 @@ class CallTarget(Protocol):
         ...
 
 
+_NO_RESPONSE: Any = object()
+"""A single-response call's ``_response`` until it has one."""
+
+
 class _Call(Generic[Req, Resp]):
     """Machinery shared by the four call kinds (also the stream's `StreamHandler`)."""
 
@@ -217,6 +221,7 @@ class _Call(Generic[Req, Resp]):
         "_parent",
         "_policy",
         "_retry_request",
+        "_response",
         "_retry_timer",
         "_sender",
         "_sent_metadata",
@@ -292,6 +297,8 @@ class _Call(Generic[Req, Resp]):
         self._final = False  # ended by the caller (cancel, its deadline): no more retries
         self._sent_metadata: Metadata = ()
         self._sender: asyncio.Task[None] | None = None
+        self._response: Any = _NO_RESPONSE
+        """The decoded response, once a single-response call has it."""
         self._info: ClientCallInfo | None = None
         self._started = False
         self._deferred: tuple[Metadata, float | None] | None = None
@@ -914,24 +921,26 @@ class _Call(Generic[Req, Resp]):
 
 
 class _SingleResponse(_Call[Req, Resp]):
-    __slots__ = ("_response",)
-
-    _response: Resp
+    __slots__ = ()
 
     def __await__(self) -> Generator[Any, None, Resp]:
         return self._result().__await__()
 
     async def _result(self) -> Resp:
-        if hasattr(self, "_response"):
-            return self._response
-        await self._ensure_started()
+        if self._response is not _NO_RESPONSE:
+            return cast(Resp, self._response)
+        if not self._started:
+            await self._ensure_started()
         data = await self._recv()
         if data is None:
             raise self._cardinality_error("the server ended the call without a response")
         response = self._decode(data)
-        extra = await self._recv()
-        if extra is not None:
-            raise self._cardinality_error("the server sent more than one response")
+        if self._messages or self._code is None or self._error is not None:
+            # Not cleanly over yet (the usual end, trailers with the response, needs
+            # no second read): a second response or the call's error may follow.
+            extra = await self._recv()
+            if extra is not None:
+                raise self._cardinality_error("the server sent more than one response")
         self._response = response
         return response
 

@@ -484,33 +484,8 @@ class IncomingCall(ServicerContext):
     async def _next_request(self) -> Any:
         """The next decoded request; raises StopAsyncIteration at the client's half-close."""
         while True:
-            messages = self._messages
-            if messages:
-                data = messages.popleft()
-                self.unread_bytes -= len(data)
-                self._conn.credit_released(self._sid)
-                if self._message_id:
-                    self._last_bytes = data
-                stats = self._mstats
-                if stats is not None:
-                    stats.messages_received += 1
-                    stats.bytes_received += len(data)
-                assert self._handler is not None
-                try:
-                    request = self._handler.method.deserialize_request(data)
-                except Exception as exc:
-                    raise RpcError(
-                        StatusCode.INTERNAL, f"could not parse the request: {exc}"
-                    ) from exc
-                for interceptor in self._endpoint.interceptors:
-                    interceptor.on_message_received(self, request)
-                hooks = self._endpoint.hooks
-                if hooks.wants("message_received"):
-                    hooks.fire(
-                        "message_received",
-                        message_info(self.client_id, self.method, request, len(data)),
-                    )
-                return request
+            if self._messages:
+                return self._pop_request()
             if self._request_done:
                 raise StopAsyncIteration
             if self._cancelled:
@@ -521,11 +496,44 @@ class IncomingCall(ServicerContext):
             finally:
                 self._waiter = None
 
-    async def _read_single(self) -> Any:
+    def _pop_request(self) -> Any:
+        """Decode the oldest buffered request message (there is one)."""
+        data = self._messages.popleft()
+        self.unread_bytes -= len(data)
+        self._conn.credit_released(self._sid)
+        if self._message_id:
+            self._last_bytes = data
+        stats = self._mstats
+        if stats is not None:
+            stats.messages_received += 1
+            stats.bytes_received += len(data)
+        assert self._handler is not None
         try:
-            request = await self._next_request()
-        except StopAsyncIteration:
-            raise RpcError(StatusCode.INTERNAL, "the client sent no request") from None
+            request = self._handler.method.deserialize_request(data)
+        except Exception as exc:
+            raise RpcError(StatusCode.INTERNAL, f"could not parse the request: {exc}") from exc
+        for interceptor in self._endpoint.interceptors:
+            interceptor.on_message_received(self, request)
+        hooks = self._endpoint.hooks
+        if hooks.wants("message_received"):
+            hooks.fire(
+                "message_received",
+                message_info(self.client_id, self.method, request, len(data)),
+            )
+        return request
+
+    async def _read_single(self) -> Any:
+        # The request is usually whole when the handler starts (it starts once it is):
+        # take it, and see the half-close, without a coroutine or StopAsyncIteration.
+        if self._messages:
+            request = self._pop_request()
+        else:
+            try:
+                request = await self._next_request()
+            except StopAsyncIteration:
+                raise RpcError(StatusCode.INTERNAL, "the client sent no request") from None
+        if self._request_done and not self._messages:
+            return request
         try:
             await self._next_request()
         except StopAsyncIteration:

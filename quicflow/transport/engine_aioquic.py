@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aioquic import tls
-from aioquic.buffer import Buffer, size_uint_var  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.connection import MAX_STREAM_DATA_FRAME_CAPACITY, QuicConnection
 from aioquic.quic.packet import QuicFrameType
@@ -42,6 +42,15 @@ MAX_FRAME_DATA = 16383
 """Most data bytes in one STREAM frame: aioquic writes the length as a 2-byte varint."""
 MIN_FRAME_DATA = 64
 """Fewer bytes left in a packet than this: not worth another STREAM frame."""
+
+_STREAM_WITH_LENGTH = int(QuicFrameType.STREAM_BASE) | 2
+"""A STREAM frame's type with its length field (OFF and FIN are or-ed in per frame)."""
+
+
+def _varint_size(value: int) -> int:
+    """Bytes of ``value`` as a QUIC variable-length integer (aioquic's size_uint_var)."""
+    return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
+
 
 HANDSHAKE_DATAGRAM_SIZE = 1200
 """Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
@@ -440,16 +449,17 @@ class AioquicFlowConnection(QuicConnection):
         stream_id = stream.stream_id
         assert stream_id is not None  # a stream with data to send has its id
         start = sender.highest_offset
+        id_size = _varint_size(stream_id)
         while True:
             offset = sender.next_offset
-            overhead = 3 + size_uint_var(stream_id) + (size_uint_var(offset) if offset else 0)
+            overhead = 3 + id_size + (_varint_size(offset) if offset else 0)
             room = min(builder.remaining_flight_space - overhead, MAX_FRAME_DATA)
             if room < MIN_FRAME_DATA:
                 break
             frame = sender.get_frame(room, max_offset)
             if frame is None:
                 break
-            frame_type = QuicFrameType.STREAM_BASE | 2  # with a length
+            frame_type = _STREAM_WITH_LENGTH
             if frame.offset:
                 frame_type |= 4
             if frame.fin:
