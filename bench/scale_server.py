@@ -204,6 +204,7 @@ def main() -> None:
     parser.add_argument("--broadcast-window", type=int, default=0, help="0: the default")
     parser.add_argument("--no-reset-key", action="store_true", help="no stateless reset key")
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
+    parser.add_argument("--shed-reads", type=int, help="reads past the batch while shedding")
     parser.add_argument(
         "--gc",
         choices=("default", "off", "freeze"),
@@ -213,6 +214,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.intake_batch is not None:
         server_endpoint.INTAKE_BATCH = args.intake_batch
+    if args.shed_reads is not None:
+        server_endpoint.SHED_READS = args.shed_reads
     if args.handshakes_per_pass is not None:
         server_endpoint.HANDSHAKES_PER_PASS = args.handshakes_per_pass
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

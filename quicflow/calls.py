@@ -185,6 +185,53 @@ class CallTarget(Protocol):
 class _Call(Generic[Req, Resp]):
     """Machinery shared by the four call kinds (also the stream's `StreamHandler`)."""
 
+    # Slots: a call sets some forty attributes, past what a shared-key instance dict
+    # holds, so every call object built a plain dict of its own (and grew it twice).
+    __slots__ = (
+        "_attempt",
+        "_clock",
+        "_code",
+        "_committed",
+        "_compression",
+        "_conn",
+        "_created",
+        "_deadline",
+        "_deadline_at",
+        "_deferred",
+        "_details",
+        "_ended",
+        "_error",
+        "_final",
+        "_finished",
+        "_info",
+        "_initial_metadata",
+        "_input",
+        "_interceptors",
+        "_local_closed",
+        "_loop",
+        "_machine",
+        "_messages",
+        "_metadata",
+        "_method",
+        "_mstats",
+        "_parent",
+        "_policy",
+        "_retry_request",
+        "_retry_timer",
+        "_sender",
+        "_sent_metadata",
+        "_sid",
+        "_started",
+        "_starting",
+        "_target",
+        "_timeout",
+        "_trailers_seen",
+        "_trailing_metadata",
+        "_wait_for_ready",
+        "_waiter",
+        "unread_bytes",
+    )
+
     _kind = 0
 
     def __init__(
@@ -331,8 +378,11 @@ class _Call(Generic[Req, Resp]):
         """Wait until the connection may open one more stream, within the call's deadline
         (``budget`` seconds from its creation); return the time left."""
         while not (conn := self._target.connection_for_call()).can_open_stream():
-            await self._wait_within(budget, conn.wait_stream_credit, "a stream")
-        return self._time_left(budget)
+            if budget is None:  # no deadline: no timeout to arm around the wait
+                await conn.wait_stream_credit()
+            else:
+                await self._wait_within(budget, conn.wait_stream_credit, "a stream")
+        return None if budget is None else self._time_left(budget)
 
     async def _wait_within(
         self, budget: float | None, wait: Callable[[], Awaitable[None]], what: str
@@ -864,6 +914,8 @@ class _Call(Generic[Req, Resp]):
 
 
 class _SingleResponse(_Call[Req, Resp]):
+    __slots__ = ("_response",)
+
     _response: Resp
 
     def __await__(self) -> Generator[Any, None, Resp]:
@@ -896,6 +948,8 @@ class _SingleResponse(_Call[Req, Resp]):
 
 
 class _StreamResponse(_Call[Req, Resp]):
+    __slots__ = ()
+
     def __aiter__(self) -> AsyncIterator[Resp]:
         return self
 
@@ -923,9 +977,13 @@ class UnaryUnaryCall(_SingleResponse[Any, Resp]):
         print(await call.trailing_metadata())
     """
 
+    __slots__ = ()
+
 
 class UnaryStreamCall(_StreamResponse[Any, Resp]):
     """One request, a stream of responses: ``async for reply in call``."""
+
+    __slots__ = ()
 
     _kind = _RESPONSE_STREAMING
 
@@ -933,11 +991,15 @@ class UnaryStreamCall(_StreamResponse[Any, Resp]):
 class StreamUnaryCall(_SingleResponse[Any, Resp]):
     """A stream of requests (async or plain iterable), one response: ``reply = await call``."""
 
+    __slots__ = ()
+
     _kind = _REQUEST_STREAMING
 
 
 class StreamStreamCall(_StreamResponse[Any, Resp]):
     """Streams both ways: ``async for reply in call`` while your iterator feeds requests."""
+
+    __slots__ = ()
 
     _kind = _REQUEST_STREAMING | _RESPONSE_STREAMING
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 from .calls import ChannelMethods
@@ -274,6 +274,17 @@ class Client(ChannelMethods):
         self._link: _Link | None = None
         self._interceptors: tuple[ClientInterceptor, ...] = tuple(config.interceptors)
         self._retry = RetryPolicies(config.retry_table())
+        # CallTarget, read by every call: plain attributes (the config is frozen), not
+        # properties, so starting a call costs no Python frame per setting.
+        self.max_message_size: int = config.max_message_size
+        self.max_metadata_size: int = config.max_metadata_size
+        self.default_timeout: float | None = config.default_timeout
+        self.default_compression: str | None = config.compression
+        self.compression_threshold: int = config.compression_threshold
+        self.wait_for_ready_default: bool = config.wait_for_ready
+        self.interceptors: tuple[ClientInterceptor, ...] = self._interceptors
+        self.retry_policy: Callable[[str], RetryPolicy | None] = self._retry.for_route
+        """The retry policy of a route, or None (`RetryPolicies.for_route`)."""
         self._backoff = Backoff(
             config.backoff_initial,
             config.backoff_multiplier,
@@ -344,39 +355,12 @@ class Client(ChannelMethods):
 
     # -- CallTarget --
 
-    @property
-    def max_message_size(self) -> int:
-        return self.config.max_message_size
-
-    @property
-    def max_metadata_size(self) -> int:
-        return self.config.max_metadata_size
-
-    @property
-    def default_timeout(self) -> float | None:
-        return self.config.default_timeout
-
-    @property
-    def default_compression(self) -> str | None:
-        return self.config.compression
-
-    @property
-    def compression_threshold(self) -> int:
-        return self.config.compression_threshold
-
-    def retry_policy(self, route: str) -> RetryPolicy | None:
-        return self._retry.for_route(route)
-
-    @property
-    def interceptors(self) -> tuple[ClientInterceptor, ...]:
-        return self._interceptors
+    # (max_message_size, max_metadata_size, default_timeout, default_compression,
+    # compression_threshold, retry_policy, interceptors and wait_for_ready_default are
+    # attributes set from the config in __init__: every call reads them.)
 
     message_id = b""
     peer_name = "server"
-
-    @property
-    def wait_for_ready_default(self) -> bool:
-        return self.config.wait_for_ready
 
     @property
     def ready(self) -> bool:

@@ -139,6 +139,7 @@ class IncomingCall(ServicerContext):
 
     __slots__ = (
         "_cancel_status",
+        "_config_compression",
         "_conn",
         "_deadline_handle",
         "_eager",
@@ -175,6 +176,7 @@ class IncomingCall(ServicerContext):
             max_metadata_size=config.max_metadata_size,
             compression_threshold=config.compression_threshold,
         )
+        self._config_compression = config.compression
         self._messages: deque[bytes] = deque()
         self.unread_bytes = 0
         self._request_done = False
@@ -557,7 +559,11 @@ class IncomingCall(ServicerContext):
             return b""
         self._initial_metadata_sent = True
         pending = self._pending_initial_metadata
-        encoding = self._response_encoding() if messages else ""
+        encoding = (
+            self._response_encoding()
+            if messages and (self._compression is not None or self._config_compression)
+            else ""  # no encoding chosen: nothing to look up
+        )
         if not pending and not encoding:
             return b""
         self._pending_initial_metadata = None
@@ -568,7 +574,7 @@ class IncomingCall(ServicerContext):
         caller accepts it; "" for none."""
         encoding = self._compression
         if encoding is None:
-            encoding = self._endpoint.config.compression
+            encoding = self._config_compression
         if encoding is None or encoding not in self._link.peer_encodings:
             return ""
         return encoding

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Protocol, cast
 
 from aioquic.quic import events
@@ -193,7 +193,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self.closed_error is not None:
             raise self.closed_error
         stream_id = self._quic.reserve_stream()
-        self.streams.add(stream_id, handler)
+        self._handlers[stream_id] = handler  # streams.add, inlined (a call, not a lane)
         if self._nudge is not None:
             self._nudge.expect_answer()
         return stream_id
@@ -214,10 +214,11 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         """True if the peer's stream credit allows one more bidirectional stream now."""
         return self._quic.free_bidi_slots() > 0
 
-    async def wait_stream_credit(self) -> None:
+    def wait_stream_credit(self) -> Coroutine[Any, Any, None]:
         """Wait until `can_open_stream` may have become true (MAX_STREAMS arrived), or the
-        connection ended (then raises `ConnectionClosed`)."""
-        await self.streams.wait_credit()
+        connection ended (then raises `ConnectionClosed`). (The registry's own coroutine:
+        no wrapper coroutine per wait.)"""
+        return self.streams.wait_credit()
 
     def write(self, stream_id: int, data: bytes, end_stream: bool = False) -> bool:
         """Queue bytes on a stream; False if that side is already closed or reset."""
@@ -267,12 +268,15 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
     def _few_streams(self) -> bool:
         """At most `FLUSH_STREAMS` live streams besides message lanes (the control
         stream and one call): nothing else is likely to share a datagram."""
-        return self.streams.call_count <= FLUSH_STREAMS
+        streams = self.streams
+        return len(streams.handlers) - len(streams.lanes) <= FLUSH_STREAMS
 
     def send_budget_exceeded(self) -> bool:
         """Whether the bytes queued towards the peer on all streams pass
         ``connection_send_limit`` (cheap while well under it: no scan)."""
-        return self.streams.budget_exceeded()
+        streams = self.streams
+        # Checked once per reply: well under the limit, answer without a call.
+        return streams.unsent_bound > streams.send_limit and streams.budget_exceeded()
 
     async def drain_connection(self) -> None:
         """Wait until the bytes queued on all streams are under ``connection_send_limit``.
@@ -672,7 +676,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if handler is None:
             self.reset(stream_id, ErrorCode.REFUSED)
             return None
-        self.streams.add(stream_id, handler)
+        self._handlers[stream_id] = handler  # streams.add, inlined (a call, not a lane)
         if self._nudge is not None:
             self._nudge.expect_answer()  # a push: the rest of its request may be stuck on a path
         return handler

@@ -44,6 +44,9 @@ INTAKE_BATCH = 256
 HANDSHAKES_PER_PASS = 8
 """New connections `QuicFlowServer` starts per loop pass at most (0: no limit); further
 Initials wait in its backlog (docs/scale.md "Datagram intake")."""
+SHED_READS = 4096
+"""Datagrams `QuicFlowServer` reads past `INTAKE_BATCH` in a loop pass at most, while
+Initials overflow its handshake backlog (they are dropped as read)."""
 HANDSHAKE_BACKLOG = 512
 """Initials waiting for a loop pass with room for a new connection, at most; beyond it
 the oldest is dropped."""
@@ -173,10 +176,26 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         """
         if not self._in_pass:
             self._begin_pass()
-        protocols, cid_length = self._protocols, self._configuration.connection_id_length
         backlog = self._backlog
         now = asyncio.get_running_loop().time()
-        for item in self._batch(data, addr):
+        self._take(self._batch(data, addr), now)
+        # While Initials overflow the backlog, read on past INTAKE_BATCH (at most
+        # SHED_READS more per pass): the connections' datagrams queued behind them in the
+        # kernel are served now, and the Initials are dropped as they are read, instead of
+        # the kernel's queue filling with them and holding everyone's pings.
+        extra = 0
+        while len(backlog) >= HANDSHAKE_BACKLOG and extra < SHED_READS:
+            more = self._read_more(min(INTAKE_BATCH, SHED_READS - extra))
+            if not more:
+                break
+            extra += len(more)
+            self._take(more, now)
+        self._serve_backlog(now)
+
+    def _take(self, batch: list[tuple[bytes, NetworkAddress]], now: float) -> None:
+        protocols, cid_length = self._protocols, self._configuration.connection_id_length
+        backlog = self._backlog
+        for item in batch:
             protocol = protocols.get(destination_cid(item[0], cid_length))
             if protocol is not None:
                 protocol.datagram_received(*item)
@@ -187,7 +206,6 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                     backlog.popleft()
                     self.handshakes_shed += 1
                 backlog.append((now, *item))
-        self._serve_backlog(now)
 
     def _begin_pass(self) -> None:
         self._in_pass = True
@@ -218,22 +236,25 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 self._started += len(self.connections) - before
 
     def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
-        batch = [(data, addr)]
+        batch = [(data, addr), *self._read_more(INTAKE_BATCH - self._read - 1)]
+        self._read += len(batch)
+        return batch
+
+    def _read_more(self, count: int) -> list[tuple[bytes, NetworkAddress]]:
+        """Up to ``count`` datagrams the socket holds now."""
+        out: list[tuple[bytes, NetworkAddress]] = []
         reader = self._reader
-        room = INTAKE_BATCH - self._read - 1
-        if reader is None or room <= 0:
-            self._read += 1
-            return batch
+        if reader is None or count <= 0:
+            return out
         recvfrom = reader.recvfrom
-        for _ in range(room):
+        for _ in range(count):
             try:
-                batch.append(recvfrom(_LARGEST_DATAGRAM))
+                out.append(recvfrom(_LARGEST_DATAGRAM))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 break  # e.g. an ICMP error queued on the socket: the loop's reader sees it
-        self._read += len(batch)
-        return batch
+        return out
 
     def _route(self, data: bytes, addr: NetworkAddress) -> None:
         try:

@@ -75,12 +75,12 @@ class StreamRegistry:
         "_peer_unseen",
         "_scan_at",
         "_sending",
-        "_unsent_bound",
         "closed",
         "handlers",
         "lanes",
         "send_buffer_limit",
         "send_limit",
+        "unsent_bound",
     )
 
     def __init__(
@@ -108,7 +108,8 @@ class StreamRegistry:
         self._budget_waiter: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
         self._credit_waiters: deque[asyncio.Future[None]] = deque()
-        self._unsent_bound = 0
+        self.unsent_bound = 0
+        """An upper bound of the bytes queued on all streams (exact after a scan)."""
         self._sending: set[int] = set()
         self._scan_at = 64  # prune _sending when it grows past this (amortised O(1))
 
@@ -129,9 +130,12 @@ class StreamRegistry:
         """Forget a stream's handler; wakes its drain waiter (which then returns) and,
         once no call is left, idle waiters."""
         self.handlers.pop(stream_id, None)
-        self.wake_drain(stream_id)
-        self.lanes.discard(stream_id)
-        if self._idle_waiters and len(self.handlers) <= len(self.lanes):
+        if self._drain_waiters:
+            self.wake_drain(stream_id)
+        lanes = self.lanes
+        if lanes:
+            lanes.discard(stream_id)
+        if self._idle_waiters and len(self.handlers) <= len(lanes):
             self._wake_idle()
 
     def is_peer_call(self, stream_id: int) -> bool:
@@ -238,16 +242,11 @@ class StreamRegistry:
 
     def wrote(self, stream_id: int, count: int) -> None:
         """``count`` bytes were queued on the stream."""
-        self._unsent_bound += count
+        self.unsent_bound += count
         sending = self._sending
         sending.add(stream_id)
         if len(sending) > self._scan_at:
             self._scan_sending()
-
-    @property
-    def unsent_bound(self) -> int:
-        """An upper bound of the bytes queued on all streams."""
-        return self._unsent_bound
 
     def _scan_sending(self) -> int:
         """Bytes queued on all streams now; forgets streams that hold none."""
@@ -259,7 +258,7 @@ class StreamRegistry:
                 total += queued
             else:
                 self._sending.discard(sid)
-        self._unsent_bound = total
+        self.unsent_bound = total
         self._scan_at = max(64, 2 * len(self._sending))
         return total
 
@@ -267,7 +266,7 @@ class StreamRegistry:
         """Whether the bytes queued on all streams pass ``send_limit`` (cheap while well
         under it: no scan)."""
         limit = self.send_limit
-        return self._unsent_bound > limit and self._scan_sending() > limit
+        return self.unsent_bound > limit and self._scan_sending() > limit
 
     async def drain_connection(self) -> None:
         """Wait until the bytes queued on all streams are under ``send_limit``; raises

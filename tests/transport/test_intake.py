@@ -134,3 +134,21 @@ async def test_only_connections_past_their_handshake_count_as_ended(
     [protocol] = list(endpoint.connections)
     endpoint.connection_ended(protocol)
     assert (len(endpoint.connections), endpoint.connections_ended) == (0, 0)
+
+
+async def test_while_initials_overflow_the_backlog_the_socket_is_read_on(
+    endpoint: QuicFlowServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Check that with the backlog full, a connection's datagram queued behind more
+    Initials than one batch holds is still served in that pass, and the Initials read past
+    the batch are dropped."""
+    monkeypatch.setattr(server_endpoint, "INTAKE_BATCH", 4)
+    monkeypatch.setattr(server_endpoint, "HANDSHAKE_BACKLOG", 3)
+    endpoint.handshakes_per_pass = 1
+    recorder = Recorder(endpoint)
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, recorder), b"known-01")
+    _burst(endpoint.port, [_initial()[0] for _ in range(12)] + [b"\x40known-01" + bytes(40)])
+    endpoint.datagram_received(_initial()[0], ("127.0.0.1", 9))
+    assert recorder.seen == [0]  # served in this pass, behind 12 Initials and a batch of 4
+    assert len(endpoint.connections) == 1
+    assert endpoint.handshakes_shed == 13 - 3  # the backlog keeps the newest 3
