@@ -147,6 +147,38 @@ class _CallState:
     """The call object itself, so its id() is not reused while this entry lives."""
 
 
+def _tracer_and_meter(
+    tracer_provider: trace.TracerProvider | None, meter_provider: metrics.MeterProvider | None
+) -> tuple[trace.Tracer, metrics.Meter]:
+    """The tracer and meter of this library's scope (None: the global providers)."""
+    from . import __version__
+
+    return (
+        trace.get_tracer(_SCOPE, __version__, tracer_provider),
+        metrics.get_meter(_SCOPE, __version__, meter_provider),
+    )
+
+
+def _duration_histogram(meter: metrics.Meter, name: str, description: str) -> metrics.Histogram:
+    """A histogram of seconds with gRFC A66's latency buckets."""
+    return meter.create_histogram(
+        name,
+        unit="s",
+        description=description,
+        explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+    )
+
+
+def _size_histogram(meter: metrics.Meter, name: str, description: str) -> metrics.Histogram:
+    """A histogram of bytes with gRFC A66's size buckets."""
+    return meter.create_histogram(
+        name,
+        unit="By",
+        description=description,
+        explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+    )
+
+
 def _end_span(span: trace.Span, code: StatusCode, message: str, is_error: bool) -> None:
     span.set_attribute("rpc.grpc.status_code", int(code))
     span.set_attribute("rpc.response.status_code", code.name)
@@ -172,40 +204,32 @@ class OpenTelemetryClientInterceptor(ClientInterceptor):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        from . import __version__
-
         self._target = target
-        self._tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider)
-        meter = metrics.get_meter(_SCOPE, __version__, meter_provider)
+        self._tracer, meter = _tracer_and_meter(tracer_provider, meter_provider)
         self._started = meter.create_counter(
             "grpc.client.attempt.started",
             unit="{attempt}",
             description="Call attempts started, including those that have not completed.",
         )
-        self._attempt_duration = meter.create_histogram(
+        self._attempt_duration = _duration_histogram(
+            meter,
             "grpc.client.attempt.duration",
-            unit="s",
-            description="End-to-end time taken to complete a call attempt.",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            "End-to-end time taken to complete a call attempt.",
         )
-        self._sent = meter.create_histogram(
+        self._sent = _size_histogram(
+            meter,
             "grpc.client.attempt.sent_total_compressed_message_size",
-            unit="By",
-            description="Compressed message bytes sent per call attempt.",
-            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+            "Compressed message bytes sent per call attempt.",
         )
-        self._received = meter.create_histogram(
+        self._received = _size_histogram(
+            meter,
             "grpc.client.attempt.rcvd_total_compressed_message_size",
-            unit="By",
-            description="Compressed message bytes received per call attempt.",
-            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+            "Compressed message bytes received per call attempt.",
         )
-        self._call_duration = meter.create_histogram(
+        self._call_duration = _duration_histogram(
+            meter,
             "grpc.client.call.duration",
-            unit="s",
-            description="Time taken by the library to complete a call, from the application's "
-            "view.",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            "Time taken by the library to complete a call, from the application's view.",
         )
         self._calls: dict[int, _CallState] = {}
 
@@ -294,32 +318,26 @@ class OpenTelemetryServerInterceptor(ServerInterceptor):
         tracer_provider: trace.TracerProvider | None = None,
         meter_provider: metrics.MeterProvider | None = None,
     ) -> None:
-        from . import __version__
-
-        self._tracer = trace.get_tracer(_SCOPE, __version__, tracer_provider)
-        meter = metrics.get_meter(_SCOPE, __version__, meter_provider)
+        self._tracer, meter = _tracer_and_meter(tracer_provider, meter_provider)
         self._started = meter.create_counter(
             "grpc.server.call.started",
             unit="{call}",
             description="Calls started, including those that have not completed.",
         )
-        self._duration = meter.create_histogram(
+        self._duration = _duration_histogram(
+            meter,
             "grpc.server.call.duration",
-            unit="s",
-            description="End-to-end time taken to complete a call, from the server's view.",
-            explicit_bucket_boundaries_advisory=_LATENCY_BUCKETS,
+            "End-to-end time taken to complete a call, from the server's view.",
         )
-        self._sent = meter.create_histogram(
+        self._sent = _size_histogram(
+            meter,
             "grpc.server.call.sent_total_compressed_message_size",
-            unit="By",
-            description="Compressed message bytes sent per call.",
-            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+            "Compressed message bytes sent per call.",
         )
-        self._received = meter.create_histogram(
+        self._received = _size_histogram(
+            meter,
             "grpc.server.call.rcvd_total_compressed_message_size",
-            unit="By",
-            description="Compressed message bytes received per call.",
-            explicit_bucket_boundaries_advisory=_SIZE_BUCKETS,
+            "Compressed message bytes received per call.",
         )
         self._calls: dict[int, _CallState] = {}
 

@@ -26,7 +26,7 @@ import contextlib
 import logging
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import nats
@@ -536,7 +536,15 @@ class NatsBackend:
         self._next_token += 1
         return str(self._next_token)
 
-    async def call(self, client_id: str, call: RoutedCall, timeout: float) -> CallOutcome:
+    async def _request(
+        self, client_id: str, data: bytes, timeout: float, headers: dict[str, str] | None = None
+    ) -> Msg:
+        """Send ``data`` to the node holding ``client_id`` and wait for its one answer.
+
+        Raises:
+            NotReachable: no node serves the client's subject.
+            TimeoutError: no answer within ``timeout``.
+        """
         nc = self._require()
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Msg] = loop.create_future()
@@ -549,7 +557,10 @@ class NatsBackend:
         self._waiting[token] = got
         try:
             await nc.publish(
-                self.names.client(client_id), call.encode(), reply=f"{self._inbox}.{token}"
+                self.names.client(client_id),
+                data,
+                reply=f"{self._inbox}.{token}",
+                headers=headers,
             )
             async with asyncio.timeout(timeout):
                 msg = await future
@@ -557,6 +568,10 @@ class NatsBackend:
             self._waiting.pop(token, None)
         if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
             raise NotReachable(client_id)
+        return msg
+
+    async def call(self, client_id: str, call: RoutedCall, timeout: float) -> CallOutcome:
+        msg = await self._request(client_id, call.encode(), timeout)
         return CallOutcome.decode(msg.data)
 
     def stream_inbox(self, on_data: Callable[[bytes | None], None]) -> tuple[str, str]:
@@ -584,11 +599,19 @@ class NatsBackend:
         nc = self._require()
         await nc.publish(subject, data)
 
-    async def broadcast(
-        self, call: BroadcastCall, expected: set[str], timeout: float
-    ) -> list[NodeAnswer]:
+    async def _gather(
+        self,
+        data: bytes,
+        expected: set[str],
+        timeout: float,
+        answers: Mapping[str, object],
+        collect: Callable[[Msg], None],
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        """Send ``data`` to every node and ``collect`` their answers (into ``answers``,
+        keyed by node) until all ``expected`` nodes answered, none is subscribed at all,
+        or ``timeout`` passes."""
         nc = self._require()
-        answers: dict[str, NodeAnswer] = {}
         complete = asyncio.Event()
         token = self._new_token()
 
@@ -596,24 +619,34 @@ class NatsBackend:
             if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
                 complete.set()  # no other node is subscribed at all
                 return
-            try:
-                answer = NodeAnswer.decode(msg.data)
-            except ValueError as exc:
-                logger.warning("cluster: undecodable broadcast answer: %s", exc)
-                return
-            answers[answer.node_id] = answer
+            collect(msg)
             if expected <= answers.keys():
                 complete.set()
 
         self._waiting[token] = got
         try:
-            await nc.publish(self.names.all, call.encode(), reply=f"{self._inbox}.{token}")
+            await nc.publish(self.names.all, data, reply=f"{self._inbox}.{token}", headers=headers)
             if expected:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(timeout):
                         await complete.wait()
         finally:
             self._waiting.pop(token, None)
+
+    async def broadcast(
+        self, call: BroadcastCall, expected: set[str], timeout: float
+    ) -> list[NodeAnswer]:
+        answers: dict[str, NodeAnswer] = {}
+
+        def collect(msg: Msg) -> None:
+            try:
+                answer = NodeAnswer.decode(msg.data)
+            except ValueError as exc:
+                logger.warning("cluster: undecodable broadcast answer: %s", exc)
+                return
+            answers[answer.node_id] = answer
+
+        await self._gather(call.encode(), expected, timeout, answers, collect)
         return list(answers.values())
 
     async def _on_broadcast(self, msg: Msg) -> None:
@@ -633,66 +666,24 @@ class NatsBackend:
             await nc.publish(msg.reply, data, headers={_NODE_HEADER: self.node_id})
 
     async def client_info(self, client_id: str, timeout: float) -> list[ClientInfo]:
-        nc = self._require()
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[Msg] = loop.create_future()
-        token = self._new_token()
-
-        def got(msg: Msg) -> None:
-            if not future.done():
-                future.set_result(msg)
-
-        self._waiting[token] = got
-        try:
-            await nc.publish(
-                self.names.client(client_id),
-                b"",
-                reply=f"{self._inbox}.{token}",
-                headers={_INFO_HEADER: self.node_id},
-            )
-            async with asyncio.timeout(timeout):
-                msg = await future
-        finally:
-            self._waiting.pop(token, None)
-        if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-            raise NotReachable(client_id)
+        msg = await self._request(client_id, b"", timeout, {_INFO_HEADER: self.node_id})
         return decode_client_infos(msg.data)
 
     async def all_client_infos(
         self, expected: set[str], timeout: float
     ) -> dict[str, list[ClientInfo]]:
-        nc = self._require()
         answers: dict[str, list[ClientInfo]] = {}
-        complete = asyncio.Event()
-        token = self._new_token()
 
-        def got(msg: Msg) -> None:
-            if msg.headers and msg.headers.get("Status") == _NO_RESPONDERS:
-                complete.set()
-                return
+        def collect(msg: Msg) -> None:
             node = (msg.headers or {}).get(_NODE_HEADER, "")
             try:
                 answers[node] = decode_client_infos(msg.data)
             except ValueError as exc:
                 logger.warning("cluster: undecodable client info from %r: %s", node, exc)
-                return
-            if expected <= answers.keys():
-                complete.set()
 
-        self._waiting[token] = got
-        try:
-            await nc.publish(
-                self.names.all,
-                b"",
-                reply=f"{self._inbox}.{token}",
-                headers={_INFO_HEADER: self.node_id},
-            )
-            if expected:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(timeout):
-                        await complete.wait()
-        finally:
-            self._waiting.pop(token, None)
+        await self._gather(
+            b"", expected, timeout, answers, collect, headers={_INFO_HEADER: self.node_id}
+        )
         return answers
 
     async def _answer_broadcast(self, msg: Msg) -> None:

@@ -126,6 +126,15 @@ def _too_large(limit: int) -> FrameTooLarge:
     return FrameTooLarge(f"message inflates to more than the limit of {limit} bytes")
 
 
+def _whole(encoding: str, out: bytearray, eof: bool, unused_data: bytes) -> bytes:
+    """``out``, if the ``encoding`` stream it came from ended, and with nothing after it."""
+    if not eof:
+        raise MalformedFrame(f"corrupt {encoding} message: truncated")
+    if unused_data:
+        raise MalformedFrame(f"corrupt {encoding} message: bytes after its end")
+    return bytes(out)
+
+
 def _inflate_gzip(data: bytes, limit: int) -> bytes:
     inflater = zlib.decompressobj(_GZIP_WBITS)
     out = bytearray()
@@ -142,11 +151,7 @@ def _inflate_gzip(data: bytes, limit: int) -> bytes:
                 break
     except zlib.error as exc:
         raise MalformedFrame(f"corrupt gzip message: {exc}") from None
-    if not inflater.eof:
-        raise MalformedFrame("corrupt gzip message: truncated")
-    if inflater.unused_data:
-        raise MalformedFrame("corrupt gzip message: bytes after its end")
-    return bytes(out)
+    return _whole("gzip", out, inflater.eof, inflater.unused_data)
 
 
 def _inflate_zstd(data: bytes, limit: int) -> bytes:
@@ -164,8 +169,4 @@ def _inflate_zstd(data: bytes, limit: int) -> bytes:
                 break
     except _zstd.ZstdError as exc:
         raise MalformedFrame(f"corrupt zstd message: {exc}") from None
-    if not inflater.eof:
-        raise MalformedFrame("corrupt zstd message: truncated")
-    if inflater.unused_data:
-        raise MalformedFrame("corrupt zstd message: bytes after its end")
-    return bytes(out)
+    return _whole("zstd", out, inflater.eof, inflater.unused_data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -64,18 +65,26 @@ def test_private_name_still_exists_in_aioquic(use: PrivateUse) -> None:
     """Check that each private name engine_aioquic uses is still on aioquic's class (a
     method, with the parameters it is called or overridden with) or on a live instance
     (an attribute)."""
+    assert_still_there(use, "aioquic", "engine_aioquic", _live_instances)
+
+
+def assert_still_there(
+    use: PrivateUse, library: str, engine: str, live_instances: Callable[[], dict[type, object]]
+) -> None:
+    """Assert that ``use`` is still in ``library``: a method of its owner with the
+    parameters ``engine`` relies on, or else an attribute of the owner's live instance."""
     if use.params is not None:
         method = getattr(use.owner, use.name, None)
-        assert callable(method), f"aioquic no longer has {use.owner.__name__}.{use.name}"
+        assert callable(method), f"{library} no longer has {use.owner.__name__}.{use.name}"
         params = tuple(inspect.signature(method).parameters)
         assert params == use.params, (
-            f"aioquic changed {use.owner.__name__}.{use.name}{params}; "
-            f"engine_aioquic relies on {use.params} ({use.why})"
+            f"{library} changed {use.owner.__name__}.{use.name}{params}; "
+            f"{engine} relies on {use.params} ({use.why})"
         )
     else:
-        instance = _live_instances()[use.owner]
+        instance = live_instances()[use.owner]
         assert hasattr(instance, use.name), (
-            f"aioquic's {use.owner.__name__} no longer has {use.name} ({use.why})"
+            f"{library}'s {use.owner.__name__} no longer has {use.name} ({use.why})"
         )
 
 

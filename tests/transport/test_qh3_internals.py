@@ -3,7 +3,6 @@ the installed qh3 (see test_aioquic_internals.py for the same about aioquic)."""
 
 from __future__ import annotations
 
-import inspect
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from qh3.quic.connection import QuicConnection  # type: ignore[import-untyped,un
 from quicflow.transport import engine_qh3
 from quicflow.transport.engine_aioquic import PrivateUse
 from quicflow.transport.engine_qh3 import PRIVATE_USES, Qh3FlowConnection
-from tests.transport.test_aioquic_internals import private_names_used
+from tests.transport.test_aioquic_internals import assert_still_there, private_names_used
 
 
 def _live_instances() -> dict[type, object]:
@@ -32,19 +31,7 @@ def _live_instances() -> dict[type, object]:
 def test_private_name_still_exists_in_qh3(use: PrivateUse) -> None:
     """Check that each private name of qh3 the engine uses is still there: a method with
     the parameters it is called with, or an attribute of a live instance."""
-    if use.params is not None:
-        method = getattr(use.owner, use.name, None)
-        assert callable(method), f"qh3 no longer has {use.owner.__name__}.{use.name}"
-        params = tuple(inspect.signature(method).parameters)
-        assert params == use.params, (
-            f"qh3 changed {use.owner.__name__}.{use.name}{params}; "
-            f"engine_qh3 relies on {use.params} ({use.why})"
-        )
-    else:
-        instance = _live_instances()[use.owner]
-        assert hasattr(instance, use.name), (
-            f"qh3's {use.owner.__name__} no longer has {use.name} ({use.why})"
-        )
+    assert_still_there(use, "qh3", "engine_qh3", _live_instances)
 
 
 def test_every_private_use_of_qh3_is_listed() -> None:
