@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .calls import ChannelMethods
 from .clock import Clock, PolicyTimer, sleep, timeout
@@ -76,6 +76,14 @@ NUDGES_PER_TIMEOUT = 5
 """A waiting client that hears nothing for ``heartbeat_timeout / 5`` sends a QUIC PING
 (`QuicFlowProtocol.watch_quiet`): a NAT rebinding is then healed within that time, not
 at the next heartbeat."""
+
+
+def _forget(future: asyncio.Future[Any]) -> None:
+    """Let go of a future nobody will await: cancel it, or mark its exception read."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()
 
 
 class _Link:
@@ -517,15 +525,24 @@ class Client(ChannelMethods):
             conn.write(link.control_sid, hello)
             started.append((link, side))
 
-        conn = await connect(
-            host,
-            port,
-            quic_config,
-            c.transport_settings(),
-            connect_timeout=c.connect_timeout,
-            tickets=CLIENT_TICKETS if c.tls_resumption else None,
-            on_handshake=first_flight,
-        )
+        try:
+            conn = await connect(
+                host,
+                port,
+                quic_config,
+                c.transport_settings(),
+                connect_timeout=c.connect_timeout,
+                tickets=CLIENT_TICKETS if c.tls_resumption else None,
+                on_handshake=first_flight,
+            )
+        except BaseException:
+            # The handshake completed in the loop turn the attempt timed out (or was
+            # cancelled): connect() discarded the connection, which failed the WELCOME
+            # waiter first_flight made. Nobody awaits it now; read its exception, or
+            # asyncio logs "Future exception was never retrieved" for each such attempt.
+            for link, _side in started:
+                _forget(link.welcome)
+            raise
         try:
             if not started:  # cannot happen: connect() returns after the handshake event
                 first_flight(conn)

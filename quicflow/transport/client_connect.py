@@ -69,6 +69,13 @@ class _ClientProtocol(QuicFlowProtocol):
         super().connection_lost(exc)
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
+        if not self.connect_started:
+            # The socket is bound and read from before `connect` starts the handshake (a
+            # loop turn later): a datagram then is not for this connection (a server still
+            # answering the port's previous user, in a reconnect storm), and the engine,
+            # holding no keys nor path yet, cannot be asked what to send or when.
+            logger.debug("datagram from %s before the handshake started: dropped", addr)
+            return
         if isinstance(data, bytes) and self._is_reset(data):
             logger.info("stateless reset from %s: the server lost this connection", addr)
             self.reset_by_peer()

@@ -179,7 +179,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "overridden: skip PADDING with one C call, not a Python loop per byte",
     ),
     PrivateUse(QuicConnection, "_max_datagram_size", None, "capped while Initial keys live"),
-    PrivateUse(QuicConnection, "_cryptos", None, "whether Initial keys are still in use"),
+    PrivateUse(QuicConnection, "_cryptos", None, "whether Initial keys exist, still in use"),
     PrivateUse(QuicConnection, "_quic_logger", None, "a qlog trace: keep aioquic's own path"),
     PrivateUse(
         QuicConnection,
@@ -423,8 +423,13 @@ class AioquicFlowConnection(QuicConnection):
     # -- overrides of aioquic's packet writing --
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
+        initial = self._cryptos.get(tls.Epoch.INITIAL)
+        if initial is None:
+            # Not keyed yet: a client before connect() (aioquic would raise KeyError
+            # here, or IndexError for the missing path). Nothing can be sent.
+            return []
         full = self._max_datagram_size
-        if full <= HANDSHAKE_DATAGRAM_SIZE or not self._cryptos[tls.Epoch.INITIAL].send.is_valid():
+        if full <= HANDSHAKE_DATAGRAM_SIZE or not initial.send.is_valid():
             return super().datagrams_to_send(now)
         # A datagram with an Initial packet is padded to the full datagram size, and a
         # 1-RTT packet in it carries that padding inside (encrypted, then scanned by the

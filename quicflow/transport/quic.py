@@ -96,6 +96,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._timer_at: float | None = None
         self._transmit_task: asyncio.Handle | None = None
         self._connected = False
+        self.connect_started = False
+        """Whether `connect` started the handshake (a client's)."""
         self._connected_waiter: asyncio.Future[None] | None = None
         self._early: list[events.QuicEvent] | None = [] if router is not None else None
         """A server's stream events that came before the handshake completed (0-RTT),
@@ -376,6 +378,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
 
     def connect(self, addr: NetworkAddress) -> None:
         """Start the TLS handshake towards ``addr`` (a client, once)."""
+        self.connect_started = True
         self._quic.connect(addr, now=self._loop.time())
         self.transmit()
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import logging
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import quicflow
 from quicflow import Client, ClientConfig, ConfigError, ConnectionClosed, Server, ServerConfig
 from quicflow.certs import write_dev_certs
 from quicflow.testing import ClientFor, dev_certs
+from quicflow.transport import client_connect
 from quicflow.transport.engine import resolve_engine
 
 from .service import TestEcho
@@ -300,3 +303,42 @@ async def test_every_address_closed_names_them_all(dual_stack_name: str) -> None
         f"nothing answers at dual.test:{port} "
         "(no server listens on that UDP port; tried ::1, 127.0.0.1)"
     )
+
+
+async def test_a_handshake_completing_as_the_attempt_times_out_leaves_no_failed_future(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that when the server's handshake flight is handled in the loop turn the connect
+    timeout fires (a loop lagging in a reconnect storm), the attempt fails as a timeout and
+    leaves no future failed with "connect timeout" unread (the WELCOME waiter made as the
+    handshake completed): asyncio logged "Future exception was never retrieved" per attempt.
+    """
+    loop = asyncio.get_running_loop()
+    timeout = 0.3
+    completed: list[bool] = []
+    plain = client_connect._ClientProtocol.datagram_received
+    errors: list[dict[str, object]] = []
+    loop.set_exception_handler(lambda _loop, context: errors.append(context))
+    try:
+        harness = ClientFor([TestEcho()])
+        async with harness:
+            started = loop.time()
+
+            def lagging(self: Any, data: bytes, addr: Any) -> None:
+                if not completed:
+                    # The loop stalls past the deadline with the server's flight queued:
+                    # flight and timeout are then handled in one turn (I/O first).
+                    time.sleep(max(0.0, started + timeout + 0.05 - loop.time()))
+                plain(self, data, addr)
+                completed.append(self._connected)
+
+            monkeypatch.setattr(client_connect._ClientProtocol, "datagram_received", lagging)
+            with pytest.raises(ConnectionClosed, match=r"no answer within 0\.3 s"):
+                await Client(harness.client_config(connect_timeout=timeout)).connect()
+            monkeypatch.undo()
+            assert completed[:1] == [True]  # the handshake did complete as time ran out
+            gc.collect()
+            await asyncio.sleep(0)
+        assert [(e.get("message"), repr(e.get("exception"))) for e in errors] == []
+    finally:
+        loop.set_exception_handler(None)
