@@ -50,6 +50,11 @@ class Role(enum.Enum):
     CALLER = "caller"
     CALLEE = "callee"
 
+    # Members are singletons compared by identity: hash them by identity too, in C
+    # (Enum's own __hash__ is a Python call, and every call's machine looks its role
+    # and states up in tables several times).
+    __hash__ = object.__hash__
+
 
 class SideState(enum.Enum):
     """Where one direction of the stream stands."""
@@ -59,6 +64,8 @@ class SideState(enum.Enum):
     TRAILED = "trailed"  # trailers seen, only FIN may follow
     CLOSED = "closed"  # FIN seen: this direction is done
     ERROR = "error"
+
+    __hash__ = object.__hash__  # as Role's: looked up once per frame
 
 
 class _End:

@@ -69,6 +69,8 @@ class ErrorCode(enum.IntEnum):
 
 
 _KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+_FRAME_TYPES: dict[int, FrameType] = {int(t): t for t in FrameType}
+"""Frame type by wire value: a dict lookup per frame, not an Enum call (a Python call)."""
 # Frames that carry one message: their Length is bounded by max_message_size (§3.2).
 _MESSAGE_TYPES = frozenset((FrameType.DATA, FrameType.COMPRESSED, FrameType.MESSAGE))
 
@@ -188,7 +190,7 @@ class FrameDecoder:
                 stop = pos + FRAME_HEADER_SIZE + length
                 if stop > end:
                     break
-                frames.append(Frame(FrameType(ftype), data[pos + FRAME_HEADER_SIZE : stop]))
+                frames.append(Frame(_FRAME_TYPES[ftype], data[pos + FRAME_HEADER_SIZE : stop]))
                 pos = stop
             if pos == end:
                 return frames
@@ -207,7 +209,7 @@ class FrameDecoder:
                 return frames
             payload = bytes(buf[: self._need])
             del buf[: self._need]
-            frames.append(Frame(FrameType(self._type), payload))
+            frames.append(Frame(_FRAME_TYPES[self._type], payload))
             self._type = -1
 
     def feed_until_error(self, data: bytes) -> tuple[list[Frame], ProtocolError | None]:
