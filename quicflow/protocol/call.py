@@ -112,10 +112,8 @@ _OK_TRAILERS: Final = encode_frame(FrameType.TRAILERS, b"")
 _MAX_TIMEOUT_US: Final = 2**64 - 1
 
 
-def _step(
-    table: dict[SideState, dict[_Key, SideState]], state: SideState, key: _Key
-) -> SideState | None:
-    return table.get(state, {}).get(key)
+_NO_MOVES: Final[dict[_Key, SideState]] = {}
+"""The row of a state no frame leaves (CLOSED, ERROR)."""
 
 
 class CallProtocol:
@@ -183,7 +181,7 @@ class CallProtocol:
     # -- sending (each returns the bytes to write; see wire-protocol.md §5) --
 
     def _advance_local(self, key: _Key) -> None:
-        nxt = _step(self._local_table, self.local_state, key)
+        nxt = self._local_table.get(self.local_state, _NO_MOVES).get(key)
         if nxt is None:
             name = "FIN" if key is END else FrameType(key).name  # type: ignore[arg-type]
             raise LocalProtocolError(
@@ -288,7 +286,7 @@ class CallProtocol:
         return _END_EVENT
 
     def _advance_peer(self, key: _Key) -> None:
-        nxt = _step(self._peer_table, self.peer_state, key)
+        nxt = self._peer_table.get(self.peer_state, _NO_MOVES).get(key)
         if nxt is None:
             if key is END:
                 what = "stream ended"
