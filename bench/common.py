@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import math
 import os
 import resource
+import signal
 from collections.abc import Sequence
 from typing import Any
 
@@ -112,3 +115,20 @@ def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def stop_child(process: asyncio.subprocess.Process | None, grace: float) -> None:
+    """Stop a child by PID: close its stdin (its signal to stop), then SIGTERM, then SIGKILL,
+    waiting up to ``grace`` seconds after each; returns at once if it has already exited."""
+    if process is None or process.returncode is not None:
+        return
+    if process.stdin is not None:
+        with contextlib.suppress(Exception):
+            process.stdin.close()
+    for sig in (None, signal.SIGTERM, signal.SIGKILL):
+        if sig is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(process.pid, sig)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(process.wait(), grace)
+            return

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from .common import LABELS, MAIN_ID, VARIANTS, encode, is_quicflow
+from .common import LABELS, MAIN_ID, VARIANTS, encode, is_quicflow, stop_child
 from .common import QUICFLOW_SYSTEMS as ALL_QUICFLOW
 from .common import SYSTEMS as ALL_SYSTEMS
 
@@ -225,18 +225,7 @@ class Proc:
 
     async def stop(self) -> None:
         """Close stdin (the child's signal to stop), then terminate, then kill."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            if process.stdin is not None:
-                with contextlib.suppress(Exception):
-                    process.stdin.close()
-            for action in (None, process.terminate, process.kill):
-                if action is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        action()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 5.0)
-                    break
+        await stop_child(self.process, 5.0)
         if self._log_file is not None:
             self._log_file.close()
 

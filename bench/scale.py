@@ -41,7 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from .common import encode, percentile
+from .common import encode, percentile, stop_child
 from .run import machine
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -247,18 +247,7 @@ class Child:
 
     async def stop(self) -> None:
         """Close stdin (the child's signal to stop), then SIGTERM, then SIGKILL, by PID."""
-        process = self.process
-        if process is not None and process.returncode is None:
-            if process.stdin is not None:
-                with contextlib.suppress(Exception):
-                    process.stdin.close()
-            for sig in (None, signal.SIGTERM, signal.SIGKILL):
-                if sig is not None:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(process.pid, sig)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(process.wait(), 15.0)
-                    break
+        await stop_child(self.process, 15.0)
         await self._done()
 
     async def _done(self) -> None:
