@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar, cast
 from .clock import Clock, TimerHandleLike
 from .clock import timeout as clock_timeout
 from .context import ServicerContext, current_call
-from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError
+from .errors import ArgumentError, ConnectionClosed, PayloadTooLarge, RpcError, fresh
 from .hooks import Hooks, MessageInfo, message_info
 from .interceptors import ClientCallInfo, ClientInterceptor
 from .metadata import Metadata, MetadataLike, normalize_metadata
@@ -826,7 +826,7 @@ class _Call(Generic[Req, Resp]):
                     conn.credit_released(self._sid)
                 return data
             if self._error is not None:
-                raise self._error
+                raise fresh(self._error)
             if self._code is not None:
                 return None
             waiter = self._waiter = self._loop.create_future()

@@ -28,7 +28,7 @@ from .config import ClientConfig
 from .dispatch import Dispatcher
 from .dispatch import Handler as MessageHandler
 from .endpoint import Endpoint
-from .errors import ConfigError, ConnectionClosed, RpcError, UsageError
+from .errors import ConfigError, ConnectionClosed, RpcError, UsageError, fresh
 from .hooks import Hooks
 from .incoming import IncomingCall
 from .interceptors import ClientInterceptor
@@ -153,7 +153,7 @@ class _Link:
 
     def connection_lost(self, exc: ConnectionClosed) -> None:
         if not self.welcome.done():
-            self.welcome.set_exception(exc)
+            self.welcome.set_exception(fresh(exc))
 
     # heartbeat
 

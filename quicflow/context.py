@@ -19,6 +19,7 @@ the block out of both.
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import NoReturn, Protocol
@@ -54,6 +55,7 @@ class ServicerContext:
     """
 
     __slots__ = (
+        "__weakref__",  # the current call is held by weak reference (_CURRENT)
         "_cancelled",
         "_clock",
         "_compression",
@@ -209,22 +211,34 @@ class ServicerContext:
                 call.cancel()
 
 
-_CURRENT: ContextVar[ServicerContext | None] = ContextVar("quicflow_current_call", default=None)
+_CURRENT: ContextVar[weakref.ref[ServicerContext] | None] = ContextVar(
+    "quicflow_current_call", default=None
+)
+"""The running handler's call, by weak reference: a task's context holds it, and so does
+every context copied from it (a child task's, a timer's, a long-lived worker's that the
+handler happened to start), so a strong reference would keep each call, and its
+connection, for as long as the longest of them lives, and the handler task's own
+context holding its call would be a reference cycle (docs/scale.md "Garbage
+collection")."""
 
 
 def current_call() -> ServicerContext | None:
     """The context of the handler running in this task (or in the task that started
     this one), while its call is still in progress; None elsewhere or inside
     `detached`."""
-    ctx = _CURRENT.get()
+    ref = _CURRENT.get()
+    if ref is None:
+        return None
+    ctx = ref()
     if ctx is None or ctx._ended:
         return None
     return ctx
 
 
-set_current_call: Callable[[ServicerContext], object] = _CURRENT.set
-"""Make ``ctx`` the current call of the running task (the runtime does this when a
-handler starts). The context variable's own ``set``: no Python frame per call."""
+set_current_call: Callable[[weakref.ref[ServicerContext]], object] = _CURRENT.set
+"""Make the call ``ref`` refers to the current call of the running task (the runtime does
+this when a handler starts: ``set_current_call(weakref.ref(ctx))``). The context
+variable's own ``set``: no Python frame per call."""
 
 
 @contextlib.contextmanager

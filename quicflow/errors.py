@@ -29,7 +29,9 @@ run the handler twice (docs/connections.md "Retrying a failed call").
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
+from typing import TypeVar
 
 from .status import StatusCode
 
@@ -97,6 +99,25 @@ class RpcError(Exception):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.code.name}, {self.message!r})"
+
+
+_E = TypeVar("_E", bound="RpcError")
+
+
+def fresh(error: _E) -> _E:
+    """A copy of a stored ``error`` to raise (or to fail a future with), not the error
+    itself.
+
+    Raising an exception gives it a traceback, which holds the frames it passed
+    through, whose locals usually hold the object that stored the exception (a call,
+    a connection's stream registry): a reference cycle that only the cyclic garbage
+    collector frees, with everything the object holds. One stored error raised to many
+    waiters would also collect all their tracebacks. The copy carries the traceback
+    instead, and goes away with whoever caught it (docs/scale.md "Garbage
+    collection")."""
+    copied = copy.copy(error)
+    copied.__traceback__ = None
+    return copied
 
 
 class ConnectionClosed(RpcError):

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import weakref
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, Protocol
@@ -53,6 +54,8 @@ from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS, IDENTITY
 
 __all__ = ["Answerer", "CallerLink", "IncomingCall"]
+
+_weak = weakref.ref
 
 logger = logging.getLogger("quicflow.server")
 
@@ -399,7 +402,7 @@ class IncomingCall(ServicerContext):
 
     async def _run(self, handler: Handler) -> None:
         endpoint = self._endpoint
-        set_current_call(self)  # outgoing calls inherit the deadline (quicflow/context.py)
+        set_current_call(_weak(self))  # outgoing calls inherit the deadline (quicflow/context.py)
         try:
             for interceptor in endpoint.interceptors:
                 await interceptor.on_start(self)

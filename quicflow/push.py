@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 from .calls import ChannelMethods
 from .clock import Clock, PolicyTimer, timeout
-from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout
+from .errors import ClientNotConnected, ConnectionClosed, RpcError, Timeout, fresh
 from .hooks import Hooks
 from .interceptors import ClientInterceptor
 from .protocol.pending import PendingTable
@@ -314,7 +314,13 @@ class Promise(Generic[T]):
         self._future = future
 
     def __await__(self) -> Generator[Any, None, T]:
-        return asyncio.shield(self._future).__await__()
+        return self._wait().__await__()
+
+    async def _wait(self) -> T:
+        future = self._future
+        if not future.done():
+            await asyncio.wait((future,))  # cancelling the awaiter leaves the send alone
+        return self.result()
 
     def done(self) -> bool:
         """True once resolved or failed."""
@@ -322,7 +328,13 @@ class Promise(Generic[T]):
 
     def result(self) -> T:
         """The reply; raises the failure, or `asyncio.InvalidStateError` if not done."""
-        return self._future.result()
+        future = self._future
+        error = future.exception()
+        if error is not None:
+            # A copy: the stored failure raised as itself would carry a traceback holding
+            # the awaiting frame, which holds this promise (a reference cycle).
+            raise fresh(error) if isinstance(error, RpcError) else error
+        return future.result()
 
     def exception(self) -> BaseException | None:
         """The failure, or None if it resolved."""

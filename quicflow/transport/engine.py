@@ -29,6 +29,7 @@ from .tls import VerifiedClientCertificate
 __all__ = [
     "ENGINES",
     "ENGINE_ENV",
+    "EndedEngine",
     "EngineConfiguration",
     "EngineConnection",
     "make_connection",
@@ -170,6 +171,142 @@ class EngineConnection(Protocol):
         """True if consumption on this stream warrants sending MAX_STREAM_DATA now (the
         limit would rise by ``step`` bytes; 0: half a window)."""
         ...
+
+
+class EndedEngine:
+    """What stands in for a connection's engine once the connection has ended.
+
+    An engine is full of reference cycles (aioquic's connection holds bound methods of
+    itself, its TLS context, its loss recovery; each stream's state points back), so an
+    ended one would wait for the cyclic garbage collector, and a server that froze its
+    heap (`quicflow.gcpause`) would keep it until a collection of the whole heap.
+    `QuicFlowProtocol` therefore swaps its engine for this snapshot of the answers an
+    ended connection still gives (its id, the close, the peer's address and
+    certificate, the last RTT) and takes the engine apart (`release_engine`), so that
+    reference counting frees it at once. Everything else answers as an ended
+    connection would: nothing to send, no timer, no streams, writes refused.
+    """
+
+    __slots__ = (
+        "_close_event",
+        "_peer_address",
+        "_peer_certificate_der",
+        "_rtt",
+        "client_certificate",
+        "configuration",
+        "engine",
+        "flow_handlers",
+        "flow_withheld",
+        "host_cid",
+    )
+
+    def __init__(self, engine: EngineConnection) -> None:
+        self.configuration = engine.configuration
+        self.host_cid = engine.host_cid
+        self.engine = engine.engine
+        self.flow_handlers: dict[int, StreamHandler] = {}
+        self.flow_withheld: dict[int, int] = {}
+        self.client_certificate = engine.client_certificate
+        self._close_event = engine.close_event()
+        self._peer_address = engine.get_peer_address()
+        self._rtt = engine.smoothed_rtt()
+        self._peer_certificate_der = engine.peer_certificate_der()
+
+    # -- aioquic's QuicConnection API: an ended connection's answers --
+
+    def connect(self, addr: NetworkAddress, now: float) -> None:
+        raise RuntimeError("the connection has ended")
+
+    def receive_datagram(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        pass
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        return []
+
+    def get_timer(self) -> float | None:
+        return None
+
+    def handle_timer(self, now: float) -> None:
+        pass
+
+    def next_event(self) -> events.QuicEvent | None:
+        return None
+
+    def close(
+        self, error_code: int = 0, frame_type: int | None = None, reason_phrase: str = ""
+    ) -> None:
+        pass
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        raise RuntimeError("the connection has ended")
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        pass
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        pass
+
+    def send_ping(self, uid: int) -> None:
+        pass
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
+        raise RuntimeError("the connection has ended")
+
+    def get_peer_address(self) -> NetworkAddress | None:
+        return self._peer_address
+
+    # -- QuicFlow's questions --
+
+    def close_event(self) -> events.ConnectionTerminated | None:
+        return self._close_event
+
+    def reserve_stream(self) -> int:
+        raise RuntimeError("the connection has ended")
+
+    def free_bidi_slots(self) -> int:
+        return 0
+
+    def send_buffered(self, stream_id: int) -> int:
+        return 0
+
+    def receive_finished(self, stream_id: int) -> bool | None:
+        return None
+
+    def sent_fin(self, stream_id: int) -> bool | None:
+        return None
+
+    def stream_state_count(self) -> int:
+        return 0
+
+    def smoothed_rtt(self) -> float | None:
+        return self._rtt
+
+    def peer_certificate_der(self) -> bytes | None:
+        return self._peer_certificate_der
+
+    def active_path(self) -> object | None:
+        return None
+
+    def reset_probe_backoff(self) -> None:
+        pass
+
+    def peer_reset_token(self) -> bytes | None:
+        return None
+
+    def ack_with_data(self, now: float) -> None:
+        pass
+
+    def credit_due(self, stream_id: int, step: int = 0) -> bool:
+        return False
+
+
+def release_engine(engine: EngineConnection) -> None:
+    """Take an ended connection's engine apart (it is used no more): drop every
+    attribute of it and of the objects that point back at it, so that reference counting
+    frees the lot without the cyclic collector (see `EndedEngine`)."""
+    release = getattr(engine, "release", None)
+    if release is not None:
+        release()
 
 
 ENGINES = ("aioquic", "qh3")

@@ -323,6 +323,22 @@ class AioquicFlowConnection(QuicConnection):
         elif self.configuration.is_client and state not in _CLIENT_BEFORE_SERVER_HELLO:
             buffers[tls.Epoch.INITIAL] = _NO_CRYPTO
 
+    # -- the end (engine.EndedEngine) --
+
+    def release(self) -> None:
+        """Drop every attribute (the connection has ended and is used no more): aioquic's
+        connection refers to itself through bound methods held by its own parts (loss
+        recovery's probe, the crypto pairs' key-log callbacks, the frame handlers, the
+        TLS context's), so without this only the cyclic collector would free it."""
+        state = self.__dict__
+        context = state.get("tls")
+        if context is not None:
+            context.__dict__.clear()
+        for space in state.get("_spaces", {}).values():
+            # A packet in flight holds its ACK's handler, whose arguments hold the space.
+            space.sent_packets.clear()
+        state.clear()
+
     # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
 
     def close_event(self) -> events.ConnectionTerminated | None:

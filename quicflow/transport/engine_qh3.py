@@ -89,6 +89,7 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(Qh3Connection, "_handshake_complete", None, "padding matters before it"),
     PrivateUse(Qh3Connection, "_configuration", None, "the connection id length"),
     PrivateUse(Qh3Connection, "_close_event", None, "the close, before the draining ends"),
+    PrivateUse(Qh3Connection, "_tls", None, "the TLS bridge: taken apart at the end (release)"),
     PrivateUse(Qh3Core, "stream_limits", None, "(peer bidi limit, _, bidi opened, _)"),
     PrivateUse(Qh3Core, "smoothed_rtt", None, "the smoothed RTT"),
 )
@@ -173,6 +174,21 @@ class Qh3FlowConnection(Qh3Connection):
             converted = _convert(event)
             if converted is not None:
                 return converted
+
+    # -- the end (engine.EndedEngine) --
+
+    def release(self) -> None:
+        """Drop every attribute (the connection has ended and is used no more): the TLS
+        bridge and its context hold bound methods of the connection and of each other,
+        so without this only the cyclic collector would free them."""
+        state = self.__dict__
+        bridge = self._tls if "_tls" in state else None
+        if bridge is not None:
+            context = bridge.__dict__.get("tls")
+            if context is not None and hasattr(context, "__dict__"):
+                context.__dict__.clear()
+            bridge.__dict__.clear()
+        state.clear()
 
     # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
 

@@ -20,10 +20,10 @@ from aioquic.quic.connection import NetworkAddress
 from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..clock import LoopClock
-from ..errors import ConnectionClosed
+from ..errors import ConnectionClosed, fresh
 from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
-from .engine import EngineConnection
+from .engine import EndedEngine, EngineConnection, release_engine
 from .inflow import FrameWatch
 from .listener import ConnectionListener, Unattached
 from .nudge import Nudge
@@ -193,7 +193,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         the stream simply waits in aioquic until MAX_STREAMS arrives.
         """
         if self.closed_error is not None:
-            raise self.closed_error
+            raise fresh(self.closed_error)
         stream_id = self._quic.reserve_stream()
         self._handlers[stream_id] = handler  # streams.add, inlined (a call, not a lane)
         if self._nudge is not None:
@@ -207,7 +207,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         the stream does not count as a call (`stream_count`, `wait_idle`).
         """
         if self.closed_error is not None:
-            raise self.closed_error
+            raise fresh(self.closed_error)
         stream_id = self._quic.get_next_available_stream_id(is_unidirectional=True)
         self.streams.add(stream_id, handler, lane=True)
         return stream_id
@@ -445,6 +445,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                     continue
             self.quic_event_received(event)
             event = quic.next_event()
+        if self._closed.is_set():
+            self._release()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
         # aioquic transmits right after processing a datagram, so writes made by
@@ -563,6 +565,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._timer.cancel()
             self._timer = None
         self._closed.set()
+        self._release()
 
     def reset_by_peer(self) -> None:
         """The peer answered with a stateless reset (RFC 9000 §10.3): it holds no state
@@ -579,6 +582,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._timer.cancel()
             self._timer = None
         self._closed.set()
+        self._release()
 
     def discard(self, reason: str) -> None:
         """Drop a connection for good, now (a failed connect attempt): `abort`, then cancel
@@ -683,6 +687,23 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self._nudge is not None:
             self._nudge.expect_answer()  # a push: the rest of its request may be stuck on a path
         return handler
+
+    def _release(self) -> None:
+        """The connection is over for good (the engine reported its end, or we gave up on
+        it): answer from an `EndedEngine` from now on, take the engine apart, and drop
+        what points back at this protocol, so reference counting frees the connection
+        at once, without the cyclic collector (docs/scale.md "Garbage collection")."""
+        engine = self._quic
+        if type(engine) is EndedEngine:
+            return
+        ended = EndedEngine(engine)
+        self._quic = ended
+        self.streams.engine_ended(ended)
+        release_engine(engine)
+        self.listener = Unattached()
+        self._nudge = None
+        self._on_handshake = None
+        self._early = None
 
     def _terminated(self, event: events.ConnectionTerminated) -> None:
         if self.closed_error is not None:

@@ -8,7 +8,7 @@ import asyncio
 from collections import deque
 from typing import Protocol
 
-from ..errors import ConnectionClosed
+from ..errors import ConnectionClosed, fresh
 
 __all__ = ["StreamEngine", "StreamHandler", "StreamRegistry"]
 
@@ -177,7 +177,7 @@ class StreamRegistry:
         """Wait until the peer may allow another bidirectional stream, or the connection
         ended (then raises `ConnectionClosed`)."""
         if self.closed is not None:
-            raise self.closed
+            raise fresh(self.closed)
         waiter: asyncio.Future[None] = self._loop.create_future()
         self._credit_waiters.append(waiter)
         try:
@@ -219,7 +219,7 @@ class StreamRegistry:
         send_buffered = self._engine.send_buffered
         while send_buffered(stream_id) > limit:
             if self.closed is not None:
-                raise self.closed
+                raise fresh(self.closed)
             if stream_id not in self.handlers:
                 return
             waiter = self._drain_waiters.get(stream_id)
@@ -273,7 +273,7 @@ class StreamRegistry:
         `ConnectionClosed` if the connection ends meanwhile."""
         while self.budget_exceeded():
             if self.closed is not None:
-                raise self.closed
+                raise fresh(self.closed)
             waiter = self._budget_waiter
             if waiter is None or waiter.done():
                 waiter = self._budget_waiter = self._loop.create_future()
@@ -302,6 +302,10 @@ class StreamRegistry:
         if self._credit_waiters and self._engine.free_bidi_slots() > 0:
             self.wake_credit()
 
+    def engine_ended(self, engine: StreamEngine) -> None:
+        """Ask ``engine`` from now on (the connection's ended engine: `EndedEngine`)."""
+        self._engine = engine
+
     def fail(self, exc: ConnectionClosed) -> list[StreamHandler]:
         """The connection ended with ``exc``: forget every stream, wake idle waiters and
         fail every other waiter with ``exc``. Returns the handlers that were live (to
@@ -313,14 +317,14 @@ class StreamRegistry:
         self._wake_idle()
         for waiter in self._drain_waiters.values():
             if not waiter.done():
-                waiter.set_exception(exc)
+                waiter.set_exception(fresh(exc))
         self._drain_waiters.clear()
         budget, self._budget_waiter = self._budget_waiter, None
         if budget is not None and not budget.done():
-            budget.set_exception(exc)
+            budget.set_exception(fresh(exc))
         self._sending.clear()
         for waiter in self._credit_waiters:
             if not waiter.done():
-                waiter.set_exception(exc)
+                waiter.set_exception(fresh(exc))
         self._credit_waiters.clear()
         return handlers
