@@ -51,6 +51,7 @@ from .protocol.control import (
 )
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
+from .protocol.logbudget import LogBudget
 from .push import (
     BroadcastResult,
     ClientChannel,
@@ -73,6 +74,53 @@ __all__ = ["Server"]
 logger = logging.getLogger("quicflow.server")
 
 T = TypeVar("T")
+
+CONNECTION_LOG_BURST = 20
+"""Connection events (connected, disconnected, evicted, replaced) logged one by one per
+second at most; the rest of that second is one summary line (docs/observability.md)."""
+
+
+class _ConnectionLog:
+    """The server's INFO lines for connection events, at most `CONNECTION_LOG_BURST` a
+    second one by one and a summary line for the rest (`LogBudget`)."""
+
+    __slots__ = ("_budget", "_clock", "_timer")
+
+    def __init__(self, clock: Callable[[], Clock], per_second: int = CONNECTION_LOG_BURST) -> None:
+        self._clock = clock  # the server's clock is the loop's only once it starts
+        self._budget = LogBudget(per_second, 1.0)
+        self._timer: PolicyTimer | None = None
+
+    def admit(self, kind: str) -> bool:
+        """True: log this event now, on its own line; False: it was counted (or INFO is off)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return False
+        clock = self._clock()
+        now = clock.time()
+        self._flush(now)
+        if self._budget.admit(now, kind):
+            return True
+        if self._timer is None:
+            self._timer = PolicyTimer(clock, self._budget.get_timer, self._flush)
+        self._timer.arm()
+        return False
+
+    def _flush(self, now: float) -> None:
+        summary = self._budget.poll(now)
+        if summary is not None:
+            logger.info(
+                "%s more connection events in %.1f s not logged one by one: %s",
+                f"{summary.count:,}",
+                summary.until - summary.since,
+                summary.describe(),
+            )
+
+    def stop(self) -> None:
+        """Log what is still counted, and stop the timer."""
+        self._flush(float("inf"))
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
 
 
 class Server:
@@ -102,6 +150,7 @@ class Server:
         self._stopping = False
         self._connections: set[_ServerConnection] = set()
         self._connections_refused = 0
+        self._log = _ConnectionLog(lambda: self._endpoint.clock)
         self.sessions = SessionRegistry()
         """Connected clients by id (see `list_clients` for snapshots)."""
         self.hooks: Hooks = self._endpoint.hooks
@@ -313,35 +362,41 @@ class Server:
             # and the old session ends now, not when its connection finishes closing.
             reason = "replaced by a newer connection"
             old.conn.close(ErrorCode.SESSION_REPLACED, reason)
-            logger.info(
-                "client %s reconnected: old session replaced",
-                client_id,
-                extra={"client_id": client_id, "reason": reason},
-            )
+            if self._log.admit("replaced by a newer connection"):
+                logger.info(
+                    "client %s reconnected: old session replaced",
+                    client_id,
+                    extra={"client_id": client_id, "reason": reason},
+                )
             if metrics is not None:
                 metrics.reconnects += 1
                 metrics.disconnects += 1
-            self.hooks.fire("disconnect", old.info(), reason)
+            if self.hooks.wants("disconnect"):
+                self.hooks.fire("disconnect", old.info(), reason)
         self._promises.client_connected(client_id)
-        logger.info(
-            "client %s connected from %s", client_id, address, extra={"client_id": client_id}
-        )
+        if self._log.admit("connected"):
+            logger.info(
+                "client %s connected from %s", client_id, address, extra={"client_id": client_id}
+            )
         if metrics is not None:
             metrics.connects += 1
-        self.hooks.fire("connect", session.info())
+        if self.hooks.wants("connect"):
+            self.hooks.fire("connect", session.info())
 
     def _session_lost(self, session: Session, reason: str) -> None:
         """A session's connection ended (the session is already CLOSED)."""
         self.sessions.remove(session)
-        logger.info(
-            "client %s disconnected: %s",
-            session.client_id,
-            reason,
-            extra={"client_id": session.client_id, "reason": reason},
-        )
+        if self._log.admit(f"disconnected ({reason})"):
+            logger.info(
+                "client %s disconnected: %s",
+                session.client_id,
+                reason,
+                extra={"client_id": session.client_id, "reason": reason},
+            )
         if self._endpoint.metrics is not None:
             self._endpoint.metrics.disconnects += 1
-        self.hooks.fire("disconnect", session.info(), reason)
+        if self.hooks.wants("disconnect"):
+            self.hooks.fire("disconnect", session.info(), reason)
 
     # -- push --
 
@@ -545,6 +600,7 @@ class Server:
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
         await self.hooks.drain()
+        self._log.stop()
         assert self._closed is not None
         self._closed.set()
         logger.info("server on port %d stopped", port)
@@ -786,16 +842,19 @@ class _ServerConnection:
             if isinstance(event, SessionExpired):
                 if session.timer is not None:
                     session.timer.stop()
-                info = session.info()
-                logger.info(
-                    "client %s evicted: no heartbeat for %.1f s",
-                    session.client_id,
-                    now - event.last_ping,
-                    extra={"client_id": session.client_id, "reason": "no heartbeat"},
-                )
+                server = self.server
+                info = session.info() if server.hooks.wants("heartbeat_timeout") else None
+                if server._log.admit("evicted (no heartbeat)"):
+                    logger.info(
+                        "client %s evicted: no heartbeat for %.1f s",
+                        session.client_id,
+                        now - event.last_ping,
+                        extra={"client_id": session.client_id, "reason": "no heartbeat"},
+                    )
                 if self.endpoint.metrics is not None:
                     self.endpoint.metrics.heartbeat_timeouts += 1
-                self.server.hooks.fire("heartbeat_timeout", info)
+                if info is not None:
+                    server.hooks.fire("heartbeat_timeout", info)
                 # close() ends the connection's calls and session at once (no draining wait).
                 self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
                 return
