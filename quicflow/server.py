@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -52,6 +53,7 @@ from .protocol.control import (
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
 from .protocol.logbudget import LogBudget
+from .protocol.slices import SliceBudget
 from .push import (
     BroadcastResult,
     ClientChannel,
@@ -74,6 +76,13 @@ __all__ = ["Server"]
 logger = logging.getLogger("quicflow.server")
 
 T = TypeVar("T")
+
+EVICTIONS_PER_SLICE = 32
+"""Evicted connections closed per `EVICTION_SLICE` at most; more that fall due at once (a
+server whose loop stalled) are closed in the slices after, so other connections' datagrams
+are served between them (docs/connections.md)."""
+EVICTION_SLICE = 0.01
+"""Seconds per slice of evictions."""
 
 CONNECTION_LOG_BURST = 20
 """Connection events (connected, disconnected, evicted, replaced) logged one by one per
@@ -151,6 +160,10 @@ class Server:
         self._connections: set[_ServerConnection] = set()
         self._connections_refused = 0
         self._log = _ConnectionLog(lambda: self._endpoint.clock)
+        self._evictions: deque[_ServerConnection] = deque()
+        """Connections whose session was evicted, waiting for a slice to be closed in."""
+        self._eviction_budget = SliceBudget(EVICTIONS_PER_SLICE, EVICTION_SLICE)
+        self._eviction_timer: TimerHandleLike | None = None
         self.sessions = SessionRegistry()
         """Connected clients by id (see `list_clients` for snapshots)."""
         self.hooks: Hooks = self._endpoint.hooks
@@ -398,6 +411,29 @@ class Server:
         if self.hooks.wants("disconnect"):
             self.hooks.fire("disconnect", session.info(), reason)
 
+    def _evicted(self, sconn: _ServerConnection) -> None:
+        """Close an evicted session's connection now, or in a later slice if this slice has
+        closed `EVICTIONS_PER_SLICE` already (the session itself is gone already)."""
+        clock = self._endpoint.clock
+        if not self._evictions and self._eviction_budget.take(clock.time()):
+            sconn.close_evicted()
+            return
+        self._evictions.append(sconn)
+        if self._eviction_timer is None:
+            self._eviction_timer = clock.call_at(
+                self._eviction_budget.next_slice, self._next_evictions
+            )
+
+    def _next_evictions(self) -> None:
+        self._eviction_timer = None
+        clock = self._endpoint.clock
+        queue, budget = self._evictions, self._eviction_budget
+        now = max(clock.time(), budget.next_slice)  # a loop may run a timer early (uvloop)
+        while queue and budget.take(now):
+            queue.popleft().close_evicted()
+        if queue:
+            self._eviction_timer = clock.call_at(budget.next_slice, self._next_evictions)
+
     # -- push --
 
     def client(self, client_id: str) -> ClientChannel:
@@ -583,6 +619,10 @@ class Server:
             call.cancel_with(StatusCode.UNAVAILABLE, "the server is shutting down")
         if calls:
             await wait_all(clock, [c.handler_task for c in calls], 1.0)
+        if self._eviction_timer is not None:
+            self._eviction_timer.cancel()  # connections still waiting are closed below
+            self._eviction_timer = None
+        self._evictions.clear()
         self._promises.close()
         await self.dispatcher.close()
         self._endpoint.stop_metrics()
@@ -824,6 +864,8 @@ class _ServerConnection:
         if session is None or self.control is None:
             self.conn.close(ErrorCode.PROTOCOL_ERROR, "PING before HELLO")
             return
+        if session.state is SessionState.CLOSED:
+            return  # evicted: its connection is closed in the next slice, no PONG
         now = self.endpoint.clock.time()
         if now - self.ping_window >= 1.0:
             self.ping_window = now
@@ -840,10 +882,13 @@ class _ServerConnection:
     def _check_heartbeat(self, session: Session, now: float) -> None:
         for event in session.monitor.poll(now):
             if isinstance(event, SessionExpired):
-                if session.timer is not None:
-                    session.timer.stop()
+                # Evicted at the deadline: the session ends and leaves the registry now
+                # (no push reaches it, no PING is answered); its connection is closed now
+                # too unless many fell due at once, then in the next slices (`_evicted`).
                 server = self.server
                 info = session.info() if server.hooks.wants("heartbeat_timeout") else None
+                session.end()
+                server.sessions.remove(session)
                 if server._log.admit("evicted (no heartbeat)"):
                     logger.info(
                         "client %s evicted: no heartbeat for %.1f s",
@@ -855,9 +900,17 @@ class _ServerConnection:
                     self.endpoint.metrics.heartbeat_timeouts += 1
                 if info is not None:
                     server.hooks.fire("heartbeat_timeout", info)
-                # close() ends the connection's calls and session at once (no draining wait).
-                self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
+                server._evicted(self)
                 return
+
+    def close_evicted(self) -> None:
+        """Close the connection of a session evicted for its heartbeat: its calls end and
+        the session's ``disconnect`` follows at once (no draining wait)."""
+        session, self.session = self.session, None
+        if session is None:
+            return  # the connection ended meanwhile: connection_lost reported the session
+        self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
+        self.server._session_lost(session, "no heartbeat: session expired")
 
     def _hello_timeout(self) -> None:
         self.hello_timer = None
@@ -882,7 +935,8 @@ class _ServerConnection:
         if session is None:
             return
         self.session = None
-        if session.end():
+        # An evicted session has ended already; its connection closing is still its loss.
+        if session.end() or session.monitor.expired:
             self.server._session_lost(session, self.conn.close_reason or exc.message)
 
 

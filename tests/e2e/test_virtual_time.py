@@ -20,6 +20,7 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import Client, ClientState, RpcError, StatusCode
+from quicflow import server as server_module
 from quicflow.sessions import ClientInfo
 from quicflow.testing import ClientFor, FakeClock
 from quicflow.wire import ErrorCode
@@ -266,4 +267,57 @@ async def test_silent_client_info_before_eviction() -> None:
         assert seen == [0, 1, 2]
         await conn.aclose()
     finally:
+        await harness.server.stop()
+
+
+async def test_evictions_falling_due_together_are_closed_in_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that five silent sessions due at the same instant (0.6 s) all leave the
+    registry then (heartbeat_timeout at 0.6 for each), while their connections are closed
+    two per 10 ms slice: disconnects at 0.6, 0.6, 0.61, 0.61, 0.62, each SESSION_EXPIRED;
+    and that a session waiting for its slice answers no PING."""
+    monkeypatch.setattr(server_module, "EVICTIONS_PER_SLICE", 2)
+    clock = FakeClock(start=EPSILON)
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER, clock=clock)
+    timed_out: list[float] = []
+    gone: list[float] = []
+    harness.server.hooks.on_heartbeat_timeout(lambda info: timed_out.append(clock.time()))
+    harness.server.hooks.on_disconnect(
+        lambda info, reason: gone.append(clock.time()) if "expired" in reason else None
+    )
+    await harness.server.start()
+    conns = []
+    try:
+        controls = []
+        for i in range(5):
+            conn = await _raw_connection(harness)
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, control.protocol.send_hello(f"m{i}", heartbeat_interval=0.2))
+            await asyncio.wait_for(control.welcomed.wait(), 5.0)
+            conns.append(conn)
+            controls.append((control, sid))
+        clock.advance(0.6 + 1e-9)  # 3 x 0.2 is 0.6000000000000001 in floats
+        assert timed_out == [pytest.approx(0.6 + EPSILON, abs=1e-9)] * 5
+        assert harness.server.list_clients() == []
+        assert gone == [pytest.approx(0.6 + EPSILON, abs=1e-9)] * 2
+        # The last one waits for the slice at 0.62: its PING goes unanswered.
+        last, (control, sid) = conns[-1], controls[-1]
+        conn_pongs = len(control.events)
+        last.write(sid, control.protocol.send_ping(1))
+        await asyncio.sleep(0.1)
+        assert len(control.events) == conn_pongs and not last.is_closed
+        clock.advance(0.01 - 2e-9)
+        assert len(gone) == 2  # not before 0.61
+        clock.advance(2e-9)
+        assert gone[2:] == [pytest.approx(0.61 + EPSILON, abs=1e-9)] * 2
+        clock.advance(0.01)
+        assert gone[4:] == [pytest.approx(0.62 + EPSILON, abs=1e-9)]
+        for conn in conns:
+            await asyncio.wait_for(conn.wait_closed(), 5.0)
+            assert conn.close_code == ErrorCode.SESSION_EXPIRED
+    finally:
+        for conn in conns:
+            await conn.aclose()
         await harness.server.stop()
