@@ -583,7 +583,7 @@ class Run:
         lost0 = sum(int(f.tick.get("lost", 0)) for f in survivors)
         stats0 = await self.server_stats(reset=True)
         await self.bystander_window()
-        start = self.now()
+        start, start_mono = self.now(), time.monotonic()
         await asyncio.gather(*(f.kill() for f in doomed))
         target = stats0["sessions"] - killed
         evicted_s = None
@@ -599,9 +599,13 @@ class Run:
         answers = await asyncio.gather(*(f.ask({"op": "calls_stop"}, 30) for f in survivors))
         dead = {f"f{self.fleets.index(f)}" for f in doomed}
         evicted = stats["evicted"]
+        last = stats["evicted_last_mono"]
         return {
             "killed": killed,
             "evicted_all_s": None if evicted_s is None else round(evicted_s, 1),
+            # The server's own time of its last eviction (the poll above is once a second).
+            "evicted_all_server_s": round(last - start_mono, 2) if last else None,
+            "evict_silence_max_s": round(stats["evict_silence_max_s"], 2),
             "server_sessions": sessions,
             "evicted_dead": sum(n for p, n in evicted.items() if p in dead),
             "evicted_survivors": sum(n for p, n in evicted.items() if p not in dead),
@@ -685,6 +689,8 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("restart: datagrams dropped by the kernel", "restart.kernel_drops", "", ""),
     ("evict: clients killed", "evict.killed", "", ""),
     ("evict: all evicted after", "evict.evicted_all_s", "s", "≤ 45"),
+    ("evict: last eviction, server's clock", "evict.evicted_all_server_s", "s", "≤ 45"),
+    ("evict: longest silence evicted", "evict.evict_silence_max_s", "s", "45"),
     ("evict: survivors evicted", "evict.evicted_survivors", "", "0"),
     ("evict: bystander p99", "evict.bystander.p99_ms", "ms", "≤ 100"),
     ("close: clients closed", "close.closed", "", ""),

@@ -122,9 +122,16 @@ async def serve(args: argparse.Namespace) -> None:
     server.add_service(Echo())
     watch = Watch()
     evicted: Counter[str] = Counter()
+    # When the last eviction happened (time.monotonic: the orchestrator's clock too, so it
+    # can tell the server's own eviction time from its once-a-second poll) and the longest
+    # silence an evicted client had kept (from its last PING, or its session's start).
+    eviction = {"last": 0.0, "silence": 0.0}
 
     def timed_out(info: ClientInfo) -> None:
         evicted[info.client_id.rsplit("-", 1)[0]] += 1
+        eviction["last"] = time.monotonic()
+        since = info.last_heartbeat if info.last_heartbeat is not None else info.connected_since
+        eviction["silence"] = max(eviction["silence"], time.time() - since)
 
     server.hooks.on_heartbeat_timeout(timed_out)
     lagger = asyncio.ensure_future(watch.lag())
@@ -152,6 +159,8 @@ async def serve(args: argparse.Namespace) -> None:
                 "gc_count": watch.gc_count,
                 "lag_worst_ms": watch.lag_worst * 1000,
                 "evicted": dict(evicted),
+                "evicted_last_mono": eviction["last"],
+                "evict_silence_max_s": eviction["silence"],
                 "gc_counts": gc.get_count(),
                 "gc_frozen": gc.get_freeze_count(),
                 # The endpoint's counter of shed handshakes (no public accessor yet).
@@ -164,6 +173,7 @@ async def serve(args: argparse.Namespace) -> None:
             if cmd.get("reset"):
                 watch.reset()
                 evicted.clear()
+                eviction.update(last=0.0, silence=0.0)
             return answer
         if op == "broadcast":
             start = time.perf_counter()
