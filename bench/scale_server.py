@@ -127,6 +127,16 @@ async def serve(args: argparse.Namespace) -> None:
         evicted[info.client_id.rsplit("-", 1)[0]] += 1
 
     server.hooks.on_heartbeat_timeout(timed_out)
+    admitted = Counter[str]()
+
+    def connected(info: ClientInfo) -> None:
+        admitted["sessions"] += 1
+
+    def disconnected(info: ClientInfo, reason: str) -> None:
+        admitted[f"lost: {reason}"] += 1
+
+    server.hooks.on_connect(connected)
+    server.hooks.on_disconnect(disconnected)
     lagger = asyncio.ensure_future(watch.lag())
     background = [lagger]
     await server.start()
@@ -156,6 +166,22 @@ async def serve(args: argparse.Namespace) -> None:
                 "gc_frozen": gc.get_freeze_count(),
                 # The endpoint's counter of shed handshakes (no public accessor yet).
                 "handshakes_shed": getattr(server._listener, "handshakes_shed", 0),
+                # Where each connection attempt went (the endpoint's counters).
+                "endpoint": {
+                    name: getattr(server._listener, name, 0)
+                    for name in (
+                        "handshakes_shed",
+                        "handshakes_shed_stale",
+                        "handshakes_started",
+                        "handshakes_completed",
+                        "handshakes_failed",
+                        "backlog_waited",
+                        "retries_sent",
+                        "resets_sent",
+                        "connections_refused",
+                    )
+                },
+                "admitted": dict(admitted),
                 "gc_freezes": server._gc[0].freezes if server._gc else 0,
                 "gc_thaws": server._gc[0].thaws if server._gc else 0,
             }

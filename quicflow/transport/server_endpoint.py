@@ -136,6 +136,17 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         """New connections started per loop pass at most (0: no limit)."""
         self.handshakes_shed = 0
         """Initials dropped from the handshake backlog (full, or waited too long)."""
+        self.handshakes_shed_stale = 0
+        """Of ``handshakes_shed``: dropped because they waited too long."""
+        self.handshakes_started = 0
+        """Connections created (their handshake begun) since the endpoint started."""
+        self.handshakes_completed = 0
+        """Handshakes that completed since the endpoint started."""
+        self.handshakes_failed = 0
+        """Connections that ended before their handshake completed (the client gave up,
+        or the handshake failed)."""
+        self.backlog_waited = 0.0
+        """Seconds the Initials that started connections waited in the backlog, summed."""
         self.connections: set[QuicFlowProtocol] = set()
 
     @property
@@ -230,10 +241,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 protocol.datagram_received(data, addr)
             elif when < oldest:
                 self.handshakes_shed += 1  # its client has sent it again, or given up
+                self.handshakes_shed_stale += 1
             else:
                 before = len(self.connections)
                 self._route(data, addr)
-                self._started += len(self.connections) - before
+                started = len(self.connections) - before
+                self._started += started
+                if started:
+                    self.backlog_waited += now - when
 
     def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
         batch = [(data, addr), *self._read_more(INTAKE_BATCH - self._read - 1)]
@@ -410,6 +425,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self.connection_id_issued(protocol, connection.host_cid)
         self._handshaking.add(protocol)
         self.connections.add(protocol)
+        self.handshakes_started += 1
         return protocol
 
     def _loopback_configuration(self, size: int) -> QuicConfiguration:
@@ -433,10 +449,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             del self._protocols[cid]
 
     def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_completed += 1
 
     def connection_closed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
@@ -447,7 +467,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self.connections.discard(protocol)
             if protocol not in self._handshaking:
                 self.connections_ended += 1
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def close(self) -> None:
         """Stop listening; connections still open are closed abruptly."""
