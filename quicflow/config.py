@@ -607,7 +607,8 @@ class ClientConfig(_Common):
     server name, CA and client certificate; tickets are kept per process): a reconnect
     skips the server's certificate and its verification. Never 0-RTT (docs/security.md)."""
     connect_timeout: float = 5.0
-    """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
+    """Seconds one connection attempt's TLS handshake may take (aioquic alone would wait its
+    idle timeout); once it completed, WELCOME is awaited as long again (docs/connections.md)."""
     default_timeout: float | None = None
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)

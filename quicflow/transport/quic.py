@@ -382,6 +382,11 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._quic.connect(addr, now=self._loop.time())
         self.transmit()
 
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake has completed."""
+        return self._connected
+
     async def wait_connected(self) -> None:
         """Wait for the handshake to complete (`ConnectionError` if the connection ends)."""
         if not self._connected:
