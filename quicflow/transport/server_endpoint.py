@@ -11,7 +11,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
@@ -30,6 +30,7 @@ from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .reset import ResetLimiter, load_reset_key, stateless_reset
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+from .tickets import SealedTickets
 from .tls import ServerTicketStore
 
 logger = logging.getLogger("quicflow.transport")
@@ -88,7 +89,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         *,
         retry: bool = False,
         retry_threshold: int = 0,
-        tickets: ServerTicketStore | None = None,
+        tickets: ServerTicketStore | SealedTickets | None = None,
         reset_key: bytes | None = None,
         max_connections: int = 0,
         on_refused: Callable[[str], None] | None = None,
@@ -409,14 +410,22 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
         tickets = self.tickets
+        if isinstance(tickets, SealedTickets):
+            resumption: dict[str, Any] = {"sealed_tickets": tickets}
+        elif tickets is not None:
+            resumption = {
+                "session_ticket_fetcher": tickets.pop,
+                "session_ticket_handler": tickets.add,
+            }
+        else:
+            resumption = {}
         connection = make_connection(
             configuration,
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
             reset_key=self.reset_key,
-            session_ticket_fetcher=tickets.pop if tickets is not None else None,
-            session_ticket_handler=tickets.add if tickets is not None else None,
+            **resumption,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
@@ -492,7 +501,7 @@ async def serve(
     *,
     retry: bool = False,
     retry_threshold: int = 0,
-    tickets: ServerTicketStore | None = None,
+    tickets: ServerTicketStore | SealedTickets | None = None,
     reset_key: bytes | None = None,
     max_connections: int = 0,
     on_refused: Callable[[str], None] | None = None,
