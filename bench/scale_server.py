@@ -102,6 +102,10 @@ async def serve(args: argparse.Namespace) -> None:
         # The deployment a restart should recover fast in: the stateless reset key survives
         # the restart, so the new server resets each old client at its next packet.
         settings["stateless_reset_key_file"] = str(args.certs / "reset.key")
+    if not args.no_ticket_key:
+        # ... and its session tickets are sealed under a key file that survives it too, so
+        # the clients' reconnects after the restart are resumed handshakes.
+        settings["tls_ticket_key_file"] = str(args.certs / "ticket.key")
     if args.gc != "default":
         settings["gc_walk_limit"] = 0
     if args.hb_interval:
@@ -182,6 +186,10 @@ async def serve(args: argparse.Namespace) -> None:
                     )
                 },
                 "admitted": dict(admitted),
+                # Session tickets this process opened (resumed handshakes, restart phase).
+                "tickets_resumed": getattr(
+                    getattr(server._listener, "tickets", None), "resumed", 0
+                ),
                 "gc_freezes": server._gc[0].freezes if server._gc else 0,
                 "gc_thaws": server._gc[0].thaws if server._gc else 0,
             }
@@ -229,6 +237,9 @@ def main() -> None:
     parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
     parser.add_argument("--broadcast-window", type=int, default=0, help="0: the default")
     parser.add_argument("--no-reset-key", action="store_true", help="no stateless reset key")
+    parser.add_argument(
+        "--no-ticket-key", action="store_true", help="session tickets in memory (lost on restart)"
+    )
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
     parser.add_argument("--shed-reads", type=int, help="reads past the batch while shedding")
     parser.add_argument(
