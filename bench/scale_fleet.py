@@ -37,9 +37,69 @@ from echo.echo_quicflow import EchoBase, EchoStub
 import quicflow
 from quicflow import Client, ClientConfig, RpcError, ServicerContext
 from quicflow.client import ClientState
+from quicflow.transport.quic import QuicFlowProtocol
 
 from .common import encode, raise_fd_limit
 from .scale_server import rss_kib
+
+
+def outcome(exc: BaseException | None) -> str:
+    """What ended a connect attempt, in a word or two (None: it succeeded)."""
+    if exc is None:
+        return "ok"
+    text = str(exc)
+    for needle, name in (
+        ("no answer within", "handshake timeout"),
+        ("no WELCOME", "welcome timeout"),
+        ("nothing answers", "refused (port closed)"),
+        ("server busy", "busy"),
+        ("too many connections", "too many connections"),
+        ("CancelledError", "cancelled"),
+    ):
+        if needle in text:
+            return name
+    return f"other: {type(exc).__name__}: {text[:80]}"
+
+
+class AttemptLog:
+    """Every connect attempt of this process since the mark: when it began (seconds since
+    the mark), how long it took, how it ended; and the TLS state of each handshake that
+    timed out (did the server's first flight arrive?)."""
+
+    def __init__(self) -> None:
+        self.mark = 0.0
+        self.rows: list[tuple[float, float, str]] = []
+        self.timeout_states: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.delays: list[float] = []
+        install(self)
+
+
+def install(log: AttemptLog) -> None:
+    """Wrap `Client._establish` and `QuicFlowProtocol.discard` (harness only: private)."""
+    establish = Client._establish
+    discard = QuicFlowProtocol.discard
+
+    async def counted(self: Client) -> None:
+        start = time.time()
+        try:
+            await establish(self)
+        except BaseException as exc:
+            if log.mark:
+                log.rows.append((start - log.mark, time.time() - start, outcome(exc)))
+            raise
+        if log.mark:
+            log.rows.append((start - log.mark, time.time() - start, "ok"))
+
+    def discarded(self: QuicFlowProtocol, reason: str) -> None:
+        if log.mark and reason == "connect timeout":
+            tls = getattr(self._quic, "tls", None)
+            state = getattr(getattr(tls, "state", None), "name", "?")
+            log.timeout_states[state] = log.timeout_states.get(state, 0) + 1
+        discard(self, reason)
+
+    Client._establish = counted  # type: ignore[method-assign]
+    QuicFlowProtocol.discard = discarded  # type: ignore[method-assign]
 
 
 class PushEcho(EchoBase):
@@ -80,6 +140,8 @@ class Fleet:
         self.latencies: list[float] = []
         self.call_errors: dict[str, int] = {}
         self.wrong = 0
+        self.log = AttemptLog()
+        self.pokes: list[asyncio.Task[None]] = []
 
     def make(self, i: int) -> Client:
         client = Client(replace(self.base, client_id=f"{self.args.prefix}-{i}"))
@@ -95,9 +157,16 @@ class Fleet:
 
         def reconnecting(attempt: int, delay: float) -> None:
             self.attempts += 1
+            if self.log.mark:
+                self.log.delays.append(delay)
+
+        def disconnected(reason: str) -> None:
+            if self.log.mark:
+                self.log.lost[reason] = self.log.lost.get(reason, 0) + 1
 
         client.hooks.on_state_change(changed)
         client.hooks.on_reconnect(reconnecting)
+        client.hooks.on_disconnect(disconnected)
         self.clients[i] = client
         return client
 
@@ -164,8 +233,38 @@ class Fleet:
     async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
         if op == "mark":
-            self.mark = time.time()
+            self.mark = self.log.mark = time.time()
+            self.log.rows, self.log.timeout_states, self.log.lost = [], {}, {}
+            self.log.delays = []
             return {"mark": self.mark}
+        if op == "poke":
+            # Every connected client makes one call now (not awaited): after a server
+            # restart each hears the stateless reset at once, not at its next ping, so
+            # the whole fleet reconnects within a second (a sharper storm than pings
+            # spread over the heartbeat interval; bench.scale --storm burst).
+            async def poke(client: Client) -> None:
+                with contextlib.suppress(Exception):
+                    await EchoStub(client).say(EchoRequest(text="poke"), timeout=2.0)
+
+            live = [
+                c
+                for i, c in enumerate(self.clients)
+                if c is not None and i not in self.closed and c.state is ClientState.CONNECTED
+            ]
+            self.pokes = [asyncio.ensure_future(poke(c)) for c in live]
+            return {"poked": len(live)}
+        if op == "attempts":
+            return {
+                "rows": self.log.rows,
+                "timeout_states": self.log.timeout_states,
+                "lost": self.log.lost,
+                "delays": self.log.delays,
+                "connected_at": [
+                    t - self.mark
+                    for i, t in enumerate(self.connected_at)
+                    if t >= self.mark and i not in self.closed
+                ],
+            }
         if op == "calls_start":
             live = [c for i, c in enumerate(self.clients) if c is not None and i not in self.closed]
             self.latencies, self.call_errors, self.wrong = [], {}, 0

@@ -102,6 +102,10 @@ async def serve(args: argparse.Namespace) -> None:
         # The deployment a restart should recover fast in: the stateless reset key survives
         # the restart, so the new server resets each old client at its next packet.
         settings["stateless_reset_key_file"] = str(args.certs / "reset.key")
+    if not args.no_ticket_key:
+        # ... and its session tickets are sealed under a key file that survives it too, so
+        # the clients' reconnects after the restart are resumed handshakes.
+        settings["tls_ticket_key_file"] = str(args.certs / "ticket.key")
     if args.gc != "default":
         settings["gc_walk_limit"] = 0
     if args.hb_interval:
@@ -134,6 +138,16 @@ async def serve(args: argparse.Namespace) -> None:
         eviction["silence"] = max(eviction["silence"], time.time() - since)
 
     server.hooks.on_heartbeat_timeout(timed_out)
+    admitted = Counter[str]()
+
+    def connected(info: ClientInfo) -> None:
+        admitted["sessions"] += 1
+
+    def disconnected(info: ClientInfo, reason: str) -> None:
+        admitted[f"lost: {reason}"] += 1
+
+    server.hooks.on_connect(connected)
+    server.hooks.on_disconnect(disconnected)
     lagger = asyncio.ensure_future(watch.lag())
     background = [lagger]
     await server.start()
@@ -165,6 +179,26 @@ async def serve(args: argparse.Namespace) -> None:
                 "gc_frozen": gc.get_freeze_count(),
                 # The endpoint's counter of shed handshakes (no public accessor yet).
                 "handshakes_shed": getattr(server._listener, "handshakes_shed", 0),
+                # Where each connection attempt went (the endpoint's counters).
+                "endpoint": {
+                    name: getattr(server._listener, name, 0)
+                    for name in (
+                        "handshakes_shed",
+                        "handshakes_shed_stale",
+                        "handshakes_started",
+                        "handshakes_completed",
+                        "handshakes_failed",
+                        "backlog_waited",
+                        "retries_sent",
+                        "resets_sent",
+                        "connections_refused",
+                    )
+                },
+                "admitted": dict(admitted),
+                # Session tickets this process opened (resumed handshakes, restart phase).
+                "tickets_resumed": getattr(
+                    getattr(server._listener, "tickets", None), "resumed", 0
+                ),
                 "gc_freezes": server._gc[0].freezes if server._gc else 0,
                 "gc_thaws": server._gc[0].thaws if server._gc else 0,
             }
@@ -213,6 +247,9 @@ def main() -> None:
     parser.add_argument("--intake-batch", type=int, help="datagrams read per loop pass")
     parser.add_argument("--broadcast-window", type=int, default=0, help="0: the default")
     parser.add_argument("--no-reset-key", action="store_true", help="no stateless reset key")
+    parser.add_argument(
+        "--no-ticket-key", action="store_true", help="session tickets in memory (lost on restart)"
+    )
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
     parser.add_argument("--shed-reads", type=int, help="reads past the batch while shedding")
     parser.add_argument(

@@ -547,6 +547,11 @@ class Client(ChannelMethods):
             if not started:  # cannot happen: connect() returns after the handshake event
                 first_flight(conn)
             link, side = started[0]
+            # WELCOME gets its own connect_timeout from the handshake's end (at most two
+            # in all): a server that finished the handshake is alive, and the session it
+            # is setting up for us is work we must not throw away because the handshake
+            # itself took most of the time (a reconnect storm; docs/connections.md).
+            deadline = max(deadline, loop.time() + c.connect_timeout)
             try:
                 async with asyncio.timeout_at(deadline):
                     welcome = await link.welcome

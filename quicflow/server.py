@@ -67,6 +67,7 @@ from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
 from .transport.reset import load_reset_key
+from .transport.tickets import SealedTickets, load_ticket_keys
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
@@ -252,10 +253,7 @@ class Server:
             self._accept,
             retry=config.retry,
             retry_threshold=config.retry_threshold,
-            # A resumed handshake carries no client certificate: none with mutual TLS.
-            tickets=ServerTicketStore(config.tls_session_tickets)
-            if config.tls_session_tickets and config.client_cert_mode == "none"
-            else None,
+            tickets=_ticket_store(config),
             reset_key=load_reset_key(config.stateless_reset_key_file),
             max_connections=config.max_connections,
             on_refused=self._refused,
@@ -656,6 +654,19 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _ticket_store(config: ServerConfig) -> ServerTicketStore | SealedTickets | None:
+    """How the server keeps its TLS session tickets: sealed under ``tls_ticket_key_file`` (they
+    survive a restart), in memory, or none (``tls_session_tickets=0``; and under mutual TLS,
+    since a resumed handshake carries no client certificate). A bad key file is refused
+    even when no ticket would be issued."""
+    keys = load_ticket_keys(config.tls_ticket_key_file) if config.tls_ticket_key_file else None
+    if not config.tls_session_tickets or config.client_cert_mode != "none":
+        return None
+    if keys is not None:
+        return SealedTickets(keys)
+    return ServerTicketStore(config.tls_session_tickets)
 
 
 class _ServerConnection:

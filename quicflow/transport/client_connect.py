@@ -188,7 +188,8 @@ async def connect(
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
     unreachable), not after ``connect_timeout``. A failed attempt leaves
-    nothing behind: no socket, no timer.
+    nothing behind: no socket, no timer. A handshake that completes in the loop turn
+    the timeout fires in (handled first: I/O comes before timers) counts as done.
 
     Raises:
         ConnectionClosed: nothing answers at that address ("nothing answers at
@@ -289,6 +290,11 @@ async def _attempt(
             async with asyncio.timeout_at(deadline):
                 await protocol.wait_connected()
     except TimeoutError:
+        if protocol.handshake_done and protocol.closed_error is None:
+            # The server's last flight was handled in the loop turn the timeout fired (a
+            # loop lagging in a reconnect storm handles I/O before timers): the handshake
+            # the server finished is not thrown away (docs/connections.md).
+            return protocol
         protocol.discard("connect timeout")
         raise ConnectionClosed(
             message=f"could not connect to {where}: no answer within {connect_timeout:.3g} s"

@@ -32,6 +32,7 @@ from aioquic.quic.stream import QuicStream, QuicStreamReceiver, QuicStreamSender
 from .pacer import BytePacer
 from .reset import reset_token
 from .streams import StreamHandler
+from .tickets import SealedTickets, seal_tickets
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
 __all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
@@ -224,6 +225,12 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
         "overridden: new connection IDs get tokens derived from the reset key",
     ),
     PrivateUse(tls.Context, "_peer_certificate_chain", None, "the peer's intermediates"),
+    PrivateUse(
+        tls.Context,
+        "_new_session_ticket",
+        None,
+        "the NewSessionTicket just written: written again with a sealed label (tickets.py)",
+    ),
 )
 
 
@@ -245,9 +252,15 @@ class AioquicFlowConnection(QuicConnection):
         window: int,
         pacer: BytePacer | None = None,
         reset_key: bytes | None = None,
+        sealed_tickets: SealedTickets | None = None,
         **kwargs: Any,
     ) -> None:
+        if sealed_tickets is not None:
+            kwargs["session_ticket_fetcher"] = sealed_tickets.pop
+            kwargs["session_ticket_handler"] = sealed_tickets.add
         super().__init__(*args, **kwargs)
+        self.sealed_tickets = sealed_tickets
+        """A server's stateless tickets (`quicflow.transport.tickets`), None: in memory."""
         self.reset_key = None if self._is_client else reset_key
         """A server's stateless reset key: each connection ID's token derives from it
         (`quicflow.transport.reset`), so a restarted server holding it can still reset."""
@@ -274,6 +287,9 @@ class AioquicFlowConnection(QuicConnection):
         verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+        if self.sealed_tickets is not None:
+            context = self.tls
+            seal_tickets(context, self.sealed_tickets, tls, lambda: context._new_session_ticket)
 
     # -- stateless reset (quicflow.transport.reset) --
 

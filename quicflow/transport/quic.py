@@ -94,6 +94,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._timer_time = 0.0
+        """The time the engine's timer last fired for (`_handle_timer`): a transmit in the
+        same millisecond of uvloop's clock does not go back before it."""
         self._transmit_task: asyncio.Handle | None = None
         self._connected = False
         self.connect_started = False
@@ -382,6 +385,11 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._quic.connect(addr, now=self._loop.time())
         self.transmit()
 
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake has completed."""
+        return self._connected
+
     async def wait_connected(self) -> None:
         """Wait for the handshake to complete (`ConnectionError` if the connection ends)."""
         if not self._connected:
@@ -394,7 +402,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         await self._closed.wait()
 
     def _handle_timer(self) -> None:
-        now = max(self._timer_at or 0.0, self._loop.time())
+        # uvloop runs a timer up to 0.5 ms early (its clock counts whole milliseconds):
+        # the engine hears the time it asked for, and so do the transmits that follow.
+        # Sent at the loop's (earlier) time, an ACK or a paced packet due at the timer's
+        # time was not due yet, the engine asked for the same time again, and the timer
+        # fired again every loop pass until the clock caught up (qh3: ~6 fires per
+        # broadcast push instead of ~1).
+        self._timer_time = now = max(self._timer_at or 0.0, self._loop.time())
         self._timer = None
         self._timer_at = None
         self._quic.handle_timer(now=now)
@@ -499,6 +513,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transmit_task = None
         quic = self._quic
         now = self._loop.time()
+        if now < self._timer_time:
+            now = self._timer_time  # not before a timer the engine handled (_handle_timer)
         if self._wrote:
             self._wrote = False
             quic.ack_with_data(now)

@@ -11,7 +11,7 @@ import os
 import socket
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
@@ -30,6 +30,7 @@ from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .reset import ResetLimiter, load_reset_key, stateless_reset
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+from .tickets import SealedTickets
 from .tls import ServerTicketStore
 
 logger = logging.getLogger("quicflow.transport")
@@ -88,7 +89,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         *,
         retry: bool = False,
         retry_threshold: int = 0,
-        tickets: ServerTicketStore | None = None,
+        tickets: ServerTicketStore | SealedTickets | None = None,
         reset_key: bytes | None = None,
         max_connections: int = 0,
         on_refused: Callable[[str], None] | None = None,
@@ -136,6 +137,17 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         """New connections started per loop pass at most (0: no limit)."""
         self.handshakes_shed = 0
         """Initials dropped from the handshake backlog (full, or waited too long)."""
+        self.handshakes_shed_stale = 0
+        """Of ``handshakes_shed``: dropped because they waited too long."""
+        self.handshakes_started = 0
+        """Connections created (their handshake begun) since the endpoint started."""
+        self.handshakes_completed = 0
+        """Handshakes that completed since the endpoint started."""
+        self.handshakes_failed = 0
+        """Connections that ended before their handshake completed (the client gave up,
+        or the handshake failed)."""
+        self.backlog_waited = 0.0
+        """Seconds the Initials that started connections waited in the backlog, summed."""
         self.connections: set[QuicFlowProtocol] = set()
 
     @property
@@ -230,10 +242,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
                 protocol.datagram_received(data, addr)
             elif when < oldest:
                 self.handshakes_shed += 1  # its client has sent it again, or given up
+                self.handshakes_shed_stale += 1
             else:
                 before = len(self.connections)
                 self._route(data, addr)
-                self._started += len(self.connections) - before
+                started = len(self.connections) - before
+                self._started += started
+                if started:
+                    self.backlog_waited += now - when
 
     def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
         batch = [(data, addr), *self._read_more(INTAKE_BATCH - self._read - 1)]
@@ -394,14 +410,22 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
         tickets = self.tickets
+        if isinstance(tickets, SealedTickets):
+            resumption: dict[str, Any] = {"sealed_tickets": tickets}
+        elif tickets is not None:
+            resumption = {
+                "session_ticket_fetcher": tickets.pop,
+                "session_ticket_handler": tickets.add,
+            }
+        else:
+            resumption = {}
         connection = make_connection(
             configuration,
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
             reset_key=self.reset_key,
-            session_ticket_fetcher=tickets.pop if tickets is not None else None,
-            session_ticket_handler=tickets.add if tickets is not None else None,
+            **resumption,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
@@ -410,6 +434,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self.connection_id_issued(protocol, connection.host_cid)
         self._handshaking.add(protocol)
         self.connections.add(protocol)
+        self.handshakes_started += 1
         return protocol
 
     def _loopback_configuration(self, size: int) -> QuicConfiguration:
@@ -433,10 +458,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             del self._protocols[cid]
 
     def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_completed += 1
 
     def connection_closed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
@@ -447,7 +476,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self.connections.discard(protocol)
             if protocol not in self._handshaking:
                 self.connections_ended += 1
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def close(self) -> None:
         """Stop listening; connections still open are closed abruptly."""
@@ -470,7 +501,7 @@ async def serve(
     *,
     retry: bool = False,
     retry_threshold: int = 0,
-    tickets: ServerTicketStore | None = None,
+    tickets: ServerTicketStore | SealedTickets | None = None,
     reset_key: bytes | None = None,
     max_connections: int = 0,
     on_refused: Callable[[str], None] | None = None,
