@@ -321,3 +321,42 @@ async def test_evictions_falling_due_together_are_closed_in_slices(
         for conn in conns:
             await conn.aclose()
         await harness.server.stop()
+
+
+async def test_an_evicted_session_whose_connection_ends_before_its_slice_is_lost_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that a session evicted at 0.6 s whose client closes its connection while the
+    close waits for a later slice gets its disconnect then (with the client's reason), and
+    none again when its slice comes; the others are closed SESSION_EXPIRED in their slices."""
+    monkeypatch.setattr(server_module, "EVICTIONS_PER_SLICE", 1)
+    clock = FakeClock(start=EPSILON)
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER, clock=clock)
+    gone: list[tuple[str, str]] = []
+    harness.server.hooks.on_disconnect(lambda info, reason: gone.append((info.client_id, reason)))
+    await harness.server.start()
+    conns = []
+    try:
+        for i in range(3):
+            conn = await _raw_connection(harness)
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, control.protocol.send_hello(f"m{i}", heartbeat_interval=0.2))
+            await asyncio.wait_for(control.welcomed.wait(), 5.0)
+            conns.append(conn)
+        clock.advance(0.6 + 1e-9)
+        assert [c for c, _ in gone] == ["m0"] and harness.server.list_clients() == []
+        await conns[2].aclose(reason="bye")
+        await _until(lambda: len(gone) == 2)
+        assert gone[1] == ("m2", "bye")
+        clock.advance(0.01)
+        clock.advance(0.01)
+        await asyncio.sleep(0.05)
+        assert [c for c, _ in gone] == ["m0", "m2", "m1"]
+        assert all("expired" in reason for c, reason in gone if c != "m2")
+        await asyncio.wait_for(conns[1].wait_closed(), 5.0)
+        assert conns[1].close_code == ErrorCode.SESSION_EXPIRED
+    finally:
+        for conn in conns:
+            await conn.aclose()
+        await harness.server.stop()
