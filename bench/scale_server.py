@@ -161,9 +161,9 @@ async def serve(args: argparse.Namespace) -> None:
             usage = resource.getrusage(resource.RUSAGE_SELF)
             answer = {
                 # The bystander (bench.scale) is not one of the fleets' clients.
-                "sessions": sum(
-                    1 for i in server.list_clients() if not i.client_id.startswith("bystander")
-                ),
+                # A count, not list_clients(): a snapshot of every session would cost the
+                # server ~5 us each per poll (50 ms at 10,000, 4 polls a second closing).
+                "sessions": len(server.sessions) - ("bystander-0" in server.sessions),
                 "connections": len(server.connections),
                 "rss_kib": rss_kib(),
                 "cpu_s": usage.ru_utime + usage.ru_stime,
