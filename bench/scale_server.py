@@ -8,7 +8,9 @@ missed heartbeats. Commands, one JSON line each on stdin, one JSON answer on std
 
 * ``{"op": "stats"}`` (``"reset": true`` also starts the worst-case watches afresh);
 * ``{"op": "broadcast", "timeout": s}``: a 64 B ``Say`` with its reply (the ack) to every
-  connected client (`Server.broadcast`), timed.
+  connected client (`Server.broadcast`), timed (wall and process CPU seconds);
+* ``{"op": "profile", "path": p, "seconds": s}`` (or ``"broadcast": timeout``): a cProfile
+  of the server for that long (or of one broadcast), written to ``p``.
 
 It stops when stdin closes, or is killed (the restart phase sends SIGKILL).
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import gc
 import json
 import logging
@@ -209,7 +212,27 @@ async def serve(args: argparse.Namespace) -> None:
                 evicted.clear()
                 eviction.update(last=0.0, silence=0.0)
             return answer
+        if op == "profile":
+            # A cProfile of the server for ``seconds`` (the idle load as it is), or of one
+            # broadcast (``broadcast``: its timeout), written to ``path``; with the CPU
+            # seconds the process spent meanwhile, so a profile's overhead can be told.
+            profiler = cProfile.Profile()
+            usage0 = resource.getrusage(resource.RUSAGE_SELF)
+            profiler.enable()
+            if cmd.get("broadcast"):
+                inner = await control({"op": "broadcast", "timeout": cmd["broadcast"]})
+            else:
+                await asyncio.sleep(float(cmd["seconds"]))
+                inner = {}
+            profiler.disable()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
+            profiler.dump_stats(cmd["path"])
+            return {
+                **inner,
+                "cpu_s": usage.ru_utime + usage.ru_stime - usage0.ru_utime - usage0.ru_stime,
+            }
         if op == "broadcast":
+            cpu0 = time.process_time()
             start = time.perf_counter()
             result = await server.broadcast(
                 lambda ch: EchoStub(ch).say(EchoRequest(text="b", payload=small)),
@@ -217,6 +240,7 @@ async def serve(args: argparse.Namespace) -> None:
             )
             return {
                 "elapsed": time.perf_counter() - start,
+                "cpu_s": time.process_time() - cpu0,
                 "clients": len(result),
                 "delivered": result.delivered,
                 "failed": result.failed,

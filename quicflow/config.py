@@ -313,7 +313,9 @@ class ServerConfig(_Common):
     heartbeat_interval: float = 15.0
     """Seconds between a client's pings, announced to clients in WELCOME."""
     heartbeat_check_interval: float = 5.0
-    """Seconds between the server's checks of each session's heartbeat."""
+    """Seconds between the server's checks of each session's heartbeat: a miss is noted at
+    the first check at or after it (the server wakes only for a check that can note one:
+    once per interval for a client that pings on time)."""
     max_missed_heartbeats: int = 3
     """Whole heartbeat intervals without a ping after which a session is evicted
     (exactly ``max_missed_heartbeats * heartbeat_interval`` after the last ping: 45 s)."""

@@ -865,7 +865,7 @@ class _ServerConnection:
             session.message_lane = SendLane(conn)
         session.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
-            monitor.get_timer, lambda now: self._check_heartbeat(session, now)
+            monitor.next_report_at, lambda now: self._check_heartbeat(session, now)
         )
         session.timer.arm()
         return session

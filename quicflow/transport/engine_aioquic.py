@@ -35,7 +35,7 @@ from .streams import StreamHandler
 from .tickets import SealedTickets, seal_tickets
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
-__all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
+__all__ = ["ACTIVE_CONNECTION_ID_LIMIT", "PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -52,6 +52,15 @@ def _varint_size(value: int) -> int:
     """Bytes of ``value`` as a QUIC variable-length integer (aioquic's size_uint_var)."""
     return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
 
+
+ACTIVE_CONNECTION_ID_LIMIT = 2
+"""Connection IDs of ours a peer may keep (the active_connection_id_limit transport
+parameter; RFC 9000's minimum): the one in use and one spare, for a migration. aioquic
+asks for 8, so each side issued 7 NEW_CONNECTION_ID frames per handshake, each with its
+stateless reset token (an HMAC on a server), and a server kept 8 IDs per connection in
+its routing table. A NAT rebinding keeps the ID; an address change uses the spare and
+the peer issues another as the old one is retired. qh3 announces 2 as a client by
+itself; a qh3 server is told so by its configuration (`engine_qh3.qh3_configuration`)."""
 
 HANDSHAKE_DATAGRAM_SIZE = 1200
 """Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
@@ -220,6 +229,12 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(QuicConnection, "_peer_cid", None, "the peer's connection ID: its reset token"),
     PrivateUse(
         QuicConnection,
+        "_local_active_connection_id_limit",
+        None,
+        "the active_connection_id_limit we announce: 2, not aioquic's 8",
+    ),
+    PrivateUse(
+        QuicConnection,
         "_replenish_connection_ids",
         ("self",),
         "overridden: new connection IDs get tokens derived from the reset key",
@@ -259,6 +274,9 @@ class AioquicFlowConnection(QuicConnection):
             kwargs["session_ticket_fetcher"] = sealed_tickets.pop
             kwargs["session_ticket_handler"] = sealed_tickets.add
         super().__init__(*args, **kwargs)
+        # Announced in the transport parameters _initialize writes: the peer issues one
+        # spare connection ID, not seven (see ACTIVE_CONNECTION_ID_LIMIT).
+        self._local_active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
         self.sealed_tickets = sealed_tickets
         """A server's stateless tickets (`quicflow.transport.tickets`), None: in memory."""
         self.reset_key = None if self._is_client else reset_key

@@ -65,7 +65,7 @@ from qh3.quic.packet import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 from ..errors import ConfigError
-from .engine_aioquic import PrivateUse
+from .engine_aioquic import ACTIVE_CONNECTION_ID_LIMIT, PrivateUse
 from .tickets import SealedTickets, seal_tickets
 
 __all__ = ["PRIVATE_USES", "Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
@@ -360,6 +360,8 @@ def qh3_configuration(source: AioConfiguration) -> Any:
     # probes overflow its packet builder towards a peer (aioquic) that announces no
     # max_udp_payload_size.
     config.probe_datagram_size = False
+    # One spare connection ID per peer, as on aioquic (ACTIVE_CONNECTION_ID_LIMIT).
+    config.active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
     config.max_stream_data = source.max_stream_data
     config.max_data = source.max_data
     config.verify_mode = source.verify_mode
