@@ -233,7 +233,9 @@ async def run_path(
 
     def done() -> bool:
         if path == "reset":
-            return listener.resets_sent - resets0 >= n
+            # Every client reset, or back (a client whose packet came before this server
+            # bound the port heard nothing, timed out its ping and reconnected instead).
+            return listener.resets_sent - resets0 >= n or len(server.sessions) >= n
         return len(server.sessions) <= keep and len(listener.connections) <= keep
 
     sessions_gone = None
