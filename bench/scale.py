@@ -572,6 +572,8 @@ class Run:
             "server_restart_s": round(restart_s, 2),
             "endpoint": stats.get("endpoint"),
             "admitted": stats.get("admitted"),
+            # Reconnects the restarted server resumed (tickets sealed under its key file).
+            "tickets_resumed": stats.get("tickets_resumed"),
             **attempts,
             "t90_s": None if t90 is None else round(t90, 1),
             "t100_s": None if t100 is None else round(t100, 1),

@@ -38,6 +38,7 @@ import quicflow
 from quicflow import Client, ClientConfig, RpcError, ServicerContext
 from quicflow.client import ClientState
 from quicflow.transport.quic import QuicFlowProtocol
+from quicflow.transport.tls import CLIENT_TICKETS
 
 from .common import encode, raise_fd_limit
 from .scale_server import rss_kib
@@ -305,6 +306,9 @@ class Fleet:
 
 async def run(args: argparse.Namespace) -> None:
     raise_fd_limit()
+    # The process's ticket cache keeps 4 tickets per server; these clients stand for
+    # clients in processes of their own, each of which would keep its own ticket.
+    CLIENT_TICKETS.per_key = max(CLIENT_TICKETS.per_key, args.count)
     fleet = Fleet(args)
     base_rss = rss_kib()
 
