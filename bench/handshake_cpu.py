@@ -300,6 +300,7 @@ async def breakdown(args: argparse.Namespace) -> None:
     watch(server_module._ServerConnection, "_open_session", "j QuicFlow: open session, WELCOME")
     watch(server_module.Server, "_admit", "k QuicFlow: admit session")
     certs = dev_certs()
+    scratch = tempfile.TemporaryDirectory(prefix="qf-hs-")
     server = Server(
         ServerConfig(
             host=HOST,
@@ -307,6 +308,7 @@ async def breakdown(args: argparse.Namespace) -> None:
             cert_file=str(certs.cert_file),
             key_file=str(certs.key_file),
             gc_walk_limit=0,
+            tls_ticket_key_file=f"{scratch.name}/ticket.key" if args.ticket_key else None,
         )
     )
     server.add_service(Echo())
@@ -334,6 +336,7 @@ async def breakdown(args: argparse.Namespace) -> None:
         print(f"{spent[label] * 1e6 / args.count:8.1f}  {label[2:]}")
     await asyncio.gather(*(client.close() for client in clients))
     await server.stop(grace=0.2)
+    scratch.cleanup()
 
 
 def main() -> None:
