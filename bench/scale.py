@@ -458,6 +458,7 @@ class Run:
             "all_ready": all(ready),
             "elapsed_s": round(max((a.get("elapsed", elapsed) for a in answers), default=0), 2),
             "first_connect_failures": sum(int(a.get("first_failures", 0)) for a in answers),
+            "first_connect_busy": sum(int(a.get("first_busy", 0)) for a in answers),
             "gave_up": sum(int(a.get("gave_up", 0)) for a in answers),
             "server_sessions": stats["sessions"],
             "handshakes_shed": stats["handshakes_shed"],
@@ -574,6 +575,7 @@ class Run:
             "admitted": stats.get("admitted"),
             # Reconnects the restarted server resumed (tickets sealed under its key file).
             "tickets_resumed": stats.get("tickets_resumed"),
+            "admission_spacing_ms": stats.get("admission_spacing_ms"),
             **attempts,
             "t90_s": None if t90 is None else round(t90, 1),
             "t100_s": None if t100 is None else round(t100, 1),

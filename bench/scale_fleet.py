@@ -134,6 +134,7 @@ class Fleet:
         self.attempts = 0  # reconnect attempts (the client's "reconnect" hook)
         self.lost = 0  # CONNECTED -> anything else
         self.first_failures = 0  # first connects that failed and were made again
+        self.first_busy = 0  # of them: turned away busy (and made again when asked)
         self.gave_up = 0
         self.mark = 0.0
         self.closed: set[int] = set()
@@ -176,16 +177,23 @@ class Fleet:
 
         async def one(i: int) -> None:
             async with gate:
-                for attempt in range(self.args.first_tries):
+                attempt = 0
+                while attempt < self.args.first_tries:  # busy answers are not counted
                     client = self.make(i)
                     try:
                         await client.connect()
                         return
-                    except Exception:
+                    except Exception as exc:
                         self.first_failures += 1
                         await client.close()
+                        asked = getattr(exc, "retry_after", None)
+                        if asked is not None:  # "server busy, retry in N ms": as asked
+                            self.first_busy += 1
+                            await asyncio.sleep(asked * random.uniform(1.0, 1.2))
+                            continue
                         # Jittered, growing pause, as the client's own backoff would.
                         await asyncio.sleep(random.uniform(0.5, 1.5) * min(8.0, 2.0**attempt))
+                        attempt += 1
                 self.gave_up += 1
 
         await asyncio.gather(*(one(i) for i in range(self.args.count)))
@@ -330,6 +338,7 @@ async def run(args: argparse.Namespace) -> None:
                 "base_rss_kib": base_rss,
                 "rss_kib": rss_kib(),
                 "first_failures": fleet.first_failures,
+                "first_busy": fleet.first_busy,
                 "gave_up": fleet.gave_up,
             }
         ),

@@ -154,6 +154,8 @@ async def serve(args: argparse.Namespace) -> None:
     lagger = asyncio.ensure_future(watch.lag())
     background = [lagger]
     await server.start()
+    if args.no_busy and server._listener is not None:
+        server._listener.admission = None  # every Initial waits in the backlog, or is shed
     if args.gc == "freeze":
         gc.freeze()
     small = payload(SMALL)
@@ -192,6 +194,7 @@ async def serve(args: argparse.Namespace) -> None:
                         "handshakes_failed",
                         "backlog_waited",
                         "retries_sent",
+                        "busy_sent",
                         "resets_sent",
                         "connections_refused",
                     )
@@ -200,6 +203,9 @@ async def serve(args: argparse.Namespace) -> None:
                 # Session tickets this process opened (resumed handshakes, restart phase).
                 "tickets_resumed": getattr(
                     getattr(server._listener, "tickets", None), "resumed", 0
+                ),
+                "admission_spacing_ms": round(
+                    1000 * getattr(getattr(server._listener, "admission", None), "spacing", 0.0), 3
                 ),
                 "gc_freezes": server._gc[0].freezes if server._gc else 0,
                 "gc_thaws": server._gc[0].thaws if server._gc else 0,
@@ -262,6 +268,19 @@ async def serve(args: argparse.Namespace) -> None:
         await server.stop(grace=1.0)
 
 
+def tax_handshakes(seconds: float) -> None:
+    """Make every new connection cost ``seconds`` more CPU (harness only: a private hook)."""
+    accept = server_endpoint.QuicFlowServer._accept
+
+    def taxed(self: server_endpoint.QuicFlowServer, *args: Any) -> Any:
+        end = time.thread_time() + seconds
+        while time.thread_time() < end:
+            pass
+        return accept(self, *args)
+
+    server_endpoint.QuicFlowServer._accept = taxed  # type: ignore[method-assign,assignment]
+
+
 def main() -> None:
     """Parse arguments and serve until stdin closes."""
     parser = argparse.ArgumentParser(description=__doc__)
@@ -275,8 +294,16 @@ def main() -> None:
     parser.add_argument(
         "--no-ticket-key", action="store_true", help="session tickets in memory (lost on restart)"
     )
+    parser.add_argument("--no-busy", action="store_true", help="no busy answers: queue/shed")
     parser.add_argument("--handshakes-per-pass", type=int, help="0: no limit")
     parser.add_argument("--shed-reads", type=int, help="reads past the batch while shedding")
+    parser.add_argument(
+        "--handshake-tax-ms",
+        type=float,
+        default=0.0,
+        help="burn this much CPU per connection started: a slower server (as at 10,000 "
+        "clients), so a 2,000-client storm is server-bound as a 10,000-client one is",
+    )
     parser.add_argument(
         "--gc",
         choices=("default", "off", "freeze"),
@@ -290,6 +317,8 @@ def main() -> None:
         server_endpoint.SHED_READS = args.shed_reads
     if args.handshakes_per_pass is not None:
         server_endpoint.HANDSHAKES_PER_PASS = args.handshakes_per_pass
+    if args.handshake_tax_ms:
+        tax_handshakes(args.handshake_tax_ms / 1000)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     print(f"pid {os.getpid()}", file=sys.stderr, flush=True)
     quicflow.run(serve(args))
