@@ -55,6 +55,7 @@ from .rpc import Service
 from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
+from .transport.client_connect import ServerBusy
 from .transport.tls import CLIENT_TICKETS, client_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
@@ -647,8 +648,13 @@ class Client(ChannelMethods):
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        busy: float | None = None
         while self._lifecycle.state is ClientState.RECONNECTING:
-            delay = self._backoff.next_delay()
+            if busy is None:
+                delay = self._backoff.next_delay()
+            else:
+                # The server turned the last attempt away and said when to come back.
+                delay, busy = self._backoff.busy_delay(busy), None
             attempt = self._backoff.attempts
             if self.metrics is not None:
                 self.metrics.reconnects += 1
@@ -663,6 +669,11 @@ class Client(ChannelMethods):
             try:
                 await self._establish()
                 return
+            except ServerBusy as exc:
+                busy = exc.retry_after
+                logger.debug("reconnect attempt %d: %s", attempt, exc.message)
+                if self._lifecycle.state in (ClientState.CONNECTING,):
+                    self._fire(LifecycleEvent.CONNECT_FAILED)
             except (RpcError, OSError, ConfigError) as exc:
                 # ConfigError: a TLS file (ca_file, cert_file) went missing; keep trying.
                 logger.debug("reconnect attempt %d failed: %s", attempt, exc)

@@ -388,3 +388,36 @@ async def test_welcome_has_its_own_connect_timeout_after_a_late_handshake(
             assert reply.text == "welcomed"
         finally:
             await client.close()
+
+
+class _AlwaysBusy:
+    """A handshake admission that turns every new connection away, asking for ``delay``."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+
+    def admit(self, now: float, waiting: int) -> float | None:
+        return self.delay
+
+    def started(self, now: float, cost: float, more: bool) -> None:
+        pass
+
+
+async def test_a_busy_server_turns_the_attempt_away_saying_when_to_come_back() -> None:
+    """Check that a server answering "server busy, retry in 250 ms" (CONNECTION_REFUSED in
+    its first Initial, no connection made) fails connect() at once with ServerBusy (a
+    ConnectionClosed, UNAVAILABLE) carrying retry_after 0.25, and leaves nothing behind."""
+    harness = ClientFor([TestEcho()])
+    async with harness:
+        listener = harness.server._listener
+        assert listener is not None
+        listener.admission = _AlwaysBusy(0.25)  # type: ignore[assignment]
+        before = len(harness.server.connections)
+        started = time.monotonic()
+        with pytest.raises(client_connect.ServerBusy) as info:
+            await Client(harness.client_config(connect_timeout=5.0)).connect()
+        assert time.monotonic() - started < 5.0  # answered, not timed out
+        assert info.value.retry_after == 0.25
+        assert info.value.message.endswith(": server busy, retry in 250 ms")
+        assert isinstance(info.value, ConnectionClosed) and not info.value.may_have_run
+        assert (listener.busy_sent, len(harness.server.connections)) == (1, before)

@@ -26,6 +26,7 @@ from quicflow.testing import ClientFor, FakeClock
 from quicflow.wire import ErrorCode
 
 from .service import TestEcho
+from .test_connect_failures import _AlwaysBusy
 from .test_connection import _raw_connection, _RawControl
 from .test_lifecycle import FAST_SERVER, _kill
 
@@ -360,3 +361,45 @@ async def test_an_evicted_session_whose_connection_ends_before_its_slice_is_lost
         for conn in conns:
             await conn.aclose()
         await harness.server.stop()
+
+
+async def test_reconnect_comes_back_when_a_busy_server_asked() -> None:
+    """Check that a reconnecting client turned away "server busy, retry in 250 ms" waits
+    exactly 0.25 s (no jitter) of virtual time, not its next backoff delay, and that the
+    busy answer does not grow its backoff (the hook reports attempt 1 both times); then
+    it connects."""
+    clock = FakeClock()
+    harness = ClientFor(
+        [TestEcho()],
+        server_options=FAST_SERVER,
+        client_options={
+            "heartbeat_interval": 0.2,
+            "backoff_initial": 0.1,
+            "backoff_jitter": 0.0,
+        },
+        clock=clock,
+    )
+    async with harness as client:
+        listener = harness.server._listener
+        assert listener is not None
+        admission = listener.admission
+        listener.admission = _AlwaysBusy(0.25)  # type: ignore[assignment]
+        waits: list[tuple[int, float, float]] = []
+        client.hooks.on_reconnect(
+            lambda attempt, delay: waits.append((attempt, delay, clock.time()))
+        )
+        for conn in harness.server.connections:
+            conn.close()  # the client loses its connection and starts reconnecting
+        await _until(lambda: len(waits) == 1)
+        assert waits[0][:2] == (1, 0.1)
+        clock.advance(0.1)  # the attempt: turned away at once
+        await _until(functools.partial(_has, waits, 2))
+        assert waits[1][:2] == (1, 0.25)
+        assert round(waits[1][2] - waits[0][2], 6) == 0.1
+        listener.admission = admission
+        clock.advance(0.25 - 0.001)
+        await asyncio.sleep(0.02)
+        assert listener.busy_sent == 1  # nothing tried before the asked time
+        clock.advance(0.001)
+        await _until(lambda: client.state is ClientState.CONNECTED)
+        assert len(waits) == 2
