@@ -245,6 +245,9 @@ class Fleet:
             self.mark = self.log.mark = time.time()
             self.log.rows, self.log.timeout_states, self.log.lost = [], {}, {}
             self.log.delays = []
+            # A tick now, before the answer: the orchestrator must not count a tick from
+            # before the mark (it says every client is back) as the first of the storm.
+            print(encode(self.tick()), flush=True)
             return {"mark": self.mark}
         if op == "poke":
             # Every connected client makes one call now (not awaited): after a server
