@@ -707,6 +707,12 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.close_code = event.error_code
         self.close_reason = reason
         self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
+        waiter, self._connected_waiter = self._connected_waiter, None
+        if waiter is not None and not waiter.done():
+            # Closed in its handshake (refused, busy): the attempt ends now, not when the
+            # engine reports the close after its draining period (3 PTO).
+            waiter.set_exception(ConnectionError)
+            waiter.exception()  # read: an attempt that timed out awaits it no more
         if self.owns_transport and self._transport is not None:
             # Let the CONNECTION_CLOSE we may have queued leave first.
             self._loop.call_soon(self._transport.close)

@@ -333,7 +333,9 @@ async def test_a_handshake_completing_as_the_attempt_times_out_is_kept(
                 completed.append(self._connected)
 
             monkeypatch.setattr(client_connect._ClientProtocol, "datagram_received", lagging)
-            client = Client(harness.client_config(connect_timeout=timeout))
+            # aioquic: its client completes the handshake from the flight read in that one
+            # turn (qh3's needs another turn, so there the attempt rightly times out).
+            client = Client(harness.client_config(connect_timeout=timeout, quic_engine="aioquic"))
             await client.connect()
             monkeypatch.undo()
             try:
