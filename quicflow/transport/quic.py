@@ -139,6 +139,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
         self._watches: dict[int, FrameWatch] = {}
+        self._more: list[tuple[bytes, NetworkAddress]] | None = None
+        """The rest of a run of datagrams (`datagrams_received`) while the first is handled."""
 
     def attach(self, listener: ConnectionListener) -> None:
         """Report the peer's streams, premature resets, nudges and the connection's end
@@ -495,9 +497,28 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._terminated(close_event)
         self.streams.progressed()
 
+    def datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Several datagrams at once (a server's endpoint read them back to back): each is
+        handled as `datagram_received` does, with one transmit after the last."""
+        self._more = datagrams[1:]
+        try:
+            self.datagram_received(*datagrams[0])
+        finally:
+            self._more = None
+
     def receive_more(self, now: float) -> None:
         """Feed the engine more datagrams already waiting, before the one transmit that
-        answers them all (a client reads its own socket: `client_connect`)."""
+        answers them all (a server's: those `datagrams_received` was given; a client reads
+        its own socket: `client_connect`)."""
+        more, self._more = self._more, None
+        if not more:
+            return
+        quic = self._quic
+        for data, addr in more:
+            if self.closed_error is not None:
+                return
+            quic.receive_datagram(data, addr, now=now)
+            self._process_events()
 
     def _path_changed(self) -> None:
         # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic

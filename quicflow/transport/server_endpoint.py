@@ -229,11 +229,29 @@ class QuicFlowServer(asyncio.DatagramProtocol):
     def _take(self, batch: list[tuple[bytes, NetworkAddress]], now: float) -> None:
         protocols, cid_length = self._protocols, self._configuration.connection_id_length
         backlog, queued = self._backlog, self._queued
-        for item in batch:
+        last = len(batch) - 1
+        run: list[tuple[bytes, NetworkAddress]] | None = None
+        for index, item in enumerate(batch):
             cid = destination_cid(item[0], cid_length)
             protocol = protocols.get(cid)
             if protocol is not None:
-                protocol.datagram_received(*item)
+                # Datagrams of one connection back to back (a peer that sends its packets
+                # in datagrams of their own, as qh3 does in a handshake) are handled as a
+                # run with one transmit after the last: one answer and one ACK, not one each.
+                if (
+                    index < last
+                    and protocols.get(destination_cid(batch[index + 1][0], cid_length)) is protocol
+                ):
+                    if run is None:
+                        run = [item]
+                    else:
+                        run.append(item)
+                elif run is not None:
+                    run.append(item)
+                    protocol.datagrams_received(run)
+                    run = None
+                else:
+                    protocol.datagram_received(*item)
             elif not item[0][0] & 0x80 or len(item[0]) < _SMALLEST_INITIAL:
                 self._route(*item)  # cannot start a connection: nothing to queue
             elif cid in queued:

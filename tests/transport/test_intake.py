@@ -54,8 +54,14 @@ class Recorder:
         self.endpoint = endpoint
         self.cids: set[bytes] = set()
         self.seen: list[int] = []
+        self.runs: list[int] = []
+        """The length of each run of datagrams handed over at once (`datagrams_received`)."""
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.seen.append(len(self.endpoint.connections))
+
+    def datagrams_received(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        self.runs.append(len(datagrams))
         self.seen.append(len(self.endpoint.connections))
 
 
@@ -125,6 +131,22 @@ async def test_established_connections_go_before_new_handshakes(
     await _settle()
     assert recorder.seen == [0]
     assert len(endpoint.connections) == 4
+
+
+async def test_datagrams_of_one_connection_back_to_back_are_one_run(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that a connection's datagrams read back to back reach it as one run (one
+    transmit answers them), and that a datagram of another connection in between ends the
+    run: a, a, b, a, a, a is a run of 2, b alone, a run of 3."""
+    a, b = Recorder(endpoint), Recorder(endpoint)
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, a), b"known-0a")
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, b), b"known-0b")
+    short_a, short_b = b"\x40known-0a" + bytes(40), b"\x40known-0b" + bytes(40)
+    _burst(endpoint.port, [short_a, short_a, short_b, short_a, short_a, short_a])
+    await _settle()
+    assert a.runs == [2, 3] and b.runs == []
+    assert len(a.seen) == 2 and len(b.seen) == 1  # b's one datagram: datagram_received
 
 
 async def test_only_connections_past_their_handshake_count_as_ended(
