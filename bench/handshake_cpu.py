@@ -291,12 +291,22 @@ async def breakdown(args: argparse.Namespace) -> None:
     watch(endpoint, "datagram_received", "a endpoint: every datagram the server reads")
     watch(endpoint, "_accept", "b   endpoint: a new connection (engine objects, protocol)")
     watch(quic.QuicFlowProtocol, "datagram_received", "c   protocol: a datagram", server_proto)
-    watch(QuicConnection, "receive_datagram", "d     engine: receive_datagram", server_conn)
-    watch(tls.Context, "_server_handle_hello", "e       TLS: ClientHello -> server flight")
-    watch(tls.Context, "_server_handle_finished", "f       TLS: client Finished (ticket)")
+    if args.engine == "qh3":
+        from qh3 import tls as qh3_tls  # type: ignore[import-untyped,unused-ignore]
+        from qh3.quic.connection import (  # type: ignore[import-untyped,unused-ignore]
+            QuicConnection as Qh3Connection,
+        )
+
+        engine_conn: Any = Qh3Connection
+        engine_tls: Any = qh3_tls
+    else:
+        engine_conn, engine_tls = QuicConnection, tls
+    watch(engine_conn, "receive_datagram", "d     engine: receive_datagram", server_conn)
+    watch(engine_tls.Context, "_server_handle_hello", "e       TLS: ClientHello -> server flight")
+    watch(engine_tls.Context, "_server_handle_finished", "f       TLS: client Finished (ticket)")
     watch(quic.QuicFlowProtocol, "_process_events", "g     protocol: events", server_proto)
     watch(quic.QuicFlowProtocol, "transmit", "h   protocol: transmit", server_proto)
-    watch(QuicConnection, "datagrams_to_send", "i     engine: datagrams_to_send", server_conn)
+    watch(engine_conn, "datagrams_to_send", "i     engine: datagrams_to_send", server_conn)
     watch(server_module._ServerConnection, "_open_session", "j QuicFlow: open session, WELCOME")
     watch(server_module.Server, "_admit", "k QuicFlow: admit session")
     certs = dev_certs()
@@ -308,6 +318,7 @@ async def breakdown(args: argparse.Namespace) -> None:
             cert_file=str(certs.cert_file),
             key_file=str(certs.key_file),
             gc_walk_limit=0,
+            quic_engine=args.engine,
             tls_ticket_key_file=f"{scratch.name}/ticket.key" if args.ticket_key else None,
         )
     )
@@ -318,6 +329,7 @@ async def breakdown(args: argparse.Namespace) -> None:
         port=server.port,
         ca_file=str(certs.ca_file),
         server_name="localhost",
+        quic_engine=args.engine,
         tls_resumption=args.breakdown == "resumed",
     )
     warm = Client(replace(base, client_id="warm"))
