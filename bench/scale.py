@@ -83,6 +83,10 @@ class Plan:
     server_args: tuple[str, ...] = ()
     """Extra arguments for bench.scale_server (levers under test, e.g. ``--intake-batch 1``)."""
     phases: tuple[str, ...] = PHASES
+    storm: str = "pings"
+    """How clients learn of the restart: "pings" (each at its next heartbeat ping, spread
+    over the interval) or "burst" (every client calls at once after the restart, so all
+    hear the reset within a second: a sharper storm at a smaller scale)."""
     engines: tuple[str, ...] = ("aioquic",)
     qh3_phases: tuple[str, ...] = ("connect", "idle", "unary", "broadcast", "restart")
     """What the qh3 engine runs (the rest only on aioquic, to bound the run's time)."""
@@ -413,10 +417,17 @@ class Run:
                 result["took_s"] = round(self.now() - started, 1)
                 self.phases[name] = result
                 print(f"[{self.engine}] {name}: {encode(result)[:600]}", file=sys.stderr)
+                record = self.scratch / f"{self.engine}-phases.jsonl"  # beside the logs
+                with contextlib.suppress(OSError), record.open("a") as out:
+                    out.write(encode({"phase": name, **result}) + "\n")
                 if name == "connect" and not result.get("connected"):
                     break
         finally:
             sampler.cancel()
+            with contextlib.suppress(OSError):
+                (self.scratch / f"{self.engine}-timeline.json").write_text(
+                    json.dumps(self.timeline)
+                )
             children = [self.server, self.bystander, *self.fleets]
             await asyncio.gather(*(c.stop() for c in children if c is not None))
 
@@ -447,6 +458,7 @@ class Run:
             "all_ready": all(ready),
             "elapsed_s": round(max((a.get("elapsed", elapsed) for a in answers), default=0), 2),
             "first_connect_failures": sum(int(a.get("first_failures", 0)) for a in answers),
+            "first_connect_busy": sum(int(a.get("first_busy", 0)) for a in answers),
             "gave_up": sum(int(a.get("gave_up", 0)) for a in answers),
             "server_sessions": stats["sessions"],
             "handshakes_shed": stats["handshakes_shed"],
@@ -531,6 +543,7 @@ class Run:
 
     async def phase_restart(self) -> Answer:
         assert self.server is not None
+        await asyncio.sleep(1.5)  # a fresh tick from each fleet: the count to expect
         expected = self.connected()
         attempts0 = self.connected("attempts")
         await asyncio.gather(*(f.ask({"op": "mark"}, 30) for f in self.fleets))
@@ -539,6 +552,8 @@ class Run:
         await self.server.kill()
         restart_s = await self.start_server()
         await self.server_stats(reset=True)
+        if self.plan.storm == "burst":
+            await asyncio.gather(*(f.ask({"op": "poke"}, 30) for f in self.fleets))
         t90 = t100 = None
         deadline = start + self.plan.restart_max
         while self.now() < deadline:
@@ -552,9 +567,16 @@ class Run:
         await asyncio.sleep(1.5)  # a last tick from each fleet
         end = self.now()
         stats = await self.server_stats(reset=True, timeout=60)
+        attempts = await self.attempt_breakdown()
         return {
             "clients": expected,
             "server_restart_s": round(restart_s, 2),
+            "endpoint": stats.get("endpoint"),
+            "admitted": stats.get("admitted"),
+            # Reconnects the restarted server resumed (tickets sealed under its key file).
+            "tickets_resumed": stats.get("tickets_resumed"),
+            "admission_spacing_ms": stats.get("admission_spacing_ms"),
+            **attempts,
             "t90_s": None if t90 is None else round(t90, 1),
             "t100_s": None if t100 is None else round(t100, 1),
             "back": self.connected("back"),
@@ -572,6 +594,54 @@ class Run:
             **self.cpu_window(start, end),
         }
 
+    async def attempt_breakdown(self) -> Answer:
+        """Where the fleets' connect attempts since the mark went: outcome counts (per
+        attempt, and per second of the storm), the TLS state of timed-out handshakes, how
+        the clients learned their connection was gone, and the backoff they waited. The
+        raw rows go to ``restart-attempts.json`` in the scratch directory."""
+        answers = await asyncio.gather(*(f.ask({"op": "attempts"}, 60) for f in self.fleets))
+        rows = [r for a in answers for r in a["rows"]]
+        outcomes: dict[str, int] = {}
+        seconds: dict[str, dict[int, int]] = {}
+        for start, _took, what in rows:
+            outcomes[what] = outcomes.get(what, 0) + 1
+            per = seconds.setdefault(what, {})
+            per[int(start // 5) * 5] = per.get(int(start // 5) * 5, 0) + 1
+        states: dict[str, int] = {}
+        lost: dict[str, int] = {}
+        for a in answers:
+            for k, n in a["timeout_states"].items():
+                states[k] = states.get(k, 0) + n
+            for k, n in a["lost"].items():
+                lost[k] = lost.get(k, 0) + n
+        delays = sorted(d for a in answers for d in a["delays"])
+        back = sorted(t for a in answers for t in a["connected_at"])
+        ok = sorted(r[1] for r in rows if r[2] == "ok")
+        with contextlib.suppress(OSError):
+            (self.scratch / f"{self.engine}-restart-attempts.json").write_text(
+                json.dumps({"rows": rows, "back": back, "delays": delays})
+            )
+        return {
+            "attempt_outcomes": outcomes,
+            "attempt_outcomes_per_5s": {k: dict(sorted(v.items())) for k, v in seconds.items()},
+            "timeout_tls_states": states,
+            "lost_reasons": lost,
+            "backoff_delays": {
+                "count": len(delays),
+                "sum_s": round(sum(delays), 1),
+                "p50_s": round(percentile(delays, 0.5), 2) if delays else None,
+                "max_s": round(delays[-1], 2) if delays else None,
+            },
+            "ok_attempt_s": {
+                "p50": round(percentile(ok, 0.5), 2) if ok else None,
+                "p90": round(percentile(ok, 0.9), 2) if ok else None,
+            },
+            "back_at_s": {
+                q: round(percentile(back, f), 1) if back else None
+                for q, f in (("p10", 0.1), ("p50", 0.5), ("p90", 0.9), ("p100", 1.0))
+            },
+        }
+
     async def phase_evict(self) -> Answer:
         doomed = self.fleets[: len(self.fleets) // 3]
         survivors = self.fleets[len(self.fleets) // 3 :]
@@ -583,7 +653,7 @@ class Run:
         lost0 = sum(int(f.tick.get("lost", 0)) for f in survivors)
         stats0 = await self.server_stats(reset=True)
         await self.bystander_window()
-        start = self.now()
+        start, start_mono = self.now(), time.monotonic()
         await asyncio.gather(*(f.kill() for f in doomed))
         target = stats0["sessions"] - killed
         evicted_s = None
@@ -599,9 +669,13 @@ class Run:
         answers = await asyncio.gather(*(f.ask({"op": "calls_stop"}, 30) for f in survivors))
         dead = {f"f{self.fleets.index(f)}" for f in doomed}
         evicted = stats["evicted"]
+        last = stats["evicted_last_mono"]
         return {
             "killed": killed,
             "evicted_all_s": None if evicted_s is None else round(evicted_s, 1),
+            # The server's own time of its last eviction (the poll above is once a second).
+            "evicted_all_server_s": round(last - start_mono, 2) if last else None,
+            "evict_silence_max_s": round(stats["evict_silence_max_s"], 2),
             "server_sessions": sessions,
             "evicted_dead": sum(n for p, n in evicted.items() if p in dead),
             "evicted_survivors": sum(n for p, n in evicted.items() if p not in dead),
@@ -685,6 +759,8 @@ ROWS: list[tuple[str, str, str, str]] = [
     ("restart: datagrams dropped by the kernel", "restart.kernel_drops", "", ""),
     ("evict: clients killed", "evict.killed", "", ""),
     ("evict: all evicted after", "evict.evicted_all_s", "s", "≤ 45"),
+    ("evict: last eviction, server's clock", "evict.evicted_all_server_s", "s", "≤ 45"),
+    ("evict: longest silence evicted", "evict.evict_silence_max_s", "s", "45"),
     ("evict: survivors evicted", "evict.evicted_survivors", "", "0"),
     ("evict: bystander p99", "evict.bystander.p99_ms", "ms", "≤ 100"),
     ("close: clients closed", "close.closed", "", ""),
@@ -807,6 +883,8 @@ def main() -> None:
     parser.add_argument("--fleet-nice", type=int, help="niceness of the fleets (default 10)")
     parser.add_argument("--phases", help="comma-separated subset of: " + ",".join(PHASES))
     parser.add_argument("--server-args", help="extra bench.scale_server arguments (levers)")
+    parser.add_argument("--storm", choices=("pings", "burst"), help="restart: how clients learn")
+    parser.add_argument("--restart-max", type=float, help="restart phase time limit (s)")
     parser.add_argument("--logs", type=Path, help="keep the children's logs (and certs) here")
     parser.add_argument("--no-write", action="store_true", help="no results file, chart or doc")
     args = parser.parse_args()
@@ -817,6 +895,10 @@ def main() -> None:
         plan = replace(plan, fleet_nice=args.fleet_nice)
     if args.phases:
         plan = replace(plan, phases=tuple(args.phases.split(",")))
+    if args.storm:
+        plan = replace(plan, storm=args.storm)
+    if args.restart_max:
+        plan = replace(plan, restart_max=args.restart_max)
     if args.server_args:
         plan = replace(plan, server_args=tuple(args.server_args.split()))
     if args.engines:

@@ -37,9 +37,70 @@ from echo.echo_quicflow import EchoBase, EchoStub
 import quicflow
 from quicflow import Client, ClientConfig, RpcError, ServicerContext
 from quicflow.client import ClientState
+from quicflow.transport.quic import QuicFlowProtocol
+from quicflow.transport.tls import CLIENT_TICKETS
 
 from .common import encode, raise_fd_limit
 from .scale_server import rss_kib
+
+
+def outcome(exc: BaseException | None) -> str:
+    """What ended a connect attempt, in a word or two (None: it succeeded)."""
+    if exc is None:
+        return "ok"
+    text = str(exc)
+    for needle, name in (
+        ("no answer within", "handshake timeout"),
+        ("no WELCOME", "welcome timeout"),
+        ("nothing answers", "refused (port closed)"),
+        ("server busy", "busy"),
+        ("too many connections", "too many connections"),
+        ("CancelledError", "cancelled"),
+    ):
+        if needle in text:
+            return name
+    return f"other: {type(exc).__name__}: {text[:80]}"
+
+
+class AttemptLog:
+    """Every connect attempt of this process since the mark: when it began (seconds since
+    the mark), how long it took, how it ended; and the TLS state of each handshake that
+    timed out (did the server's first flight arrive?)."""
+
+    def __init__(self) -> None:
+        self.mark = 0.0
+        self.rows: list[tuple[float, float, str]] = []
+        self.timeout_states: dict[str, int] = {}
+        self.lost: dict[str, int] = {}
+        self.delays: list[float] = []
+        install(self)
+
+
+def install(log: AttemptLog) -> None:
+    """Wrap `Client._establish` and `QuicFlowProtocol.discard` (harness only: private)."""
+    establish = Client._establish
+    discard = QuicFlowProtocol.discard
+
+    async def counted(self: Client) -> None:
+        start = time.time()
+        try:
+            await establish(self)
+        except BaseException as exc:
+            if log.mark:
+                log.rows.append((start - log.mark, time.time() - start, outcome(exc)))
+            raise
+        if log.mark:
+            log.rows.append((start - log.mark, time.time() - start, "ok"))
+
+    def discarded(self: QuicFlowProtocol, reason: str) -> None:
+        if log.mark and reason == "connect timeout":
+            tls = getattr(self._quic, "tls", None)
+            state = getattr(getattr(tls, "state", None), "name", "?")
+            log.timeout_states[state] = log.timeout_states.get(state, 0) + 1
+        discard(self, reason)
+
+    Client._establish = counted  # type: ignore[method-assign]
+    QuicFlowProtocol.discard = discarded  # type: ignore[method-assign]
 
 
 class PushEcho(EchoBase):
@@ -73,6 +134,7 @@ class Fleet:
         self.attempts = 0  # reconnect attempts (the client's "reconnect" hook)
         self.lost = 0  # CONNECTED -> anything else
         self.first_failures = 0  # first connects that failed and were made again
+        self.first_busy = 0  # of them: turned away busy (and made again when asked)
         self.gave_up = 0
         self.mark = 0.0
         self.closed: set[int] = set()
@@ -80,6 +142,8 @@ class Fleet:
         self.latencies: list[float] = []
         self.call_errors: dict[str, int] = {}
         self.wrong = 0
+        self.log = AttemptLog()
+        self.pokes: list[asyncio.Task[None]] = []
 
     def make(self, i: int) -> Client:
         client = Client(replace(self.base, client_id=f"{self.args.prefix}-{i}"))
@@ -95,9 +159,16 @@ class Fleet:
 
         def reconnecting(attempt: int, delay: float) -> None:
             self.attempts += 1
+            if self.log.mark:
+                self.log.delays.append(delay)
+
+        def disconnected(reason: str) -> None:
+            if self.log.mark:
+                self.log.lost[reason] = self.log.lost.get(reason, 0) + 1
 
         client.hooks.on_state_change(changed)
         client.hooks.on_reconnect(reconnecting)
+        client.hooks.on_disconnect(disconnected)
         self.clients[i] = client
         return client
 
@@ -106,16 +177,23 @@ class Fleet:
 
         async def one(i: int) -> None:
             async with gate:
-                for attempt in range(self.args.first_tries):
+                attempt = 0
+                while attempt < self.args.first_tries:  # busy answers are not counted
                     client = self.make(i)
                     try:
                         await client.connect()
                         return
-                    except Exception:
+                    except Exception as exc:
                         self.first_failures += 1
                         await client.close()
+                        asked = getattr(exc, "retry_after", None)
+                        if asked is not None:  # "server busy, retry in N ms": as asked
+                            self.first_busy += 1
+                            await asyncio.sleep(asked * random.uniform(1.0, 1.2))
+                            continue
                         # Jittered, growing pause, as the client's own backoff would.
                         await asyncio.sleep(random.uniform(0.5, 1.5) * min(8.0, 2.0**attempt))
+                        attempt += 1
                 self.gave_up += 1
 
         await asyncio.gather(*(one(i) for i in range(self.args.count)))
@@ -164,8 +242,41 @@ class Fleet:
     async def command(self, cmd: dict[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
         if op == "mark":
-            self.mark = time.time()
+            self.mark = self.log.mark = time.time()
+            self.log.rows, self.log.timeout_states, self.log.lost = [], {}, {}
+            self.log.delays = []
+            # A tick now, before the answer: the orchestrator must not count a tick from
+            # before the mark (it says every client is back) as the first of the storm.
+            print(encode(self.tick()), flush=True)
             return {"mark": self.mark}
+        if op == "poke":
+            # Every connected client makes one call now (not awaited): after a server
+            # restart each hears the stateless reset at once, not at its next ping, so
+            # the whole fleet reconnects within a second (a sharper storm than pings
+            # spread over the heartbeat interval; bench.scale --storm burst).
+            async def poke(client: Client) -> None:
+                with contextlib.suppress(Exception):
+                    await EchoStub(client).say(EchoRequest(text="poke"), timeout=2.0)
+
+            live = [
+                c
+                for i, c in enumerate(self.clients)
+                if c is not None and i not in self.closed and c.state is ClientState.CONNECTED
+            ]
+            self.pokes = [asyncio.ensure_future(poke(c)) for c in live]
+            return {"poked": len(live)}
+        if op == "attempts":
+            return {
+                "rows": self.log.rows,
+                "timeout_states": self.log.timeout_states,
+                "lost": self.log.lost,
+                "delays": self.log.delays,
+                "connected_at": [
+                    t - self.mark
+                    for i, t in enumerate(self.connected_at)
+                    if t >= self.mark and i not in self.closed
+                ],
+            }
         if op == "calls_start":
             live = [c for i, c in enumerate(self.clients) if c is not None and i not in self.closed]
             self.latencies, self.call_errors, self.wrong = [], {}, 0
@@ -206,6 +317,9 @@ class Fleet:
 
 async def run(args: argparse.Namespace) -> None:
     raise_fd_limit()
+    # The process's ticket cache keeps 4 tickets per server; these clients stand for
+    # clients in processes of their own, each of which would keep its own ticket.
+    CLIENT_TICKETS.per_key = max(CLIENT_TICKETS.per_key, args.count)
     fleet = Fleet(args)
     base_rss = rss_kib()
 
@@ -227,6 +341,7 @@ async def run(args: argparse.Namespace) -> None:
                 "base_rss_kib": base_rss,
                 "rss_kib": rss_kib(),
                 "first_failures": fleet.first_failures,
+                "first_busy": fleet.first_busy,
                 "gave_up": fleet.gave_up,
             }
         ),

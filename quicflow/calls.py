@@ -778,6 +778,24 @@ class _Call(Generic[Req, Resp]):
         self._retry_timer = None
         if self._ended:
             return
+        if self._wait_for_ready and not self._target.ready:
+            # Disconnected since the failed attempt: wait_for_ready holds for every
+            # attempt, so this one waits for the connection (within the deadline) too.
+            self._sender = self._loop.create_task(self._next_attempt_when_ready())
+            return
+        self._start_next_attempt()
+
+    async def _next_attempt_when_ready(self) -> None:
+        budget = None if self._deadline_at is None else self._deadline_at - self._created
+        try:
+            await self._wait_until_ready(budget)
+        except RpcError as exc:
+            self._finish(exc.code, exc.message, exc.trailing_metadata, error=exc)
+            return
+        if not self._ended:
+            self._start_next_attempt()
+
+    def _start_next_attempt(self) -> None:
         timeout = None
         if self._deadline_at is not None:
             timeout = self._deadline_at - self._clock.time()

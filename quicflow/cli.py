@@ -232,6 +232,23 @@ def _betterproto_refusals(
     return found
 
 
+def _invalid_python(out: Path, since: float) -> list[str]:
+    """One line for each ``.py`` file under ``out`` written at or after ``since`` that is
+    not valid Python (betterproto 2.0.0b7 writes ``class None`` for ``message None`` and
+    does not fail: black parses it). Empty if all compile."""
+    found = []
+    for path in sorted(out.rglob("*.py")):
+        if path.stat().st_mtime < since:
+            continue
+        try:
+            compile(path.read_bytes(), str(path), "exec", dont_inherit=True)
+        except SyntaxError as exc:
+            text = (exc.text or "").strip()
+            where = f"{path.relative_to(out).as_posix()}:{exc.lineno}"
+            found.append(f"{where}: {text!r}: {exc.msg}")
+    return found
+
+
 def _gen(args: argparse.Namespace) -> int:
     """`_generate`, except that a failed run leaves no output directory it created."""
     out = Path(args.out)
@@ -246,6 +263,7 @@ def _gen(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
+    started = time.time()
     includes, names = _proto_files(args.protos, args.include)
     skipped: list[str] = []
     out = Path(args.out)
@@ -303,6 +321,15 @@ def _generate(args: argparse.Namespace) -> int:
         if failed is not None:
             _fail("protoc failed: " + "; ".join(failed))
     print(f"generated {len(names)} .proto file(s) into {out} ({args.flavour} flavour)")
+    if args.flavour == "betterproto":
+        for line in _invalid_python(out, started - 1.0):  # filesystem times are coarse
+            print(
+                f"quicflow gen: betterproto 2.0.0b7 wrote invalid Python: {line} (a name "
+                "betterproto writes as is, such as `message None`? rename it or use "
+                "--flavour protobuf)",
+                file=sys.stderr,
+            )
+            skipped.append(line)
     return 1 if skipped else 0
 
 

@@ -55,6 +55,7 @@ from .rpc import Service
 from .sessions import Session
 from .status import StatusCode
 from .transport import QuicFlowProtocol, connect
+from .transport.client_connect import ServerBusy
 from .transport.tls import CLIENT_TICKETS, client_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
@@ -547,6 +548,11 @@ class Client(ChannelMethods):
             if not started:  # cannot happen: connect() returns after the handshake event
                 first_flight(conn)
             link, side = started[0]
+            # WELCOME gets its own connect_timeout from the handshake's end (at most two
+            # in all): a server that finished the handshake is alive, and the session it
+            # is setting up for us is work we must not throw away because the handshake
+            # itself took most of the time (a reconnect storm; docs/connections.md).
+            deadline = max(deadline, loop.time() + c.connect_timeout)
             try:
                 async with asyncio.timeout_at(deadline):
                     welcome = await link.welcome
@@ -642,8 +648,13 @@ class Client(ChannelMethods):
             self._reconnect_task = asyncio.get_running_loop().create_task(self._reconnect())
 
     async def _reconnect(self) -> None:
+        busy: float | None = None
         while self._lifecycle.state is ClientState.RECONNECTING:
-            delay = self._backoff.next_delay()
+            if busy is None:
+                delay = self._backoff.next_delay()
+            else:
+                # The server turned the last attempt away and said when to come back.
+                delay, busy = self._backoff.busy_delay(busy), None
             attempt = self._backoff.attempts
             if self.metrics is not None:
                 self.metrics.reconnects += 1
@@ -658,6 +669,11 @@ class Client(ChannelMethods):
             try:
                 await self._establish()
                 return
+            except ServerBusy as exc:
+                busy = exc.retry_after
+                logger.debug("reconnect attempt %d: %s", attempt, exc.message)
+                if self._lifecycle.state in (ClientState.CONNECTING,):
+                    self._fire(LifecycleEvent.CONNECT_FAILED)
             except (RpcError, OSError, ConfigError) as exc:
                 # ConfigError: a TLS file (ca_file, cert_file) went missing; keep trying.
                 logger.debug("reconnect attempt %d failed: %s", attempt, exc)

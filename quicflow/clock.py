@@ -236,9 +236,16 @@ class PolicyTimer:
         self._handle = None if when is None else self._clock.call_at(when, self._fire)
 
     def _fire(self) -> None:
+        # uvloop runs a timer up to half a millisecond before its time (its clock counts
+        # whole milliseconds): polled at the clock's time, the policy would find nothing
+        # due, and the timer re-armed at the same deadline would fire again, loop pass
+        # after loop pass, until the clock caught up (11 fires per heartbeat check on a
+        # server, a third of its idle CPU). The deadline it was armed for has come.
+        at = self._at
+        now = self._clock.time()
         self._handle = None
         self._at = None
-        self._on_due(self._clock.time())
+        self._on_due(now if at is None or now >= at else at)
         self.arm()
 
     def stop(self) -> None:

@@ -313,7 +313,9 @@ class ServerConfig(_Common):
     heartbeat_interval: float = 15.0
     """Seconds between a client's pings, announced to clients in WELCOME."""
     heartbeat_check_interval: float = 5.0
-    """Seconds between the server's checks of each session's heartbeat."""
+    """Seconds between the server's checks of each session's heartbeat: a miss is noted at
+    the first check at or after it (the server wakes only for a check that can note one:
+    once per interval for a client that pings on time)."""
     max_missed_heartbeats: int = 3
     """Whole heartbeat intervals without a ping after which a session is evicted
     (exactly ``max_missed_heartbeats * heartbeat_interval`` after the last ping: 45 s)."""
@@ -375,7 +377,18 @@ class ServerConfig(_Common):
     the certificate and its signature); each is used once, the oldest dropped first, about
     1 KiB each. 0: no resumption. Ignored (no resumption) when ``client_cert_mode`` asks for
     client certificates, which a resumed handshake does not carry. No 0-RTT either way
-    (docs/security.md)."""
+    (docs/security.md). With ``tls_ticket_key_file`` nothing is kept (any count but 0 is
+    the same)."""
+    tls_ticket_key_file: str | None = None
+    """File holding the secrets (32 bytes each, one or more: the first seals new tickets,
+    every one opens them) the server seals its TLS session tickets with; created with one
+    random secret (mode 0600) if missing. With it a ticket is the session state itself,
+    encrypted, so the server keeps none in memory and a restarted server (or another one
+    holding the file) resumes its previous run's clients' sessions: a reconnect storm after
+    a restart is of resumed handshakes (docs/connections.md). Rotate by putting a new
+    secret first and dropping the old one a day later (tickets live 24 hours). Keep it
+    private: whoever holds it can resume any client's session as the server. None: tickets
+    in memory, lost on a restart."""
     stateless_reset_key_file: str | None = None
     """File holding the secret (32 bytes or more) the server derives QUIC stateless reset
     tokens from; created with 32 random bytes (mode 0600) if missing. With it, a restarted
@@ -493,6 +506,7 @@ class ServerConfig(_Common):
         _int_range("max_connections", self.max_connections, 1, 10_000_000)
         _int_range("tls_session_tickets", self.tls_session_tickets, 0, 10_000_000)
         _optional_path("stateless_reset_key_file", self.stateless_reset_key_file)
+        _optional_path("tls_ticket_key_file", self.tls_ticket_key_file)
         if not isinstance(self.retry, bool):
             raise ConfigError("retry", "must be True or False")
         _int_range("retry_threshold", self.retry_threshold, 0, 10_000_000)
@@ -607,7 +621,8 @@ class ClientConfig(_Common):
     server name, CA and client certificate; tickets are kept per process): a reconnect
     skips the server's certificate and its verification. Never 0-RTT (docs/security.md)."""
     connect_timeout: float = 5.0
-    """Seconds one connection attempt may take (aioquic alone would wait its idle timeout)."""
+    """Seconds one connection attempt's TLS handshake may take (aioquic alone would wait its
+    idle timeout); once it completed, WELCOME is awaited as long again (docs/connections.md)."""
     default_timeout: float | None = None
     """Deadline (seconds) for calls that pass no ``timeout=``; None: no deadline."""
     interceptors: Sequence[ClientInterceptor] = field(default_factory=tuple)

@@ -10,7 +10,9 @@ convenience for programs (the CLI and the examples use it):
   ``client_id`` / ``reason`` passed in ``extra``.
 
 What is logged: each connection event (connect, disconnect with its reason,
-eviction, refusal) once at INFO with the client id; errors at WARNING or
+eviction, refusal) once at INFO with the client id, up to 20 a second (a
+server sums up the rest of that second in one line:
+``quicflow.server.CONNECTION_LOG_BURST``); errors at WARNING or
 ERROR; nothing per call at INFO (per-call detail is DEBUG). aioquic's own
 ``quic`` logger is set to WARNING, since it logs every connection at INFO.
 """

@@ -19,6 +19,7 @@ import asyncio
 import inspect
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
@@ -51,6 +52,8 @@ from .protocol.control import (
 )
 from .protocol.events import ProtocolViolation
 from .protocol.heartbeat import HeartbeatMonitor, SessionExpired, negotiate_interval
+from .protocol.logbudget import LogBudget
+from .protocol.slices import SliceBudget
 from .push import (
     BroadcastResult,
     ClientChannel,
@@ -64,6 +67,7 @@ from .sessions import ClientInfo, Session, SessionRegistry, SessionState
 from .status import StatusCode
 from .transport import QuicFlowProtocol, QuicFlowServer, serve
 from .transport.reset import load_reset_key
+from .transport.tickets import SealedTickets, load_ticket_keys
 from .transport.tls import ServerTicketStore, server_configuration
 from .wire.codec import ErrorCode
 from .wire.compression import ENCODINGS
@@ -73,6 +77,60 @@ __all__ = ["Server"]
 logger = logging.getLogger("quicflow.server")
 
 T = TypeVar("T")
+
+EVICTIONS_PER_SLICE = 32
+"""Evicted connections closed per `EVICTION_SLICE` at most; more that fall due at once (a
+server whose loop stalled) are closed in the slices after, so other connections' datagrams
+are served between them (docs/connections.md)."""
+EVICTION_SLICE = 0.01
+"""Seconds per slice of evictions."""
+
+CONNECTION_LOG_BURST = 20
+"""Connection events (connected, disconnected, evicted, replaced) logged one by one per
+second at most; the rest of that second is one summary line (docs/observability.md)."""
+
+
+class _ConnectionLog:
+    """The server's INFO lines for connection events, at most `CONNECTION_LOG_BURST` a
+    second one by one and a summary line for the rest (`LogBudget`)."""
+
+    __slots__ = ("_budget", "_clock", "_timer")
+
+    def __init__(self, clock: Callable[[], Clock], per_second: int = CONNECTION_LOG_BURST) -> None:
+        self._clock = clock  # the server's clock is the loop's only once it starts
+        self._budget = LogBudget(per_second, 1.0)
+        self._timer: PolicyTimer | None = None
+
+    def admit(self, kind: str) -> bool:
+        """True: log this event now, on its own line; False: it was counted (or INFO is off)."""
+        if not logger.isEnabledFor(logging.INFO):
+            return False
+        clock = self._clock()
+        now = clock.time()
+        self._flush(now)
+        if self._budget.admit(now, kind):
+            return True
+        if self._timer is None:
+            self._timer = PolicyTimer(clock, self._budget.get_timer, self._flush)
+        self._timer.arm()
+        return False
+
+    def _flush(self, now: float) -> None:
+        summary = self._budget.poll(now)
+        if summary is not None:
+            logger.info(
+                "%s more connection events in %.1f s not logged one by one: %s",
+                f"{summary.count:,}",
+                summary.until - summary.since,
+                summary.describe(),
+            )
+
+    def stop(self) -> None:
+        """Log what is still counted, and stop the timer."""
+        self._flush(float("inf"))
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
 
 
 class Server:
@@ -102,6 +160,11 @@ class Server:
         self._stopping = False
         self._connections: set[_ServerConnection] = set()
         self._connections_refused = 0
+        self._log = _ConnectionLog(lambda: self._endpoint.clock)
+        self._evictions: deque[_ServerConnection] = deque()
+        """Connections whose session was evicted, waiting for a slice to be closed in."""
+        self._eviction_budget = SliceBudget(EVICTIONS_PER_SLICE, EVICTION_SLICE)
+        self._eviction_timer: TimerHandleLike | None = None
         self.sessions = SessionRegistry()
         """Connected clients by id (see `list_clients` for snapshots)."""
         self.hooks: Hooks = self._endpoint.hooks
@@ -190,10 +253,7 @@ class Server:
             self._accept,
             retry=config.retry,
             retry_threshold=config.retry_threshold,
-            # A resumed handshake carries no client certificate: none with mutual TLS.
-            tickets=ServerTicketStore(config.tls_session_tickets)
-            if config.tls_session_tickets and config.client_cert_mode == "none"
-            else None,
+            tickets=_ticket_store(config),
             reset_key=load_reset_key(config.stateless_reset_key_file),
             max_connections=config.max_connections,
             on_refused=self._refused,
@@ -313,35 +373,64 @@ class Server:
             # and the old session ends now, not when its connection finishes closing.
             reason = "replaced by a newer connection"
             old.conn.close(ErrorCode.SESSION_REPLACED, reason)
-            logger.info(
-                "client %s reconnected: old session replaced",
-                client_id,
-                extra={"client_id": client_id, "reason": reason},
-            )
+            if self._log.admit("replaced by a newer connection"):
+                logger.info(
+                    "client %s reconnected: old session replaced",
+                    client_id,
+                    extra={"client_id": client_id, "reason": reason},
+                )
             if metrics is not None:
                 metrics.reconnects += 1
                 metrics.disconnects += 1
-            self.hooks.fire("disconnect", old.info(), reason)
+            if self.hooks.wants("disconnect"):
+                self.hooks.fire("disconnect", old.info(), reason)
         self._promises.client_connected(client_id)
-        logger.info(
-            "client %s connected from %s", client_id, address, extra={"client_id": client_id}
-        )
+        if self._log.admit("connected"):
+            logger.info(
+                "client %s connected from %s", client_id, address, extra={"client_id": client_id}
+            )
         if metrics is not None:
             metrics.connects += 1
-        self.hooks.fire("connect", session.info())
+        if self.hooks.wants("connect"):
+            self.hooks.fire("connect", session.info())
 
     def _session_lost(self, session: Session, reason: str) -> None:
         """A session's connection ended (the session is already CLOSED)."""
         self.sessions.remove(session)
-        logger.info(
-            "client %s disconnected: %s",
-            session.client_id,
-            reason,
-            extra={"client_id": session.client_id, "reason": reason},
-        )
+        if self._log.admit(f"disconnected ({reason})"):
+            logger.info(
+                "client %s disconnected: %s",
+                session.client_id,
+                reason,
+                extra={"client_id": session.client_id, "reason": reason},
+            )
         if self._endpoint.metrics is not None:
             self._endpoint.metrics.disconnects += 1
-        self.hooks.fire("disconnect", session.info(), reason)
+        if self.hooks.wants("disconnect"):
+            self.hooks.fire("disconnect", session.info(), reason)
+
+    def _evicted(self, sconn: _ServerConnection) -> None:
+        """Close an evicted session's connection now, or in a later slice if this slice has
+        closed `EVICTIONS_PER_SLICE` already (the session itself is gone already)."""
+        clock = self._endpoint.clock
+        if not self._evictions and self._eviction_budget.take(clock.time()):
+            sconn.close_evicted()
+            return
+        self._evictions.append(sconn)
+        if self._eviction_timer is None:
+            self._eviction_timer = clock.call_at(
+                self._eviction_budget.next_slice, self._next_evictions
+            )
+
+    def _next_evictions(self) -> None:
+        self._eviction_timer = None
+        clock = self._endpoint.clock
+        queue, budget = self._evictions, self._eviction_budget
+        now = max(clock.time(), budget.next_slice)  # a loop may run a timer early (uvloop)
+        while queue and budget.take(now):
+            queue.popleft().close_evicted()
+        if queue:
+            self._eviction_timer = clock.call_at(budget.next_slice, self._next_evictions)
 
     # -- push --
 
@@ -528,6 +617,10 @@ class Server:
             call.cancel_with(StatusCode.UNAVAILABLE, "the server is shutting down")
         if calls:
             await wait_all(clock, [c.handler_task for c in calls], 1.0)
+        if self._eviction_timer is not None:
+            self._eviction_timer.cancel()  # connections still waiting are closed below
+            self._eviction_timer = None
+        self._evictions.clear()
         self._promises.close()
         await self.dispatcher.close()
         self._endpoint.stop_metrics()
@@ -545,6 +638,7 @@ class Server:
         # Let CONNECTION_CLOSE frames leave before the socket goes.
         await asyncio.sleep(0)
         await self.hooks.drain()
+        self._log.stop()
         assert self._closed is not None
         self._closed.set()
         logger.info("server on port %d stopped", port)
@@ -560,6 +654,19 @@ class Server:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+def _ticket_store(config: ServerConfig) -> ServerTicketStore | SealedTickets | None:
+    """How the server keeps its TLS session tickets: sealed under ``tls_ticket_key_file`` (they
+    survive a restart), in memory, or none (``tls_session_tickets=0``; and under mutual TLS,
+    since a resumed handshake carries no client certificate). A bad key file is refused
+    even when no ticket would be issued."""
+    keys = load_ticket_keys(config.tls_ticket_key_file) if config.tls_ticket_key_file else None
+    if not config.tls_session_tickets or config.client_cert_mode != "none":
+        return None
+    if keys is not None:
+        return SealedTickets(keys)
+    return ServerTicketStore(config.tls_session_tickets)
 
 
 class _ServerConnection:
@@ -758,7 +865,7 @@ class _ServerConnection:
             session.message_lane = SendLane(conn)
         session.peer_encodings = frozenset(hello.message_encodings)
         session.timer = self.endpoint.timer(
-            monitor.get_timer, lambda now: self._check_heartbeat(session, now)
+            monitor.next_report_at, lambda now: self._check_heartbeat(session, now)
         )
         session.timer.arm()
         return session
@@ -768,6 +875,8 @@ class _ServerConnection:
         if session is None or self.control is None:
             self.conn.close(ErrorCode.PROTOCOL_ERROR, "PING before HELLO")
             return
+        if session.state is SessionState.CLOSED:
+            return  # evicted: its connection is closed in the next slice, no PONG
         now = self.endpoint.clock.time()
         if now - self.ping_window >= 1.0:
             self.ping_window = now
@@ -784,21 +893,35 @@ class _ServerConnection:
     def _check_heartbeat(self, session: Session, now: float) -> None:
         for event in session.monitor.poll(now):
             if isinstance(event, SessionExpired):
-                if session.timer is not None:
-                    session.timer.stop()
-                info = session.info()
-                logger.info(
-                    "client %s evicted: no heartbeat for %.1f s",
-                    session.client_id,
-                    now - event.last_ping,
-                    extra={"client_id": session.client_id, "reason": "no heartbeat"},
-                )
+                # Evicted at the deadline: the session ends and leaves the registry now
+                # (no push reaches it, no PING is answered); its connection is closed now
+                # too unless many fell due at once, then in the next slices (`_evicted`).
+                server = self.server
+                info = session.info() if server.hooks.wants("heartbeat_timeout") else None
+                session.end()
+                server.sessions.remove(session)
+                if server._log.admit("evicted (no heartbeat)"):
+                    logger.info(
+                        "client %s evicted: no heartbeat for %.1f s",
+                        session.client_id,
+                        now - event.last_ping,
+                        extra={"client_id": session.client_id, "reason": "no heartbeat"},
+                    )
                 if self.endpoint.metrics is not None:
                     self.endpoint.metrics.heartbeat_timeouts += 1
-                self.server.hooks.fire("heartbeat_timeout", info)
-                # close() ends the connection's calls and session at once (no draining wait).
-                self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
+                if info is not None:
+                    server.hooks.fire("heartbeat_timeout", info)
+                server._evicted(self)
                 return
+
+    def close_evicted(self) -> None:
+        """Close the connection of a session evicted for its heartbeat: its calls end and
+        the session's ``disconnect`` follows at once (no draining wait)."""
+        session, self.session = self.session, None
+        if session is None:
+            return  # the connection ended meanwhile: connection_lost reported the session
+        self.conn.close(ErrorCode.SESSION_EXPIRED, "no heartbeat: session expired")
+        self.server._session_lost(session, "no heartbeat: session expired")
 
     def _hello_timeout(self) -> None:
         self.hello_timer = None
@@ -823,7 +946,8 @@ class _ServerConnection:
         if session is None:
             return
         self.session = None
-        if session.end():
+        # An evicted session has ended already; its connection closing is still its loss.
+        if session.end() or session.monitor.expired:
             self.server._session_lost(session, self.conn.close_reason or exc.message)
 
 

@@ -109,6 +109,18 @@ class Backoff:
         self._attempts += 1
         return base * (1.0 - self.jitter * self._rng.random())
 
+    def busy_delay(self, asked: float) -> float:
+        """The delay before the next attempt when the server answered the last one "busy,
+        retry in ``asked`` seconds" (a reconnect storm: docs/wire-protocol.md §2).
+
+        The server spreads the clients it turns away over the time it needs, so the
+        client follows it: ``asked`` (at least a tenth of ``initial``, at most
+        ``maximum``) plus up to ``jitter`` of it more, never more than ``maximum``. The
+        attempt count does not grow: the server is alive and answering.
+        """
+        base = min(self.maximum, max(self.initial / 10, finite("asked", asked)))
+        return min(self.maximum, base * (1.0 + self.jitter * self._rng.random()))
+
     def reset(self) -> None:
         """Start again from ``initial`` (after a healthy connection). Idempotent."""
         self._attempts = 0

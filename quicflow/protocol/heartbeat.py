@@ -52,7 +52,9 @@ events named as facts and the runtime acts on them.
 
 With the defaults (interval 15 s, checks every 5 s, 3 misses) a session is
 evicted exactly 45 s after its last ping; misses 1 and 2 are reported at the
-first checks at or after +15 s and +30 s. (The Go original counted a miss per
+first checks at or after +15 s and +30 s. ``next_report_at()`` skips the checks
+that cannot report anything (the server arms its timer there: one wake-up per
+interval of a punctual client instead of three). (The Go original counted a miss per
 5 s check and evicted after 25-30 s.)
 
 **Client side: `QuietWatch`**, the nudge. A client waiting for an answer (a
@@ -503,6 +505,25 @@ class HeartbeatMonitor:
         if self._done:
             return None
         return min(self.next_check_at, self.expires_at)
+
+    def next_report_at(self) -> float | None:
+        """The first check at which `poll` can report something (the next miss, counted
+        ``interval`` after the last ping or the last miss), or the eviction deadline,
+        whichever is first; None once expired.
+
+        A runtime that only acts on what `poll` reports arms its timer here rather than at
+        `get_timer`: the checks in between would report nothing, so it polls once per
+        interval of a session that pings on time instead of once per check, and every
+        event still comes at the check (or deadline) `get_timer` would have polled it at.
+        """
+        if self._done:
+            return None
+        due = self.last_ping + (self._reported + 1) * self._interval
+        index = max(
+            self._check_index,
+            math.ceil((due - self._start) / self._check_interval - _EPSILON),
+        )
+        return min(self._start + index * self._check_interval, self.expires_at)
 
     def poll(self, now: float) -> list[HeartbeatEvent]:
         """Run the check (and the eviction) due at ``now``.

@@ -15,16 +15,18 @@ from typing import Any, cast
 
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.packet import QuicErrorCode
 from cryptography.hazmat.primitives import hashes
 
 from ..errors import ConnectionClosed
+from ..protocol.admission import parse_busy
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .reset import RESET_TOKEN_SIZE, SMALLEST_RESET
 from .settings import TransportSettings, datagram_size_for, grow_buffers
 from .tls import ClientTicketCache
 
-__all__ = ["connect"]
+__all__ = ["ServerBusy", "connect"]
 
 READ_BATCH = 64
 """Datagrams a client reads at most per loop pass beyond the one the loop handed it."""
@@ -123,6 +125,16 @@ class _ClientProtocol(QuicFlowProtocol):
             waiter.set_exception(exc)
 
 
+class ServerBusy(ConnectionClosed):
+    """The server turned the attempt away in its handshake because it is busy (a reconnect
+    storm) and said when to come back (docs/wire-protocol.md §2)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message=message, may_have_run=False)
+        self.retry_after = retry_after
+        """Seconds the server asked the client to wait before its next attempt."""
+
+
 # aioquic's hostname check names the certificate's identities as service_identity reprs:
 # "hostname 'x' doesn't match either of DNSPattern(pattern=b'localhost'),
 # IPAddressPattern(pattern=IPv4Address('127.0.0.1'))": the names are the quoted parts.
@@ -188,9 +200,11 @@ async def connect(
     The UDP socket is connected to the server's address, so a port nobody
     listens on fails the attempt as soon as the OS reports it (ICMP port
     unreachable), not after ``connect_timeout``. A failed attempt leaves
-    nothing behind: no socket, no timer.
+    nothing behind: no socket, no timer. A handshake that completes in the loop turn
+    the timeout fires in (handled first: I/O comes before timers) counts as done.
 
     Raises:
+        ServerBusy: the server is busy and said when to come back.
         ConnectionClosed: nothing answers at that address ("nothing answers at
             HOST:PORT"), the handshake failed (its reason is in the message, with
             what to do for certificate problems), or it did not finish within
@@ -289,13 +303,25 @@ async def _attempt(
             async with asyncio.timeout_at(deadline):
                 await protocol.wait_connected()
     except TimeoutError:
+        if protocol.handshake_done and protocol.closed_error is None:
+            # The server's last flight was handled in the loop turn the timeout fired (a
+            # loop lagging in a reconnect storm handles I/O before timers): the handshake
+            # the server finished is not thrown away (docs/connections.md).
+            return protocol
         protocol.discard("connect timeout")
         raise ConnectionClosed(
             message=f"could not connect to {where}: no answer within {connect_timeout:.3g} s"
         ) from None
     except ConnectionError as exc:
         why = protocol.closed_error.message if protocol.closed_error else "handshake failed"
+        busy = None
+        if protocol.close_code == QuicErrorCode.CONNECTION_REFUSED and protocol.close_reason:
+            busy = parse_busy(protocol.close_reason)
         protocol.discard("connect failed")
+        if busy is not None:
+            raise ServerBusy(
+                f"could not connect to {where}: {protocol.close_reason}", retry_after=busy
+            ) from exc
         if protocol.refused is None:
             server_name = configuration.server_name or host
             why = explain_handshake_failure(why, server_name=server_name)

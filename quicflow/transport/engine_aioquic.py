@@ -32,9 +32,10 @@ from aioquic.quic.stream import QuicStream, QuicStreamReceiver, QuicStreamSender
 from .pacer import BytePacer
 from .reset import reset_token
 from .streams import StreamHandler
+from .tickets import SealedTickets, seal_tickets
 from .tls import CertificateRejected, ClientCertificateVerifier, VerifiedClientCertificate
 
-__all__ = ["PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
+__all__ = ["ACTIVE_CONNECTION_ID_LIMIT", "PRIVATE_USES", "AioquicFlowConnection", "PrivateUse"]
 
 logger = logging.getLogger("quicflow.transport")
 
@@ -51,6 +52,15 @@ def _varint_size(value: int) -> int:
     """Bytes of ``value`` as a QUIC variable-length integer (aioquic's size_uint_var)."""
     return 1 if value < 0x40 else 2 if value < 0x4000 else 4 if value < 0x40000000 else 8
 
+
+ACTIVE_CONNECTION_ID_LIMIT = 2
+"""Connection IDs of ours a peer may keep (the active_connection_id_limit transport
+parameter; RFC 9000's minimum): the one in use and one spare, for a migration. aioquic
+asks for 8, so each side issued 7 NEW_CONNECTION_ID frames per handshake, each with its
+stateless reset token (an HMAC on a server), and a server kept 8 IDs per connection in
+its routing table. A NAT rebinding keeps the ID; an address change uses the spare and
+the peer issues another as the old one is retired. qh3 announces 2 as a client by
+itself; a qh3 server is told so by its configuration (`engine_qh3.qh3_configuration`)."""
 
 HANDSHAKE_DATAGRAM_SIZE = 1200
 """Datagram size while Initial packets are still sent (RFC 9000's minimum, which an
@@ -219,11 +229,23 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(QuicConnection, "_peer_cid", None, "the peer's connection ID: its reset token"),
     PrivateUse(
         QuicConnection,
+        "_local_active_connection_id_limit",
+        None,
+        "the active_connection_id_limit we announce: 2, not aioquic's 8",
+    ),
+    PrivateUse(
+        QuicConnection,
         "_replenish_connection_ids",
         ("self",),
         "overridden: new connection IDs get tokens derived from the reset key",
     ),
     PrivateUse(tls.Context, "_peer_certificate_chain", None, "the peer's intermediates"),
+    PrivateUse(
+        tls.Context,
+        "_new_session_ticket",
+        None,
+        "the NewSessionTicket just written: written again with a sealed label (tickets.py)",
+    ),
 )
 
 
@@ -245,9 +267,18 @@ class AioquicFlowConnection(QuicConnection):
         window: int,
         pacer: BytePacer | None = None,
         reset_key: bytes | None = None,
+        sealed_tickets: SealedTickets | None = None,
         **kwargs: Any,
     ) -> None:
+        if sealed_tickets is not None:
+            kwargs["session_ticket_fetcher"] = sealed_tickets.pop
+            kwargs["session_ticket_handler"] = sealed_tickets.add
         super().__init__(*args, **kwargs)
+        # Announced in the transport parameters _initialize writes: the peer issues one
+        # spare connection ID, not seven (see ACTIVE_CONNECTION_ID_LIMIT).
+        self._local_active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
+        self.sealed_tickets = sealed_tickets
+        """A server's stateless tickets (`quicflow.transport.tickets`), None: in memory."""
         self.reset_key = None if self._is_client else reset_key
         """A server's stateless reset key: each connection ID's token derives from it
         (`quicflow.transport.reset`), so a restarted server holding it can still reset."""
@@ -274,6 +305,9 @@ class AioquicFlowConnection(QuicConnection):
         verifier = getattr(self.configuration, "client_verifier", None)
         if verifier is not None:
             _verify_client_certificates(self, verifier)
+        if self.sealed_tickets is not None:
+            context = self.tls
+            seal_tickets(context, self.sealed_tickets, tls, lambda: context._new_session_ticket)
 
     # -- stateless reset (quicflow.transport.reset) --
 

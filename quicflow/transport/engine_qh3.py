@@ -65,7 +65,8 @@ from qh3.quic.packet import (  # type: ignore[import-untyped,unused-ignore]
 )
 
 from ..errors import ConfigError
-from .engine_aioquic import PrivateUse
+from .engine_aioquic import ACTIVE_CONNECTION_ID_LIMIT, PrivateUse
+from .tickets import SealedTickets, seal_tickets
 
 __all__ = ["PRIVATE_USES", "Qh3FlowConnection", "qh3_configuration", "shared_qh3_configuration"]
 
@@ -92,6 +93,12 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(Qh3Connection, "_tls", None, "the TLS bridge: taken apart at the end (release)"),
     PrivateUse(Qh3Core, "stream_limits", None, "(peer bidi limit, _, bidi opened, _)"),
     PrivateUse(Qh3Core, "smoothed_rtt", None, "the smoothed RTT"),
+    PrivateUse(
+        qh3_tls.Context,
+        "_new_session_ticket",
+        None,
+        "the NewSessionTicket just written: written again with a sealed label (tickets.py)",
+    ),
 )
 
 
@@ -151,7 +158,18 @@ class Qh3FlowConnection(Qh3Connection):
 
     engine = "qh3"
 
-    def __init__(self, *args: Any, window: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        window: int,
+        sealed_tickets: SealedTickets | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if sealed_tickets is not None:
+            kwargs["session_ticket_fetcher"] = sealed_tickets.pop
+            kwargs["session_ticket_handler"] = sealed_tickets.add
+        self.sealed_tickets = sealed_tickets
+        """A server's stateless tickets (`quicflow.transport.tickets`), None: in memory."""
         super().__init__(*args, **kwargs)
         self.flow_handlers: dict[int, Any] = {}
         self.flow_withheld: dict[int, int] = {}  # kept, unused: qh3 credits by itself
@@ -164,6 +182,9 @@ class Qh3FlowConnection(Qh3Connection):
         bridge = super()._create_tls(remote_source_cid)
         if self._is_client:
             _announce_datagram_size(bridge.tls, self._configuration.max_datagram_size)
+        elif self.sealed_tickets is not None:
+            context = bridge.tls
+            seal_tickets(context, self.sealed_tickets, qh3_tls, lambda: context._new_session_ticket)
         return bridge
 
     def next_event(self) -> Any:
@@ -355,6 +376,8 @@ def qh3_configuration(source: AioConfiguration) -> Any:
     # probes overflow its packet builder towards a peer (aioquic) that announces no
     # max_udp_payload_size.
     config.probe_datagram_size = False
+    # One spare connection ID per peer, as on aioquic (ACTIVE_CONNECTION_ID_LIMIT).
+    config.active_connection_id_limit = ACTIVE_CONNECTION_ID_LIMIT
     config.max_stream_data = source.max_stream_data
     config.max_data = source.max_data
     config.verify_mode = source.verify_mode

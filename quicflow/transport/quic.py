@@ -94,6 +94,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
+        self._timer_time = 0.0
+        """The time the engine's timer last fired for (`_handle_timer`): a transmit in the
+        same millisecond of uvloop's clock does not go back before it."""
         self._transmit_task: asyncio.Handle | None = None
         self._connected = False
         self.connect_started = False
@@ -136,6 +139,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         """Bytes of large unfinished frames this connection may hold (`watch_frames`); a
         server makes its own budget the parent."""
         self._watches: dict[int, FrameWatch] = {}
+        self._more: list[tuple[bytes, NetworkAddress]] | None = None
+        """The rest of a run of datagrams (`datagrams_received`) while the first is handled."""
 
     def attach(self, listener: ConnectionListener) -> None:
         """Report the peer's streams, premature resets, nudges and the connection's end
@@ -382,6 +387,11 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._quic.connect(addr, now=self._loop.time())
         self.transmit()
 
+    @property
+    def handshake_done(self) -> bool:
+        """Whether the handshake has completed."""
+        return self._connected
+
     async def wait_connected(self) -> None:
         """Wait for the handshake to complete (`ConnectionError` if the connection ends)."""
         if not self._connected:
@@ -394,7 +404,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         await self._closed.wait()
 
     def _handle_timer(self) -> None:
-        now = max(self._timer_at or 0.0, self._loop.time())
+        # uvloop runs a timer up to 0.5 ms early (its clock counts whole milliseconds):
+        # the engine hears the time it asked for, and so do the transmits that follow.
+        # Sent at the loop's (earlier) time, an ACK or a paced packet due at the timer's
+        # time was not due yet, the engine asked for the same time again, and the timer
+        # fired again every loop pass until the clock caught up (qh3: ~6 fires per
+        # broadcast push instead of ~1).
+        self._timer_time = now = max(self._timer_at or 0.0, self._loop.time())
         self._timer = None
         self._timer_at = None
         self._quic.handle_timer(now=now)
@@ -483,9 +499,28 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             self._terminated(close_event)
         self.streams.progressed()
 
+    def datagrams_received(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        """Several datagrams at once (a server's endpoint read them back to back): each is
+        handled as `datagram_received` does, with one transmit after the last."""
+        self._more = datagrams[1:]
+        try:
+            self.datagram_received(*datagrams[0])
+        finally:
+            self._more = None
+
     def receive_more(self, now: float) -> None:
         """Feed the engine more datagrams already waiting, before the one transmit that
-        answers them all (a client reads its own socket: `client_connect`)."""
+        answers them all (a server's: those `datagrams_received` was given; a client reads
+        its own socket: `client_connect`)."""
+        more, self._more = self._more, None
+        if not more:
+            return
+        quic = self._quic
+        for data, addr in more:
+            if self.closed_error is not None:
+                return
+            quic.receive_datagram(data, addr, now=now)
+            self._process_events()
 
     def _path_changed(self) -> None:
         # The peer moved (a NAT rebinding) or we fell back to an older path. aioquic
@@ -501,6 +536,8 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transmit_task = None
         quic = self._quic
         now = self._loop.time()
+        if now < self._timer_time:
+            now = self._timer_time  # not before a timer the engine handled (_handle_timer)
         if self._wrote:
             self._wrote = False
             quic.ack_with_data(now)
@@ -712,6 +749,12 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.close_code = event.error_code
         self.close_reason = reason
         self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
+        waiter, self._connected_waiter = self._connected_waiter, None
+        if waiter is not None and not waiter.done():
+            # Closed in its handshake (refused, busy): the attempt ends now, not when the
+            # engine reports the close after its draining period (3 PTO).
+            waiter.set_exception(ConnectionError)
+            waiter.exception()  # read: an attempt that timed out awaits it no more
         if self.owns_transport and self._transport is not None:
             # Let the CONNECTION_CLOSE we may have queued leave first.
             self._loop.call_soon(self._transport.close)

@@ -9,27 +9,34 @@ import dataclasses
 import logging
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable
-from typing import cast
+from typing import Any, cast
 
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import NetworkAddress
+from aioquic.quic.crypto import CryptoPair
 from aioquic.quic.packet import (
+    QuicErrorCode,
+    QuicFrameType,
     QuicPacketType,
     QuicProtocolVersion,
     encode_quic_retry,
     pull_quic_header,
 )
+from aioquic.quic.packet_builder import QuicPacketBuilder
 from aioquic.quic.retry import QuicRetryTokenHandler
 
+from ..protocol.admission import HandshakeAdmission, busy_reason
 from ..protocol.budget import ByteBudget
 from ..wire.codec import ErrorCode
 from .engine import make_connection, resolve_engine
 from .quic import QuicFlowProtocol
 from .reset import ResetLimiter, load_reset_key, stateless_reset
 from .settings import TransportSettings, bind_error, datagram_size_for, grow_buffers
+from .tickets import SealedTickets
 from .tls import ServerTicketStore
 
 logger = logging.getLogger("quicflow.transport")
@@ -53,6 +60,9 @@ the oldest is dropped."""
 HANDSHAKE_BACKLOG_AGE = 2.0
 """Seconds an Initial may wait in the backlog; an older one is dropped (its client's probe
 timeout has sent it again by then)."""
+BUSY_RATE = 2000.0
+"""Busy answers (CONNECTION_CLOSE "server busy, retry in N ms") sent per second at most,
+with a burst of as many; beyond it an Initial the backlog has no room for is dropped."""
 _LARGEST_DATAGRAM = 65535
 
 
@@ -88,7 +98,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         *,
         retry: bool = False,
         retry_threshold: int = 0,
-        tickets: ServerTicketStore | None = None,
+        tickets: ServerTicketStore | SealedTickets | None = None,
         reset_key: bytes | None = None,
         max_connections: int = 0,
         on_refused: Callable[[str], None] | None = None,
@@ -108,6 +118,12 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self.reset_key = reset_key if reset_key is not None else load_reset_key(None)
         """The key stateless reset tokens derive from (`quicflow.transport.reset`)."""
         self._reset_limiter = ResetLimiter()
+        self._busy_limiter = ResetLimiter(BUSY_RATE)
+        self.admission: HandshakeAdmission | None = HandshakeAdmission()
+        """Which Initials wait in the backlog and which clients are told to come back
+        later (`quicflow.protocol.admission`); None: every Initial waits (or is shed)."""
+        self.busy_sent = 0
+        """Initials answered "server busy, retry in N ms" (docs/wire-protocol.md §2)."""
         self.resets_sent = 0
         """Stateless resets sent (datagrams for connections this server does not know)."""
         self._handshaking: set[QuicFlowProtocol] = set()
@@ -129,6 +145,11 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self._in_pass = False
         self._read = self._started = 0
         self._backlog: deque[tuple[float, bytes, NetworkAddress]] = deque()
+        self._queued: set[bytes] = set()
+        """Destination Connection IDs of the Initials in the backlog (one each)."""
+        self.initials_repeated = 0
+        """Initials dropped as they came because one with the same Destination Connection
+        ID was already waiting in the backlog (a client's probe timeout sent it again)."""
         self.connections_ended = 0
         """Connections that ended after their handshake completed, since the endpoint
         started (handshakes that never finish are not counted)."""
@@ -136,6 +157,17 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         """New connections started per loop pass at most (0: no limit)."""
         self.handshakes_shed = 0
         """Initials dropped from the handshake backlog (full, or waited too long)."""
+        self.handshakes_shed_stale = 0
+        """Of ``handshakes_shed``: dropped because they waited too long."""
+        self.handshakes_started = 0
+        """Connections created (their handshake begun) since the endpoint started."""
+        self.handshakes_completed = 0
+        """Handshakes that completed since the endpoint started."""
+        self.handshakes_failed = 0
+        """Connections that ended before their handshake completed (the client gave up,
+        or the handshake failed)."""
+        self.backlog_waited = 0.0
+        """Seconds the Initials that started connections waited in the backlog, summed."""
         self.connections: set[QuicFlowProtocol] = set()
 
     @property
@@ -166,13 +198,15 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         Per loop pass it reads at most `INTAKE_BATCH` datagrams and starts at most
         `handshakes_per_pass` new connections. The datagrams of connections that exist
         go first; Initials that would start a connection wait in a backlog (at most
-        `HANDSHAKE_BACKLOG`, none older than `HANDSHAKE_BACKLOG_AGE` seconds) and are
-        served in arrival order over the next passes; what overflows it is dropped
-        (shed: its client sends its Initial again after its probe timeout, and backs off
-        if its connect timeout passes first). So a storm of handshakes cannot starve
-        connections' own traffic (a ping queued behind thousands of Initials, or dropped
-        by the kernel with them), and no pass does more handshakes than it can finish
-        quickly (docs/scale.md "Datagram intake").
+        `HANDSHAKE_BACKLOG`, none older than `HANDSHAKE_BACKLOG_AGE` seconds, one per
+        Destination Connection ID) and are served in arrival order over the next passes.
+        One that would wait longer than ``admission`` allows is answered "server busy,
+        retry in N ms" with a time to come back (docs/wire-protocol.md §2); what still
+        overflows the backlog is dropped (shed: its client sends its Initial again after
+        its probe timeout, and backs off if its connect timeout passes first). So a storm
+        of handshakes cannot starve connections' own traffic (a ping queued behind
+        thousands of Initials, or dropped by the kernel with them), and no pass does more
+        handshakes than it can finish quickly (docs/scale.md "Datagram intake").
         """
         if not self._in_pass:
             self._begin_pass()
@@ -194,18 +228,51 @@ class QuicFlowServer(asyncio.DatagramProtocol):
 
     def _take(self, batch: list[tuple[bytes, NetworkAddress]], now: float) -> None:
         protocols, cid_length = self._protocols, self._configuration.connection_id_length
-        backlog = self._backlog
-        for item in batch:
-            protocol = protocols.get(destination_cid(item[0], cid_length))
+        backlog, queued = self._backlog, self._queued
+        last = len(batch) - 1
+        run: list[tuple[bytes, NetworkAddress]] | None = None
+        for index, item in enumerate(batch):
+            cid = destination_cid(item[0], cid_length)
+            protocol = protocols.get(cid)
             if protocol is not None:
-                protocol.datagram_received(*item)
+                # Datagrams of one connection back to back (a peer that sends its packets
+                # in datagrams of their own, as qh3 does in a handshake) are handled as a
+                # run with one transmit after the last: one answer and one ACK, not one each.
+                if (
+                    index < last
+                    and protocols.get(destination_cid(batch[index + 1][0], cid_length)) is protocol
+                ):
+                    if run is None:
+                        run = [item]
+                    else:
+                        run.append(item)
+                elif run is not None:
+                    run.append(item)
+                    protocol.datagrams_received(run)
+                    run = None
+                else:
+                    protocol.datagram_received(*item)
             elif not item[0][0] & 0x80 or len(item[0]) < _SMALLEST_INITIAL:
                 self._route(*item)  # cannot start a connection: nothing to queue
+            elif cid in queued:
+                # Sent again while the first copy waits: the copy in the backlog keeps its
+                # place (a busy answer now would turn away a client whose handshake is
+                # about to start).
+                self.initials_repeated += 1
             else:
+                admission = self.admission
+                if admission is not None:
+                    delay = admission.admit(now, len(backlog))
+                    if delay is not None and self._send_busy(item[0], item[1], delay, now):
+                        continue
                 if len(backlog) >= HANDSHAKE_BACKLOG:
-                    backlog.popleft()
+                    self._unqueue(backlog.popleft()[1])
                     self.handshakes_shed += 1
                 backlog.append((now, *item))
+                queued.add(cid)
+
+    def _unqueue(self, data: bytes) -> None:
+        self._queued.discard(destination_cid(data, self._configuration.connection_id_length))
 
     def _begin_pass(self) -> None:
         self._in_pass = True
@@ -223,17 +290,28 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         backlog, budget = self._backlog, self.handshakes_per_pass
         protocols, cid_length = self._protocols, self._configuration.connection_id_length
         oldest = now - HANDSHAKE_BACKLOG_AGE
+        loop_time = asyncio.get_running_loop().time
         while backlog and (not budget or self._started < budget):
             when, data, addr = backlog.popleft()
+            self._unqueue(data)
             protocol = protocols.get(destination_cid(data, cid_length))
             if protocol is not None:  # its connection began earlier in this pass
                 protocol.datagram_received(data, addr)
             elif when < oldest:
                 self.handshakes_shed += 1  # its client has sent it again, or given up
+                self.handshakes_shed_stale += 1
             else:
                 before = len(self.connections)
+                began = time.thread_time()
                 self._route(data, addr)
-                self._started += len(self.connections) - before
+                started = len(self.connections) - before
+                self._started += started
+                if started:
+                    self.backlog_waited += now - when
+                    if self.admission is not None:
+                        self.admission.started(
+                            loop_time(), time.thread_time() - began, bool(backlog)
+                        )
 
     def _batch(self, data: bytes, addr: NetworkAddress) -> list[tuple[bytes, NetworkAddress]]:
         batch = [(data, addr), *self._read_more(INTAKE_BATCH - self._read - 1)]
@@ -312,6 +390,48 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self._on_connection(protocol)
             return
         protocol.datagram_received(data, addr)
+
+    def _send_busy(self, data: bytes, addr: NetworkAddress, delay: float, now: float) -> bool:
+        """Answer a client's first Initial with CONNECTION_CLOSE (CONNECTION_REFUSED,
+        "server busy, retry in N ms") in an Initial packet of our own, without making a
+        connection: Initial keys from its Destination Connection ID, one small packet
+        (~80 bytes, ~50 us). False (nothing sent) if it is no version 1 Initial or busy
+        answers are over their rate."""
+        transport = self._transport
+        if transport is None:
+            return False
+        try:
+            header = pull_quic_header(
+                Buffer(data=data), host_cid_length=self._configuration.connection_id_length
+            )
+        except ValueError:
+            return False
+        if (
+            header.packet_type != QuicPacketType.INITIAL
+            or header.version != QuicProtocolVersion.VERSION_1
+            or not self._busy_limiter.allow(now)
+        ):
+            return False
+        crypto = CryptoPair()
+        crypto.setup_initial(header.destination_cid, is_client=False, version=header.version)
+        builder = QuicPacketBuilder(
+            host_cid=os.urandom(self._configuration.connection_id_length),
+            peer_cid=header.source_cid,
+            version=header.version,
+            is_client=False,
+            max_datagram_size=_SMALLEST_INITIAL,
+        )
+        reason = busy_reason(delay).encode()
+        builder.start_packet(QuicPacketType.INITIAL, crypto)
+        buf = builder.start_frame(QuicFrameType.TRANSPORT_CLOSE, capacity=len(reason) + 16)
+        buf.push_uint_var(QuicErrorCode.CONNECTION_REFUSED)
+        buf.push_uint_var(QuicFrameType.PADDING)  # no frame caused it
+        buf.push_uint_var(len(reason))
+        buf.push_bytes(reason)
+        for datagram in builder.flush()[0]:
+            transport.sendto(datagram, addr)
+        self.busy_sent += 1
+        return True
 
     def _send_reset(self, data: bytes, cid: bytes, addr: NetworkAddress) -> None:
         if self._transport is None:
@@ -394,14 +514,22 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
         tickets = self.tickets
+        if isinstance(tickets, SealedTickets):
+            resumption: dict[str, Any] = {"sealed_tickets": tickets}
+        elif tickets is not None:
+            resumption = {
+                "session_ticket_fetcher": tickets.pop,
+                "session_ticket_handler": tickets.add,
+            }
+        else:
+            resumption = {}
         connection = make_connection(
             configuration,
             self._settings,
             original_destination_connection_id=original_cid,
             retry_source_connection_id=retry_cid,
             reset_key=self.reset_key,
-            session_ticket_fetcher=tickets.pop if tickets is not None else None,
-            session_ticket_handler=tickets.add if tickets is not None else None,
+            **resumption,
         )
         protocol = QuicFlowProtocol(connection, settings=self._settings, router=self)
         protocol.receive_budget.parent = self.receive_budget
@@ -410,6 +538,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         self.connection_id_issued(protocol, connection.host_cid)
         self._handshaking.add(protocol)
         self.connections.add(protocol)
+        self.handshakes_started += 1
         return protocol
 
     def _loopback_configuration(self, size: int) -> QuicConfiguration:
@@ -433,10 +562,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             del self._protocols[cid]
 
     def handshake_completed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_completed += 1
 
     def connection_closed(self, protocol: QuicFlowProtocol) -> None:
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def connection_ended(self, protocol: QuicFlowProtocol) -> None:
         for cid in protocol.cids:
@@ -447,7 +580,9 @@ class QuicFlowServer(asyncio.DatagramProtocol):
             self.connections.discard(protocol)
             if protocol not in self._handshaking:
                 self.connections_ended += 1
-        self._handshaking.discard(protocol)
+        if protocol in self._handshaking:
+            self._handshaking.discard(protocol)
+            self.handshakes_failed += 1
 
     def close(self) -> None:
         """Stop listening; connections still open are closed abruptly."""
@@ -456,6 +591,7 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if self._transport is not None:
             self._transport.close()
         self._backlog.clear()
+        self._queued.clear()
         if self._reader is not None:
             self._reader.close()
             self._reader = None
@@ -470,7 +606,7 @@ async def serve(
     *,
     retry: bool = False,
     retry_threshold: int = 0,
-    tickets: ServerTicketStore | None = None,
+    tickets: ServerTicketStore | SealedTickets | None = None,
     reset_key: bytes | None = None,
     max_connections: int = 0,
     on_refused: Callable[[str], None] | None = None,

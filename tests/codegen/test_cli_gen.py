@@ -109,3 +109,26 @@ def test_gen_reports_a_crashed_plugin_in_one_short_line(tmp_path: Path) -> None:
         "protoc failed: ValueError: bad things; "
         "--crash_out: protoc-gen-crash: Plugin failed with status code 1."
     )
+
+
+def test_gen_betterproto_flavour_names_invalid_python_it_wrote(tmp_path: Path) -> None:
+    """Check that a message named ``None`` (betterproto writes ``class None``, which does
+    not make its plugin fail) is reported with the file, line and text of the invalid
+    code, that the rest is still written, and that the run exits 1."""
+    protos = tmp_path / "protos"
+    shutil.copytree(CASES / "all_kinds" / "proto", protos)
+    (protos / "nn").mkdir()
+    (protos / "nn" / "nn.proto").write_text(
+        'syntax = "proto3";\npackage nn;\nmessage None { string name = 1; }\n'
+    )
+    out = tmp_path / "out"
+    done = run(
+        [str(BIN / "quicflow"), "gen", str(protos), "--out", str(out), "--flavour", "betterproto"]
+    )
+    assert done.returncode == 1, done.stderr
+    [line] = done.stderr.splitlines()
+    prefix = "quicflow gen: betterproto 2.0.0b7 wrote invalid Python: nn/__init__.py:"
+    assert line.startswith(prefix), line
+    assert "'class None(betterproto.Message):'" in line, line
+    assert line.endswith("rename it or use --flavour protobuf)"), line
+    assert (out / "demo" / "demo_quicflow.py").is_file()

@@ -502,3 +502,44 @@ async def test_client_close_with_grace_lets_its_calls_finish() -> None:
         with pytest.raises(RpcError) as info:
             await stuck
         assert info.value.code is StatusCode.UNAVAILABLE
+
+
+async def test_evictions_due_together_are_closed_in_slices_on_the_real_loop(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check on the real event loop (short real time) that three silent sessions due
+    together with one close per slice all leave the registry, get SESSION_EXPIRED and a
+    disconnect each, and leave no eviction waiting."""
+    from quicflow import server as server_module
+
+    monkeypatch.setattr(server_module, "EVICTIONS_PER_SLICE", 1)
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER)
+    loop = asyncio.get_running_loop()
+    gone: list[tuple[str, float]] = []
+    harness.server.hooks.on_disconnect(
+        lambda info, reason: (
+            gone.append((info.client_id, loop.time())) if "expired" in reason else None
+        )
+    )
+    await harness.server.start()
+    conns = []
+    try:
+        conns = [await _raw_connection(harness) for _ in range(3)]
+        controls = [_RawControl() for _ in conns]
+        for i, (conn, control) in enumerate(zip(conns, controls, strict=True)):
+            sid = conn.open_stream(control)  # the three HELLOs leave in one loop turn
+            conn.write(sid, control.protocol.send_hello(f"s{i}", heartbeat_interval=0.2))
+        async with asyncio.timeout(5.0):
+            for conn in conns:
+                await conn.wait_closed()
+                assert conn.close_code == ErrorCode.SESSION_EXPIRED
+        assert sorted(c for c, _ in gone) == ["s0", "s1", "s2"]
+        times = [t for _, t in gone]
+        # One close per 10 ms slice: the three are at least a slice apart.
+        assert times[1] - times[0] >= 0.009 and times[2] - times[1] >= 0.009
+        assert harness.server.list_clients() == []
+        assert not harness.server._evictions and harness.server._eviction_timer is None
+    finally:
+        for conn in conns:
+            await conn.aclose()
+        await harness.server.stop()

@@ -11,7 +11,7 @@ import pytest
 from echo.echo_pb2 import EchoReply, EchoRequest
 from echo.echo_quicflow import EchoBase, EchoStub
 
-from quicflow import Client, RpcError, ServicerContext, StatusCode
+from quicflow import Client, ClientState, RpcError, ServicerContext, StatusCode
 from quicflow.retry import RetryPolicy
 from quicflow.testing import ClientFor, FakeClock
 
@@ -278,4 +278,57 @@ async def test_a_retry_waits_for_stream_credit_within_the_deadline() -> None:
         assert not call.done() and call.attempts == 2
         assert await asyncio.gather(*calls) == ["busy"] * 130
         assert (await call).text == "again"
+        assert service.seen == [None, "1"]
+
+
+def _reconnecting_harness(service: Flaky, clock: FakeClock) -> ClientFor:
+    once_more = RetryPolicy(
+        max_attempts=2,
+        initial_backoff=0.5,
+        max_backoff=0.5,
+        backoff_multiplier=1.0,
+        retryable_status_codes=["UNAVAILABLE"],
+        jitter=0.0,
+    )
+    return ClientFor(
+        [service],
+        clock=clock,
+        client_options={
+            "retry_policies": {"echo.Echo": once_more},
+            "backoff_initial": 1.0,
+            "backoff_jitter": 0.0,
+        },
+    )
+
+
+@pytest.mark.parametrize("wait_for_ready", [True, False])
+async def test_a_retry_due_while_disconnected_honours_wait_for_ready(
+    wait_for_ready: bool,
+) -> None:
+    """Check that a retry falling due while the client is reconnecting waits for the
+    connection when the call is wait_for_ready (and then succeeds), and fails at once
+    with UNAVAILABLE when it is not, as the call's first attempt would."""
+    clock = FakeClock()
+    service = Flaky(StatusCode.UNAVAILABLE)
+    async with _reconnecting_harness(service, clock) as client:
+        call = EchoStub(client).say(
+            EchoRequest(text="again"), timeout=60.0, wait_for_ready=wait_for_ready
+        )
+        await _until(lambda: len(service.seen) == 1)
+        await _settle()
+        assert client.connection is not None
+        client.connection.abort("forced")  # reconnects after 1 s (virtual)
+        await _until(lambda: client.state is ClientState.RECONNECTING)
+        clock.advance(0.5)  # the retry falls due while there is no connection
+        await _settle()
+        assert call.attempts == 2
+        if not wait_for_ready:
+            with pytest.raises(RpcError) as info:
+                await call
+            assert info.value.code is StatusCode.UNAVAILABLE
+            assert service.seen == [None]
+            return
+        assert not call.done()
+        clock.advance(1.0)  # the reconnect delay (1 s from when it noticed) is over
+        assert (await asyncio.wait_for(call, 10)).text == "again"
         assert service.seen == [None, "1"]

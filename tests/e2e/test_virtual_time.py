@@ -20,11 +20,13 @@ from echo.echo_pb2 import EchoRequest
 from echo.echo_quicflow import EchoStub
 
 from quicflow import Client, ClientState, RpcError, StatusCode
+from quicflow import server as server_module
 from quicflow.sessions import ClientInfo
 from quicflow.testing import ClientFor, FakeClock
 from quicflow.wire import ErrorCode
 
 from .service import TestEcho
+from .test_connect_failures import _AlwaysBusy
 from .test_connection import _raw_connection, _RawControl
 from .test_lifecycle import FAST_SERVER, _kill
 
@@ -267,3 +269,137 @@ async def test_silent_client_info_before_eviction() -> None:
         await conn.aclose()
     finally:
         await harness.server.stop()
+
+
+async def test_evictions_falling_due_together_are_closed_in_slices(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that five silent sessions due at the same instant (0.6 s) all leave the
+    registry then (heartbeat_timeout at 0.6 for each), while their connections are closed
+    two per 10 ms slice: disconnects at 0.6, 0.6, 0.61, 0.61, 0.62, each SESSION_EXPIRED;
+    and that a session waiting for its slice answers no PING."""
+    monkeypatch.setattr(server_module, "EVICTIONS_PER_SLICE", 2)
+    clock = FakeClock(start=EPSILON)
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER, clock=clock)
+    timed_out: list[float] = []
+    gone: list[float] = []
+    harness.server.hooks.on_heartbeat_timeout(lambda info: timed_out.append(clock.time()))
+    harness.server.hooks.on_disconnect(
+        lambda info, reason: gone.append(clock.time()) if "expired" in reason else None
+    )
+    await harness.server.start()
+    conns = []
+    try:
+        controls = []
+        for i in range(5):
+            conn = await _raw_connection(harness)
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, control.protocol.send_hello(f"m{i}", heartbeat_interval=0.2))
+            await asyncio.wait_for(control.welcomed.wait(), 5.0)
+            conns.append(conn)
+            controls.append((control, sid))
+        clock.advance(0.6 + 1e-9)  # 3 x 0.2 is 0.6000000000000001 in floats
+        assert timed_out == [pytest.approx(0.6 + EPSILON, abs=1e-9)] * 5
+        assert harness.server.list_clients() == []
+        assert gone == [pytest.approx(0.6 + EPSILON, abs=1e-9)] * 2
+        # The last one waits for the slice at 0.62: its PING goes unanswered.
+        last, (control, sid) = conns[-1], controls[-1]
+        conn_pongs = len(control.events)
+        last.write(sid, control.protocol.send_ping(1))
+        await asyncio.sleep(0.1)
+        assert len(control.events) == conn_pongs and not last.is_closed
+        clock.advance(0.01 - 2e-9)
+        assert len(gone) == 2  # not before 0.61
+        clock.advance(2e-9)
+        assert gone[2:] == [pytest.approx(0.61 + EPSILON, abs=1e-9)] * 2
+        clock.advance(0.01)
+        assert gone[4:] == [pytest.approx(0.62 + EPSILON, abs=1e-9)]
+        for conn in conns:
+            await asyncio.wait_for(conn.wait_closed(), 5.0)
+            assert conn.close_code == ErrorCode.SESSION_EXPIRED
+    finally:
+        for conn in conns:
+            await conn.aclose()
+        await harness.server.stop()
+
+
+async def test_an_evicted_session_whose_connection_ends_before_its_slice_is_lost_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Check that a session evicted at 0.6 s whose client closes its connection while the
+    close waits for a later slice gets its disconnect then (with the client's reason), and
+    none again when its slice comes; the others are closed SESSION_EXPIRED in their slices."""
+    monkeypatch.setattr(server_module, "EVICTIONS_PER_SLICE", 1)
+    clock = FakeClock(start=EPSILON)
+    harness = ClientFor([TestEcho()], server_options=FAST_SERVER, clock=clock)
+    gone: list[tuple[str, str]] = []
+    harness.server.hooks.on_disconnect(lambda info, reason: gone.append((info.client_id, reason)))
+    await harness.server.start()
+    conns = []
+    try:
+        for i in range(3):
+            conn = await _raw_connection(harness)
+            control = _RawControl()
+            sid = conn.open_stream(control)
+            conn.write(sid, control.protocol.send_hello(f"m{i}", heartbeat_interval=0.2))
+            await asyncio.wait_for(control.welcomed.wait(), 5.0)
+            conns.append(conn)
+        clock.advance(0.6 + 1e-9)
+        assert [c for c, _ in gone] == ["m0"] and harness.server.list_clients() == []
+        await conns[2].aclose(reason="bye")
+        await _until(lambda: len(gone) == 2)
+        assert gone[1] == ("m2", "bye")
+        clock.advance(0.01)
+        clock.advance(0.01)
+        await asyncio.sleep(0.05)
+        assert [c for c, _ in gone] == ["m0", "m2", "m1"]
+        assert all("expired" in reason for c, reason in gone if c != "m2")
+        await asyncio.wait_for(conns[1].wait_closed(), 5.0)
+        assert conns[1].close_code == ErrorCode.SESSION_EXPIRED
+    finally:
+        for conn in conns:
+            await conn.aclose()
+        await harness.server.stop()
+
+
+async def test_reconnect_comes_back_when_a_busy_server_asked() -> None:
+    """Check that a reconnecting client turned away "server busy, retry in 250 ms" waits
+    exactly 0.25 s (no jitter) of virtual time, not its next backoff delay, and that the
+    busy answer does not grow its backoff (the hook reports attempt 1 both times); then
+    it connects."""
+    clock = FakeClock()
+    harness = ClientFor(
+        [TestEcho()],
+        server_options=FAST_SERVER,
+        client_options={
+            "heartbeat_interval": 0.2,
+            "backoff_initial": 0.1,
+            "backoff_jitter": 0.0,
+        },
+        clock=clock,
+    )
+    async with harness as client:
+        listener = harness.server._listener
+        assert listener is not None
+        admission = listener.admission
+        listener.admission = _AlwaysBusy(0.25)  # type: ignore[assignment]
+        waits: list[tuple[int, float, float]] = []
+        client.hooks.on_reconnect(
+            lambda attempt, delay: waits.append((attempt, delay, clock.time()))
+        )
+        for conn in harness.server.connections:
+            conn.close()  # the client loses its connection and starts reconnecting
+        await _until(lambda: len(waits) == 1)
+        assert waits[0][:2] == (1, 0.1)
+        clock.advance(0.1)  # the attempt: turned away at once
+        await _until(functools.partial(_has, waits, 2))
+        assert waits[1][:2] == (1, 0.25)
+        assert round(waits[1][2] - waits[0][2], 6) == 0.1
+        listener.admission = admission
+        clock.advance(0.25 - 0.001)
+        await asyncio.sleep(0.02)
+        assert listener.busy_sent == 1  # nothing tried before the asked time
+        clock.advance(0.001)
+        await _until(lambda: client.state is ClientState.CONNECTED)
+        assert len(waits) == 2

@@ -26,10 +26,16 @@ async def serve(args: argparse.Namespace) -> None:
             min_heartbeat_interval=0.05,
             max_missed_heartbeats=3,
             stateless_reset_key_file=args.reset_key_file,
+            tls_ticket_key_file=args.ticket_key_file,
         )
     )
     server.add_service(CountingEcho())
     await server.start()
+    tickets = getattr(server._listener, "tickets", None)
+    # How many offered session tickets this process opened (test_stateless_reset.py).
+    server.register_handler(
+        "tickets.resumed", lambda message: b"%d" % getattr(tickets, "resumed", 0)
+    )
     print(f"listening {server.port}", flush=True)
     await asyncio.Event().wait()  # until killed
 
@@ -41,6 +47,7 @@ def main() -> None:
     parser.add_argument("--certs", type=Path, required=True)
     parser.add_argument("--hb-interval", type=float, default=1.0)
     parser.add_argument("--reset-key-file", default=None)
+    parser.add_argument("--ticket-key-file", default=None)
     asyncio.run(serve(parser.parse_args()))
 
 

@@ -138,3 +138,25 @@ def test_base_delay_refuses_a_negative_attempt() -> None:
     """Check that base_delay(-1) raises ValueError naming the attempt."""
     with pytest.raises(ValueError, match="attempt"):
         Backoff().base_delay(-1)
+
+
+def test_a_busy_answer_sets_the_next_delay_without_growing_the_backoff() -> None:
+    """Check that after "server busy, retry in 3 s" the delay is 3 s plus up to the jitter
+    of it more (exactly 3 * (1 + 0.2 * rng.random())), that the attempt count does not
+    grow, and that the next ordinary delay is still the first one (~1 s)."""
+    expected = random.Random(5)
+    backoff = Backoff(rng=random.Random(5))
+    assert backoff.busy_delay(3.0) == 3.0 * (1.0 + 0.2 * expected.random())
+    assert backoff.attempts == 0
+    assert backoff.next_delay() == 1.0 * (1.0 - 0.2 * expected.random())
+
+
+def test_a_busy_answer_is_clamped_to_a_tenth_of_initial_and_to_the_cap() -> None:
+    """Check that a server cannot make a client spin (0 ms: a tenth of ``initial``) nor wait
+    beyond ``maximum`` (an hour: 60 s), jitter included."""
+    backoff = Backoff(jitter=0.0)
+    assert backoff.busy_delay(0.0) == 0.1
+    assert backoff.busy_delay(3600.0) == 60.0
+    assert Backoff(rng=random.Random(1)).busy_delay(59.0) <= 60.0
+    with pytest.raises(ValueError, match="asked"):
+        backoff.busy_delay(float("nan"))

@@ -662,3 +662,76 @@ def test_quiet_watch_a_wait_of_days_keeps_the_longest_gap() -> None:
         assert watch.poll(now, last_heard=heard, last_data=0.0, waiting=True)
         heard = now
     assert watch.next_check(last_heard=heard, last_data=0.0) == heard + 15.0
+
+
+def _drive_with(
+    monitor: HeartbeatMonitor,
+    deadline: Callable[[], float | None],
+    pings: list[float],
+    until: float,
+) -> tuple[list[tuple[float, HeartbeatEvent]], int]:
+    """Poll ``monitor`` at each ``deadline()`` up to ``until``, with a ping at each of
+    ``pings`` (a ping at a poll's time comes first); the events and the number of polls."""
+    events: list[tuple[float, HeartbeatEvent]] = []
+    polls = 0
+    pending = sorted(pings)
+    while True:
+        when = deadline()
+        if pending and (when is None or pending[0] <= when):
+            monitor.ping_received(pending.pop(0))
+            continue
+        if when is None or when > until:
+            return events, polls
+        polls += 1
+        events.extend((when, e) for e in monitor.poll(when))
+
+
+@pytest.mark.parametrize(
+    ("check_interval", "pings"),
+    [
+        (5.0, [15.0 * k for k in range(1, 11)]),  # on time, then silent from 150
+        (5.0, [7.0]),
+        (5.0, []),
+        (5.0, [3.0, 14.9, 31.0, 44.5, 59.99, 61.0]),
+        (4.0, [15.0 * k for k in range(1, 11)]),  # checks that do not divide the interval
+        (4.0, [2.5, 20.0, 33.3]),
+        (0.1, [0.3 * k for k in range(1, 40)]),
+    ],
+)
+def test_monitor_next_report_at_polls_less_and_reports_the_same(
+    check_interval: float, pings: list[float]
+) -> None:
+    """Check that a timer at next_report_at gets exactly the events, at exactly the times,
+    that one at get_timer (every check) gets, whatever the pings, with fewer polls."""
+    interval = 0.3 if check_interval == 0.1 else 15.0
+    every_check = HeartbeatMonitor(interval, check_interval, 3, now=0.0)
+    expected, checks = _drive_with(every_check, every_check.get_timer, pings, 1000.0)
+    monitor = HeartbeatMonitor(interval, check_interval, 3, now=0.0)
+    events, polls = _drive_with(monitor, monitor.next_report_at, pings, 1000.0)
+    assert events == expected
+    assert isinstance(events[-1][1], SessionExpired)
+    assert polls < checks
+    assert monitor.next_report_at() is None
+
+
+def test_monitor_next_report_at_pins_one_poll_per_interval_of_a_punctual_client() -> None:
+    """Check that a client pinging every 15 s (checks every 5 s) is polled at 15, 30, 45
+    (the first check at or after each ping + 15 s), not at every check, and that once it
+    stops (last ping at 45) misses come at 60 and 75 and eviction at exactly 90."""
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    assert monitor.next_report_at() == 15.0
+    monitor.ping_received(14.0)
+    assert monitor.poll(15.0) == []
+    assert monitor.next_report_at() == 30.0  # first check >= 14 + 15
+    monitor.ping_received(29.5)
+    assert monitor.poll(30.0) == []
+    assert monitor.next_report_at() == 45.0
+    monitor.ping_received(45.0)
+    assert monitor.poll(45.0) == []
+    assert monitor.next_report_at() == 60.0
+    assert monitor.poll(60.0) == [HeartbeatMissed(1, 45.0)]
+    assert monitor.next_report_at() == 75.0
+    assert monitor.poll(75.0) == [HeartbeatMissed(2, 45.0)]
+    assert monitor.next_report_at() == 90.0
+    assert monitor.poll(90.0) == [SessionExpired(45.0, 3)]
+    assert monitor.next_report_at() is None

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
-from quicflow.clock import Clock, FakeClock, LoopClock, PolicyTimer, wait_all
+from quicflow.clock import Clock, FakeClock, LoopClock, PolicyTimer, TimerHandleLike, wait_all
 from quicflow.clock import sleep as clock_sleep
 from quicflow.clock import timeout as clock_timeout
 from quicflow.protocol.heartbeat import HeartbeatMonitor, SessionExpired
@@ -173,6 +174,44 @@ def test_policy_timer_moves_to_an_earlier_deadline_and_disarms_on_none() -> None
     timer.stop()
     timer.arm()  # stopped for good
     assert clock.pending == 0 and timer.when is None
+
+
+class _EarlyClock:
+    """A `FakeClock` whose timers run half a millisecond before their time, as uvloop's
+    do (its clock counts whole milliseconds)."""
+
+    def __init__(self) -> None:
+        self.fake = FakeClock()
+
+    def time(self) -> float:
+        return self.fake.time()
+
+    def call_at(self, when: float, callback: Callable[[], object]) -> TimerHandleLike:
+        return self.fake.call_at(max(self.fake.time(), when - 0.0005), callback)
+
+    def call_later(self, delay: float, callback: Callable[[], object]) -> TimerHandleLike:
+        return self.call_at(self.fake.time() + delay, callback)
+
+
+def test_policy_timer_fired_early_polls_once_at_its_deadline() -> None:
+    """Check that a timer the loop runs before its deadline (uvloop: up to 0.5 ms) polls the
+    policy once, at the deadline, and re-arms for the next one: not once per loop pass at
+    the same deadline until the clock catches up."""
+    clock = _EarlyClock()
+    monitor = HeartbeatMonitor(15.0, 5.0, 3, now=0.0)
+    polls: list[tuple[float, float]] = []
+
+    def on_due(now: float) -> None:
+        polls.append((clock.time(), now))
+        monitor.poll(now)
+        if len(polls) > 5:  # before the fix: the same deadline, again and again
+            timer.stop()
+
+    timer = PolicyTimer(clock, monitor.get_timer, on_due)
+    timer.arm()
+    clock.fake.advance(12.0)
+    assert polls == [(4.9995, 5.0), (9.9995, 10.0)]
+    assert timer.when == 15.0
 
 
 async def test_clock_sleep_wakes_exactly_when_the_clock_passes_the_delay() -> None:

@@ -174,6 +174,8 @@ SERVER_BAD: list[tuple[str, object]] = [
     ("max_connections", "many"),
     ("stateless_reset_key_file", ""),
     ("stateless_reset_key_file", 5),
+    ("tls_ticket_key_file", ""),
+    ("tls_ticket_key_file", 5),
     ("tls_session_tickets", -1),
     ("tls_session_tickets", 2.5),
     ("retry", 1),

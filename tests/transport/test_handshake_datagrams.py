@@ -211,3 +211,47 @@ async def test_client_reads_a_burst_then_transmits_once(monkeypatch: Any) -> Non
         assert reply.text == text
     assert received[0] > 1000
     assert transmits[0] < received[0] / 2, (transmits[0], received[0])
+
+
+async def test_a_run_of_datagrams_of_one_connection_gets_one_answer(monkeypatch: Any) -> None:
+    """Check that the server handles the datagrams of one connection that it reads back to
+    back as one run with one transmit after the last: a qh3 client sends its second
+    flight (Initial ACK, Finished, HELLO) as three datagrams, and the server answers the
+    connect with fewer transmits than datagrams received (one transmit per datagram
+    before, each an ACK of its own)."""
+    counts = {"received": 0, "runs": 0, "transmits": 0}
+    single = QuicFlowProtocol.datagram_received
+    several = QuicFlowProtocol.datagrams_received
+    transmit = QuicFlowProtocol.transmit
+
+    def server_side(protocol: QuicFlowProtocol) -> bool:
+        return not protocol._quic.configuration.is_client
+
+    def counting_single(self: QuicFlowProtocol, data: bytes, addr: Any) -> None:
+        if server_side(self) and not self._more:  # a run counts its datagrams itself
+            counts["received"] += 1
+        single(self, data, addr)
+
+    def counting_several(self: QuicFlowProtocol, datagrams: list[tuple[bytes, Any]]) -> None:
+        counts["received"] += len(datagrams)
+        counts["runs"] += 1
+        several(self, datagrams)
+
+    def counting_transmit(self: QuicFlowProtocol) -> None:
+        if server_side(self):
+            counts["transmits"] += 1
+        transmit(self)
+
+    options = {"quic_engine": "qh3"}
+    harness = ClientFor([TestEcho()], server_options=options, client_options=options)
+    async with harness:
+        monkeypatch.setattr(QuicFlowProtocol, "datagram_received", counting_single)
+        monkeypatch.setattr(QuicFlowProtocol, "datagrams_received", counting_several)
+        monkeypatch.setattr(QuicFlowProtocol, "transmit", counting_transmit)
+        for i in range(3):
+            client = Client(harness.client_config(tls_resumption=False, client_id=f"run-{i}"))
+            await client.connect()
+            await client.close()
+        monkeypatch.undo()
+    assert counts["runs"] >= 3, counts
+    assert counts["transmits"] < counts["received"], counts

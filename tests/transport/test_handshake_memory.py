@@ -1,5 +1,6 @@
 """What a connection keeps from its handshake (aioquic engine): crypto buffers given back
-once TLS is done writing each epoch, one frame-handler table per class.
+once TLS is done writing each epoch, one frame-handler table per class, one spare
+connection ID per side.
 
 Two `AioquicFlowConnection`s talk in memory, no sockets. docs/limits.md has the
 figures (a half-open connection: 39 KiB traced, was 99).
@@ -13,10 +14,15 @@ from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic import events
 from aioquic.quic.packet import pull_quic_header
 
-from quicflow.testing import dev_certs
+from quicflow.testing import ClientFor, dev_certs
 from quicflow.transport import engine_aioquic
-from quicflow.transport.engine_aioquic import AioquicFlowConnection, FrameHandlers
+from quicflow.transport.engine_aioquic import (
+    ACTIVE_CONNECTION_ID_LIMIT,
+    AioquicFlowConnection,
+    FrameHandlers,
+)
 from quicflow.transport.tls import client_configuration, server_configuration
+from tests.e2e.service import TestEcho
 
 CLIENT, SERVER = ("127.0.0.1", 1000), ("127.0.0.1", 2000)
 EPOCHS = (tls.Epoch.INITIAL, tls.Epoch.HANDSHAKE, tls.Epoch.ONE_RTT)
@@ -97,3 +103,31 @@ def test_frame_handlers_are_one_table_bound_on_lookup() -> None:
     assert 0x1E in tables[0] and 0x7F not in tables[0]
     with pytest.raises(KeyError):
         tables[0][0x7F]
+
+
+def test_each_side_issues_one_spare_connection_id() -> None:
+    """Check that a QuicFlow client and server announce active_connection_id_limit 2, so
+    after the handshake each holds the peer's ID in use and one spare (aioquic's default
+    of 8 made each side issue 7 NEW_CONNECTION_ID frames, and a server keep 8 of its own
+    IDs per connection)."""
+    client, server = _pair()
+    for now in (1.1, 1.2, 1.3):
+        _exchange(client, server, now)
+    assert client._handshake_complete and server._handshake_complete
+    for conn in (client, server):
+        assert conn._local_active_connection_id_limit == ACTIVE_CONNECTION_ID_LIMIT == 2
+        assert len(conn._host_cids) == 2
+        assert conn._remote_active_connection_id_limit == 2
+
+
+async def test_server_routes_three_ids_per_connection() -> None:
+    """Check on real loopback that the server's routing table holds three IDs for a
+    QuicFlow client's connection (the client's first destination ID and the server's
+    two), not nine, on both engines."""
+    for engine in ("aioquic", "qh3"):
+        harness = ClientFor([TestEcho()], server_options={"quic_engine": engine})
+        async with harness:
+            listener = harness.server._listener
+            assert listener is not None
+            [conn] = listener.connections
+            assert len(conn.cids) <= 3, engine

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+from aioquic.quic import events
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
+from aioquic.quic.packet import QuicErrorCode
 
 from quicflow.certs import write_dev_certs
+from quicflow.protocol.admission import HandshakeAdmission
 from quicflow.transport import QuicFlowProtocol, TransportSettings, server_endpoint
 from quicflow.transport.server_endpoint import (
     HANDSHAKES_PER_PASS,
@@ -51,8 +54,14 @@ class Recorder:
         self.endpoint = endpoint
         self.cids: set[bytes] = set()
         self.seen: list[int] = []
+        self.runs: list[int] = []
+        """The length of each run of datagrams handed over at once (`datagrams_received`)."""
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        self.seen.append(len(self.endpoint.connections))
+
+    def datagrams_received(self, datagrams: list[tuple[bytes, Any]]) -> None:
+        self.runs.append(len(datagrams))
         self.seen.append(len(self.endpoint.connections))
 
 
@@ -124,6 +133,22 @@ async def test_established_connections_go_before_new_handshakes(
     assert len(endpoint.connections) == 4
 
 
+async def test_datagrams_of_one_connection_back_to_back_are_one_run(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that a connection's datagrams read back to back reach it as one run (one
+    transmit answers them), and that a datagram of another connection in between ends the
+    run: a, a, b, a, a, a is a run of 2, b alone, a run of 3."""
+    a, b = Recorder(endpoint), Recorder(endpoint)
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, a), b"known-0a")
+    endpoint.connection_id_issued(cast(QuicFlowProtocol, b), b"known-0b")
+    short_a, short_b = b"\x40known-0a" + bytes(40), b"\x40known-0b" + bytes(40)
+    _burst(endpoint.port, [short_a, short_a, short_b, short_a, short_a, short_a])
+    await _settle()
+    assert a.runs == [2, 3] and b.runs == []
+    assert len(a.seen) == 2 and len(b.seen) == 1  # b's one datagram: datagram_received
+
+
 async def test_only_connections_past_their_handshake_count_as_ended(
     endpoint: QuicFlowServer,
 ) -> None:
@@ -152,3 +177,93 @@ async def test_while_initials_overflow_the_backlog_the_socket_is_read_on(
     assert recorder.seen == [0]  # served in this pass, behind 12 Initials and a batch of 4
     assert len(endpoint.connections) == 1
     assert endpoint.handshakes_shed == 13 - 3  # the backlog keeps the newest 3
+
+
+def _clients(count: int) -> list[tuple[QuicConnection, socket.socket]]:
+    """Fresh clients, each with its own UDP socket (to read what the server answers it)."""
+    out = []
+    for _ in range(count):
+        conn = QuicConnection(
+            configuration=QuicConfiguration(is_client=True, alpn_protocols=[ALPN])
+        )
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
+        out.append((conn, sock))
+    return out
+
+
+def _answers(conn: QuicConnection, sock: socket.socket, addr: Any) -> list[Any]:
+    """What ``conn`` makes of the datagrams waiting on ``sock``: its events, the close
+    among them (aioquic reports a received CONNECTION_CLOSE once its draining ends)."""
+    while True:
+        try:
+            data = sock.recv(65535)
+        except BlockingIOError:
+            break
+        conn.receive_datagram(data, addr, now=0.1)
+    timer = conn.get_timer()
+    if timer is not None:
+        conn.handle_timer(now=timer)
+    found = []
+    while (event := conn.next_event()) is not None:
+        found.append(event)
+    return found
+
+
+async def test_initials_the_backlog_has_no_time_for_get_a_busy_answer(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that with a 10 ms pace and 25 ms of patience, of 5 Initials read at once the
+    first 3 wait (0, 10 and 20 ms of backlog ahead of them) and start connections, and the
+    4th and 5th are answered at once, without a connection, with
+    CONNECTION_CLOSE(CONNECTION_REFUSED) "server busy, retry in 30 ms" and "40 ms" (the
+    next slots), which the clients' own QUIC stacks read as the end of the attempt."""
+    endpoint.admission = HandshakeAdmission(max_wait=0.025, initial_cost=0.01)
+    clients = _clients(5)
+    for conn, sock in clients:
+        conn.connect(("127.0.0.1", endpoint.port), now=0.0)
+        for data, _ in conn.datagrams_to_send(now=0.0):
+            sock.sendto(data, ("127.0.0.1", endpoint.port))
+    await _settle()
+    try:
+        assert (len(endpoint.connections), endpoint.busy_sent) == (3, 2)
+        assert endpoint.handshakes_started == 3
+        server = ("127.0.0.1", endpoint.port)
+        closes = [
+            [
+                (e.error_code, e.reason_phrase)
+                for e in _answers(conn, sock, server)
+                if isinstance(e, events.ConnectionTerminated)
+            ]
+            for conn, sock in clients
+        ]
+        assert closes == [
+            [],
+            [],
+            [],
+            [(QuicErrorCode.CONNECTION_REFUSED, "server busy, retry in 30 ms")],
+            [(QuicErrorCode.CONNECTION_REFUSED, "server busy, retry in 40 ms")],
+        ]
+    finally:
+        for _, sock in clients:
+            sock.close()
+
+
+async def test_an_initial_sent_again_while_it_waits_keeps_its_one_place(
+    endpoint: QuicFlowServer,
+) -> None:
+    """Check that an Initial repeated (its client's probe timeout) while the first copy
+    waits in the backlog is dropped as it comes: one connection, no busy answer to the
+    copy even when the backlog is past its patience (before, the copy took a second place and
+    a busy answer to it would have turned away a client about to be served)."""
+    endpoint.admission = HandshakeAdmission(max_wait=0.025, initial_cost=0.01)
+    endpoint.handshakes_per_pass = 1
+    first, _ = _initial()
+    others = [_initial()[0] for _ in range(3)]
+    # first waits (0 ms ahead), two others wait (10, 20 ms), the third is turned away
+    # (30 ms), and the copies of first find it still waiting (one start per pass).
+    _burst(endpoint.port, [first, *others, first, first])
+    await _settle()
+    assert endpoint.initials_repeated == 2
+    assert (endpoint.busy_sent, len(endpoint.connections)) == (1, 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from qh3 import tls as qh3_tls  # type: ignore[import-untyped,unused-ignore]
 from qh3._hazmat import (  # type: ignore[import-untyped,unused-ignore]
     QuicConnectionCore,
     pull_quic_header,
@@ -23,8 +24,9 @@ from tests.transport.test_aioquic_internals import assert_still_there, private_n
 
 def _live_instances() -> dict[type, object]:
     conn = QuicConnection(configuration=QuicConfiguration(is_client=True))
-    conn.connect(("127.0.0.1", 4433), now=0.0)  # creates the Rust core
-    return {QuicConnection: conn, QuicConnectionCore: conn._core}
+    conn.connect(("127.0.0.1", 4433), now=0.0)  # creates the Rust core and the TLS
+    assert conn._tls is not None
+    return {QuicConnection: conn, QuicConnectionCore: conn._core, qh3_tls.Context: conn._tls.tls}
 
 
 @pytest.mark.parametrize("use", PRIVATE_USES, ids=lambda use: f"{use.owner.__name__}.{use.name}")
