@@ -392,7 +392,7 @@ class Tracked:
             tracked._init(protocol, *args, **kwargs)
             tracked.refs.append(weakref.ref(protocol))
 
-        QuicFlowProtocol.__init__ = init  # type: ignore[method-assign]
+        QuicFlowProtocol.__init__ = init  # type: ignore[method-assign,assignment]
 
     def remove(self) -> None:
         QuicFlowProtocol.__init__ = self._init  # type: ignore[method-assign]
@@ -530,9 +530,9 @@ async def _run_path(path: str, clients: int, tracked: Tracked) -> Found:
         for task in hanging:
             task.cancel()
         for client in made:
-            conn = client.connection
-            if path == "evict" and conn is not None:
-                conn.discard("killed")  # nothing to wait for: its socket is gone
+            last = client.connection
+            if path == "evict" and last is not None:
+                last.discard("killed")  # nothing to wait for: its socket is gone
         await asyncio.gather(*(client.close() for client in made))
         await server.stop()
         for sock, _ in socks:
