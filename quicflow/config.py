@@ -406,12 +406,15 @@ class ServerConfig(_Common):
     Retry first anyway (until the count falls below it again), so a flood of Initials from
     spoofed addresses holds at most this many half-open connections. 0: never
     (docs/limits.md)."""
-    gc_walk_limit: int = 200_000
+    gc_walk_limit: int = 100_000
     """Objects a full garbage collection may walk: past it, the server freezes the heap
-    (``gc.freeze()``: its connections' long-lived objects leave the walk) and gives it back
-    once a quarter of those connections ended, so a collection never stops the loop for
-    long (docs/scale.md "Garbage collection"). Process-wide, while the server runs. 0:
-    leave the collector alone."""
+    (``gc.freeze()``: its connections' long-lived objects leave the walk; an ended
+    connection's are still freed by reference counting, its teardown leaves no reference
+    cycles), so a collection never stops the loop for long. The heap is given back (one
+    collection of all of it) only when the frozen objects pass what the live connections
+    explain by this many too, outside handshake storms, at most every 10 minutes
+    (docs/scale.md "Garbage collection"). Process-wide, while the server runs. 0: leave
+    the collector alone."""
     frame_timeout: float = 30.0
     """Seconds a frame (a request message, HEADERS) may stay unfinished, counted from its first
     byte (or from when it got its reservation, below); then the call ends DEADLINE_EXCEEDED and

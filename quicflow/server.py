@@ -289,12 +289,7 @@ class Server:
         governor = GcGovernor(walk_limit, now=self._endpoint.clock.time())
 
         def look(now: float) -> None:
-            governor.poll(
-                now,
-                len(listener.connections),
-                listener.connections_ended,
-                busy=listener.handshakes > 0,
-            )
+            governor.poll(now, len(listener.connections), busy=listener.handshakes > 0)
 
         timer = self._endpoint.timer(governor.get_timer, look)
         timer.arm()
