@@ -14,7 +14,10 @@ Paths: ``close`` (the client closes), ``evict`` (the client goes silent, as if k
 the server evicts it by heartbeat), ``idle`` (no session: the server's hello timeout),
 ``handshake`` (an Initial and then silence: QUIC's idle timeout during the handshake),
 ``reset`` (the server is killed and restarted with the same reset key; each client hears
-a stateless reset), ``stop`` (the server stops with clients connected).
+a stateless reset), ``stop`` (the server stops with clients connected), ``replaced`` (the
+same client ids connect again), ``refused`` (``max_connections`` reached), ``failed`` (a
+connect that times out). ``--churn R`` instead runs R rounds of clients that connect,
+are frozen with the heap and close, printing the frozen objects and RSS after each.
 """
 
 from __future__ import annotations
@@ -539,6 +542,49 @@ async def _run_path(path: str, clients: int, tracked: Tracked) -> Found:
             sock.close()
 
 
+def rss_mib() -> float:
+    """This process's resident set, MiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+async def churn(rounds: int, clients: int) -> None:
+    """Rounds of ``clients`` clients that connect, work, are frozen with the heap (as the
+    GC governor freezes it in a storm) and close; prints the frozen objects and RSS after
+    each round (a collection of what is not frozen in between). A teardown that leaves
+    cycles grows both with every ended connection; one that leaves none, neither."""
+    bench = Bench()
+    server = bench.server
+    await server.start()
+    hanging: list[asyncio.Task[Any]] = []
+    gc.collect()
+    try:
+        for r in range(rounds):
+            made = []
+            for i in range(clients):
+                client = bench.client(r * clients + i)
+                await client.connect()
+                await busy(bench, client, hanging)
+                made.append(client)
+            gc.freeze()  # the governor froze the heap with these connections alive
+            await asyncio.gather(*(c.close() for c in made))
+            await asyncio.gather(*hanging, return_exceptions=True)
+            hanging.clear()
+            await until(lambda: len(server.connections) == 0)
+            del made, client
+            gc.collect()
+            print(
+                f"churn round {r + 1}: {(r + 1) * clients} connections ended, "
+                f"frozen {gc.get_freeze_count():,}, RSS {rss_mib():.1f} MiB",
+                flush=True,
+            )
+    finally:
+        gc.unfreeze()
+        await server.stop()
+
+
 def report(path: str, found: Found, top: int) -> None:
     print(
         f"{path}: {found.ended} ended; objects found per ended connection: "
@@ -566,7 +612,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="exit 1 if any path leaves a connection's objects to the collector",
     )
+    parser.add_argument(
+        "--churn", type=int, default=0, help="instead: this many rounds with a frozen heap"
+    )
     args = parser.parse_args(argv)
+    if args.churn:
+        asyncio.run(churn(args.churn, args.clients))
+        return 0
     EXPLAIN.extend(t for t in args.explain.split(",") if t)
     failed = False
     for path in args.paths.split(","):
