@@ -26,7 +26,9 @@ otherwise the random label stays, and that ticket just will not resume).
 A sealed ticket can be presented more than once (nothing remembers it was
 used): that is harmless because QuicFlow acts on nothing sent before the
 handshake completes (0-RTT included), and completing one needs the resumption
-secret, which only the client holds (docs/security.md).
+secret, which only the client holds (docs/security.md). The rewritten
+NewSessionTicket also drops the early_data extension, so a client holding a
+sealed ticket does not offer 0-RTT at all.
 """
 
 from __future__ import annotations
@@ -218,6 +220,10 @@ def seal_tickets(
         if out.tell() != start + expected.tell() or out.data[start:] != expected.data:
             return  # not the layout expected: the random label stays (no resumption)
         written.ticket = label
+        # No early_data extension: a client holding the ticket does not offer 0-RTT (it
+        # derived 0-RTT keys on both sides for nothing: QuicFlow sends no early data), and
+        # a ticket that can be presented more than once allows no 0-RTT replay.
+        written.max_early_data_size = None
         out.seek(start)
         tls_module.push_new_session_ticket(out, written)
 

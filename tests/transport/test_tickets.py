@@ -4,6 +4,7 @@ rotation, expiry, and resumption across two Server objects on real loopback."""
 from __future__ import annotations
 
 import datetime
+import time
 from pathlib import Path
 from typing import Any
 
@@ -205,3 +206,31 @@ async def test_bad_key_file_stops_the_server_from_starting(tmp_path: Path) -> No
         await server.start()
     assert refused.value.field == "tls_ticket_key_file"
     assert server._listener is None
+
+
+async def test_the_ticket_on_the_wire_is_sealed_and_allows_no_early_data(tmp_path: Path) -> None:
+    """Check with a raw aioquic client that the NewSessionTicket a key-file server sends
+    carries the sealed label (it opens under the file's key to the session's resumption
+    secret) and no early_data extension (the client will not offer 0-RTT with it)."""
+    from tests.e2e.test_resumption import _flush, _pump_until, _raw_client
+
+    key_file = tmp_path / "ticket.key"
+    server = _server(0, key_file, "aioquic")
+    await server.start()
+    try:
+        received: list[Any] = []
+        quic, transport, udp = await _raw_client(
+            server.port, str(dev_certs().ca_file), handler=received.append
+        )
+        quic.connect(transport.get_extra_info("peername"), now=time.monotonic())
+        _flush(quic, transport)
+        await _pump_until(quic, transport, udp, lambda: bool(received))
+        transport.close()
+    finally:
+        await server.stop(grace=0.5)
+    [ticket] = received
+    assert ticket.max_early_data_size is None
+    opened = SealedTickets(load_ticket_keys(str(key_file))).open(ticket.ticket)
+    assert opened is not None
+    assert opened.resumption_secret == ticket.resumption_secret
+    assert opened.cipher_suite == ticket.cipher_suite
