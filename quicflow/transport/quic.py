@@ -94,9 +94,11 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None
-        self._timer_time = 0.0
-        """The time the engine's timer last fired for (`_handle_timer`): a transmit in the
-        same millisecond of uvloop's clock does not go back before it."""
+        self._engine_time = 0.0
+        """The latest time handed to the engine (`_engine_now`). A timer is handled at the
+        time it asked for, which on uvloop can be up to 0.5 ms ahead of the loop's clock;
+        nothing handed to the engine after it may go back before it (qh3 fails the
+        connection with InvalidTime when time goes backwards)."""
         self._transmit_task: asyncio.Handle | None = None
         self._connected = False
         self.connect_started = False
@@ -384,7 +386,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
     def connect(self, addr: NetworkAddress) -> None:
         """Start the TLS handshake towards ``addr`` (a client, once)."""
         self.connect_started = True
-        self._quic.connect(addr, now=self._loop.time())
+        self._quic.connect(addr, now=self._engine_now())
         self.transmit()
 
     @property
@@ -403,6 +405,14 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         """Wait until the connection has ended."""
         await self._closed.wait()
 
+    def _engine_now(self) -> float:
+        """The loop's time, or the latest time the engine was given if that is later."""
+        now = self._loop.time()
+        if now < self._engine_time:
+            return self._engine_time
+        self._engine_time = now
+        return now
+
     def _handle_timer(self) -> None:
         # uvloop runs a timer up to 0.5 ms early (its clock counts whole milliseconds):
         # the engine hears the time it asked for, and so do the transmits that follow.
@@ -410,7 +420,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         # time was not due yet, the engine asked for the same time again, and the timer
         # fired again every loop pass until the clock caught up (qh3: ~6 fires per
         # broadcast push instead of ~1).
-        self._timer_time = now = max(self._timer_at or 0.0, self._loop.time())
+        self._engine_time = now = max(self._timer_at or 0.0, self._engine_now())
         self._timer = None
         self._timer_at = None
         self._quic.handle_timer(now=now)
@@ -471,7 +481,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         active = self._quic.active_path()
         self._receiving = True
         self._delivered = False
-        self.last_heard = now = self._loop.time()
+        self.last_heard = now = self._engine_now()
         try:
             quic.receive_datagram(cast(bytes, data), addr, now=now)
             self._process_events()
@@ -535,9 +545,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         last transmit carries any pending ACK (`AioquicFlowConnection.ack_with_data`)."""
         self._transmit_task = None
         quic = self._quic
-        now = self._loop.time()
-        if now < self._timer_time:
-            now = self._timer_time  # not before a timer the engine handled (_handle_timer)
+        now = self._engine_now()  # not before a timer the engine handled (_handle_timer)
         if self._wrote:
             self._wrote = False
             quic.ack_with_data(now)

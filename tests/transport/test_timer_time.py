@@ -25,11 +25,21 @@ class _Engine:
         self.flow_handlers: dict[int, Any] = {}
         self.handled: list[float] = []
         self.sent_at: list[float] = []
+        self.received_at: list[float] = []
 
     def handle_timer(self, now: float) -> None:
         self.handled.append(now)
 
     def next_event(self) -> None:
+        return None
+
+    def receive_datagram(self, data: bytes, addr: Any, now: float) -> None:
+        self.received_at.append(now)
+
+    def active_path(self) -> None:
+        return None
+
+    def close_event(self) -> None:
         return None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
@@ -74,3 +84,27 @@ async def test_a_timer_fired_early_transmits_at_its_own_time() -> None:
     assert engine.handled == [10.0]
     assert engine.sent_at == [9.9995, 10.0]
     assert loop.timers == [10.0, 25.0]
+
+
+async def test_time_handed_to_the_engine_never_goes_back() -> None:
+    """Check that after a timer handled at its own 10.0 s while the loop read 9.9995 s, a
+    datagram received and the transmits that follow in that same millisecond hand the
+    engine 10.0, not the loop's earlier time (qh3 fails the connection with InvalidTime
+    when time goes backwards), and the loop's time again once it is later."""
+    engine = _Engine(deadline=10.0)
+    protocol = QuicFlowProtocol(
+        cast(EngineConnection, engine), settings=TransportSettings(), router=None
+    )
+    loop = _Loop(now=9.9995)
+    protocol._loop = cast(asyncio.AbstractEventLoop, loop)
+    protocol._transport = cast(asyncio.DatagramTransport, SimpleNamespace(sendto=print))
+    protocol.transmit()
+    protocol._handle_timer()
+    loop.now = 9.9997
+    protocol.datagram_received(b"x", ("127.0.0.1", 1))
+    protocol.transmit()
+    assert engine.received_at == [10.0]
+    assert engine.sent_at[-1] == 10.0 and min(engine.sent_at[1:]) == 10.0
+    loop.now = 10.002
+    protocol.datagram_received(b"y", ("127.0.0.1", 1))
+    assert engine.received_at == [10.0, 10.002]
