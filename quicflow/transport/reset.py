@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 
 from ..errors import ConfigError
+from .keyfile import read_key_file
 
 __all__ = [
     "KEY_SIZE",
@@ -55,22 +55,7 @@ def load_reset_key(path: str | None) -> bytes:
     """
     if path is None:
         return secrets.token_bytes(KEY_SIZE)
-    try:
-        with open(path, "rb") as fh:
-            key = fh.read()
-    except FileNotFoundError:
-        key = secrets.token_bytes(KEY_SIZE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it meanwhile: use theirs
-            return load_reset_key(path)
-        except OSError as exc:
-            raise ConfigError("stateless_reset_key_file", f"cannot create: {exc}") from None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(key)
-        return key
-    except OSError as exc:
-        raise ConfigError("stateless_reset_key_file", f"cannot read: {exc}") from None
+    key = read_key_file(path, KEY_SIZE, "stateless_reset_key_file")
     if len(key) < KEY_SIZE:
         raise ConfigError(
             "stateless_reset_key_file", f"holds {len(key)} bytes, needs at least {KEY_SIZE}"

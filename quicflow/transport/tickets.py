@@ -36,7 +36,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import os
-import secrets
 import struct
 import time
 from collections.abc import Callable, Sequence
@@ -46,6 +45,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ..errors import ConfigError
+from .keyfile import read_key_file
 
 __all__ = [
     "TICKET_KEY_SIZE",
@@ -72,21 +72,7 @@ def load_ticket_keys(path: str) -> list[bytes]:
         ConfigError: naming ``tls_ticket_key_file`` if it cannot be read or created, is
             empty, or its length is not a multiple of 32 bytes.
     """
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read()
-    except FileNotFoundError:
-        data = secrets.token_bytes(TICKET_KEY_SIZE)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:  # another process made it meanwhile: use theirs
-            return load_ticket_keys(path)
-        except OSError as exc:
-            raise ConfigError(_FIELD, f"cannot create: {exc}") from None
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-    except OSError as exc:
-        raise ConfigError(_FIELD, f"cannot read: {exc}") from None
+    data = read_key_file(path, TICKET_KEY_SIZE, _FIELD)
     if not data or len(data) % TICKET_KEY_SIZE:
         raise ConfigError(
             _FIELD,
