@@ -76,6 +76,48 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
     current loop iteration, so many streams' frames share datagrams.
     """
 
+    # Slots: one per connection, so its attributes cost 8 bytes each rather than a dict's
+    # entries (docs/scale.md "Memory per session"). ``__dict__`` stays for the rare
+    # attribute set from outside (tests, benchmarks, the client subclass); it is only
+    # made when one is.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_connected",
+        "_connected_waiter",
+        "_delivered",
+        "_early",
+        "_ended",
+        "_ended_waiter",
+        "_engine_time",
+        "_handlers",
+        "_loop",
+        "_more",
+        "_nudge",
+        "_on_handshake",
+        "_quic",
+        "_receiving",
+        "_router",
+        "_timer",
+        "_timer_at",
+        "_transmit_task",
+        "_transport",
+        "_watches",
+        "_wrote",
+        "cids",
+        "close_code",
+        "close_reason",
+        "closed_error",
+        "connect_started",
+        "last_data",
+        "last_heard",
+        "listener",
+        "owns_transport",
+        "receive_budget",
+        "settings",
+        "streams",
+    )
+
     def __init__(
         self,
         quic: EngineConnection,
@@ -108,7 +150,10 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         """A server's stream events that came before the handshake completed (0-RTT),
         held until it does (docs/security.md, "Session resumption and 0-RTT")."""
         self._on_handshake = on_handshake
-        self._closed = asyncio.Event()
+        self._ended = False  # the connection ended (`wait_closed` returns at once)
+        self._ended_waiter: asyncio.Future[None] | None = None
+        """What `wait_closed` waits on: made on demand (an `asyncio.Event` each cost ~1 KiB
+        per connection, docs/scale.md "Memory per session")."""
         self.settings = settings
         self.streams = StreamRegistry(
             quic,
@@ -403,7 +448,18 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
 
     async def wait_closed(self) -> None:
         """Wait until the connection has ended."""
-        await self._closed.wait()
+        if self._ended:
+            return
+        if self._ended_waiter is None:
+            self._ended_waiter = self._loop.create_future()
+        await asyncio.shield(self._ended_waiter)
+
+    def _set_ended(self) -> None:
+        """The connection ended: wake `wait_closed`."""
+        self._ended = True
+        waiter, self._ended_waiter = self._ended_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def _engine_now(self) -> float:
         """The loop's time, or the latest time the engine was given if that is later."""
@@ -451,7 +507,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                 waiter, self._connected_waiter = self._connected_waiter, None
                 if waiter is not None and not waiter.done():
                     waiter.set_exception(ConnectionError)
-                self._closed.set()
+                self._set_ended()
             elif isinstance(event, events.HandshakeCompleted):
                 if router is not None:
                     router.handshake_completed(self)
@@ -471,7 +527,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
                     continue
             self.quic_event_received(event)
             event = quic.next_event()
-        if self._closed.is_set():
+        if self._ended:
             self._release()
 
     def datagram_received(self, data: bytes | str, addr: NetworkAddress) -> None:
@@ -609,7 +665,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._closed.set()
+        self._set_ended()
         self._release()
 
     def reset_by_peer(self) -> None:
@@ -626,7 +682,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        self._closed.set()
+        self._set_ended()
         self._release()
 
     def discard(self, reason: str) -> None:

@@ -103,11 +103,11 @@ class StreamRegistry:
         self.closed: ConnectionClosed | None = None
         """Why the connection ended, once it has (`fail`)."""
         self._peer_next_bidi = 1 if is_client else 0
-        self._peer_unseen: set[int] = set()
+        self._peer_unseen: set[int] | None = None  # made when the peer skips an id
         self._drain_waiters: dict[int, asyncio.Future[None]] = {}
         self._budget_waiter: asyncio.Future[None] | None = None
         self._idle_waiters: list[asyncio.Future[None]] = []
-        self._credit_waiters: deque[asyncio.Future[None]] = deque()
+        self._credit_waiters: deque[asyncio.Future[None]] | None = None  # made on demand
         self.unsent_bound = 0
         """An upper bound of the bytes queued on all streams (exact after a scan)."""
         self._sending: set[int] = set()
@@ -147,12 +147,16 @@ class StreamRegistry:
         is marked seen). QUIC opens every lower-numbered stream implicitly and packets
         reorder, so a stream below the highest seen is new if not seen yet; data that
         arrives late on a stream already released is not."""
+        unseen = self._peer_unseen
         if stream_id < self._peer_next_bidi:
-            if stream_id not in self._peer_unseen:
+            if unseen is None or stream_id not in unseen:
                 return False
-            self._peer_unseen.discard(stream_id)
+            unseen.discard(stream_id)
         else:
-            self._peer_unseen.update(range(self._peer_next_bidi, stream_id, 4))
+            if stream_id > self._peer_next_bidi:
+                if unseen is None:
+                    unseen = self._peer_unseen = set()
+                unseen.update(range(self._peer_next_bidi, stream_id, 4))
             self._peer_next_bidi = stream_id + 4
         return True
 
@@ -179,29 +183,32 @@ class StreamRegistry:
         if self.closed is not None:
             raise fresh(self.closed)
         waiter: asyncio.Future[None] = self._loop.create_future()
-        self._credit_waiters.append(waiter)
+        waiters = self._credit_waiters
+        if waiters is None:
+            waiters = self._credit_waiters = deque()
+        waiters.append(waiter)
         try:
             await waiter
         except asyncio.CancelledError:
             # Gave up (deadline, cancel): leave no dead waiter behind; pass on a slot
             # that may already have been handed to us.
-            if waiter in self._credit_waiters:
-                self._credit_waiters.remove(waiter)
-            elif self._credit_waiters and self._engine.free_bidi_slots() > 0:
+            if waiter in waiters:
+                waiters.remove(waiter)
+            elif waiters and self._engine.free_bidi_slots() > 0:
                 self.wake_credit()
             raise
 
     @property
     def credit_waiting(self) -> int:
         """Openers waiting for stream credit."""
-        return len(self._credit_waiters)
+        return len(self._credit_waiters) if self._credit_waiters is not None else 0
 
     def wake_credit(self) -> None:
         """Wake as many credit waiters as the peer now allows streams, oldest first
         (waking all of them for a handful of slots is quadratic with thousands)."""
         slots = self._engine.free_bidi_slots()
         waiters = self._credit_waiters
-        while slots > 0 and waiters:
+        while slots > 0 and waiters:  # (None: nobody ever waited)
             waiter = waiters.popleft()
             if not waiter.done():
                 waiter.set_result(None)
@@ -323,8 +330,10 @@ class StreamRegistry:
         if budget is not None and not budget.done():
             budget.set_exception(fresh(exc))
         self._sending.clear()
-        for waiter in self._credit_waiters:
+        waiters, self._credit_waiters = self._credit_waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_exception(fresh(exc))
-        self._credit_waiters.clear()
+        if waiters:
+            waiters.clear()
         return handlers
