@@ -78,6 +78,9 @@ logger = logging.getLogger("quicflow.server")
 
 T = TypeVar("T")
 
+_OUR_ENCODINGS: frozenset[str] = frozenset(ENCODINGS)
+"""Our message encodings as a set: a session whose client offers the same shares it."""
+
 EVICTIONS_PER_SLICE = 32
 """Evicted connections closed per `EVICTION_SLICE` at most; more that fall due at once (a
 server whose loop stalled) are closed in the slices after, so other connections' datagrams
@@ -858,7 +861,11 @@ class _ServerConnection:
         )
         if lanes:
             session.message_lane = SendLane(conn)
-        session.peer_encodings = frozenset(hello.message_encodings)
+        peer_encodings = frozenset(hello.message_encodings)
+        # The usual offer (ours) shares one set rather than a set per session.
+        session.peer_encodings = (
+            _OUR_ENCODINGS if peer_encodings == _OUR_ENCODINGS else peer_encodings
+        )
         session.timer = self.endpoint.timer(
             monitor.next_report_at, lambda now: self._check_heartbeat(session, now)
         )

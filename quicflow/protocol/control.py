@@ -30,6 +30,7 @@ wire.
 from __future__ import annotations
 
 import enum
+import functools
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -265,6 +266,16 @@ def _uint(name: str, value: int, maximum: int, *, minimum: int = 0) -> int:
     return value
 
 
+@functools.cache
+def _received(role: Role) -> frozenset[int]:
+    """The frame types the peer may send to ``role`` (one set per role, shared by every
+    connection's decoder rather than a set each)."""
+    received = (
+        what for row in TRANSITIONS[role].values() for direction, what in row if direction is _R
+    )
+    return frozenset(int(what) for what in received if isinstance(what, FrameType))
+
+
 class ControlProtocol:
     """The sans-IO machine for one end of the control stream.
 
@@ -294,14 +305,7 @@ class ControlProtocol:
         self._table = TRANSITIONS[role]
         # Every frame here is a control frame, so one limit covers all of them. A type
         # the peer may never send here is refused at its header, whatever its length.
-        received = (
-            what for row in self._table.values() for direction, what in row if direction is _R
-        )
-        self._decoder = FrameDecoder(
-            max_frame_size,
-            max_frame_size,
-            allowed=[what for what in received if isinstance(what, FrameType)],
-        )
+        self._decoder = FrameDecoder(max_frame_size, max_frame_size, allowed=_received(role))
 
     @property
     def buffered(self) -> int:
