@@ -152,7 +152,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self._on_handshake = on_handshake
         self._ended = False  # the connection ended (`wait_closed` returns at once)
         self._ended_waiter: asyncio.Future[None] | None = None
-        """What `wait_closed` waits on: made on demand (an `asyncio.Event` each cost ~1 KiB
+        """What `wait_closed` waits on: made on demand (an `asyncio.Event` each cost ~0.8 KiB
         per connection, docs/scale.md "Memory per session")."""
         self.settings = settings
         self.streams = StreamRegistry(
