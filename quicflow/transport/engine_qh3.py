@@ -90,7 +90,24 @@ PRIVATE_USES: tuple[PrivateUse, ...] = (
     PrivateUse(Qh3Connection, "_handshake_complete", None, "padding matters before it"),
     PrivateUse(Qh3Connection, "_configuration", None, "the connection id length"),
     PrivateUse(Qh3Connection, "_close_event", None, "the close, before the draining ends"),
-    PrivateUse(Qh3Connection, "_tls", None, "the TLS bridge: taken apart at the end (release)"),
+    PrivateUse(
+        Qh3Connection,
+        "_tls",
+        None,
+        "the TLS bridge: a server's is replaced by a SpentTls once the handshake is over",
+    ),
+    PrivateUse(
+        Qh3Connection,
+        "_drain_tls",
+        ("self",),
+        "overridden: a server sheds its TLS state once the handshake has completed",
+    ),
+    PrivateUse(
+        Qh3Connection,
+        "_applied_transport_parameters",
+        None,
+        "what SpentTls answers as the peer's transport parameters (no change to apply)",
+    ),
     PrivateUse(Qh3Core, "stream_limits", None, "(peer bidi limit, _, bidi opened, _)"),
     PrivateUse(Qh3Core, "smoothed_rtt", None, "the smoothed RTT"),
     PrivateUse(
@@ -153,6 +170,75 @@ def _convert(event: Any) -> Any:
     return None  # an event QuicFlow has no use for (datagram frames, ...)
 
 
+class SpentTls:
+    """What a qh3 server connection keeps of its TLS bridge once the handshake is over.
+
+    qh3 keeps the bridge, the TLS context and their buffers for the connection's life,
+    ~10 KiB per connection (7 KiB native, 3 KiB of Python objects; docs/scale.md "Memory
+    per session"), though a server's TLS has nothing left to do: every secret is
+    installed, every handshake message (the NewSessionTicket included) is handed to the
+    core, which retransmits them itself, and TLS 1.3 over QUIC has no post-handshake
+    messages from a client. The connection still reads what the handshake settled
+    (cipher suite, peer certificates, version): this keeps those, answers "nothing more"
+    to the rest, and ignores CRYPTO data that comes late (a client's retransmitted
+    Finished)."""
+
+    __slots__ = (
+        "cipher_suite",
+        "ech_accepted",
+        "ech_retry_configs",
+        "peer_certificate",
+        "peer_certificate_chain",
+        "remote_transport_parameters",
+        "tls",
+        "version",
+    )
+
+    handshake_complete = True
+
+    def __init__(self, bridge: Any, applied_parameters: Any) -> None:
+        self.version = bridge.version
+        self.cipher_suite = bridge.cipher_suite
+        self.peer_certificate = bridge.peer_certificate
+        self.peer_certificate_chain = list(bridge.peer_certificate_chain)
+        self.ech_accepted = bridge.ech_accepted
+        self.ech_retry_configs = bridge.ech_retry_configs
+        # The same object the connection applied, so it sees nothing new to apply.
+        self.remote_transport_parameters = applied_parameters
+        self.tls = _SpentContext(bool(bridge.tls.early_data_accepted))
+
+    def receive_crypto(self, *args: Any, **kwargs: Any) -> None:
+        """Late handshake data: the handshake is over, nothing to do."""
+
+    def next_traffic_secret(self) -> None:
+        return None
+
+    def next_crypto_data(self) -> None:
+        return None
+
+    def next_event(self) -> None:
+        return None
+
+
+class _SpentContext:
+    """The one thing read of the TLS context after the handshake."""
+
+    __slots__ = ("early_data_accepted",)
+
+    def __init__(self, early_data_accepted: bool) -> None:
+        self.early_data_accepted = early_data_accepted
+
+
+def _take_apart(bridge: Any) -> None:
+    """Clear a TLS bridge and its context: they hold bound methods of the connection
+    and of each other, so only the cyclic collector would free them otherwise."""
+    context = getattr(bridge, "__dict__", {}).get("tls")
+    if context is not None and hasattr(context, "__dict__"):
+        context.__dict__.clear()
+    if hasattr(bridge, "__dict__"):
+        bridge.__dict__.clear()
+
+
 class Qh3FlowConnection(Qh3Connection):
     """A qh3 connection that speaks the subset of aioquic's interface the transport uses."""
 
@@ -187,6 +273,14 @@ class Qh3FlowConnection(Qh3Connection):
             seal_tickets(context, self.sealed_tickets, qh3_tls, lambda: context._new_session_ticket)
         return bridge
 
+    def _drain_tls(self) -> None:
+        super()._drain_tls()
+        bridge = self._tls
+        if self._handshake_complete and not self._is_client and not isinstance(bridge, SpentTls):
+            # A server's TLS has nothing left to do (SpentTls): keep what it settled.
+            self._tls = SpentTls(bridge, self._applied_transport_parameters)  # type: ignore[assignment]  # duck-typed
+            _take_apart(bridge)
+
     def next_event(self) -> Any:
         while True:
             event = super().next_event()
@@ -205,10 +299,7 @@ class Qh3FlowConnection(Qh3Connection):
         state = self.__dict__
         bridge = self._tls if "_tls" in state else None
         if bridge is not None:
-            context = bridge.__dict__.get("tls")
-            if context is not None and hasattr(context, "__dict__"):
-                context.__dict__.clear()
-            bridge.__dict__.clear()
+            _take_apart(bridge)
         state.clear()
 
     # -- what QuicFlowProtocol asks of an engine (engine.EngineConnection) --
