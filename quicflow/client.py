@@ -669,13 +669,10 @@ class Client(ChannelMethods):
             try:
                 await self._establish()
                 return
-            except ServerBusy as exc:
-                busy = exc.retry_after
-                logger.debug("reconnect attempt %d: %s", attempt, exc.message)
-                if self._lifecycle.state in (ClientState.CONNECTING,):
-                    self._fire(LifecycleEvent.CONNECT_FAILED)
             except (RpcError, OSError, ConfigError) as exc:
                 # ConfigError: a TLS file (ca_file, cert_file) went missing; keep trying.
+                # ServerBusy: the server said when to come back.
+                busy = exc.retry_after if isinstance(exc, ServerBusy) else None
                 logger.debug("reconnect attempt %d failed: %s", attempt, exc)
                 if self._lifecycle.state in (ClientState.CONNECTING,):
                     self._fire(LifecycleEvent.CONNECT_FAILED)

@@ -270,9 +270,6 @@ class AioquicFlowConnection(QuicConnection):
         sealed_tickets: SealedTickets | None = None,
         **kwargs: Any,
     ) -> None:
-        if sealed_tickets is not None:
-            kwargs["session_ticket_fetcher"] = sealed_tickets.pop
-            kwargs["session_ticket_handler"] = sealed_tickets.add
         super().__init__(*args, **kwargs)
         # Announced in the transport parameters _initialize writes: the peer issues one
         # spare connection ID, not seven (see ACTIVE_CONNECTION_ID_LIMIT).

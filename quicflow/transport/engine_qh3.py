@@ -251,9 +251,6 @@ class Qh3FlowConnection(Qh3Connection):
         sealed_tickets: SealedTickets | None = None,
         **kwargs: Any,
     ) -> None:
-        if sealed_tickets is not None:
-            kwargs["session_ticket_fetcher"] = sealed_tickets.pop
-            kwargs["session_ticket_handler"] = sealed_tickets.add
         self.sealed_tickets = sealed_tickets
         """A server's stateless tickets (`quicflow.transport.tickets`), None: in memory."""
         super().__init__(*args, **kwargs)

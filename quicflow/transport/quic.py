@@ -461,6 +461,13 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
+    def _fail_connect_waiter(self) -> None:
+        """The connection ended before its handshake completed: `wait_connected` fails."""
+        waiter, self._connected_waiter = self._connected_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError)
+            waiter.exception()  # read: an attempt that timed out awaits it no more
+
     def _engine_now(self) -> float:
         """The loop's time, or the latest time the engine was given if that is later."""
         now = self._loop.time()
@@ -504,9 +511,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
             elif isinstance(event, events.ConnectionTerminated):
                 if router is not None:
                     router.connection_ended(self)
-                waiter, self._connected_waiter = self._connected_waiter, None
-                if waiter is not None and not waiter.done():
-                    waiter.set_exception(ConnectionError)
+                self._fail_connect_waiter()
                 self._set_ended()
             elif isinstance(event, events.HandshakeCompleted):
                 if router is not None:
@@ -657,16 +662,7 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         with contextlib.suppress(Exception):
             self._quic.close(error_code=ErrorCode.NO_ERROR, reason_phrase=reason)
             self.transmit()
-        self._terminated(
-            events.ConnectionTerminated(
-                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase=reason
-            )
-        )
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._set_ended()
-        self._release()
+        self._end_now(reason)
 
     def reset_by_peer(self) -> None:
         """The peer answered with a stateless reset (RFC 9000 §10.3): it holds no state
@@ -674,9 +670,14 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         (the peer would only answer a CONNECTION_CLOSE with another reset)."""
         if self.closed_error is not None:
             return
+        self._end_now("stateless reset")
+
+    def _end_now(self, reason: str) -> None:
+        """End the connection here and now (`abort`, `reset_by_peer`): its streams fail,
+        its timer stops, `wait_closed` returns, and the engine is released."""
         self._terminated(
             events.ConnectionTerminated(
-                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase="stateless reset"
+                error_code=ErrorCode.NO_ERROR, frame_type=None, reason_phrase=reason
             )
         )
         if self._timer is not None:
@@ -813,12 +814,9 @@ class QuicFlowProtocol(asyncio.DatagramProtocol):
         self.close_code = event.error_code
         self.close_reason = reason
         self.closed_error = ConnectionClosed(message=f"connection closed: {reason}")
-        waiter, self._connected_waiter = self._connected_waiter, None
-        if waiter is not None and not waiter.done():
-            # Closed in its handshake (refused, busy): the attempt ends now, not when the
-            # engine reports the close after its draining period (3 PTO).
-            waiter.set_exception(ConnectionError)
-            waiter.exception()  # read: an attempt that timed out awaits it no more
+        # Closed in its handshake (refused, busy): the attempt ends now, not when the
+        # engine reports the close after its draining period (3 PTO).
+        self._fail_connect_waiter()
         if self.owns_transport and self._transport is not None:
             # Let the CONNECTION_CLOSE we may have queued leave first.
             self._loop.call_soon(self._transport.close)

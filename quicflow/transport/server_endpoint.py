@@ -230,18 +230,16 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         protocols, cid_length = self._protocols, self._configuration.connection_id_length
         backlog, queued = self._backlog, self._queued
         last = len(batch) - 1
+        cids = [destination_cid(data, cid_length) for data, _ in batch]
         run: list[tuple[bytes, NetworkAddress]] | None = None
         for index, item in enumerate(batch):
-            cid = destination_cid(item[0], cid_length)
+            cid = cids[index]
             protocol = protocols.get(cid)
             if protocol is not None:
                 # Datagrams of one connection back to back (a peer that sends its packets
                 # in datagrams of their own, as qh3 does in a handshake) are handled as a
                 # run with one transmit after the last: one answer and one ACK, not one each.
-                if (
-                    index < last
-                    and protocols.get(destination_cid(batch[index + 1][0], cid_length)) is protocol
-                ):
+                if index < last and protocols.get(cids[index + 1]) is protocol:
                     if run is None:
                         run = [item]
                     else:
@@ -514,15 +512,14 @@ class QuicFlowServer(asyncio.DatagramProtocol):
         if size != configuration.max_datagram_size:
             configuration = self._loopback_configuration(size)
         tickets = self.tickets
-        if isinstance(tickets, SealedTickets):
-            resumption: dict[str, Any] = {"sealed_tickets": tickets}
-        elif tickets is not None:
+        resumption: dict[str, Any] = {}
+        if tickets is not None:
             resumption = {
                 "session_ticket_fetcher": tickets.pop,
                 "session_ticket_handler": tickets.add,
             }
-        else:
-            resumption = {}
+            if isinstance(tickets, SealedTickets):  # its labels go into the messages too
+                resumption["sealed_tickets"] = tickets
         connection = make_connection(
             configuration,
             self._settings,
